@@ -1,0 +1,336 @@
+"""Typed, per-stage configuration for convrl, loaded from YAML presets.
+
+A preset (``src/convrl/configs/<name>.yaml``, or any YAML path) is merged onto
+the defaults below, then dotted command-line overrides are applied::
+
+    from convrl.config import load_config
+    cfg = load_config("demo", ["rl.max_steps=40", "rewards.weights.quality=0.5"])
+
+Unknown keys are rejected with the list of valid ones, so a typo never trains
+with a silently ignored setting. ``cfg.to_dict()`` is what MLflow logs as params
+and what pipeline components receive as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says what to change."""
+
+
+@dataclass
+class ModelsConfig:
+    policy: str = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "Policy LLM: 'smollm2-135m-instruct' (bundled GGUF, converted once), "
+                  "'tiny-llama' (random, for tests) or any HF id / local checkpoint dir."},
+    )
+    encoder: str = field(
+        default="all-minilm-l6-v2",
+        metadata={"help": "Sentence encoder for reward heads: 'all-minilm-l6-v2' (bundled), "
+                  "'tiny-bert' (random, for tests) or an HF id / dir."},
+    )
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(
+        default_factory=lambda: ["chatterbot:english"],
+        metadata={"help": "Source specs, e.g. 'chatterbot:english', 'jsonl:/path/chats.jsonl'."},
+    )
+    personas: list[str] = field(
+        default_factory=lambda: ["empathetic_coach", "cheerful_guide", "calm_expert"],
+        metadata={"help": "Persona cards: bundled names or paths to YAML files."},
+    )
+    max_conversations: int = field(default=0, metadata={"help": "Cap on conversations (0 = all)."})
+    val_fraction: float = field(default=0.1, metadata={"help": "Share of conversations in 'validation'."})
+    test_fraction: float = field(default=0.2, metadata={"help": "Share of conversations in 'test'."})
+    max_turn_chars: int = field(default=2000, metadata={"help": "Longer turns are truncated and flagged."})
+    quarantine_threshold: float = field(
+        default=0.05, metadata={"help": "Fail ingest when more than this share of rows is quarantined."})
+    seed: int = 13
+
+
+@dataclass
+class ValidateConfig:
+    min_conversations_per_split: int = field(
+        default=5, metadata={"help": "Each of train/validation/test needs at least this many conversations."})
+    max_text_chars: int = field(default=4000, metadata={"help": "Upper bound on turn length after ingest."})
+
+
+@dataclass
+class EmotionHeadConfig:
+    epochs: int = field(default=30, metadata={"help": "Epochs of the classification head over cached embeddings."})
+    learning_rate: float = 5e-3
+    hidden_size: int = field(default=128, metadata={"help": "Hidden units of the MLP head (0 = linear)."})
+    max_texts: int = field(default=0, metadata={"help": "Cap on training texts (0 = all)."})
+    seed: int = 13
+
+
+@dataclass
+class RewardsConfig:
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"quality": 0.4, "personality": 0.25, "engagement": 0.2, "relevance": 0.15},
+        metadata={"help": "Weights of the reward heads in the composite reward."},
+    )
+    emotion: EmotionHeadConfig = field(default_factory=EmotionHeadConfig)
+    fluency: bool = field(
+        default=True, metadata={"help": "Score fluency with the frozen base policy (log-likelihood)."})
+    max_length: int = field(default=128, metadata={"help": "Encoder max tokens per text."})
+    batch_size: int = 64
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = field(default="grpo", metadata={"help": "RL algorithm: 'grpo'."})
+    max_steps: int = 20
+    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
+    prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts per optimisation step."})
+    max_completion_length: int = 48
+    max_prompt_turns: int = field(default=4, metadata={"help": "Context turns kept in each prompt."})
+    learning_rate: float = 2e-4
+    beta: float = field(default=0.04, metadata={"help": "KL coefficient to the reference policy (> 0)."})
+    temperature: float = 0.9
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps."})
+    logging_steps: int = 1
+    seed: int = 13
+
+
+@dataclass
+class EvalConfig:
+    num_prompts: int = field(default=24, metadata={"help": "Held-out prompts (test split) per model."})
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    seed: int = 13
+
+
+@dataclass
+class ABConfig:
+    n_bootstrap: int = 2000
+    confidence: float = 0.95
+    min_samples: int = field(default=10, metadata={"help": "Fewer paired prompts than this is inconclusive."})
+    min_improvement: float = field(
+        default=0.0, metadata={"help": "Promote only if the CI lower bound of the mean gain exceeds this."})
+    seed: int = 13
+
+
+@dataclass
+class RegistryConfig:
+    model_name: str = "convrl-policy"
+    reward_model_name: str = "convrl-emotion-head"
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "convrl"
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ab: ABConfig = field(default_factory=ABConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, the form MLflow params take."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+    def validate_values(self) -> None:
+        w = self.rewards.weights
+        unknown = set(w) - {"quality", "personality", "engagement", "relevance"}
+        if unknown:
+            raise ConfigError(f"rewards.weights has unknown heads {sorted(unknown)}; "
+                              "valid heads: quality, personality, engagement, relevance")
+        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise ConfigError("rewards.weights must be non-negative and sum to more than 0")
+        if self.rl.algorithm != "grpo":
+            raise ConfigError(f"rl.algorithm={self.rl.algorithm!r} is not supported; use 'grpo'")
+        if self.rl.beta <= 0:
+            raise ConfigError("rl.beta must be > 0: without a KL term the policy drifts freely "
+                              "and learns to hack the reward")
+        if self.rl.num_generations < 2:
+            raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")
+        if not 0 < self.data.val_fraction + self.data.test_fraction < 1:
+            raise ConfigError("data.val_fraction + data.test_fraction must lie between 0 and 1")
+        if not self.data.sources:
+            raise ConfigError("data.sources is empty; name at least one source, e.g. 'chatterbot:english'")
+
+
+def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys under "
+                              f"'{path or 'top level'}': {', '.join(sorted(names))}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _from_dict(typ, value, full)
+        else:
+            kwargs[key] = _coerce(typ, value, full)
+    return cls(**kwargs)
+
+
+def _coerce(typ: Any, value: Any, path: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
+    return value
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "weights":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def preset_names() -> list[str]:
+    root = resources.files("convrl") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        text = path.read_text()
+    else:
+        res = resources.files("convrl") / "configs" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"no config preset or file '{name_or_path}'; presets: "
+                              f"{', '.join(preset_names())}, or pass a path to a YAML file")
+        text = res.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{name_or_path}' must be a YAML mapping")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. rl.max_steps=40")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(preset: str = "demo", overrides: list[str] | None = None) -> Config:
+    data = _read_preset(preset)
+    data.setdefault("name", Path(preset).stem)
+    over = parse_overrides(overrides or [])
+    if "rewards" in over and "weights" in over["rewards"] and "rewards" in data:
+        # A weight override changes one head, not the whole mapping.
+        merged_w = dict(Config().rewards.weights)
+        merged_w.update(data.get("rewards", {}).get("weights", {}) or {})
+        merged_w.update(over["rewards"]["weights"])
+        over["rewards"]["weights"] = merged_w
+    data = _deep_merge(data, over)
+    cfg = _from_dict(Config, data, "")
+    cfg.validate_values()
+    return cfg
+
+
+def config_from_json(text: str) -> Config:
+    cfg = _from_dict(Config, json.loads(text), "")
+    cfg.validate_values()
+    return cfg
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every setting: the CLI's `config --help`."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        inst = cls()
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], key)
+            else:
+                rows.append((key, getattr(inst, f.name), f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows

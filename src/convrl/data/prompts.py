@@ -1,0 +1,56 @@
+"""Turn canonical conversations into persona-conditioned chat prompts.
+
+A prompt is a conversation prefix that ends with a user turn, preceded by the
+persona's system prompt: exactly the conversational format TRL trainers take
+(``[{"role": "system", ...}, {"role": "user", ...}, ...]``). The logged
+assistant reply, when there is one, travels along as ``reference``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+
+from convrl.data.personas import Persona
+
+
+def conversation_prefixes(turns: pd.DataFrame, split: str, max_turns: int) -> list[dict]:
+    """Every prefix ending on a user turn: {conversation_id, context, reference}."""
+    out: list[dict] = []
+    sub = turns[(turns["split"] == split) & (turns["role"] != "system")]
+    for cid, grp in sub.sort_values(["conversation_id", "turn_index"]).groupby("conversation_id", sort=True):
+        msgs = [{"role": r, "content": t} for r, t in zip(grp["role"], grp["text"])]
+        for i, m in enumerate(msgs):
+            if m["role"] != "user":
+                continue
+            context = msgs[max(0, i + 1 - max_turns): i + 1]
+            while context and context[0]["role"] != "user":
+                context = context[1:]
+            nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant" else ""
+            out.append({"conversation_id": cid, "context": context, "reference": nxt})
+    return out
+
+
+def build_prompts(turns: pd.DataFrame, personas: list[Persona], split: str, n: int, max_turns: int,
+                  seed: int, user_emotion=None) -> list[dict]:
+    """``n`` prompts (0 = all) sampled deterministically, personas assigned round-robin.
+
+    ``user_emotion`` optionally maps the last user text to an emotion label, so
+    the system prompt can tell the persona which tone to take.
+    """
+    prefixes = conversation_prefixes(turns, split, max_turns)
+    if not prefixes:
+        raise ValueError(f"no prompts in split '{split}': it has no user turns")
+    rng = random.Random(seed)
+    rng.shuffle(prefixes)
+    if n:
+        prefixes = prefixes[:n]
+    rows = []
+    for i, p in enumerate(prefixes):
+        persona = personas[i % len(personas)]
+        emotion = user_emotion(p["context"][-1]["content"]) if user_emotion else None
+        rows.append({"prompt": [{"role": "system", "content": persona.system_prompt(emotion)}] + p["context"],
+                     "persona_id": persona.persona_id, "conversation_id": p["conversation_id"],
+                     "reference": p["reference"], "user_emotion": emotion or "neutral"})
+    return rows

@@ -1,0 +1,61 @@
+"""Sentence encoder shared by every reward head: mean-pooled, L2-normalised embeddings.
+
+One instance serves all heads, batches its inputs and caches embeddings of
+texts it has seen (contexts repeat across the completions of a GRPO group), so
+the RL hot path pays for each distinct text once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+
+class SentenceEncoder:
+    def __init__(self, model_dir: str, max_length: int = 128, batch_size: int = 64, cache_size: int = 50_000):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(model_dir).eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    @torch.inference_mode()
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        out = []
+        # Sorting by length keeps padding small inside each batch.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            batch = self.tokenizer([texts[j] or " " for j in idx], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out.append((idx, pooled.float().numpy()))
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for idx, emb in out:
+            result[idx] = emb
+        return result
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            embs = self._encode_uncached(missing)
+            for t, e in zip(missing, embs):
+                self._cache[t] = e
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts])
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
