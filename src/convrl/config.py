@@ -125,6 +125,8 @@ class ABConfig:
     min_samples: int = field(default=10, metadata={"help": "Fewer paired prompts than this is inconclusive."})
     min_improvement: float = field(
         default=0.0, metadata={"help": "Promote only if the CI lower bound of the mean gain exceeds this."})
+    guardrail_margin: float = field(
+        default=0.05, metadata={"help": "A non-primary metric may not regress by more than this (CI upper bound)."})
     seed: int = 13
 
 
@@ -334,3 +336,8 @@ def describe() -> list[tuple[str, Any, str]]:
 
     walk(Config, "")
     return rows
+
+
+def split_overrides(text: str) -> list[str]:
+    """Overrides as one string (a KFP UI parameter): separated by ';' or newlines."""
+    return [p.strip() for chunk in (text or "").splitlines() for p in chunk.split(";") if p.strip()]

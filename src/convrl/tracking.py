@@ -30,6 +30,7 @@ from convrl.home import convrl_home, ensure_home
 PARENT_TAG = "convrl.pipeline_run"
 STAGE_TAG = "convrl.stage"
 FAILED_STAGE_TAG = "convrl.failed_stage"
+KFP_RUN_TAG = "convrl.kfp_run_id"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -116,6 +117,14 @@ def finish_pipeline_run(run_id: str, ok: bool, failed_stage: str | None = None, 
     if message:
         c.set_tag(run_id, "convrl.message", message[:5000])
     c.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def find_run_by_tag(key: str, value: str) -> str | None:
+    if not value:
+        return None
+    runs = client().search_runs(client().search_experiments() and [e.experiment_id for e in client().search_experiments()],
+                                filter_string=f"tags.`{key}` = '{value}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def get_run(run_id: str):

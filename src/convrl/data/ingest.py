@@ -55,7 +55,7 @@ _PII = {
     "url_secret": re.compile(r"(?i)\b(https?://[^\s]*?[?&](?:token|key|api_key|apikey|secret|password|pwd|sig)=)[^\s&]+"),
     "ip": re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"),
     "credit_card": re.compile(r"\b(?:\d[ -]?){13,19}\b"),
-    "phone": re.compile(r"(?<![\w])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?![\w])"),
+    "phone": re.compile(r"(?<![\w])(?<!\d[ .-])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?![\w])(?![ .-]\d)"),
 }
 
 

@@ -1,0 +1,66 @@
+"""The convrl pipeline: ingest -> validate -> reward models -> RL -> evaluate -> A/B -> register/promote.
+
+Compile it (``convrl compile``, or ``python -m convrl.pipelines.conversational_rl``)
+to ``pipelines/compiled/conversational_rl.yaml`` for a KFP cluster, or run it
+locally with ``convrl run`` (kfp.local). Every parameter can be set in the KFP UI:
+``config_name`` picks a preset, ``overrides`` holds dotted settings separated by
+``;`` (e.g. ``rl.max_steps=40; rewards.weights.quality=0.5``).
+"""
+
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from convrl.components.stages import (ab_compare, evaluate, finish_tracking, ingest, promote, register_candidate,
+                                      rl_finetune, start_tracking, train_reward_models, validate)
+
+PIPELINE_NAME = "convrl-conversational-rl"
+COMPILED = Path(__file__).parent / "compiled" / "conversational_rl.yaml"
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="RL fine-tuning of a persona-conditioned chat model with multi-objective rewards, "
+                          "evaluation, A/B comparison and MLflow registry promotion.")
+def conversational_rl(config_name: str = "demo", overrides: str = "", run_name: str = "",
+                      parent_run_id: str = ""):
+    done = finish_tracking(parent_run_id=parent_run_id,
+                           kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("finish tracking")
+    with dsl.ExitHandler(done, name="convrl"):
+        start = start_tracking(config_name=config_name, overrides=overrides, run_name=run_name,
+                               parent_run_id=parent_run_id,
+                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("start tracking")
+        start.set_caching_options(False)
+        cfg = start.outputs["config_json"]
+        parent = start.outputs["parent_run_id"]
+        data = ingest(config_json=cfg, parent_run_id=parent).set_display_name("ingest")
+        checks = validate(config_json=cfg, parent_run_id=parent, turns=data.outputs["turns"],
+                          personas=data.outputs["personas"]).set_display_name("validate")
+        rewards = train_reward_models(config_json=cfg, parent_run_id=parent,
+                                      turns=data.outputs["turns"]).after(checks).set_display_name("reward models")
+        rl = rl_finetune(config_json=cfg, parent_run_id=parent, turns=data.outputs["turns"],
+                         personas=data.outputs["personas"],
+                         reward_models=rewards.outputs["reward_models"]).set_display_name("RL fine-tune")
+        ev = evaluate(config_json=cfg, parent_run_id=parent, turns=data.outputs["turns"],
+                      personas=data.outputs["personas"], reward_models=rewards.outputs["reward_models"],
+                      policy=rl.outputs["policy"]).set_display_name("evaluate")
+        ab = ab_compare(config_json=cfg, parent_run_id=parent, scores=ev.outputs["scores"]).set_display_name("A/B compare")
+        reg = register_candidate(config_json=cfg, parent_run_id=parent, policy=rl.outputs["policy"],
+                                 decision=ab.outputs["decision"]).set_display_name("register")
+        with dsl.If(ab.outputs["Output"] == "promote", name="decision-is-promote"):
+            promote(config_json=cfg, parent_run_id=parent, version=reg.output,
+                    decision=ab.outputs["decision"]).set_display_name("promote")
+        for t in (data, checks, rewards, rl, ev, ab, reg):
+            # Tracking side effects (MLflow runs, registry) must happen on every run.
+            t.set_caching_options(False)
+
+
+def compile_pipeline(path=COMPILED) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(conversational_rl, str(path))
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline())

@@ -1,0 +1,106 @@
+"""Evaluate, A/B-compare, register and promote stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from convrl import models, registry, tracking
+from convrl.config import Config
+from convrl.data.personas import personas_from_table
+from convrl.data.prompts import build_prompts
+from convrl.eval.evaluate import evaluate_models, summarize
+from convrl.eval.report import build_report
+from convrl.stages.rewards import load_scorer
+
+
+def baseline_model(cfg: Config) -> tuple[str, str]:
+    """The current champion if the registry has one, else the base policy."""
+    version = tracking.alias_version(cfg.registry.model_name, registry.CHAMPION)
+    if version:
+        uri = f"models:/{cfg.registry.model_name}@{registry.CHAMPION}"
+        return tracking.resolve_model_dir(uri), f"champion {cfg.registry.model_name} v{version}"
+    return models.resolve_policy(cfg.models.policy), f"base model {cfg.models.policy} (no champion yet)"
+
+
+def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
+                   policy_dir: str, scores_path: str, report_dir: str) -> dict:
+    with tracking.stage_run(parent_run_id, "evaluate", cfg.tracking.experiment) as run:
+        turns = pd.read_parquet(turns_path)
+        personas = personas_from_table(pd.read_parquet(personas_path))
+        scorer = load_scorer(reward_dir)
+        prompts = build_prompts(turns, personas, "test", cfg.eval.num_prompts, cfg.rl.max_prompt_turns,
+                                cfg.eval.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0])
+        base_dir, base_desc = baseline_model(cfg)
+        meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
+        scores = evaluate_models({"candidate": str(Path(policy_dir) / meta["policy_subdir"]), "baseline": base_dir}, prompts, scorer,
+                                 {p.persona_id: p for p in personas}, cfg.eval.max_new_tokens,
+                                 cfg.eval.batch_size, cfg.eval.seed)
+        Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(scores_path, index=False)
+        summary = summarize(scores)
+        run.log_metrics({k.replace("/", "_"): v for k, v in summary.items()}, parent=True)
+        run.log_table(scores, "eval/scores.json")
+        md, page, fig = build_report(scores, summary, base_desc)
+        out = Path(report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(md)
+        (out / "report.html").write_text(page)
+        run.log_artifact(out, "report")
+        run.log_figure(fig, "eval/metrics.png")
+        run.set_tags({"convrl.baseline": base_desc}, parent=True)
+        return {"baseline": base_desc, **summary}
+
+
+def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: str) -> str:
+    from convrl.eval.ab import ABSettings, compare
+
+    with tracking.stage_run(parent_run_id, "ab_compare", cfg.tracking.experiment) as run:
+        scores = pd.read_parquet(scores_path)
+        cols = ["prompt_id", "composite", "quality", "personality", "engagement", "relevance"]
+        cand = scores[scores["model"] == "candidate"][cols]
+        base = scores[scores["model"] == "baseline"][cols]
+        a = cfg.ab
+        settings = ABSettings(primary="composite", n_bootstrap=a.n_bootstrap, confidence=a.confidence,
+                              min_samples=a.min_samples, min_improvement=a.min_improvement,
+                              guardrail_margin=a.guardrail_margin, seed=a.seed)
+        decision = compare(cand, base, settings, key="prompt_id")
+        d = decision.to_dict()
+        d["summary"] = decision.summary()
+        Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(decision_path).write_text(json.dumps(d, indent=2, default=str))
+        run.log_dict(d, "ab/decision.json")
+        prim = decision.metrics.get("composite", {})
+        run.log_metrics({f"ab/{k}": v for k, v in prim.items() if isinstance(v, (int, float))}, parent=True)
+        run.set_tags({"convrl.decision": decision.outcome, "convrl.decision_summary": decision.summary()}, parent=True)
+        return decision.outcome
+
+
+def register_stage(cfg: Config, parent_run_id: str, policy_dir: str, decision_path: str) -> str:
+    with tracking.stage_run(parent_run_id, "register", cfg.tracking.experiment) as run:
+        meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
+        decision = json.loads(Path(decision_path).read_text())
+        parent = tracking.get_run(parent_run_id)
+        prim = decision["metrics"].get("composite", {})
+        tags = {"convrl.data_fingerprint": parent.data.tags.get("convrl.data_fingerprint", ""),
+                "convrl.config_hash": cfg.fingerprint(), "convrl.decision": decision["outcome"],
+                "convrl.composite_candidate": f"{prim.get('mean_candidate', float('nan')):.4f}",
+                "convrl.composite_baseline": f"{prim.get('mean_baseline', float('nan')):.4f}",
+                "convrl.composite_diff_ci": f"[{prim.get('ci_low', float('nan')):.4f}, {prim.get('ci_high', float('nan')):.4f}]"}
+        version, created = registry.register_candidate(meta["logged_model"], cfg.registry.model_name,
+                                                      parent_run_id, tags)
+        run.set_tags({"convrl.registered_version": version, "convrl.registered_new": str(created)}, parent=True)
+        return version
+
+
+def promote_stage(cfg: Config, parent_run_id: str, version: str, decision_path: str) -> dict:
+    with tracking.stage_run(parent_run_id, "promote", cfg.tracking.experiment) as run:
+        decision = json.loads(Path(decision_path).read_text())
+        if decision.get("outcome") != "promote":
+            raise registry.RegistryError(f"refusing to promote: decision is {decision.get('outcome')!r}")
+        result = registry.promote(cfg.registry.model_name, version, decision.get("summary", "A/B promote"))
+        run.set_tags({"convrl.champion": result["champion"], "convrl.previous_champion": result["previous"] or ""},
+                     parent=True)
+        return result

@@ -1,0 +1,97 @@
+"""Reward-model stage: train the emotion head, measure it on held-out data, package every head.
+
+The output directory is self-describing (``reward_config.json``) so later
+stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from convrl import models, tracking
+from convrl.config import Config
+from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
+from convrl.rewards.encoder import SentenceEncoder
+from convrl.rewards.heads import FluencyScorer, RewardScorer
+
+
+def emotion_training_data(turns: pd.DataFrame, split: str, cap: int = 0) -> tuple[list[str], list[str], str]:
+    """Texts and labels of one split: gold where the data has them, NRC silver otherwise."""
+    sub = turns[turns["split"] == split]
+    gold = sub[sub["emotion"].isin(EMOTIONS)]
+    if len(gold) >= 0.5 * len(sub) and len(gold) > 0:
+        texts, labels, kind = gold["text"].tolist(), gold["emotion"].tolist(), "gold"
+    else:
+        texts = sub["text"].drop_duplicates().tolist()
+        labels, kind = [nrc_silver_label(t) for t in texts], "nrc_silver"
+    if cap:
+        texts, labels = texts[:cap], labels[:cap]
+    return texts, labels, kind
+
+
+def relevance_recall_at_1(scorer: RewardScorer, turns: pd.DataFrame, split: str, k: int = 10,
+                          seed: int = 13, max_items: int = 300) -> float:
+    """Next-utterance selection: is the true reply the most relevant among k candidates?"""
+    from convrl.data.prompts import conversation_prefixes
+
+    items = [p for p in conversation_prefixes(turns, split, 4) if p["reference"]]
+    if len(items) < k:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    items = [items[i] for i in rng.permutation(len(items))[:max_items]]
+    replies = [p["reference"] for p in items]
+    hits = 0
+    for i, p in enumerate(items):
+        others = rng.choice([j for j in range(len(items)) if j != i], size=k - 1, replace=False)
+        cands = [replies[i]] + [replies[j] for j in others]
+        ctx = " ".join(m["content"] for m in p["context"])
+        emb = scorer.encoder.encode([ctx] + cands)
+        hits += int(np.argmax(emb[1:] @ emb[0]) == 0)
+    return hits / len(items)
+
+
+def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: str) -> dict:
+    with tracking.stage_run(parent_run_id, "reward_models", cfg.tracking.experiment) as run:
+        turns = pd.read_parquet(turns_path)
+        enc_dir = models.resolve_encoder(cfg.models.encoder)
+        encoder = SentenceEncoder(enc_dir, max_length=cfg.rewards.max_length, batch_size=cfg.rewards.batch_size)
+        e = cfg.rewards.emotion
+        tr_x, tr_y, kind = emotion_training_data(turns, "train", e.max_texts)
+        va_x, va_y, _ = emotion_training_data(turns, "validation")
+        clf, metrics = train_emotion_head(encoder, tr_x, tr_y, va_x, va_y, epochs=e.epochs,
+                                          lr=e.learning_rate, hidden=e.hidden_size, seed=e.seed)
+        out = Path(reward_dir)
+        clf.save(out / "emotion")
+        conf = {"encoder": cfg.models.encoder, "weights": cfg.rewards.weights, "max_length": cfg.rewards.max_length,
+                "batch_size": cfg.rewards.batch_size, "fluency_model": cfg.models.policy if cfg.rewards.fluency else None,
+                "emotion_label_kind": kind}
+        (out / "reward_config.json").write_text(json.dumps(conf, indent=2))
+        curve = metrics.pop("loss_curve")
+        for i, loss in enumerate(curve):
+            run.log_metrics({"emotion/train_loss_epoch": loss}, step=i)
+        scorer = RewardScorer(encoder, clf, None, cfg.rewards.weights)
+        rel = relevance_recall_at_1(scorer, turns, "validation", seed=e.seed)
+        head_metrics = {f"emotion/{k}": v for k, v in metrics.items()}
+        head_metrics["relevance/val_recall_at_1_of_10"] = rel
+        run.log_metrics(head_metrics, parent=True)
+        run.log_params({"emotion.label_kind": kind, "encoder": enc_dir, "weights": json.dumps(cfg.rewards.weights)})
+        dist = pd.Series(tr_y).value_counts().to_dict()
+        run.log_dict({"train_label_distribution": dist, "metrics": head_metrics}, "emotion/summary.json")
+        uri = run.log_pyfunc("emotion_head", tracking.EmotionHeadModel(), {"head_dir": str(out / "emotion")},
+                             metrics={k: v for k, v in head_metrics.items() if v == v})
+        (out / "logged_model_uri.txt").write_text(uri)
+        return {**head_metrics, "label_kind": kind, "logged_model": uri}
+
+
+def load_scorer(reward_dir: str, with_fluency: bool = True) -> RewardScorer:
+    conf = json.loads((Path(reward_dir) / "reward_config.json").read_text())
+    encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"], batch_size=conf["batch_size"])
+    clf = EmotionClassifier.load(Path(reward_dir) / "emotion", encoder=encoder)
+    fluency = None
+    if with_fluency and conf.get("fluency_model"):
+        fluency = FluencyScorer(models.resolve_policy(conf["fluency_model"]))
+    return RewardScorer(encoder, clf, fluency, conf["weights"])

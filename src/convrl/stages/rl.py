@@ -1,0 +1,74 @@
+"""RL fine-tuning stage: persona-conditioned prompts -> GRPO + LoRA -> merged policy + LoggedModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from convrl import models, tracking
+from convrl.config import Config
+from convrl.data.personas import personas_from_table
+from convrl.data.prompts import build_prompts
+from convrl.rl.grpo import train_grpo
+from convrl.stages.rewards import load_scorer
+
+
+def plot_reward_curves(history: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "reward" in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if rows:
+        steps = [h["step"] for h in rows]
+        ax1.plot(steps, [h["reward"] for h in rows], label="composite", lw=2, color="black")
+        for key in sorted(k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean")):
+            ax1.plot(steps, [h.get(key, float("nan")) for h in rows], label=key.split("/")[1], alpha=0.8)
+        ax2.plot(steps, [h.get("kl", float("nan")) for h in rows], color="tab:red")
+    ax1.set_title("Reward per step (training batches)")
+    ax1.set_xlabel("step")
+    ax1.legend(fontsize=7)
+    ax2.set_title("KL to reference")
+    ax2.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
+             out_dir: str) -> dict:
+    with tracking.stage_run(parent_run_id, "rl_finetune", cfg.tracking.experiment) as run:
+        turns = pd.read_parquet(turns_path)
+        personas = personas_from_table(pd.read_parquet(personas_path))
+        scorer = load_scorer(reward_dir)
+        n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step
+        prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
+                                user_emotion=lambda s: scorer.emotion.predict([s])[0])
+        funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+        base_dir = models.resolve_policy(cfg.models.policy)
+        run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
+                                                                           "rl.num_prompts": len(prompts)})
+
+        def on_log(row: dict, step: int) -> None:
+            run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+
+        result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, on_log=on_log)
+        fig = plot_reward_curves(result.history)
+        run.log_figure(fig, "reward_curves.png")
+        run.log_dict(result.history, "training_history.json")
+        final = [h for h in result.history if "reward" in h]
+        summary = {"rl/steps": result.steps, "rl/train_seconds": result.seconds}
+        if final:
+            k = max(1, len(final) // 4)
+            summary["rl/reward_first_quarter"] = sum(h["reward"] for h in final[:k]) / k
+            summary["rl/reward_last_quarter"] = sum(h["reward"] for h in final[-k:]) / k
+        run.log_metrics(summary, parent=True)
+        uri = run.log_pyfunc("policy", tracking.HFDirModel(), {"hf_dir": result.policy_dir},
+                             params={"base_model": cfg.models.policy, "algorithm": cfg.rl.algorithm})
+        meta = {"policy_subdir": Path(result.policy_dir).name, "logged_model": uri, "stage_run_id": run.run_id,
+                "resumed_from": result.resumed_from, **summary}
+        (Path(out_dir) / "policy_meta.json").write_text(json.dumps(meta, indent=2))
+        return meta

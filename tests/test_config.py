@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from convrl.config import ConfigError, Config, describe, load_config, parse_overrides, preset_names, split_overrides
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_loads_and_has_a_header(name):
+    from importlib import resources
+
+    cfg = load_config(name)
+    assert cfg.name == name
+    text = (resources.files("convrl") / "configs" / f"{name}.yaml").read_text()
+    assert text.startswith("#"), f"preset {name} needs a header comment saying what it is for"
+    json.loads(cfg.to_json())
+
+
+def test_presets_exist():
+    assert {"demo", "tiny", "cluster"} <= set(preset_names())
+
+
+def test_default_reward_weights_match_the_use_case():
+    w = load_config("demo").rewards.weights
+    assert w == {"quality": 0.4, "personality": 0.25, "engagement": 0.2, "relevance": 0.15}
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("demo", ["rl.max_steps=40", "rewards.weights.quality=0.5", "data.sources=[a:b, c:d]"])
+    assert cfg.rl.max_steps == 40
+    assert cfg.rewards.weights["quality"] == 0.5
+    assert cfg.rewards.weights["relevance"] == 0.15  # the other heads keep their weights
+    assert cfg.data.sources == ["a:b", "c:d"]
+
+
+def test_unknown_key_is_rejected_with_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        load_config("demo", ["rl.max_step=3"])
+
+
+def test_bad_type_and_bad_values():
+    with pytest.raises(ConfigError, match="integer"):
+        load_config("demo", ["rl.max_steps=lots"])
+    with pytest.raises(ConfigError, match="beta"):
+        load_config("demo", ["rl.beta=0"])
+    with pytest.raises(ConfigError, match="unknown heads"):
+        load_config("demo", ["rewards.weights.charm=1"])
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("nope")
+
+
+def test_yaml_path_and_fingerprint(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("# mine\nrl: {max_steps: 7}\n")
+    cfg = load_config(str(p))
+    assert cfg.rl.max_steps == 7 and cfg.name == "mine"
+    assert cfg.fingerprint() != load_config("demo").fingerprint()
+
+
+def test_override_parsing_helpers():
+    assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+    assert split_overrides("rl.max_steps=3; eval.num_prompts=4\nrl.beta=0.1") == [
+        "rl.max_steps=3", "eval.num_prompts=4", "rl.beta=0.1"]
+    with pytest.raises(ConfigError):
+        parse_overrides(["novalue"])
+
+
+def test_describe_covers_every_key():
+    keys = {k for k, _, _ in describe()}
+    assert "rl.max_steps" in keys and "rewards.emotion.epochs" in keys
+    assert set(Config().flat()) >= keys - {"rewards.weights"}
