@@ -42,6 +42,7 @@ SAMPLE_SIZE = 5
 _SAMPLE_KEYS = {"turns": ("conversation_id", "turn_index", "role", "split"),
                 "personas": ("persona_id", "name"), "persona_fields": ("persona_id",)}
 _CELL_CHARS = 160
+_HEADERS = ("Suite", "Expectation", "Column", "Result", "Unexpected", "Elements", "Description")
 
 
 class DataValidationError(ValueError):
@@ -76,9 +77,8 @@ class CheckReport:
                 "results": [dict(r) for r in self.results]}
 
     def to_markdown(self) -> str:
-        lines = [f"# Data checks", "", f"**{self.summary()}**", "",
-                 "| Suite | Expectation | Column | Result | Unexpected | Elements | Description |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["# Data checks", "", f"**{self.summary()}**", "",
+                 "| " + " | ".join(_HEADERS) + " |", "|---" * len(_HEADERS) + "|"]
         for r in self.results:
             cells = [r["suite"], f"`{r['expectation']}`", r["column"] or "-",
                      "pass" if r["success"] else "**FAIL**", _num(r["unexpected_count"]),
@@ -99,11 +99,12 @@ class CheckReport:
         rows = []
         for r in self.results:
             cls = "pass" if r["success"] else "fail"
-            rows.append(
-                f'<tr class="{cls}"><td>{e(r["suite"])}</td><td><code>{e(r["expectation"])}</code></td>'
-                f'<td>{e(r["column"] or "-")}</td><td class="res">{"pass" if r["success"] else "FAIL"}</td>'
-                f'<td class="n">{e(_num(r["unexpected_count"]))}</td><td class="n">{e(_num(r["element_count"]))}</td>'
-                f'<td>{e(r["description"])}</td></tr>')
+            cells = [e(r["suite"]), f"<code>{e(r['expectation'])}</code>", e(r["column"] or "-"),
+                     "pass" if r["success"] else "FAIL", e(_num(r["unexpected_count"])),
+                     e(_num(r["element_count"])), e(r["description"])]
+            classes = ["", "", "", ' class="res"', ' class="n"', ' class="n"', ""]
+            rows.append(f'<tr class="{cls}">' + "".join(f"<td{k}>{c}</td>" for k, c in zip(classes, cells))
+                        + "</tr>")
         fails = []
         for r in self.failures:
             items = "".join(f"<li><code>{e(s)}</code></li>" for s in r["sample"]) or "<li>(no sample)</li>"
@@ -136,7 +137,7 @@ code {{ white-space: pre-wrap; word-break: break-word; }}
 <h1>convrl data checks</h1>
 <p class="summary">{e(self.summary())}</p>
 <table>
-<thead><tr><th>Suite</th><th>Expectation</th><th>Column</th><th>Result</th><th>Unexpected</th><th>Elements</th><th>Description</th></tr></thead>
+<thead><tr>{"".join(f"<th>{h}</th>" for h in _HEADERS)}</tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>
@@ -223,7 +224,7 @@ def _result(suite: str, df: pd.DataFrame, r) -> dict:
     elif res.get("unexpected_list"):
         sample = [_clip(repr(v)) for v in res["unexpected_list"][:SAMPLE_SIZE]]
     else:
-        sample = _table_sample(res) if not r.success else []
+        sample = _table_sample(res, kw) if not r.success else []
     if unexpected is None and not error:
         # Table-level checks have no per-row count; count column mismatches instead.
         unexpected = 0 if r.success else (len(_mismatches(res)) or 1)
@@ -245,7 +246,7 @@ def _exception_message(info) -> str | None:
     # GX gives either one flat dict or a dict of them keyed by the metric that failed.
     infos = [info] if "raised_exception" in info else list(info.values())
     msgs = [i.get("exception_message") for i in infos if isinstance(i, dict) and i.get("raised_exception")]
-    return "; ".join(str(m) for m in msgs if m) or None
+    return "; ".join(dict.fromkeys(str(m) for m in msgs if m)) or None
 
 
 def _row_samples(df: pd.DataFrame, index: list, kw: dict, keys: tuple | None) -> list[str]:
@@ -278,10 +279,19 @@ def _mismatches(res: dict) -> list:
     return list(m)
 
 
-def _table_sample(res: dict) -> list[str]:
+def _table_sample(res: dict, kw: dict) -> list[str]:
+    out = []
+    expected, observed = kw.get("column_list") or kw.get("column_set"), res.get("observed_value")
+    if isinstance(expected, list) and isinstance(observed, list):
+        # One missing column shifts every later position; name the root cause first.
+        missing = [c for c in expected if c not in observed]
+        extra = [c for c in observed if c not in expected]
+        out.append(_clip(f"missing columns: {missing}; unexpected columns: {extra}"))
     mismatched = _mismatches(res)
     if mismatched:
-        return [_clip(json.dumps(m, default=str)) for m in mismatched[:SAMPLE_SIZE]]
+        return out + [_clip(json.dumps(m, default=str)) for m in mismatched[:SAMPLE_SIZE - len(out)]]
+    if out:
+        return out
     if res.get("details"):
         return [_clip(json.dumps(res["details"], default=str))]
     if "observed_value" in res:

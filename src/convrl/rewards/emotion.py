@@ -130,7 +130,7 @@ def train_emotion_head(encoder, texts: list[str], labels: list[str], val_texts: 
             loss = loss_fn(head(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append(total / len(x))
     clf = EmotionClassifier(encoder, head, EMOTIONS, hidden)
     metrics = {"train_loss": history[-1], "train_size": float(len(texts)), "val_size": float(len(val_texts))}

@@ -1,0 +1,41 @@
+"""The whole pipeline through kfp.local on the tiny config, and its failure path."""
+
+import pytest
+
+from convrl import tracking
+from convrl.cli import main
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end(mlflow_store, capsys):
+    rc = main(["run", "--config", "tiny", "--run-name", "e2e-tiny"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    runs = tracking.client().search_runs(
+        [tracking.experiment_id("convrl-tiny")], filter_string="attributes.run_name = 'e2e-tiny'")
+    parent = runs[0]
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags[tracking.STAGE_TAG]: r.info.status for r in tracking.stage_runs(parent.info.run_id)}
+    assert {"ingest", "validate", "reward_models", "rl_finetune", "evaluate", "ab_compare", "register"} <= set(stages)
+    assert all(s == "FINISHED" for s in stages.values()), stages
+    m = parent.data.metrics
+    assert "candidate_composite" in m and "baseline_composite" in m and "emotion/val_macro_f1" in m
+    assert parent.data.params["rl.max_steps"] == "2"
+    assert parent.data.tags["convrl.decision"] in {"promote", "reject", "inconclusive"}
+    assert tracking.alias_version("convrl-policy", "challenger") is not None
+    assert "A/B decision" in out and "Held-out evaluation" in out
+    if parent.data.tags["convrl.decision"] == "promote":
+        assert tracking.alias_version("convrl-policy", "champion") is not None
+
+
+@pytest.mark.slow
+def test_failed_stage_marks_parent_failed(mlflow_store, tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    rc = main(["run", "--config", "tiny", "--run-name", "e2e-fail", f"data.sources=[jsonl:{missing}]"])
+    assert rc == 1
+    runs = tracking.client().search_runs(
+        [tracking.experiment_id("convrl-tiny")], filter_string="attributes.run_name = 'e2e-fail'")
+    parent = runs[0]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[tracking.FAILED_STAGE_TAG] == "ingest"
+    assert "does not exist" in parent.data.tags["convrl.message"]
