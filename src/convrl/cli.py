@@ -311,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     from convrl.data.personas import PersonaError
     from convrl.home import HomeNotWritable
     from convrl.models import ModelNotAvailable
+    from convrl.cluster import ClusterError
     from convrl.tracking import TrackingUnavailable
 
     try:
         return args.fn(args)
-    except (ConfigError, PersonaError, HomeNotWritable, ModelNotAvailable, TrackingUnavailable) as exc:
+    except (ConfigError, PersonaError, HomeNotWritable, ModelNotAvailable, TrackingUnavailable, ClusterError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -106,6 +106,9 @@ class RLConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps."})
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 where the CPU/GPU has bf16 units, else fp32), bf16 or fp32: "
+                                  "autocast for training and the dtype of the rollout model."})
     logging_steps: int = 1
     seed: int = 13
 

@@ -354,3 +354,10 @@ def resolve_model_dir(uri: str) -> str:
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def runs_frame(experiment: str, parent_run_id: str | None = None):
+    """Runs of an experiment as a pandas DataFrame (metrics.*, params.*, tags.* columns)."""
+    mlflow = _mlflow()
+    flt = f"tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id else ""
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=flt)

@@ -18,7 +18,6 @@ All heads share one encoder pass per distinct text (``SentenceEncoder`` caches).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -87,11 +86,16 @@ def length_sanity(text: str, lo: int = 3, hi: int = 60) -> float:
 class FluencyScorer:
     """Length-normalised log-likelihood of the reply under a frozen causal LM."""
 
-    def __init__(self, model_dir: str, batch_size: int = 8, max_tokens: int = 256):
+    def __init__(self, model_dir: str, batch_size: int = 8, max_tokens: int = 256, dtype: torch.dtype | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if dtype is None:
+            from convrl.rl.grpo import bf16_supported
+
+            # A frozen scorer loses nothing that matters in bf16 and runs twice as fast where the CPU has bf16 units.
+            dtype = torch.bfloat16 if bf16_supported() else torch.float32
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
         self.batch_size = batch_size
         self.max_tokens = max_tokens
 
@@ -243,6 +247,3 @@ class RewardScorer:
         weights = [self.weights.get(h, 0.0) for h in HEADS]
         return funcs, weights
 
-
-def fluency_from_logprob(lp: float) -> float:
-    return float(min(1.0, max(0.0, (lp + 6.0) / 5.0))) if math.isfinite(lp) else 0.0

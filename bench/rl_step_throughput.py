@@ -1,0 +1,143 @@
+"""Throughput of a full GRPO step: convrl's trainer configuration vs TRL's GRPOConfig defaults.
+
+Same model (SmolLM2-135M-Instruct + LoRA), same persona-conditioned prompts,
+same completions per step and completion length, same reward (convrl's
+composite heads), in one run. Each configuration runs in its own subprocess so
+peak memory (max RSS) is measured per configuration. The first step of each is
+warm-up and not counted.
+
+    .venv/bin/python bench/rl_step_throughput.py --steps 4 --generations 8 --length 64
+
+Prints generated tokens/s (completion tokens / wall time of the step, reward
+and update included), seconds per step, the ratio, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict | None = None) -> dict:
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from convrl import models
+    from convrl.config import RLConfig
+    from convrl.data.ingest import ingest
+    from convrl.data.personas import load_personas
+    from convrl.data.prompts import build_prompts
+    from convrl.rewards.encoder import SentenceEncoder
+    from convrl.rewards.heads import FluencyScorer, RewardScorer
+    from convrl.rl.grpo import grpo_args, make_trainer_class
+
+    torch.manual_seed(0)
+    base = models.resolve_policy("smollm2-135m-instruct")
+    personas = load_personas(["empathetic_coach", "cheerful_guide", "calm_expert"])
+    turns = ingest(["chatterbot:english"]).turns
+    prompts = build_prompts(turns, personas, "train", steps, 4, seed=1)
+    scorer = RewardScorer(SentenceEncoder(models.resolve_encoder("all-minilm-l6-v2")), None, FluencyScorer(base))
+    funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{"prompt": p["prompt"], "persona_id": p["persona_id"]} for p in prompts])
+    tok = AutoTokenizer.from_pretrained(base)
+    out = tempfile.mkdtemp()
+    common = dict(output_dir=out, num_generations=generations, per_device_train_batch_size=generations,
+                  max_completion_length=length, max_steps=steps, logging_steps=1, save_strategy="no",
+                  report_to="none", use_cpu=True, reward_weights=weights, seed=0, shuffle_dataset=False)
+    if mode == "trl-defaults":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(**common)
+        cls = GRPOTrainer
+    else:
+        rl = RLConfig(max_steps=steps, num_generations=generations, prompts_per_step=1,
+                      max_completion_length=length, save_steps=10_000)
+        args = grpo_args(rl, __import__("pathlib").Path(out), **{**{k: v for k, v in common.items()
+                                                                    if k not in ("output_dir",)}, **(extra or {})})
+        cls = make_trainer_class()
+        from convrl.rl.grpo import resolve_precision
+
+        cls.generation_dtype = torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    stamps: list[tuple[float, dict]] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append((time.perf_counter(), {}))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs and stamps:
+                stamps[-1][1].update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
+                  peft_config=lora, callbacks=[Stamp()])
+    t_end = []
+
+    class End(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            t_end.append(time.perf_counter())
+
+    trainer.add_callback(End())
+    trainer.train()
+    per_step = [(e - s, logs) for (s, logs), e in zip(stamps, t_end)]
+    measured = per_step[1:] or per_step
+    secs = sum(d for d, _ in measured)
+    tokens = sum(logs.get("completions/mean_length", 0) * generations for _, logs in measured)
+    return {"mode": mode, "steps_measured": len(measured), "seconds_per_step": secs / len(measured),
+            "tokens_per_s": tokens / secs, "mean_completion_len": tokens / generations / len(measured),
+            "generate_s_per_step": sum(l.get("timing/generate_s", float("nan")) for _, l in measured) / len(measured),
+            "bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "beta": args.beta, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--mode", default="")
+    p.add_argument("--json", default="")
+    p.add_argument("--only", default="", help="run one mode in this process (trl-defaults or convrl)")
+    p.add_argument("--extra", default="{}", help="JSON GRPOConfig overrides for the convrl mode (experiments)")
+    a = p.parse_args()
+    if a.mode or a.only:
+        print("RESULT " + json.dumps(run_mode(a.mode or a.only, a.steps, a.generations, a.length,
+                                              json.loads(a.extra))), flush=True)
+        return
+    results = []
+    for mode in ("trl-defaults", "convrl"):
+        proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(a.steps),
+                               "--generations", str(a.generations), "--length", str(a.length)],
+                              capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
+        results.append(json.loads(line[7:]))
+    base, ours = results
+    print(f"GRPO step, SmolLM2-135M + LoRA r=16, {a.generations} completions x {a.length} tokens, "
+          f"{os.cpu_count()} CPU cores")
+    for r in results:
+        print(f"  {r['mode']:13s} {r['seconds_per_step']:6.2f} s/step  {r['tokens_per_s']:6.1f} tok/s  "
+              f"(mean completion {r['mean_completion_len']:.1f} tok, bf16={r['bf16']}, "
+              f"grad_ckpt={r['gradient_checkpointing']}, beta={r['beta']})  peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"  throughput ratio convrl / trl-defaults: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
