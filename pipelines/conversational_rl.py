@@ -10,13 +10,44 @@ locally with ``convrl run`` (kfp.local). Every parameter can be set in the KFP U
 
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
+
+from convrl.config import ClusterConfig, load_config
 
 from convrl.components.stages import (ab_compare, evaluate, finish_tracking, ingest, promote, register_candidate,
                                       rl_finetune, start_tracking, train_reward_models, validate)
 
 PIPELINE_NAME = "convrl-conversational-rl"
 COMPILED = Path(__file__).parent / "compiled" / "conversational_rl.yaml"
+# Compile-time cluster settings; `convrl compile --config X` swaps them before compiling.
+CLUSTER: ClusterConfig = load_config("cluster").cluster
+
+
+def on_cluster(task, stage: str, cluster: ClusterConfig):
+    """Resources, GPU scheduling, the MLflow secret and the model cache for one task."""
+    kubernetes.use_secret_as_env(task, secret_name=cluster.mlflow_secret, optional=True, secret_key_to_env={
+        "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+    kubernetes.mount_pvc(task, pvc_name=cluster.model_cache_pvc, mount_path=cluster.model_cache_mount)
+    task.set_env_variable("HF_HOME", cluster.model_cache_mount)
+    if stage in cluster.gpu_stages:
+        task.set_accelerator_type(cluster.accelerator_type).set_accelerator_limit(cluster.accelerator_limit)
+        task.set_cpu_request(cluster.gpu_cpu_request).set_memory_request(cluster.gpu_memory_request)
+        task.set_memory_limit(cluster.gpu_memory_limit)
+        for sel in cluster.node_selector:
+            key, _, value = sel.partition("=")
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for tol in cluster.tolerations:
+            key_value, _, effect = tol.rpartition(":")
+            if key_value.endswith(":Exists"):
+                kubernetes.add_toleration(task, key=key_value[:-7], operator="Exists", effect=effect)
+            else:
+                key, _, value = key_value.partition("=")
+                kubernetes.add_toleration(task, key=key, operator="Equal", value=value, effect=effect)
+    else:
+        task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+        task.set_memory_limit(cluster.memory_limit)
+    return task
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
@@ -48,14 +79,20 @@ def conversational_rl(config_name: str = "demo", overrides: str = "", run_name: 
         reg = register_candidate(config_json=cfg, parent_run_id=parent, policy=rl.outputs["policy"],
                                  decision=ab.outputs["decision"]).set_display_name("register")
         with dsl.If(ab.outputs["Output"] == "promote", name="decision-is-promote"):
-            promote(config_json=cfg, parent_run_id=parent, version=reg.output,
-                    decision=ab.outputs["decision"]).set_display_name("promote")
-        for t in (data, checks, rewards, rl, ev, ab, reg):
+            prom = promote(config_json=cfg, parent_run_id=parent, version=reg.output,
+                           decision=ab.outputs["decision"]).set_display_name("promote")
+        for stage, t in (("ingest", data), ("validate", checks), ("reward_models", rewards), ("rl_finetune", rl),
+                         ("evaluate", ev), ("ab_compare", ab), ("register", reg), ("promote", prom),
+                         ("start", start)):
             # Tracking side effects (MLflow runs, registry) must happen on every run.
             t.set_caching_options(False)
+            on_cluster(t, stage, CLUSTER)
+    on_cluster(done, "finish", CLUSTER)
 
 
-def compile_pipeline(path=COMPILED) -> Path:
+def compile_pipeline(path=COMPILED, config: str = "cluster") -> Path:
+    global CLUSTER
+    CLUSTER = load_config(config).cluster
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(conversational_rl, str(path))

@@ -138,9 +138,11 @@ def print_summary(con, s: dict, seconds: float, root: Path) -> None:
 # ---------------------------------------------------------------- other commands
 
 def cmd_compile(args) -> int:
+    if args.image:
+        os.environ["CONVRL_IMAGE"] = args.image  # read when the components module is imported
     from convrl.pipelines.conversational_rl import COMPILED, compile_pipeline
 
-    print(compile_pipeline(args.output or COMPILED))
+    print(compile_pipeline(args.output or COMPILED, config=args.config))
     return 0
 
 
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile the KFP pipeline to YAML")
     c.add_argument("--output", default="")
+    c.add_argument("--config", default="cluster", help="preset whose `cluster` section sets resources")
+    c.add_argument("--image", default="", help="project image for every component (default $CONVRL_IMAGE)")
     c.set_defaults(fn=cmd_compile)
 
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")

@@ -145,6 +145,34 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Kubernetes settings compiled into the pipeline (``convrl compile --config cluster``); kfp.local ignores them."""
+    gpu_stages: list[str] = field(
+        default_factory=lambda: ["reward_models", "rl_finetune", "evaluate"],
+        metadata={"help": "Stages that request an accelerator."})
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    gpu_cpu_request: str = "4"
+    gpu_memory_request: str = "32G"
+    gpu_memory_limit: str = "64G"
+    cpu_request: str = "1"
+    memory_request: str = "4G"
+    memory_limit: str = "16G"
+    node_selector: list[str] = field(
+        default_factory=list, metadata={"help": "GPU node labels as key=value, e.g. nvidia.com/gpu.present=true."})
+    tolerations: list[str] = field(
+        default_factory=lambda: ["nvidia.com/gpu:Exists:NoSchedule"],
+        metadata={"help": "GPU tolerations as key:Exists:Effect or key=value:Effect."})
+    mlflow_secret: str = field(
+        default="convrl-mlflow-client",
+        metadata={"help": "Secret whose keys become MLFLOW_TRACKING_URI/USERNAME/PASSWORD (never in the YAML)."})
+    model_cache_pvc: str = field(
+        default="convrl-model-cache",
+        metadata={"help": "PVC for hub downloads (HF_HOME); the image's own models stay in its CONVRL_HOME."})
+    model_cache_mount: str = "/mnt/model-cache"
+
+
+@dataclass
 class Config:
     name: str = "default"
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -156,6 +184,7 @@ class Config:
     ab: ABConfig = field(default_factory=ABConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

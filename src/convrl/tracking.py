@@ -361,3 +361,12 @@ def runs_frame(experiment: str, parent_run_id: str | None = None):
     mlflow = _mlflow()
     flt = f"tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id else ""
     return mlflow.search_runs(experiment_names=[experiment], filter_string=flt)
+
+
+def log_model_metrics(model_uri: str, metrics: dict[str, float], run_id: str) -> None:
+    """Attach metrics to a LoggedModel (``models:/m-...``), e.g. evaluation headlines on the candidate."""
+    mlflow = _mlflow()
+    model_id = model_uri.split("models:/", 1)[-1].split("/", 1)[0]
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+    with _active(run_id):
+        mlflow.log_metrics(clean, model_id=model_id)

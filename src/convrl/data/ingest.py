@@ -1,43 +1,45 @@
 """Ingest: source specs -> canonical turn table, persona table and quarantine.
 
-Sources are named by URI-like specs (``chatterbot:english``,
-``jsonl:/data/chats.jsonl``). Each loader yields conversations; rows that
-cannot be used go to the quarantine with a reason instead of disappearing.
-Text is Unicode-normalised, whitespace-cleaned, PII-redacted and truncated to
-a budget (flagged, not dropped); exact duplicate conversations are removed;
-the split is deterministic by conversation and stratified by source::
+Sources are named by URI-like specs, several at once (``chatterbot:english``,
+``jsonl:/data/chats.jsonl``, ``dailydialog:data.zip?cap=500``; every kind is
+listed in :mod:`convrl.data.sources`). Besides a loader's own options, every
+spec takes ``cap=N`` (at most N conversations from it), ``weight=W`` (keep a
+deterministic share W in (0, 1] of its conversations), ``min_turns=N`` and
+``split=source`` (keep the source's own train/validation/test split where it
+has one). Rows that cannot be used go to the quarantine with a reason instead
+of disappearing; records a loader leaves out on purpose are counted in
+``stats["skipped"]``.
+
+Each turn is Unicode-normalised, whitespace-cleaned, PII-redacted and cut to a
+character and, optionally, a token budget (flagged ``truncated``, not dropped).
+Exact duplicates (up to case and punctuation) and near-duplicates (MinHash,
+:mod:`convrl.data.dedup`) are removed, first seen kept. The split is
+deterministic by conversation and stratified by source::
 
     from convrl.data.ingest import ingest
-    result = ingest(["chatterbot:english"], personas, seed=13)
-    result.turns, result.quarantine, result.stats
+    result = ingest(["chatterbot:english", "dailydialog:../shared/data/dailydialog/convlab3_unified/data.zip?cap=500"])
+    result.turns, result.personas, result.quarantine, result.stats
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Iterator
+from typing import Iterable
 
 import pandas as pd
-import yaml
 
-from convrl.data.schema import ROLES, conform_turns, empty_quarantine
+from convrl.data.dedup import NearDuplicateIndex, exact_key
+from convrl.data.schema import (PERSONA_COLUMNS, QUARANTINE_COLUMNS, ROLES, conform_turns, empty_personas,
+                                empty_quarantine)
+from convrl.data.sources import SOURCE_LOADERS
+from convrl.data.sources.base import Conversation, IngestError, Skipped, split_query
+from convrl.data.sources.labels import ACTS, EMOTIONS
 
-
-class IngestError(ValueError):
-    pass
-
-
-@dataclass
-class Conversation:
-    conversation_id: str
-    turns: list[dict]  # {role, text, emotion?, act?, feedback_rating?, feedback_thumb?}
-    persona_id: str | None = None
+__all__ = ["Conversation", "IngestError", "IngestResult", "LOADERS", "assign_splits", "clean_text", "ingest",
+           "parse_spec", "redact_pii", "truncate"]
 
 
 @dataclass
@@ -45,6 +47,7 @@ class IngestResult:
     turns: pd.DataFrame
     quarantine: pd.DataFrame
     stats: dict = field(default_factory=dict)
+    personas: pd.DataFrame = field(default_factory=empty_personas)  # persona cards the sources brought
 
 
 # ------------------------------------------------------------------ cleaning
@@ -57,6 +60,10 @@ _PII = {
     "credit_card": re.compile(r"\b(?:\d[ -]?){13,19}\b"),
     "phone": re.compile(r"(?<![\w])(?<!\d[ .-])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?![\w])(?![ .-]\d)"),
 }
+PII_KINDS = tuple(_PII)
+_DIGIT = re.compile(r"\d")
+# ASCII control characters except tab and newline; the fast path of clean_text for ASCII text.
+_ASCII_CONTROL = {i: None for i in (*range(0, 9), *range(11, 32), 127)}
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -71,12 +78,17 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def redact_pii(text: str, counts: dict[str, int] | None = None) -> str:
-    """Replace e-mails, URL secrets, IPs, Luhn-valid card numbers and phone numbers."""
+def redact_pii(text: str, counts: dict[str, int] | None = None, kinds: Iterable[str] | None = None) -> str:
+    """Replace e-mails, URL secrets, IPs, Luhn-valid card numbers and phone numbers (``kinds``: a subset)."""
     counts = counts if counts is not None else {}
+    kinds = PII_KINDS if kinds is None else tuple(kinds)
+    # Cheap guards first: most turns hold no '@', no URL and no digit, and skip every pattern.
+    has_digit = _DIGIT.search(text) is not None
 
     def sub(kind: str, repl):
         nonlocal text
+        if kind not in kinds:
+            return
 
         def f(m: re.Match) -> str:
             r = repl(m)
@@ -86,8 +98,12 @@ def redact_pii(text: str, counts: dict[str, int] | None = None) -> str:
 
         text = _PII[kind].sub(f, text)
 
-    sub("email", lambda m: "[EMAIL]")
-    sub("url_secret", lambda m: m.group(1) + "[SECRET]")
+    if "@" in text:
+        sub("email", lambda m: "[EMAIL]")
+    if "://" in text:
+        sub("url_secret", lambda m: m.group(1) + "[SECRET]")
+    if not has_digit:
+        return text
     sub("ip", lambda m: "[IP]")
 
     def card(m: re.Match) -> str:
@@ -105,95 +121,38 @@ def redact_pii(text: str, counts: dict[str, int] | None = None) -> str:
 
 
 def clean_text(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    if text.isascii():
+        text = text.translate(_ASCII_CONTROL)  # NFKC and the category filter are no-ops on the rest
+    else:
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    if "\n" not in text:
+        return _WS.sub(" ", text).strip()
     lines = [_WS.sub(" ", line).strip() for line in text.split("\n")]
     return "\n".join(line for line in lines if line).strip()
 
 
-# ------------------------------------------------------------------ sources
-
-def _chatterbot(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    lang = arg or "english"
-    root = resources.files("chatterbot_corpus") / "data" / lang
-    if not root.is_dir():
-        raise IngestError(f"chatterbot corpus language '{lang}' not found; try 'chatterbot:english'")
-    for res in sorted(root.iterdir(), key=lambda r: r.name):
-        if not res.name.endswith((".yml", ".yaml")):
-            continue
-        try:
-            doc = yaml.safe_load(res.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            quarantine.append({"source": source, "location": res.name, "raw": "", "reason": f"unreadable YAML: {exc}"})
-            continue
-        topic = res.name.rsplit(".", 1)[0]
-        for i, conv in enumerate((doc or {}).get("conversations") or []):
-            loc = f"{res.name}:conversation {i}"
-            if not isinstance(conv, list) or not conv:
-                quarantine.append({"source": source, "location": loc, "raw": str(conv)[:500],
-                                   "reason": "conversation is not a non-empty list of statements"})
-                continue
-            turns = []
-            for j, stmt in enumerate(conv):
-                if not isinstance(stmt, str):
-                    stmt = str(stmt) if isinstance(stmt, (int, float)) else None
-                if stmt is None:
-                    quarantine.append({"source": source, "location": f"{loc} turn {j}", "raw": str(conv[j])[:500],
-                                       "reason": "statement is not text"})
-                    turns = []
-                    break
-                turns.append({"role": "user" if j % 2 == 0 else "assistant", "text": stmt})
-            if turns:
-                yield Conversation(f"chatterbot-{topic}-{i}", turns)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-def _jsonl(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    """OpenAI chat format: one ``{"messages": [...], "persona"?: str}`` object per line."""
-    path = Path(arg)
-    if not path.exists():
-        raise IngestError(f"{source}: file {path} does not exist")
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            loc = f"{path.name}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                quarantine.append({"source": source, "location": loc, "raw": raw[:500].decode("latin-1"),
-                                   "reason": "not UTF-8 text"})
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                quarantine.append({"source": source, "location": loc, "raw": line[:500],
-                                   "reason": f"malformed JSON: {exc.msg}"})
-                continue
-            msgs = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                quarantine.append({"source": source, "location": loc, "raw": line[:500],
-                                   "reason": "missing or empty 'messages' list"})
-                continue
-            turns, bad = [], None
-            for m in msgs:
-                if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-                    bad = "a message lacks string 'content'"
-                    break
-                if m.get("role") not in ROLES:
-                    bad = f"unknown role {m.get('role')!r} (allowed: {', '.join(ROLES)})"
-                    break
-                fb = m.get("feedback") or {}
-                turns.append({"role": m["role"], "text": m["content"],
-                              "feedback_rating": fb.get("rating"),
-                              "feedback_thumb": {"up": 1.0, "down": 0.0}.get(fb.get("thumb"))})
-            if bad:
-                quarantine.append({"source": source, "location": loc, "raw": line[:500], "reason": bad})
-                continue
-            cid = obj.get("id") or f"{path.stem}-{n}"
-            yield Conversation(f"jsonl-{cid}", turns, persona_id=obj.get("persona"))
+def truncate(text: str, max_chars: int, max_tokens: int = 0) -> tuple[str, bool]:
+    """Cut to ``max_chars`` characters and ``max_tokens`` tokens (words and punctuation marks,
+    a close, tokenizer-free proxy for subword tokens; 0 = no token budget)."""
+    cut = False
+    if max_chars and len(text) > max_chars:
+        text, cut = text[:max_chars].rstrip(), True
+    if max_tokens and len(text) > max_tokens:  # a token has at least one character
+        for i, m in enumerate(_TOKEN.finditer(text)):
+            if i == max_tokens:
+                text, cut = text[: m.start()].rstrip(), True
+                break
+    return text, cut
 
 
-LOADERS = {"chatterbot": _chatterbot, "jsonl": _jsonl}
+# ------------------------------------------------------------------ specs
+
+LOADERS = dict(SOURCE_LOADERS)
+GENERIC_OPTIONS = ("cap", "weight", "min_turns", "split")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -201,6 +160,24 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if kind not in LOADERS:
         raise IngestError(f"unknown source kind '{kind}' in '{spec}'; known: {', '.join(sorted(LOADERS))}")
     return kind, arg
+
+
+def _generic_options(spec: str, arg: str) -> tuple[str, dict]:
+    """Take ingest's own options out of the spec; the loader gets the rest."""
+    path, params = split_query(arg)
+    opts = {k: params.pop(k) for k in GENERIC_OPTIONS if k in params}
+    try:
+        out = {"cap": int(opts.get("cap", 0)), "weight": float(opts.get("weight", 1.0)),
+               "min_turns": int(opts.get("min_turns", 1)), "split": opts.get("split", "hash")}
+    except ValueError as exc:
+        raise IngestError(f"{spec}: cap and min_turns take integers, weight a number ({exc})") from None
+    if not 0 < out["weight"] <= 1:
+        raise IngestError(f"{spec}: weight={out['weight']} must lie in (0, 1]: it is the share of the source's "
+                          "conversations kept (weights above 1 would duplicate conversations; cap the others)")
+    if out["split"] not in ("hash", "source"):
+        raise IngestError(f"{spec}: split={out['split']!r}: use split=source (the source's own split) or split=hash")
+    rest = "&".join(f"{k}={v}" for k, v in params.items())
+    return path + (f"?{rest}" if rest else ""), out
 
 
 # ------------------------------------------------------------------ split
@@ -225,68 +202,180 @@ def assign_splits(conv_ids: pd.Series, sources: pd.Series, val_fraction: float, 
     return out
 
 
+# ------------------------------------------------------------------ one conversation
+
+def _invalid(turn: dict) -> str | None:
+    """Why a loader's turn breaks the schema (custom loaders included), or None."""
+    if turn.get("role") not in ROLES:
+        return f"unknown role {turn.get('role')!r}"
+    if not isinstance(turn.get("text"), str):
+        return "turn text is not a string"
+    if turn.get("emotion") is not None and turn["emotion"] not in EMOTIONS:
+        return f"emotion {turn['emotion']!r} is not one of {', '.join(EMOTIONS)}"
+    if turn.get("act") is not None and turn["act"] not in ACTS:
+        return f"act {turn['act']!r} is not one of {', '.join(ACTS)}"
+    r, t = turn.get("feedback_rating"), turn.get("feedback_thumb")
+    if r is not None and not (isinstance(r, (int, float)) and (r != r or 1 <= r <= 5)):
+        return f"feedback_rating {r!r} is not in 1-5"
+    if t is not None and not (isinstance(t, (int, float)) and (t != t or t in (0, 1))):
+        return f"feedback_thumb {t!r} is not 0/1"
+    return None
+
+
+class _Counter:
+    def __init__(self):
+        self.pii: dict[str, int] = {}
+        self.truncated = self.empty_turns = 0
+
+
+def _prepare(conv: Conversation, c: _Counter, max_chars: int, max_tokens: int, pii) -> tuple[list[dict], str]:
+    turns = []
+    for t in conv.turns:
+        bad = _invalid(t)
+        if bad:
+            return [], bad
+        text = clean_text(t["text"])
+        if not text:
+            c.empty_turns += 1
+            continue
+        if pii is None or pii:
+            text = redact_pii(text, c.pii, pii)
+        text, cut = truncate(text, max_chars, max_tokens)
+        c.truncated += cut
+        turns.append({**t, "text": text, "truncated": cut})
+    if not turns:
+        return [], "conversation has no non-empty turns"
+    if not any(t["role"] == "user" for t in turns):
+        return [], "conversation has no user turn"
+    return turns, ""
+
+
 # ------------------------------------------------------------------ main entry
 
 def ingest(sources: list[str], seed: int = 13, val_fraction: float = 0.1, test_fraction: float = 0.2,
-           max_conversations: int = 0, max_turn_chars: int = 2000,
-           quarantine_threshold: float = 0.05) -> IngestResult:
-    quarantine: list[dict] = []
-    rows: list[dict] = []
-    pii_counts: dict[str, int] = {}
-    seen: set[str] = set()
-    n_dupes = n_truncated = n_convs = 0
+           max_conversations: int = 0, max_turn_chars: int = 2000, quarantine_threshold: float = 0.05, *,
+           max_turn_tokens: int = 0, near_duplicate_threshold: float = 0.85,
+           pii: Iterable[str] | None = None) -> IngestResult:
+    """Load, clean, deduplicate and split ``sources``; see the module docstring.
+
+    ``near_duplicate_threshold``: Jaccard similarity of word 3-grams at or above
+    which a conversation is a near-duplicate (0 turns near-duplicate removal off).
+    ``pii``: the PII kinds to redact (default all of ``PII_KINDS``; ``[]`` none).
+    """
+    if isinstance(sources, str):
+        sources = [sources]
+    pii = None if pii is None else tuple(pii)
+    unknown_pii = set(pii or ()) - set(PII_KINDS)
+    if unknown_pii:
+        raise IngestError(f"unknown PII kinds {sorted(unknown_pii)}; known: {', '.join(PII_KINDS)}")
+    specs = []
     for spec in sources:
         kind, arg = parse_spec(spec)
-        for conv in LOADERS[kind](arg, quarantine, spec):
-            turns = []
-            for t in conv.turns:
-                text = clean_text(t["text"])
-                if not text:
+        specs.append((spec, kind, *_generic_options(spec, arg)))
+    quarantine: list[dict] = []
+    rows: list[dict] = []
+    personas: dict[str, dict] = {}
+    seen: set[str] = set()
+    used_ids: set[str] = set()
+    near = NearDuplicateIndex(near_duplicate_threshold) if near_duplicate_threshold else None
+    counter = _Counter()
+    per_source: dict[str, dict] = {}
+    source_split: dict[str, str] = {}
+    skipped: dict[str, int] = {}
+    n_dupes = n_near = n_convs = 0
+    for spec, kind, arg, gen in specs:
+        ps = per_source[spec] = {"conversations": 0, "turns": 0, "quarantined": 0, "duplicates": 0,
+                                 "near_duplicates": 0, "skipped": 0}
+        q_before = len(quarantine)
+        stream = LOADERS[kind](arg, quarantine, spec)
+        try:
+            for conv in stream:
+                if isinstance(conv, Skipped):
+                    skipped[conv.reason] = skipped.get(conv.reason, 0) + conv.count
+                    ps["skipped"] += conv.count
                     continue
-                text = redact_pii(text, pii_counts)
-                truncated = len(text) > max_turn_chars
-                if truncated:
-                    text = text[:max_turn_chars]
-                    n_truncated += 1
-                turns.append({**t, "text": text, "truncated": truncated})
-            if not turns:
-                quarantine.append({"source": spec, "location": conv.conversation_id, "raw": "",
-                                   "reason": "conversation has no non-empty turns"})
-                continue
-            key = hashlib.sha1("\x1e".join(f"{t['role']}:{t['text'].lower()}" for t in turns).encode()).hexdigest()
-            if key in seen:
-                n_dupes += 1
-                continue
-            seen.add(key)
-            n_convs += 1
-            for i, t in enumerate(turns):
-                rows.append({"conversation_id": conv.conversation_id, "turn_index": i, "role": t["role"],
-                             "text": t["text"], "emotion": t.get("emotion"), "act": t.get("act"),
-                             "persona_id": conv.persona_id, "feedback_rating": t.get("feedback_rating"),
-                             "feedback_thumb": t.get("feedback_thumb"), "source": spec,
-                             "truncated": t["truncated"]})
-            if max_conversations and n_convs >= max_conversations:
-                break
+                if gen["weight"] < 1 and _bucket(f"w:{conv.conversation_id}", seed) >= gen["weight"]:
+                    skipped["not sampled (weight)"] = skipped.get("not sampled (weight)", 0) + 1
+                    ps["skipped"] += 1
+                    continue
+                turns, why = _prepare(conv, counter, max_turn_chars, max_turn_tokens, pii)
+                if not turns:
+                    quarantine.append({"source": spec, "location": conv.location or conv.conversation_id,
+                                       "raw": " | ".join(str(t.get("text"))[:80] for t in conv.turns[:6]),
+                                       "reason": why})
+                    continue
+                if len(turns) < gen["min_turns"]:
+                    reason = f"fewer than {gen['min_turns']} turns (min_turns)"
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    ps["skipped"] += 1
+                    continue
+                key = exact_key([(t["role"], t["text"]) for t in turns])
+                if key in seen:
+                    n_dupes += 1
+                    ps["duplicates"] += 1
+                    continue
+                if near is not None and near.add(conv.conversation_id, [t["text"] for t in turns]) is not None:
+                    n_near += 1
+                    ps["near_duplicates"] += 1
+                    continue
+                seen.add(key)
+                cid = conv.conversation_id
+                if cid in used_ids:  # two files or sources reusing an id: keep both, distinguishable
+                    n = 2
+                    while f"{cid}~{n}" in used_ids:
+                        n += 1
+                    cid = f"{cid}~{n}"
+                used_ids.add(cid)
+                if gen["split"] == "source" and conv.split in ("train", "validation", "test"):
+                    source_split[cid] = conv.split
+                if conv.persona and conv.persona.get("persona_id"):
+                    personas.setdefault(conv.persona["persona_id"], conv.persona)
+                n_convs += 1
+                ps["conversations"] += 1
+                ps["turns"] += len(turns)
+                for i, t in enumerate(turns):
+                    rows.append({"conversation_id": cid, "turn_index": i, "role": t["role"], "text": t["text"],
+                                 "emotion": t.get("emotion"), "act": t.get("act"), "persona_id": conv.persona_id,
+                                 "feedback_rating": t.get("feedback_rating"),
+                                 "feedback_thumb": t.get("feedback_thumb"), "source": spec,
+                                 "truncated": t["truncated"], "emotion_fine": t.get("emotion_fine")})
+                if (gen["cap"] and ps["conversations"] >= gen["cap"]) or (
+                        max_conversations and n_convs >= max_conversations):
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()  # stop reading a capped source now, releasing its files
+        ps["quarantined"] = len(quarantine) - q_before
+        if max_conversations and n_convs >= max_conversations:
+            break
+    q = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS) if quarantine else empty_quarantine()
     if not rows:
-        raise IngestError(f"no usable conversations in sources {sources}; "
-                          f"{len(quarantine)} rows were quarantined (see quarantine table)")
+        reasons = q["reason"].value_counts().head(3).to_dict() if len(q) else {}
+        raise IngestError(f"no usable conversations in sources {sources}; {len(q)} rows were quarantined"
+                          + (f" (top reasons: {reasons})" if reasons else "")
+                          + (f"; skipped: {skipped}" if skipped else ""))
     turns_df = pd.DataFrame(rows)
     turns_df["feedback_rating"] = pd.to_numeric(turns_df["feedback_rating"], errors="coerce")
     turns_df["feedback_thumb"] = pd.to_numeric(turns_df["feedback_thumb"], errors="coerce")
     split_of = assign_splits(turns_df["conversation_id"], turns_df["source"], val_fraction, test_fraction, seed)
+    split_of.update(source_split)
     turns_df["split"] = turns_df["conversation_id"].map(split_of)
     turns_df = conform_turns(turns_df)
-    q = pd.DataFrame(quarantine) if quarantine else empty_quarantine()
+    persona_df = pd.DataFrame(list(personas.values()), columns=PERSONA_COLUMNS) if personas else empty_personas()
     n_total = n_convs + len(q)
     frac = len(q) / n_total if n_total else 0.0
     stats = {"conversations": n_convs, "turns": len(turns_df), "quarantined": len(q),
-             "quarantined_fraction": frac, "duplicates_removed": n_dupes, "truncated_turns": n_truncated,
-             **{f"pii_{k}": v for k, v in sorted(pii_counts.items())},
+             "quarantined_fraction": frac, "duplicates_removed": n_dupes, "near_duplicates_removed": n_near,
+             "truncated_turns": counter.truncated, "empty_turns_dropped": counter.empty_turns,
+             "skipped_conversations": sum(skipped.values()), "personas_from_sources": len(persona_df),
+             **{f"pii_{k}": v for k, v in sorted(counter.pii.items())},
              **{f"split_{k}_conversations": int(v) for k, v in
-                turns_df.drop_duplicates("conversation_id")["split"].value_counts().items()}}
+                turns_df.drop_duplicates("conversation_id")["split"].value_counts().items()},
+             "skipped": skipped, "per_source": per_source}
     if frac > quarantine_threshold:
         raise IngestError(
             f"{len(q)} of {n_total} conversations/rows ({frac:.1%}) were quarantined, above the "
             f"threshold {quarantine_threshold:.0%}. Inspect the quarantine table (reasons: "
             f"{q['reason'].value_counts().head(3).to_dict()}) or raise data.quarantine_threshold.")
-    return IngestResult(turns_df, q, stats)
+    return IngestResult(turns_df, q, stats, persona_df)

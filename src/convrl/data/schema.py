@@ -17,6 +17,9 @@ feedback_thumb     float     1 (up) / 0 (down), NaN if none
 source             str       the source spec the row came from
 split              str       train | validation | test (by conversation)
 truncated          bool      the text was cut to the configured budget
+emotion_fine       str/null  the source's own, finer emotion label(s) when ``emotion``
+                             was mapped from them (e.g. EmpatheticDialogues' 32
+                             classes, GoEmotions' 28, comma-separated), else null
 =================  ========  =====================================================
 
 Persona table (``personas.parquet``): persona_id, name, description, traits
@@ -34,7 +37,7 @@ import pandas as pd
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation", "test")
 TURN_COLUMNS = ["conversation_id", "turn_index", "role", "text", "emotion", "act", "persona_id",
-                "feedback_rating", "feedback_thumb", "source", "split", "truncated"]
+                "feedback_rating", "feedback_thumb", "source", "split", "truncated", "emotion_fine"]
 PERSONA_COLUMNS = ["persona_id", "name", "description", "traits", "style", "emotional_range",
                    "emotion_map", "facts"]
 QUARANTINE_COLUMNS = ["source", "location", "raw", "reason"]
@@ -46,6 +49,10 @@ def empty_turns() -> pd.DataFrame:
 
 def empty_quarantine() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
+
+
+def empty_personas() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in PERSONA_COLUMNS})
 
 
 def _dtype(col: str) -> str:
@@ -65,6 +72,6 @@ def conform_turns(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("feedback_rating", "feedback_thumb"):
         df[c] = df[c].astype("float64")
     df["truncated"] = df["truncated"].astype(bool)
-    for c in ("conversation_id", "role", "text", "source", "split", "emotion", "act", "persona_id"):
+    for c in ("conversation_id", "role", "text", "source", "split", "emotion", "act", "persona_id", "emotion_fine"):
         df[c] = df[c].astype("object")
     return df[TURN_COLUMNS].reset_index(drop=True)

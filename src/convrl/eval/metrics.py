@@ -1,0 +1,201 @@
+"""Use-case metrics, confidence intervals, per-persona breakdown and reward-judge gaps.
+
+Input is the per-reply score table of ``convrl.eval.evaluate`` (one row per
+model x prompt with reward-head and ``judge_*`` columns). Everything here is a
+pure function of that table, so the report and the A/B stage read the same
+numbers::
+
+    from convrl.eval.metrics import analyze
+    a = analyze(scores, threshold=0.5)
+    a.summary["candidate/engagement_rate"], a.gaps, a.persona, a.headline
+
+Use-case metrics (per reply, then averaged; rates are % of replies whose judge
+score reaches ``threshold``):
+
+* engagement rate ``judge_engagement >= t``; response relevance ``judge_relevance >= t``;
+  personality consistency ``judge_personality >= t`` (a contradiction of a
+  persona fact or a character break scores 0); emotional appropriateness
+  ``judge_emotion >= t``;
+* predicted user satisfaction on 1-5: ``1 + 4 * judge_composite``. A linear,
+  uncalibrated map of the held-out judges (weighted like the reward), so a
+  reply every judge rates perfect predicts 5 and an empty one 1; recalibrate it
+  against rated conversations (e.g. ConvAI2's 1-5 ratings) before reading it as
+  a user survey;
+* distinct-1/2 (unique n-grams / n-grams over all replies), repetition
+  (repeated word trigrams within a reply), length in words, empty-reply rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from convrl.eval.judges import JUDGE_COLUMNS, JUDGE_FOR_HEAD
+from convrl.rewards.heads import HEADS
+
+METRICS = ("composite",) + HEADS
+RATES = {"engagement_rate": "judge_engagement", "relevance_rate": "judge_relevance",
+         "personality_consistency": "judge_personality", "emotional_appropriateness": "judge_emotion"}
+LABELS = {"engagement_rate": "Engagement rate (%)", "relevance_rate": "Response relevance (%)",
+          "personality_consistency": "Personality consistency (%)",
+          "emotional_appropriateness": "Emotional appropriateness (%)",
+          "satisfaction": "Predicted user satisfaction (1-5)"}
+USE_CASE = tuple(RATES) + ("satisfaction",)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams, total = set(), 0
+    for t in texts:
+        w = t.lower().split()
+        g = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+        grams.update(g)
+        total += len(g)
+    return len(grams) / total if total else 0.0
+
+
+def bootstrap_mean_ci(x: np.ndarray, n: int = 2000, seed: int = 0, conf: float = 0.95) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
+    return float(np.quantile(means, (1 - conf) / 2)), float(np.quantile(means, 1 - (1 - conf) / 2))
+
+
+def add_use_case_columns(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Per-reply indicator columns (0/100, so their mean is a percentage) and satisfaction."""
+    df = scores.copy()
+    for name, col in RATES.items():
+        if col in df:
+            df[name] = np.where(df[col] >= threshold, 100.0, 0.0)
+    if "judge_composite" in df:
+        df["satisfaction"] = 1.0 + 4.0 * df["judge_composite"].clip(0, 1)
+    return df
+
+
+def per_reply_metrics(df: pd.DataFrame) -> list[str]:
+    """The numeric per-reply columns the summary averages, in display order."""
+    cols = list(METRICS) + [c for c in USE_CASE + JUDGE_COLUMNS if c in df]
+    cols += [c for c in ("fluency", "repetition", "appropriateness", "words", "contradictions") if c in df]
+    return cols
+
+
+def summarize(scores: pd.DataFrame, threshold: float = 0.5) -> dict[str, float]:
+    """Flat ``{model}/{metric}`` means (the keys the pipeline logs to MLflow)."""
+    df = add_use_case_columns(scores, threshold)
+    out: dict[str, float] = {}
+    for model, grp in df.groupby("model", sort=False):
+        for m in per_reply_metrics(df):
+            out[f"{model}/{m}"] = float(grp[m].mean())
+        responses = grp["response"].tolist()
+        out[f"{model}/distinct_1"] = distinct_n(responses, 1)
+        out[f"{model}/distinct_2"] = distinct_n(responses, 2)
+        out[f"{model}/empty_rate"] = float((grp["response"].str.strip() == "").mean())
+    return out
+
+
+def ci_table(scores: pd.DataFrame, metrics: list[str], n_boot: int = 1000, seed: int = 13) -> pd.DataFrame:
+    """Long table: metric, model, mean, lo, hi (bootstrap 95% CI of the mean over replies)."""
+    rows = []
+    for m in metrics:
+        for model, grp in scores.groupby("model", sort=False):
+            x = grp[m].to_numpy(dtype=float)
+            lo, hi = bootstrap_mean_ci(x, n_boot, seed)
+            rows.append({"metric": m, "model": model, "mean": float(x.mean()), "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
+
+
+def per_persona(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Rows (persona, model); columns: replies, composite reward and the use-case metrics."""
+    df = add_use_case_columns(scores, threshold)
+    cols = ["composite"] + [c for c in ("judge_composite",) + USE_CASE if c in df]
+    out = df.groupby(["persona_id", "model"], sort=True)[cols].mean()
+    out.insert(0, "replies", df.groupby(["persona_id", "model"], sort=True).size())
+    return out
+
+
+def paired_diffs(scores: pd.DataFrame, col: str, a: str = "candidate", b: str = "baseline") -> np.ndarray:
+    wide = scores.pivot_table(index="prompt_id", columns="model", values=col, aggfunc="mean").dropna()
+    if a not in wide or b not in wide:
+        return np.zeros(0)
+    return (wide[a] - wide[b]).to_numpy(dtype=float)
+
+
+def reward_judge_gaps(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 13, margin: float = 0.0) -> pd.DataFrame:
+    """For each reward head and its held-out judge: paired candidate - baseline differences.
+
+    A head is flagged when its gain is significant (95% CI lower bound above
+    ``margin``) while its judge confirms less than half of it (judge CI lower
+    bound <= 0 or judge gain < half the reward gain): the policy may have
+    learned to please the reward model rather than to get better. ``agreement``
+    is the Spearman correlation of head and judge over all replies.
+    """
+    rows = []
+    for head, judge in JUDGE_FOR_HEAD.items():
+        if judge not in scores:
+            continue
+        rd, jd = paired_diffs(scores, head), paired_diffs(scores, judge)
+        r_lo, r_hi = bootstrap_mean_ci(rd, n_boot, seed)
+        j_lo, j_hi = bootstrap_mean_ci(jd, n_boot, seed)
+        r_mean = float(rd.mean()) if len(rd) else float("nan")
+        j_mean = float(jd.mean()) if len(jd) else float("nan")
+        reward_up, judge_up = r_lo > margin, j_lo > 0
+        flagged = bool(reward_up and (not judge_up or j_mean < 0.5 * r_mean))
+        if flagged:
+            verdict = (f"reward-judge gap: {head} rose {r_mean:+.3f} but its judge moved {j_mean:+.3f}; "
+                       "read the samples before trusting this head")
+        elif reward_up and judge_up:
+            verdict = "confirmed: head and judge both improve"
+        elif judge_up:
+            verdict = "judge improves, head does not"
+        elif r_hi < 0 and j_hi < 0:
+            verdict = "both regress"
+        else:
+            verdict = "no significant change"
+        with np.errstate(all="ignore"):
+            rho = stats.spearmanr(scores[head], scores[judge]).statistic if len(scores) > 2 else float("nan")
+        rows.append({"quality": head, "judge": judge, "reward_diff": r_mean, "reward_lo": r_lo, "reward_hi": r_hi,
+                     "judge_diff": j_mean, "judge_lo": j_lo, "judge_hi": j_hi,
+                     "agreement": float(rho) if rho == rho else float("nan"), "flagged": flagged, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Analysis:
+    scores: pd.DataFrame                      # per reply, with use-case indicator columns
+    summary: dict[str, float]                 # {model}/{metric}
+    ci: pd.DataFrame                          # metric, model, mean, lo, hi
+    gaps: pd.DataFrame                        # one row per reward head
+    persona: pd.DataFrame                     # (persona, model) x metrics
+    selfplay: dict[str, float] = field(default_factory=dict)  # {model}/{metric}
+    headline: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.5
+
+
+HEADLINE = {"satisfaction": "satisfaction", "engagement_rate": "engagement_rate",
+            "relevance_rate": "relevance_rate", "personality_consistency": "personality_consistency",
+            "emotional_appropriateness": "emotional_appropriateness", "composite_reward": "composite",
+            "judge_composite": "judge_composite", "distinct_2": "distinct_2"}
+
+
+def analyze(scores: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000, seed: int = 13,
+            selfplay: dict[str, float] | None = None, gap_margin: float = 0.0) -> Analysis:
+    """Everything the report shows, computed once. ``selfplay``: ``{model}/{metric}`` from selfplay.summarize."""
+    df = add_use_case_columns(scores, threshold)
+    summary = summarize(scores, threshold)
+    ci = ci_table(df, per_reply_metrics(df), n_boot, seed)
+    gaps = reward_judge_gaps(df, n_boot, seed, gap_margin)
+    selfplay = dict(selfplay or {})
+    headline = {k: summary[f"candidate/{v}"] for k, v in HEADLINE.items() if f"candidate/{v}" in summary}
+    for k in ("composite", "judge_composite", "satisfaction"):
+        if f"candidate/{k}" in summary and f"baseline/{k}" in summary:
+            headline[f"{k}_delta"] = summary[f"candidate/{k}"] - summary[f"baseline/{k}"]
+    if len(gaps):
+        headline["reward_judge_gaps"] = float(gaps["flagged"].sum())
+    for k in ("coherence", "persona_consistency", "contradiction_rate"):
+        if f"candidate/{k}" in selfplay:
+            headline[f"selfplay_{k}"] = selfplay[f"candidate/{k}"]
+    return Analysis(df, summary, ci, gaps, per_persona(scores, threshold), selfplay, headline, threshold)

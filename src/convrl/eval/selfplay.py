@@ -1,0 +1,287 @@
+"""Multi-turn self-play: the policy talks with a simulated user for N turns; coherence metrics.
+
+The simulated user is the frozen base model prompted with a user profile
+(who they are, their goal, how they feel). Both sides see only the last
+``context_turns`` messages, as a deployed chat service would. Halfway through,
+the user changes the subject with a scripted message (the profile's ``pivot``)
+so every conversation has one known topic transition to handle::
+
+    from convrl.eval.selfplay import SelfPlaySettings, run_selfplay, selfplay_metrics, summarize
+    result = evaluate_selfplay({"candidate": cand_dir, "baseline": base_dir}, base_dir, personas,
+                               SelfPlaySettings(conversations=2, turns=10, max_new_tokens=32), JudgePanel())
+    result.summary["candidate/coherence"], result.transcripts, result.per_turn, result.per_conv
+
+Policy replies are greedy and user turns sampled with fixed seeds, so both
+models meet the same users with the same randomness. Per conversation:
+
+* ``persona_consistency``: mean held-out personality judge over the assistant
+  turns; ``persona_drift``: second-half minus first-half mean (negative =
+  falling out of character); ``persona_embed_sim`` / ``persona_embed_std``:
+  encoder cosine of each turn with the persona card (mean, spread), if an
+  encoder is given;
+* ``contradiction_rate``: share of assistant turns contradicting a persona fact,
+  an earlier own statement, or breaking character;
+* ``self_repetition``: share of turns that near-copy an earlier own turn;
+* ``user_following``: relevance judge of each reply to the user turn before it;
+  ``unprompted_shift_rate``: replies unrelated to both the user turn and the
+  previous reply; ``pivot_followed``: after the scripted topic change, the reply
+  is closer to the new topic than to the opening one;
+* ``coherence`` = 0.3 persona_consistency + 0.25 (1 - contradiction_rate) +
+  0.2 (1 - self_repetition) + 0.25 user_following.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from convrl.data.personas import Persona
+from convrl.eval.fluency import is_degenerate
+from convrl.eval.judges import contradictions, judge_user_emotion, relevance_judge
+
+
+@dataclass
+class UserProfile:
+    user_id: str
+    description: str
+    goal: str
+    opener: str
+    pivot: str
+
+
+USER_PROFILES = (
+    UserProfile("stressed_student", "Jamie, a university student who feels anxious about exams next week",
+                "get practical advice to calm down and plan revision",
+                "I have three exams next week and I can't stop panicking.",
+                "Can I ask something different? What is a good hobby to relax on weekends?"),
+    UserProfile("excited_mover", "Priya, who just got a new job abroad and is thrilled",
+                "share the news and get ideas for settling into a new city",
+                "Guess what, I got the job in Lisbon! I'm moving there next month!",
+                "By the way, do you have any favourite food you would recommend trying?"),
+    UserProfile("frustrated_customer", "Mark, whose laptop keeps crashing and who is annoyed",
+                "get the laptop working again without losing files",
+                "My laptop crashed again and I lost an hour of work. This is ridiculous.",
+                "Anyway, forget the laptop. Do you know any good books about chess?"),
+    UserProfile("lonely_retiree", "Margaret, a retired teacher who feels lonely since moving towns",
+                "have a friendly chat and find ways to meet people",
+                "I moved to a new town last month and I don't know anyone here. It's been lonely.",
+                "Let me change the subject. Do you like music? I used to play the piano."),
+)
+
+
+@dataclass
+class SelfPlaySettings:
+    conversations: int = 2
+    turns: int = 10
+    max_new_tokens: int = 32
+    context_turns: int = 6
+    seed: int = 13
+    user_temperature: float = 0.8
+
+
+def user_system_prompt(profile: UserProfile) -> str:
+    return (f"You are role-playing a human user chatting with an assistant. You are {profile.description}. "
+            f"Your goal: {profile.goal}. Reply as the user in one or two short sentences. "
+            "Never act as the assistant and never say you are an AI.")
+
+
+def window(history: list[dict], k: int) -> list[dict]:
+    """The last ``k`` messages, starting on a user turn (chat templates expect that)."""
+    w = history[-k:] if k > 0 else list(history)
+    while w and w[0]["role"] != "user":
+        w = w[1:]
+    return w
+
+
+def _swap(history: list[dict]) -> list[dict]:
+    return [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in history]
+
+
+def _clean_user(text: str, fallback: str) -> str:
+    # Small simulators sometimes answer as the assistant or prefix a speaker label.
+    t = text.strip()
+    for prefix in ("User:", "user:", "Me:", "Human:"):
+        if t.startswith(prefix):
+            t = t[len(prefix):].strip()
+    return t[:400] if t else fallback
+
+
+def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
+             profiles: tuple[UserProfile, ...] = USER_PROFILES) -> pd.DataFrame:
+    """Run ``settings.conversations`` conversations in lockstep (one batched generate per side per turn).
+
+    ``policy`` and ``user`` are ``convrl.rl.generation.Generator`` objects (they may be the same).
+    Returns one row per message: conversation, turn, role, text, persona_id, user_id, scripted.
+    """
+    n = settings.conversations
+    convs = [(personas[c % len(personas)], profiles[c % len(profiles)]) for c in range(n)]
+    histories = [[{"role": "user", "content": prof.opener}] for _, prof in convs]
+    scripted = [[True] for _ in range(n)]
+    pivot_turn = settings.turns // 2
+    for t in range(settings.turns):
+        views = []
+        for (persona, _), h in zip(convs, histories):
+            emotion = judge_user_emotion(h[-1]["content"])
+            views.append([{"role": "system", "content": persona.system_prompt(emotion)}]
+                         + window(h, settings.context_turns))
+        replies = policy.generate(views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
+                                  do_sample=False, seed=settings.seed + t)
+        for h, r in zip(histories, replies):
+            h.append({"role": "assistant", "content": r})
+        if t == settings.turns - 1:
+            break
+        if t + 1 == pivot_turn:
+            for (_, prof), h, s in zip(convs, histories, scripted):
+                h.append({"role": "user", "content": prof.pivot})
+                s.append(True)
+            continue
+        sim_views = [[{"role": "system", "content": user_system_prompt(prof)}] + window(_swap(h), settings.context_turns)
+                     for (_, prof), h in zip(convs, histories)]
+        said = user.generate(sim_views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
+                             do_sample=True, temperature=settings.user_temperature, seed=settings.seed + 1000 + t)
+        for h, s, u in zip(histories, scripted, said):
+            h.append({"role": "user", "content": _clean_user(u, "Tell me more.")})
+            s.append(False)
+    rows = []
+    for c, ((persona, prof), h) in enumerate(zip(convs, histories)):
+        turn, k = 0, 0
+        for m in h:
+            rows.append({"conversation": c, "turn": turn, "role": m["role"], "text": m["content"],
+                         "persona_id": persona.persona_id, "user_id": prof.user_id,
+                         "scripted": m["role"] == "user" and scripted[c][k]})
+            if m["role"] == "user":
+                k += 1
+            else:
+                turn += 1
+    return pd.DataFrame(rows)
+
+
+def run_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list[Persona],
+                 settings: SelfPlaySettings) -> pd.DataFrame:
+    """Self-play for every model against the same simulated user; a ``model`` column tells them apart."""
+    from convrl.rl.generation import Generator
+
+    user = Generator(user_model_dir)
+    frames = []
+    for name, d in model_dirs.items():
+        # The baseline is often the base model itself: reuse the loaded copy.
+        policy = user if d == user_model_dir else Generator(d)
+        df = simulate(policy, user, personas, settings)
+        df.insert(0, "model", name)
+        frames.append(df)
+        del policy
+    return pd.concat(frames, ignore_index=True)
+
+
+def _similarity(texts: list[str]) -> np.ndarray:
+    """Pairwise 0.5 word + 0.5 character TF-IDF cosine within one conversation."""
+    mats = []
+    for vec in (TfidfVectorizer(sublinear_tf=True, token_pattern=r"[a-zA-Z0-9']{2,}", stop_words="english"),
+                TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(3, 5))):
+        try:
+            m = vec.fit_transform([t.lower() for t in texts])
+            mats.append((m @ m.T).toarray())
+        except ValueError:
+            mats.append(np.zeros((len(texts), len(texts))))
+    return 0.5 * mats[0] + 0.5 * mats[1]
+
+
+def selfplay_metrics(transcripts: pd.DataFrame, personas_by_id: dict[str, Persona], panel,
+                     encoder=None, shift_threshold: float = 0.1,
+                     repeat_threshold: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per assistant turn and per conversation metrics (see the module docstring)."""
+    turn_rows, conv_rows = [], []
+    for (model, c), conv in transcripts.groupby(["model", "conversation"], sort=False):
+        conv = conv.reset_index(drop=True)
+        persona = personas_by_id.get(conv["persona_id"].iloc[0])
+        texts = conv["text"].tolist()
+        sim = _similarity(texts)
+        a_idx = [i for i in range(len(conv)) if conv["role"][i] == "assistant"]
+        prev_user = [max(j for j in range(i) if conv["role"][j] == "user") for i in a_idx]
+        replies = [texts[i] for i in a_idx]
+        users = [texts[j] for j in prev_user]
+        judged = panel.score(users, replies, [persona] * len(replies))
+        following = relevance_judge(users, replies)
+        emb_sim = None
+        if encoder is not None and persona is not None and replies:
+            e = encoder.encode(replies + [persona.card_text()])
+            emb_sim = np.clip(e[:-1] @ e[-1], -1, 1)
+        contra, repeats, shifts = [], [], []
+        for k, (i, j) in enumerate(zip(a_idx, prev_user)):
+            contra.append(contradictions(replies[k], persona, earlier=replies[:k]))
+            repeats.append(k > 0 and max(sim[i, a] for a in a_idx[:k]) >= repeat_threshold)
+            # An empty or garbled reply is a failure the fluency judge counts, not a change of topic.
+            shifts.append(k > 0 and not is_degenerate(replies[k]) and sim[i, j] < shift_threshold
+                          and sim[i, a_idx[k - 1]] < shift_threshold)
+            turn_rows.append({"model": model, "conversation": c, "turn": k, "persona_id": conv["persona_id"][0],
+                              "persona_score": float(judged["judge_personality"][k]),
+                              "engagement": float(judged["judge_engagement"][k]),
+                              "emotion": float(judged["judge_emotion"][k]),
+                              "fluency": float(judged["judge_fluency"][k]),
+                              "user_following": float(following[k]), "contradictions": len(contra[-1]),
+                              "contradiction_notes": "; ".join(contra[-1]), "self_repeat": bool(repeats[-1]),
+                              "unprompted_shift": bool(shifts[-1]),
+                              "persona_embed_sim": float(emb_sim[k]) if emb_sim is not None else float("nan")})
+        p = judged["judge_personality"].to_numpy(dtype=float)
+        half = len(p) // 2
+        row = {"model": model, "conversation": c, "persona_id": conv["persona_id"][0],
+               "user_id": conv["user_id"][0], "turns": len(a_idx),
+               "persona_consistency": float(p.mean()) if len(p) else 0.0,
+               "persona_drift": float(p[half:].mean() - p[:half].mean()) if half else 0.0,
+               "contradiction_rate": float(np.mean([len(x) > 0 for x in contra])) if contra else 0.0,
+               "self_repetition": float(np.mean(repeats[1:])) if len(repeats) > 1 else 0.0,
+               "user_following": float(following.mean()) if len(following) else 0.0,
+               "unprompted_shift_rate": float(np.mean(shifts[1:])) if len(shifts) > 1 else 0.0,
+               "pivot_followed": _pivot_followed(conv, a_idx, sim),
+               "engagement": float(judged["judge_engagement"].mean()) if len(p) else 0.0,
+               "persona_embed_sim": float(emb_sim.mean()) if emb_sim is not None else float("nan"),
+               "persona_embed_std": float(emb_sim.std()) if emb_sim is not None else float("nan")}
+        row["coherence"] = (0.3 * row["persona_consistency"] + 0.25 * (1 - row["contradiction_rate"])
+                            + 0.2 * (1 - row["self_repetition"]) + 0.25 * row["user_following"])
+        conv_rows.append(row)
+    return pd.DataFrame(turn_rows), pd.DataFrame(conv_rows)
+
+
+def _pivot_followed(conv: pd.DataFrame, a_idx: list[int], sim: np.ndarray) -> float:
+    """1 if the reply to the scripted topic change is closer to it than to the opener; NaN without a pivot."""
+    pivots = [i for i in range(1, len(conv)) if conv["role"][i] == "user" and bool(conv["scripted"][i])]
+    after = [a for a in a_idx if pivots and a > pivots[0]]
+    if not pivots or not after:
+        return float("nan")
+    return float(sim[after[0], pivots[0]] > sim[after[0], 0])
+
+
+SUMMARY_METRICS = ("coherence", "persona_consistency", "persona_drift", "contradiction_rate", "self_repetition",
+                   "user_following", "unprompted_shift_rate", "pivot_followed", "engagement",
+                   "persona_embed_sim", "persona_embed_std")
+
+
+def summarize(per_conv: pd.DataFrame) -> dict[str, float]:
+    """``{model}/{metric}`` means over conversations (NaN-aware)."""
+    out: dict[str, float] = {}
+    for model, grp in per_conv.groupby("model", sort=False):
+        for m in SUMMARY_METRICS:
+            if m in grp and grp[m].notna().any():
+                out[f"{model}/{m}"] = float(grp[m].mean())
+        out[f"{model}/conversations"] = float(len(grp))
+        out[f"{model}/turns"] = float(grp["turns"].mean())
+    return out
+
+
+@dataclass
+class SelfPlayResult:
+    transcripts: pd.DataFrame
+    per_turn: pd.DataFrame
+    per_conv: pd.DataFrame
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list[Persona],
+                      settings: SelfPlaySettings, panel, encoder=None) -> SelfPlayResult:
+    """Run self-play for every model and measure it."""
+    transcripts = run_selfplay(model_dirs, user_model_dir, personas, settings)
+    per_turn, per_conv = selfplay_metrics(transcripts, {p.persona_id: p for p in personas}, panel, encoder)
+    return SelfPlayResult(transcripts, per_turn, per_conv, summarize(per_conv))
