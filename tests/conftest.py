@@ -20,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["CONVRL_HOME"] = os.environ.get("CONVRL_TEST_HOME", str(REPO / ".convrl-test"))
+os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
 
@@ -39,7 +40,6 @@ def mlflow_store(tmp_path_factory):
     yield os.environ["MLFLOW_TRACKING_URI"]
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
 

@@ -8,12 +8,12 @@ from convrl.pipelines.conversational_rl import COMPILED, compile_pipeline
 def test_committed_yaml_is_fresh(tmp_path):
     fresh = compile_pipeline(tmp_path / "p.yaml")
     assert COMPILED.exists(), "run `convrl compile` and commit pipelines/compiled/conversational_rl.yaml"
-    assert yaml.safe_load(fresh.read_text()) == yaml.safe_load(COMPILED.read_text()), (
+    assert list(yaml.safe_load_all(fresh.read_text())) == list(yaml.safe_load_all(COMPILED.read_text())), (
         "pipelines/compiled/conversational_rl.yaml is stale: run `convrl compile` and commit it")
 
 
 def test_pipeline_structure():
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
     comps = set(spec["components"])
     for stage in ("ingest", "validate", "train-reward-models", "rl-finetune", "evaluate", "ab-compare",
                   "register-candidate", "promote", "start-tracking", "finish-tracking"):
@@ -25,3 +25,20 @@ def test_pipeline_structure():
     execs = spec["deploymentSpec"]["executors"]
     for ex in execs.values():
         assert "pip install" not in " ".join(ex["container"].get("command", [])), "components must not pip install"
+
+
+def test_cluster_settings_and_no_secrets_in_yaml():
+    import re
+
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    rl = next(v for k, v in execs.items() if "rl-finetune" in k)
+    assert rl["secretAsEnv"][0]["secretName"] == "convrl-mlflow-client"
+    assert any(t.get("key") == "nvidia.com/gpu" for t in rl.get("tolerations", []))
+    res = spec["deploymentSpec"]["executors"]["exec-rl-finetune"]["container"]["resources"]
+    assert res["accelerator"]["resourceCount"] == "1"
+    text = COMPILED.read_text()
+    # Credentials come from the Secret at run time; nothing that looks like one is compiled in.
+    for pattern in (r"://[^/\s:]+:[^@\s]+@", r"(?i)(password|secret_access_key|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{8,}",
+                    r"AKIA[0-9A-Z]{16}"):
+        assert not re.search(pattern, text), pattern

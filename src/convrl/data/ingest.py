@@ -373,9 +373,12 @@ def ingest(sources: list[str], seed: int = 13, val_fraction: float = 0.1, test_f
              **{f"split_{k}_conversations": int(v) for k, v in
                 turns_df.drop_duplicates("conversation_id")["split"].value_counts().items()},
              "skipped": skipped, "per_source": per_source}
+    result = IngestResult(turns_df, q, stats, persona_df)
     if frac > quarantine_threshold:
-        raise IngestError(
+        err = IngestError(
             f"{len(q)} of {n_total} conversations/rows ({frac:.1%}) were quarantined, above the "
             f"threshold {quarantine_threshold:.0%}. Inspect the quarantine table (reasons: "
             f"{q['reason'].value_counts().head(3).to_dict()}) or raise data.quarantine_threshold.")
-    return IngestResult(turns_df, q, stats, persona_df)
+        err.result = result  # so a caller can still save the quarantine table it is told to inspect
+        raise err
+    return result

@@ -73,5 +73,7 @@ def conform_turns(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = df[c].astype("float64")
     df["truncated"] = df["truncated"].astype(bool)
     for c in ("conversation_id", "role", "text", "source", "split", "emotion", "act", "persona_id", "emotion_fine"):
-        df[c] = df[c].astype("object")
+        col = df[c].astype("object")
+        # One spelling of "unknown" (None), whether a loader left the key out or pandas made it NaN.
+        df[c] = col.where(col.notna(), None)
     return df[TURN_COLUMNS].reset_index(drop=True)

@@ -86,18 +86,23 @@ class CharNgramLM:
 
 
 @lru_cache(maxsize=1)
-def reference_texts() -> tuple[str, ...]:
-    """Human-written chat lines from the chatterbot corpus (installed with convrl), for the fluency LM."""
+def reference_conversations() -> tuple[tuple[str, ...], ...]:
+    """Human-written conversations from the chatterbot corpus (installed with convrl): the judges' default data."""
     import yaml
 
-    out: list[str] = []
+    out: list[tuple[str, ...]] = []
     root = resources.files("chatterbot_corpus") / "data" / "english"
     for res in sorted(root.iterdir(), key=lambda r: r.name):
         if res.name.endswith(".yml"):
             doc = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
             for conv in doc.get("conversations") or []:
-                out += [str(x) for x in conv if isinstance(x, (str, int, float))]
+                if isinstance(conv, list):
+                    out.append(tuple(str(x) for x in conv if isinstance(x, (str, int, float))))
     return tuple(out)
+
+
+def reference_texts() -> list[str]:
+    return [line for conv in reference_conversations() for line in conv]
 
 
 @lru_cache(maxsize=1)

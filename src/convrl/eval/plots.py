@@ -30,6 +30,14 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax) -> None:
+    """One legend above the panels, where it cannot cover a bar or a point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+
+
 def model_order(models) -> list[str]:
     """Baseline first, candidate second, anything else after: the order every table and plot uses."""
     models = list(dict.fromkeys(models))
@@ -70,14 +78,13 @@ def use_case_figure(ci: pd.DataFrame):
     a1.set_ylim(0, 100)
     a1.set_ylabel("% of replies above threshold")
     a1.set_title("Use-case rates (95% CI)")
-    a1.legend(loc="upper right", frameon=False)
     if "satisfaction" in set(ci["metric"]):
         _grouped_bars(a2, ci, ["satisfaction"], ["satisfaction"])
         a2.set_ylim(1, 5)
         a2.set_title("Predicted satisfaction (1-5)")
     else:
         a2.axis("off")
-    fig.tight_layout()
+    _finish(fig, a1)
     return fig
 
 
@@ -91,8 +98,7 @@ def heads_figure(ci: pd.DataFrame):
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean score")
     ax.set_title("Reward heads (training signal) and judge composite (held out)")
-    ax.legend(frameon=False)
-    fig.tight_layout()
+    _finish(fig, ax)
     return fig
 
 
@@ -107,16 +113,15 @@ def gaps_figure(gaps: pd.DataFrame):
         ax.bar(pos + off, mean, 0.4, yerr=err, capsize=3, color=col,
                label="reward head" if kind == "reward" else "held-out judge")
     ax.axhline(0, color="#444", lw=0.8)
-    ax.set_xticks(pos, [f"{q}\n(vs {j.replace('judge_', '')} judge)" for q, j in zip(gaps["quality"], gaps["judge"])])
-    for i, flagged in enumerate(gaps["flagged"]):
+    ax.set_xticks(pos, [f"{q}\n(vs {j.replace('judge_', '')} judge)" + ("\nREWARD-JUDGE GAP" if f else "")
+                        for q, j, f in zip(gaps["quality"], gaps["judge"], gaps["flagged"])])
+    for label, flagged in zip(ax.get_xticklabels(), gaps["flagged"]):
         if flagged:
-            ax.get_xticklabels()[i].set_color(RED)
-            ax.annotate("reward-judge gap", (pos[i], ax.get_ylim()[1]), ha="center", va="top", color=RED,
-                        fontweight="bold")
+            label.set_color(RED)
+            label.set_fontweight("bold")
     ax.set_ylabel("candidate - baseline (95% CI)")
     ax.set_title("Does each reward gain survive a held-out judge?")
-    ax.legend(frameon=False, loc="lower right")
-    fig.tight_layout()
+    _finish(fig, ax)
     return fig
 
 
@@ -136,8 +141,7 @@ def scatter_figure(scores: pd.DataFrame):
         ax.set_xlabel(f"reward: {head}")
         ax.set_title(head)
     np.atleast_1d(axes)[0].set_ylabel("held-out judge")
-    np.atleast_1d(axes)[0].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    _finish(fig, np.atleast_1d(axes)[0])
     return fig
 
 
@@ -160,8 +164,7 @@ def persona_figure(persona: pd.DataFrame):
             ax.set_ylim(1, 5)
         else:
             ax.set_ylim(0, 1)
-    np.atleast_1d(axes)[0].legend(frameon=False)
-    fig.tight_layout()
+    _finish(fig, np.atleast_1d(axes)[0])
     return fig
 
 
@@ -178,6 +181,5 @@ def selfplay_figure(per_turn: pd.DataFrame):
     for ax in axes:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("assistant turn")
-    axes[0].legend(frameon=False)
-    fig.tight_layout()
+    _finish(fig, axes[0])
     return fig

@@ -40,7 +40,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from convrl.data.personas import Persona
 from convrl.eval.fluency import is_degenerate
-from convrl.eval.judges import contradictions, judge_user_emotion, relevance_judge
+from convrl.eval.judges import contradictions, judge_user_emotion
 
 
 @dataclass
@@ -204,7 +204,7 @@ def selfplay_metrics(transcripts: pd.DataFrame, personas_by_id: dict[str, Person
         replies = [texts[i] for i in a_idx]
         users = [texts[j] for j in prev_user]
         judged = panel.score(users, replies, [persona] * len(replies))
-        following = relevance_judge(users, replies)
+        following = judged["judge_relevance"].to_numpy(dtype=float)
         emb_sim = None
         if encoder is not None and persona is not None and replies:
             e = encoder.encode(replies + [persona.card_text()])

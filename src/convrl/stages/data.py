@@ -35,24 +35,42 @@ def data_card(turns: pd.DataFrame) -> dict:
 
 def ingest_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str,
                  quarantine_path: str) -> dict:
+    from convrl.data.card import build_card, render_card
+    from convrl.data.ingest import IngestError
+
     with tracking.stage_run(parent_run_id, "ingest", cfg.tracking.experiment) as run:
         d = cfg.data
         personas = load_personas(d.personas)
-        result = ingest(d.sources, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                        max_conversations=d.max_conversations, max_turn_chars=d.max_turn_chars,
-                        quarantine_threshold=d.quarantine_threshold)
         for p in (turns_path, personas_path, quarantine_path):
             Path(p).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = ingest(d.sources, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                            max_conversations=d.max_conversations, max_turn_chars=d.max_turn_chars,
+                            quarantine_threshold=d.quarantine_threshold)
+        except IngestError as exc:
+            # Over the quarantine threshold: keep the table the error tells people to inspect.
+            partial = getattr(exc, "result", None)
+            if partial is not None:
+                partial.quarantine.to_parquet(quarantine_path, index=False)
+                run.log_artifact(quarantine_path, "data")
+            raise
         result.turns.to_parquet(turns_path, index=False)
+        # Config persona cards first; persona cards the sources bring (PersonaChat, ConvAI2, ...) after them,
+        # unless a config card already uses the id.
         ptable = personas_table(personas)
+        extra = result.personas[~result.personas["persona_id"].isin(set(ptable["persona_id"]))]
+        if len(extra):
+            ptable = pd.concat([ptable, extra[ptable.columns]], ignore_index=True)
         ptable.to_parquet(personas_path, index=False)
         result.quarantine.to_parquet(quarantine_path, index=False)
         fp = data_fingerprint(result.turns)
-        stats = {**result.stats, "personas": len(personas)}
+        stats = {**result.stats, "personas": len(ptable), "persona_cards_from_config": len(personas)}
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, parent=True)
         run.set_tags({"convrl.data_fingerprint": fp}, parent=True)
         card = data_card(result.turns)
-        run.log_dict({**card, "stats": stats, "data_fingerprint": fp}, "data_card.json")
+        full_card = build_card(result)
+        run.log_dict({**card, **full_card, "stats": stats, "data_fingerprint": fp}, "data_card.json")
+        run.log_text(render_card(full_card), "data_card.md")
         run.log_dataset(result.turns, "turns:" + ",".join(d.sources), "training", source=str(Path(turns_path).resolve()))
         run.log_artifact(turns_path, "data")
         run.log_artifact(personas_path, "data")

@@ -358,12 +358,15 @@ def synthetic_persona_chat(arg: str, quarantine: list[dict], source: str) -> Ite
             conv = (row.get("Best Generated Conversation") or "").strip()
             turns, bad = [], None
             for line in conv.splitlines():
-                m = re.match(r"\s*User ([12])\s*:\s*(.*)", line)
+                # Generated text sometimes wraps the speaker tag in Markdown: "*User 1:* Hi".
+                m = re.match(r"[\s*_]*User ([12])[\s*_]*:[\s*_]*(.*)", line)
                 if m:
                     turns.append({"role": "user" if m.group(1) == "1" else "assistant", "text": m.group(2)})
-                elif turns and line.strip():
+                elif not re.search(r"\w", line):
+                    continue  # separators such as "* * *"
+                elif turns:
                     turns[-1]["text"] += "\n" + line.strip()
-                elif line.strip():
+                else:
                     bad = f"line {line[:60]!r} has no 'User 1:'/'User 2:' prefix"
                     break
             if bad or not turns:
