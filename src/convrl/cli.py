@@ -151,7 +151,7 @@ def cmd_ui(args) -> int:
 
     uri = tracking.tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
+           "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI over {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)")
     os.execv(sys.executable, cmd)
     return 0

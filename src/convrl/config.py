@@ -106,6 +106,14 @@ class RLConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps."})
+    launcher: str = field(
+        default="inline", metadata={"help": "inline (train inside the pipeline step) or trainjob (a Kubeflow "
+                                    "Trainer TrainJob, for multi-GPU / multi-node RL on a cluster)."})
+    trainjob_runtime: str = field(default="torch-distributed", metadata={"help": "ClusterTrainingRuntime name."})
+    trainjob_num_nodes: int = 1
+    trainjob_gpus_per_node: int = 1
+    trainjob_namespace: str = "kubeflow"
+    trainjob_timeout_s: int = 6 * 3600
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 where the CPU/GPU has bf16 units, else fp32), bf16 or fp32: "
                                   "autocast for training and the dtype of the rollout model."})
@@ -238,6 +246,8 @@ class Config:
                               "valid heads: quality, personality, engagement, relevance")
         if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
             raise ConfigError("rewards.weights must be non-negative and sum to more than 0")
+        if self.rl.launcher not in ("inline", "trainjob"):
+            raise ConfigError(f"rl.launcher={self.rl.launcher!r}: use 'inline' or 'trainjob'")
         if self.rl.algorithm != "grpo":
             raise ConfigError(f"rl.algorithm={self.rl.algorithm!r} is not supported; use 'grpo'")
         if self.rl.beta <= 0:

@@ -371,6 +371,12 @@ def engagement_judge(responses: list[str]) -> np.ndarray:
 
 # ---------------------------------------------------------------- the panel
 
+def reference_conversations_from_turns(turns: pd.DataFrame, split: str = "train") -> list[list[str]]:
+    """One split of a canonical turns table as lists of turn texts (judges' reference data; never the test split)."""
+    sub = turns[(turns["split"] == split) & (turns["role"] != "system")]
+    return [grp.sort_values("turn_index")["text"].tolist() for _, grp in sub.groupby("conversation_id")]
+
+
 def _last_user(ctx) -> str:
     if isinstance(ctx, str):
         return ctx

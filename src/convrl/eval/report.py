@@ -66,6 +66,13 @@ class Report:
     html: str
     figures: dict = field(default_factory=dict)   # name -> matplotlib Figure
 
+    def close(self) -> None:
+        """Free the figures (pyplot keeps every open figure alive)."""
+        import matplotlib.pyplot as plt
+
+        for fig in self.figures.values():
+            plt.close(fig)
+
 
 def _fig_b64(fig) -> str:
     buf = io.BytesIO()

@@ -11,7 +11,7 @@ from convrl import models, registry, tracking
 from convrl.config import Config
 from convrl.data.personas import personas_from_table
 from convrl.data.prompts import build_prompts
-from convrl.eval.evaluate import evaluate_models, summarize
+from convrl.eval.evaluate import evaluate_models
 from convrl.eval.report import build_report
 from convrl.stages.rewards import load_scorer
 
@@ -27,31 +27,58 @@ def baseline_model(cfg: Config) -> tuple[str, str]:
 
 def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
                    policy_dir: str, scores_path: str, report_dir: str) -> dict:
+    """Candidate vs baseline on held-out prompts: reward heads, held-out judges, use-case metrics,
+    self-play, report. Returns the flat ``{model}/{metric}`` summary plus ``baseline`` (a description),
+    ``headline`` (the candidate's headline metrics for its LoggedModel) and ``flagged_gaps``."""
+    from convrl.eval.judges import JudgePanel, reference_conversations_from_turns
+    from convrl.eval.metrics import analyze
+    from convrl.eval.report import write_report
+    from convrl.eval.selfplay import SelfPlaySettings, evaluate_selfplay
+
+    e = cfg.eval
     with tracking.stage_run(parent_run_id, "evaluate", cfg.tracking.experiment) as run:
         turns = pd.read_parquet(turns_path)
         personas = personas_from_table(pd.read_parquet(personas_path))
+        by_id = {p.persona_id: p for p in personas}
         scorer = load_scorer(reward_dir)
-        prompts = build_prompts(turns, personas, "test", cfg.eval.num_prompts, cfg.rl.max_prompt_turns,
-                                cfg.eval.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0])
+        prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns,
+                                e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0])
         base_dir, base_desc = baseline_model(cfg)
         meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
-        scores = evaluate_models({"candidate": str(Path(policy_dir) / meta["policy_subdir"]), "baseline": base_dir}, prompts, scorer,
-                                 {p.persona_id: p for p in personas}, cfg.eval.max_new_tokens,
-                                 cfg.eval.batch_size, cfg.eval.seed)
+        model_dirs = {"candidate": str(Path(policy_dir) / meta["policy_subdir"]), "baseline": base_dir}
+        # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
+        panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights)
+        scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
+                                 judges=panel)
         Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
         scores.to_parquet(scores_path, index=False)
-        summary = summarize(scores)
+
+        selfplay = None
+        if e.selfplay_conversations > 0:
+            user_dir = models.resolve_policy(e.selfplay_user_model or cfg.models.policy)
+            settings = SelfPlaySettings(conversations=e.selfplay_conversations, turns=e.selfplay_turns,
+                                        max_new_tokens=e.selfplay_max_new_tokens,
+                                        context_turns=e.selfplay_context_turns, seed=e.seed)
+            selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder)
+            run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
+            run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")
+
+        a = analyze(scores, e.rate_threshold, e.n_bootstrap, e.seed,
+                    selfplay=selfplay.summary if selfplay else None, gap_margin=e.gap_margin)
+        summary = dict(a.summary)
+        summary.update({f"{k.split('/', 1)[0]}/selfplay_{k.split('/', 1)[1]}": v for k, v in a.selfplay.items()})
         run.log_metrics({k.replace("/", "_"): v for k, v in summary.items()}, parent=True)
         run.log_table(scores, "eval/scores.json")
-        md, page, fig = build_report(scores, summary, base_desc)
-        out = Path(report_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(md)
-        (out / "report.html").write_text(page)
-        run.log_artifact(out, "report")
-        run.log_figure(fig, "eval/metrics.png")
-        run.set_tags({"convrl.baseline": base_desc}, parent=True)
-        return {"baseline": base_desc, **summary}
+        run.log_table(a.gaps, "eval/reward_judge_gaps.json")
+        run.log_dict(a.headline, "eval/headline.json")
+
+        report = build_report(a, base_desc, selfplay=selfplay)
+        write_report(report, report_dir)
+        run.log_artifact(report_dir, "report")
+        flagged = a.gaps[a.gaps["flagged"]]["verdict"].tolist() if len(a.gaps) else []
+        run.set_tags({"convrl.baseline": base_desc, "convrl.reward_judge_gaps": str(len(flagged))}, parent=True)
+        report.close()
+        return {"baseline": base_desc, **summary, "headline": a.headline, "flagged_gaps": flagged}
 
 
 def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: str) -> str:

@@ -93,7 +93,7 @@ def _convai2_dialogue(rec, f: Path, i: int, loc: str, rated_only: bool, quaranti
     if not any(t["role"] == "user" and t["text"].strip() for t in turns):
         return Skipped("no human message")
     card = fact_persona("convai2", rec.get("bot_profile") or [], "ConvAI2 bot")
-    cid = rec.get("dialog_id") or f"{f.stem}-{i}"
+    cid = rec.get("dialog_id") or str(i)
     return Conversation(f"convai2-{f.stem}-{cid}", turns, persona_id=card and card.persona_id,
                         persona=card and card.to_row(), location=loc)
 

@@ -1,6 +1,7 @@
 """Synthetic evaluation data for the eval tests: score tables and self-play without any model.
 
-Not a test module (no ``test_`` prefix); ``tests/test_report.py`` and friends import it.
+``tests/test_report.py``, ``tests/test_eval_metrics.py`` and ``tests/test_selfplay.py`` import
+these helpers; the one test here checks the fixture itself.
 """
 
 from __future__ import annotations
@@ -69,3 +70,11 @@ class ScriptedGenerator:
     def generate(self, conversations, **kwargs):
         self.calls.append(conversations)
         return [self.reply(c) for c in conversations]
+
+
+def test_synthetic_scores_have_the_evaluate_columns():
+    df = synthetic_scores(6)
+    assert set(df["model"]) == {"candidate", "baseline"}
+    for col in ("model", "prompt_id", "composite", "quality", "personality", "engagement", "relevance", "response"):
+        assert col in df
+    assert df.groupby("model").size().tolist() == [6, 6]

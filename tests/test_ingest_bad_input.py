@@ -1,0 +1,147 @@
+"""A folder of broken files: every bad row is quarantined with a reason, every good row arrives.
+
+The folder mixes formats read by ``dir:`` (by extension) and holds, besides
+good conversations: malformed JSON lines, a wrong encoding, missing fields,
+unknown roles, empty conversations, files whose content does not match their
+extension, and one enormous line. Run::
+
+    python -m pytest tests/test_ingest_bad_input.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from convrl.data.ingest import IngestError, ingest
+
+MAX_LINE = 50_000  # the enormous line is 4x this; the option keeps the test fast
+
+
+def _msgs(*pairs):
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+def _good(i: int) -> dict:
+    return {"id": f"good-{i}", "messages": _msgs(("user", f"Good question number {i} about gardens?"),
+                                                 ("assistant", f"Good answer number {i}: plant tulips {i} cm deep."))}
+
+
+@pytest.fixture
+def broken_dir(tmp_path):
+    d = tmp_path / "broken"
+    d.mkdir()
+    expected_bad: dict[str, str] = {}  # location -> a word the reason must contain
+
+    lines = [json.dumps(_good(1)),
+             '{"messages": [{"role": "user", "content": "unterminated',                      # 2 malformed JSON
+             json.dumps({"messages": _msgs(("robot", "beep"), ("user", "hi"))}),            # 3 unknown role
+             json.dumps({"messages": [{"role": "user"}]}),                                  # 4 missing content
+             json.dumps({"messages": []}),                                                  # 5 empty conversation
+             json.dumps({"text": "no messages at all"}),                                    # 6 missing field
+             json.dumps({"messages": _msgs(("user", "   "), ("assistant", "\u200b"))}),     # 7 only blank turns
+             json.dumps({"messages": _msgs(("assistant", "talking to myself"))}),           # 8 no user turn
+             json.dumps({"id": "huge", "messages": _msgs(("user", "x" * (4 * MAX_LINE)))}),  # 9 enormous line
+             json.dumps(_good(2)),
+             "[1, 2, 3]"]                                                                    # 11 not an object
+    (d / "chats.jsonl").write_text("\n".join(lines) + "\n")
+    expected_bad.update({"chats.jsonl:2": "malformed JSON", "chats.jsonl:3": "unknown role",
+                         "chats.jsonl:4": "content", "chats.jsonl:5": "empty", "chats.jsonl:6": "messages",
+                         "chats.jsonl:7": "no non-empty turns", "chats.jsonl:8": "no user turn",
+                         "chats.jsonl:9": "exceeds", "chats.jsonl:11": "not an object"})
+
+    # Wrong encoding: cp1252 bytes in a UTF-8 file (one bad line between good ones).
+    bad_enc = json.dumps({"messages": _msgs(("user", "caf\u00e9 cr\u00e8me"))}, ensure_ascii=False).encode("cp1252")
+    (d / "mixed_encoding.jsonl").write_bytes(json.dumps(_good(3)).encode() + b"\n" + bad_enc + b"\n"
+                                             + json.dumps(_good(4)).encode() + b"\n")
+    expected_bad["mixed_encoding.jsonl:2"] = "UTF-8"
+
+    # ShareGPT as one JSON list, one record broken.
+    (d / "sharegpt.json").write_text(json.dumps([
+        {"id": "sg-ok", "conversations": [{"from": "human", "value": "Is a tomato a fruit?"},
+                                          {"from": "gpt", "value": "Botanically, yes."}]},
+        {"id": "sg-bad", "conversations": [{"from": "narrator", "value": "Once upon a time"}]}]))
+    expected_bad["sharegpt.json:record 1"] = "unknown role"
+
+    # A JSON file that is not valid JSON at all: one row for the file.
+    (d / "truncated.json").write_text('[{"messages": [{"role": "user", "content": "hi"}]')
+    expected_bad["truncated.json:1"] = "malformed JSON file"
+
+    # CSV turn rows: a good conversation, a bad role, a short row, a row without an id.
+    (d / "turns.csv").write_text("conversation_id,role,text\n"
+                                 "csv-ok,user,Where is the station?\n"
+                                 "csv-ok,assistant,Two blocks north.\n"
+                                 "csv-bad,user,hello\n"
+                                 "csv-bad,wizard,abracadabra\n"
+                                 "csv-ok2,user\n"
+                                 ",user,who am I\n"
+                                 "csv-ok3,user,Thanks for the help today\n"
+                                 "csv-ok3,assistant,You are welcome any time\n")
+    expected_bad.update({"turns.csv:4": "unknown role 'wizard'", "turns.csv:6": "fields",
+                         "turns.csv:7": "no conversation id"})
+
+    # Content that does not match the extension.
+    pd.DataFrame({"conversation_id": ["p"], "role": ["user"], "text": ["hi"]}).to_parquet(d / "really_parquet.jsonl")
+    expected_bad["really_parquet.jsonl"] = "Parquet"
+    (d / "not_parquet.parquet").write_text("conversation_id,role,text\nx,user,hi\n")
+    expected_bad["not_parquet.parquet"] = "not Parquet"
+    (d / "notes.txt").write_text("just some notes")
+    expected_bad["notes.txt"] = "unsupported file type"
+
+    # A good Parquet file and an empty JSONL file (nothing in, nothing out).
+    pd.DataFrame({"conversation_id": ["pq", "pq"], "role": ["user", "assistant"],
+                  "text": ["Any tips for sourdough?", "Feed the starter daily."]}).to_parquet(d / "good.parquet")
+    (d / "empty.jsonl").write_text("")
+    good = {"jsonl-good-1", "jsonl-good-2", "jsonl-good-3", "jsonl-good-4", "sharegpt-sg-ok", "turns-csv-ok",
+            "turns-csv-ok3", "good-pq"}
+    return d, expected_bad, good
+
+
+def test_every_bad_row_quarantined_every_good_row_arrives(broken_dir):
+    d, expected_bad, good = broken_dir
+    res = ingest([f"dir:{d}?max_line_bytes={MAX_LINE}"], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
+    assert set(res.turns["conversation_id"]) == good
+    # each good conversation arrives whole
+    assert res.turns.groupby("conversation_id").size().to_dict() == {cid: 2 for cid in good}
+    qt = res.quarantine
+    assert (qt["reason"].str.len() > 0).all() and (qt["source"] == f"dir:{d}?max_line_bytes={MAX_LINE}").all()
+    by_loc = dict(zip(qt["location"], qt["reason"]))
+    for loc, word in expected_bad.items():
+        match = [r for q_loc, r in by_loc.items() if q_loc == loc or q_loc.startswith(loc + " ")]
+        assert match, f"{loc} was not quarantined; quarantine: {by_loc}"
+        assert word.lower() in match[0].lower(), f"{loc}: reason {match[0]!r} lacks {word!r}"
+    # one quarantine row per bad row: nothing extra, nothing twice
+    assert len(qt) == len(expected_bad), sorted(by_loc)
+    # the enormous line is kept as a short excerpt, not whole
+    assert qt["raw"].str.len().max() <= 500
+
+
+def test_threshold_fails_but_keeps_the_quarantine(broken_dir):
+    d, expected_bad, _ = broken_dir
+    with pytest.raises(IngestError, match="quarantined") as info:
+        ingest([f"dir:{d}?max_line_bytes={MAX_LINE}"])  # default threshold 5%
+    assert len(info.value.result.quarantine) == len(expected_bad)
+
+
+def test_enormous_line_default_limit(tmp_path):
+    from convrl.data.sources import base
+
+    p = tmp_path / "big.jsonl"
+    p.write_bytes(b'{"messages": "' + b"y" * (base.MAX_LINE_BYTES + 10) + b'"}\n'
+                  + json.dumps(_good(5)).encode() + b"\n")
+    res = ingest([f"jsonl:{p}"], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
+    assert res.stats["conversations"] == 1 and "exceeds" in res.quarantine["reason"].iloc[0]
+    assert res.quarantine["location"].iloc[0] == "big.jsonl:1"
+
+
+def test_encoding_option_reads_legacy_files(tmp_path):
+    p = tmp_path / "legacy.csv"
+    p.write_bytes("conversation_id,role,text\nc,user,caf\u00e9\nc,assistant,cr\u00e8me\nd,user,plain\n"
+                  .encode("cp1252"))
+    res = ingest([f"csv:{p}"], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
+    assert res.stats["conversations"] == 1 and list(res.quarantine["location"]) == ["legacy.csv:2", "legacy.csv:3"]
+    assert res.quarantine["reason"].str.contains("not UTF-8").all()
+    res = ingest([f"csv:{p}?encoding=cp1252"], val_fraction=0, test_fraction=0)
+    assert list(res.turns["text"]) == ["caf\u00e9", "cr\u00e8me", "plain"]
