@@ -46,3 +46,37 @@ def test_chat_with_tiny_model(capsys):
     assert main(["chat", "--model", "tiny-llama", "--message", "Hello!", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "you> Hello!" in out and "Sam>" in out
+
+
+@pytest.mark.slow
+def test_ui_serves_the_same_store(mlflow_store, tmp_path):
+    """`convrl ui` starts the MLflow UI on 127.0.0.1 over the store convrl writes to; the test stops it."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from convrl import tracking
+
+    exp = tracking.experiment_id("ui-test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "convrl.cli", "ui", "--port", str(port)],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp}")
+        data = json.loads(urllib.request.urlopen(req, timeout=5).read())
+        assert data["experiment"]["name"] == "ui-test"
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -95,7 +95,7 @@ class StubKFP:
             return 200, self.answer({"pipelines": found, "total_size": len(found)} if found else {},
                                     "V2beta1ListPipelinesResponse")
         if route == ("POST", f"{API}/pipelines/upload"):
-            yaml.safe_load(body["uploadfile"])
+            list(yaml.safe_load_all(body["uploadfile"]))  # a pipeline spec plus its platform spec
             pid = self.new_id("pipeline")
             self.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"],
                                    "name": query["name"], "description": query.get("description", ""),
@@ -104,7 +104,7 @@ class StubKFP:
                                    "display_name": query["name"], "created_at": self.stamp()}]
             return 200, self.answer(self.pipelines[pid], "V2beta1Pipeline")
         if route == ("POST", f"{API}/pipelines/upload_version"):
-            yaml.safe_load(body["uploadfile"])
+            list(yaml.safe_load_all(body["uploadfile"]))  # a pipeline spec plus its platform spec
             pid = query["pipelineid"]
             if pid not in self.pipelines:
                 return 404, {"code": 5, "message": f"pipeline {pid} not found"}

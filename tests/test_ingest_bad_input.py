@@ -141,7 +141,8 @@ def test_encoding_option_reads_legacy_files(tmp_path):
     p.write_bytes("conversation_id,role,text\nc,user,caf\u00e9\nc,assistant,cr\u00e8me\nd,user,plain\n"
                   .encode("cp1252"))
     res = ingest([f"csv:{p}"], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
-    assert res.stats["conversations"] == 1 and list(res.quarantine["location"]) == ["legacy.csv:2", "legacy.csv:3"]
-    assert res.quarantine["reason"].str.contains("not UTF-8").all()
+    # both bad rows belong to conversation c: it is quarantined once, as a whole
+    assert res.stats["conversations"] == 1 and list(res.quarantine["location"]) == ["legacy.csv:2 .. 3"]
+    assert "conversation 'c': legacy.csv:2: not UTF-8" in res.quarantine["reason"].iloc[0]
     res = ingest([f"csv:{p}?encoding=cp1252"], val_fraction=0, test_fraction=0)
     assert list(res.turns["text"]) == ["caf\u00e9", "cr\u00e8me", "plain"]

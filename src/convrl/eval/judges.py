@@ -195,7 +195,8 @@ class RelevanceJudge:
         try:
             self.vec = TfidfVectorizer(sublinear_tf=True, stop_words="english").fit(docs)
             x = self.vec.transform(docs)
-            k = min(dims, x.shape[1] - 1, x.shape[0] - 1)
+            # Far fewer dimensions than conversations, or LSA just memorises each one and never generalises.
+            k = min(dims, x.shape[1] - 1, max(2, x.shape[0] // 8))
             if k >= 2:
                 self.svd = TruncatedSVD(k, random_state=0).fit(x)
         except ValueError:  # too little reference text: lexical overlap only

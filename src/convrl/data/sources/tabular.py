@@ -41,10 +41,11 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation
 
 
 class RowError:
-    """A row the reader could not turn into fields: what it saw and why."""
+    """A row the reader could not use: what it saw, why, and its fields when they are known
+    (then the row's conversation is quarantined with it, instead of arriving with a hole)."""
 
-    def __init__(self, raw: str, reason: str):
-        self.raw, self.reason = raw, reason
+    def __init__(self, raw: str, reason: str, row: dict | None = None):
+        self.raw, self.reason, self.row = raw, reason, row
 
 
 def _missing(v) -> bool:
@@ -115,7 +116,11 @@ def rows_to_conversations(rows: Iterator[tuple[str, dict | RowError]], cols: dic
     groups: dict[str, list] = {}
     for i, (loc, row) in enumerate(rows):
         if isinstance(row, RowError):
-            q(quarantine, source, loc, row.raw, row.reason)
+            cid = None if per_row or row.row is None else row.row.get(cols["conversation"])
+            if _missing(cid):
+                q(quarantine, source, loc, row.raw, row.reason)
+                continue
+            groups.setdefault(str(cid), []).append((loc, row))
             continue
         cid = str(i) if per_row else row.get(cols["conversation"])
         if _missing(cid):
@@ -130,6 +135,10 @@ def rows_to_conversations(rows: Iterator[tuple[str, dict | RowError]], cols: dic
 
 def _group(cid, members, cols, roles, const_role, prefix, quarantine, source) -> Iterator[Conversation]:
     where = f"{members[0][0]}" + (f" .. {members[-1][0].rsplit(':', 1)[-1]}" if len(members) > 1 else "")
+    broken = next(((loc, r) for loc, r in members if isinstance(r, RowError)), None)
+    if broken:
+        q(quarantine, source, where, broken[1].raw, f"conversation {cid!r}: {broken[0]}: {broken[1].reason}")
+        return
     if cols.get("turn"):
         try:
             members = sorted(members, key=lambda m: float(m[1].get(cols["turn"])))
@@ -192,7 +201,9 @@ def _csv_rows(path: Path, opts: Options, header_out: list) -> Iterator[tuple[str
                 sep.join(fields).encode("utf-8")
             except UnicodeEncodeError:
                 raw = sep.join(fields).encode("utf-8", "surrogateescape").decode("latin-1")
-                yield loc, RowError(raw, f"not {encoding.upper().removesuffix('-SIG')} text (pass ?encoding=...)")
+                fields_ok = len(fields) == len(header)
+                yield loc, RowError(raw, f"not {encoding.upper().removesuffix('-SIG')} text (pass ?encoding=...)",
+                                    dict(zip(header, fields)) if fields_ok else None)
                 continue
             if len(fields) != len(header):
                 yield loc, RowError(sep.join(fields), f"row has {len(fields)} fields, the header has {len(header)}")
