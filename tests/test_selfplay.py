@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convrl.eval.judges import JudgePanel
-from convrl.eval.selfplay import (USER_PROFILES, SelfPlaySettings, run_selfplay, selfplay_metrics, simulate,
+from convrl.eval.selfplay import (GREETING, USER_PROFILES, SelfPlaySettings, run_selfplay, selfplay_metrics, simulate,
                                   summarize, window)
 from tests.test_eval_fixtures import ScriptedGenerator
 
@@ -55,14 +55,16 @@ def test_simulate_runs_n_turns_with_a_scripted_topic_change(personas):
         pivot = conv[(conv["role"] == "user") & conv["scripted"] & (conv["turn"] > 0)]
         assert pivot["turn"].tolist() == [5] and pivot["text"].iloc[0] == USER_PROFILES[c].pivot
     assert tr["persona_id"].unique().tolist() == [personas[0].persona_id, personas[1].persona_id]
-    # The context window: system prompt + at most K messages, always starting on a user turn.
-    for conversations in policy.calls + user.calls:
-        for view in conversations:
-            assert view[0]["role"] == "system" and view[1]["role"] == "user" and len(view) <= 1 + 4
+    # The context window: system prompt + at most K messages (+ a greeting for the simulator), user turn first.
+    for view in (v for call in policy.calls for v in call):
+        assert view[0]["role"] == "system" and view[1]["role"] == "user" and len(view) <= 1 + 4
+    for view in (v for call in user.calls for v in call):
+        assert view[0]["role"] == "system" and view[1]["role"] == "user" and len(view) <= 2 + 4
     # The simulator sees the conversation from the user's side: its own lines are "assistant".
-    sim_view = user.calls[0][0]
-    assert sim_view[-1]["role"] == "user" and sim_view[-1]["content"] == policy.calls[0][0] and False or True
-    assert any(m["role"] == "assistant" and m["content"] == USER_PROFILES[0].opener for m in sim_view)
+    first = user.calls[0][0]
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
+    assert first[1]["content"] == GREETING and first[2]["content"] == USER_PROFILES[0].opener
+    assert first[3]["content"].startswith("I love hiking")  # the policy's first reply
     assert len(policy.calls) == 10 and len(user.calls) == 8  # no simulator call after the last turn or at the pivot
 
 

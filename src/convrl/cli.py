@@ -173,8 +173,10 @@ def cmd_chat(args) -> int:
     offline_defaults()
     persona = load_persona(args.persona)
     model_dir = resolve_chat_model(args.model)
+    from convrl.rl.context import ConversationContextManager
+
     gen = Generator(model_dir)
-    history = [{"role": "system", "content": persona.system_prompt()}]
+    ctx = ConversationContextManager(max_context_length=args.context_turns, token_budget=args.token_budget)
     lines = [args.message] if args.message else None
     print(f"Chatting with {persona.name} ({persona.persona_id}) on {args.model}. Empty line or Ctrl-D ends.")
     while True:
@@ -190,11 +192,9 @@ def cmd_chat(args) -> int:
                 break
         if not text.strip():
             break
-        history.append({"role": "user", "content": text})
-        # The context manager of issue #5 compresses long histories; here: keep the last 10 turns.
-        window = [history[0]] + history[1:][-10:]
-        reply = gen.generate([window], max_new_tokens=args.max_new_tokens)[0]
-        history.append({"role": "assistant", "content": reply})
+        ctx.add("user", text)
+        reply = gen.generate([ctx.messages(persona.system_prompt())], max_new_tokens=args.max_new_tokens)[0]
+        ctx.add("assistant", reply)
         print(f"{persona.name}> {reply}", flush=True)
     return 0
 
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--persona", default="empathetic_coach", help="bundled persona name or YAML path")
     ch.add_argument("--message", default="", help="send one message and exit (non-interactive)")
     ch.add_argument("--max-new-tokens", type=int, default=64)
+    ch.add_argument("--context-turns", type=int, default=10, help="turns kept verbatim; older ones go to memory")
+    ch.add_argument("--token-budget", type=int, default=1024)
     ch.set_defaults(fn=cmd_chat)
 
     pv = sub.add_parser("provision", help="convert and cache the default models")

@@ -2,8 +2,9 @@
 
 Two conversations are near-duplicates when the Jaccard similarity of their
 word-3-gram sets (text lower-cased, punctuation dropped, turns joined) is at
-least ``threshold``. MinHash signatures (60 hash functions in 10 bands of 6)
-find candidates in roughly constant time per conversation; each candidate is
+least ``threshold``. MinHash signatures (64 hash functions,
+banded so a pair at the threshold is found with 99.5% probability) find
+candidates in roughly constant time per conversation; each candidate is
 then confirmed with the exact Jaccard of the stored shingle sets, so the
 signature's noise never removes a conversation on its own. The first
 conversation seen is kept: source order decides, deterministically::
@@ -45,13 +46,27 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def lsh_bands(threshold: float, num_perm: int = 64, recall: float = 0.995) -> tuple[int, int]:
+    """(bands, rows): the most selective banding that still finds a pair at ``threshold`` with ``recall``.
+
+    More rows per band means fewer dissimilar candidates to verify; candidates are
+    checked exactly, so only recall matters for correctness.
+    """
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold ** rows) ** bands >= recall:
+            return bands, rows
+    return num_perm, 1
+
+
 class NearDuplicateIndex:
-    def __init__(self, threshold: float = 0.85, bands: int = 10, rows: int = 6, shingle: int = 3, seed: int = 1):
+    def __init__(self, threshold: float = 0.85, num_perm: int = 64, shingle: int = 3, seed: int = 1):
         if not 0 < threshold <= 1:
             raise ValueError("near-duplicate threshold must lie in (0, 1]")
-        self.threshold, self.bands, self.rows, self.k = threshold, bands, rows, shingle
+        self.threshold, self.k = threshold, shingle
+        self.bands, self.rows = lsh_bands(threshold, num_perm)
         rng = np.random.default_rng(seed)
-        self._seeds = rng.integers(1, 2**63, size=bands * rows, dtype=np.uint64)[:, None]
+        self._seeds = rng.integers(1, 2**63, size=self.bands * self.rows, dtype=np.uint64)[:, None]
         self._mults = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9][:shingle],
                                dtype=np.uint64)
         self._word_hash: dict[str, int] = {}

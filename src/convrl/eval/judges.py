@@ -247,40 +247,47 @@ def fact_keywords(fact: str) -> set[str]:
     return {w for w in tokens(fact) if len(w) >= 3 and w not in _FACT_STOP}
 
 
-def _statements(text: str) -> list[tuple[set[str], bool]]:
-    """First-person sentences as (content words, negated)."""
-    out = []
-    for s in _SENT.findall(text):
-        words = tokens(s)
-        if any(w in FIRST_PERSON for w in words):
-            out.append(({w for w in words if len(w) >= 3 and w not in _FACT_STOP}, any(w in NEGATION for w in words)))
-    return out
+def _polarity(sentence: str) -> tuple[set[str], set[str]]:
+    """Content words of a sentence, and those within four words after a negation ("don't have a dog")."""
+    words = tokens(sentence)
+    content, negated = set(), set()
+    for i, w in enumerate(words):
+        if len(w) >= 3 and w not in _FACT_STOP:
+            content.add(w)
+            if any(x in NEGATION for x in words[max(0, i - 4):i]):
+                negated.add(w)
+    return content, negated
+
+
+def _statements(text: str) -> list[tuple[str, set[str], set[str]]]:
+    """First-person sentences as (sentence, content words, negated content words)."""
+    return [(s.strip(), *_polarity(s)) for s in _SENT.findall(text) if any(w in FIRST_PERSON for w in tokens(s))]
 
 
 def contradictions(text: str, persona: Persona | None, earlier: list[str] = ()) -> list[str]:
     """Persona facts (and earlier own statements) the reply contradicts, in words.
 
-    Lexical heuristic: a first-person sentence that shares a content word with a
-    fact and has the opposite polarity ("I don't have a dog" vs "I have a rescue
-    dog"), a different name after "my name is", or a character break ("as an AI").
+    Lexical heuristic: a first-person sentence and a fact share a content word
+    that only one of them negates ("I don't have a dog" vs "I have a rescue
+    dog"); a different name after "my name is"; or a character break ("as an AI").
     """
     found: list[str] = []
     low = text.lower()
     if CHARACTER_BREAK.search(low):
         found.append(f"character break: '{CHARACTER_BREAK.search(low).group(0)}'")
-    facts = list(persona.facts) if persona is not None else []
+    refs = []
     if persona is not None:
         m = re.search(r"\bmy name is ([a-z]+)", low)
         if m and m.group(1) != persona.name.lower():
             found.append(f"name '{m.group(1)}' but the persona is {persona.name}")
-    refs = [(f, fact_keywords(f), any(w in NEGATION for w in tokens(f))) for f in facts]
+        refs = [(f, *_polarity(f)) for f in persona.facts]
     for e in earlier:
-        refs += [(f"earlier: {e[:80]}", kw, neg) for kw, neg in _statements(e)]
-    for words, neg in _statements(text):
+        refs += [(f"earlier: {sent[:80]}", kw, neg) for sent, kw, neg in _statements(e)]
+    for _, words, negated in _statements(text):
         for ref, kw, ref_neg in refs:
-            shared = words & kw
-            if shared and neg != ref_neg:
-                found.append(f"contradicts '{ref}' (on {', '.join(sorted(shared))})")
+            flipped = {w for w in words & kw if (w in negated) != (w in ref_neg)}
+            if flipped:
+                found.append(f"contradicts '{ref}' (on {', '.join(sorted(flipped))})")
                 break
     return found
 

@@ -184,7 +184,7 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
 
     # Headline cards: the candidate's number large, the baseline's and the difference below it.
     n_gaps = int(a.gaps["flagged"].sum()) if len(a.gaps) else 0
-    cards, sp = [], (selfplay.summary if selfplay is not None else {})
+    cards, glance, sp = [], [], (selfplay.summary if selfplay is not None else {})
     for m in USE_CASE + ("coherence",):
         src = sp if m == "coherence" else s
         c, b = src.get(f"candidate/{m}"), src.get(f"baseline/{m}")
@@ -192,6 +192,7 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
             continue
         label = SELFPLAY_LABELS["coherence"] if m == "coherence" else LABELS[m]
         dt, cls = _delta(m, c - b) if b is not None else ("", "same")
+        glance.append(f"- {label}: **{_fmt(m, c)}** (baseline {_fmt(m, b) if b is not None else 'n/a'}, {dt})")
         cards.append(f"<div class='card'><div class='k'>{_e(label)}</div><div class='v'>{_fmt(m, c)}</div>"
                      f"<div class='b'>baseline {_fmt(m, b) if b is not None else 'n/a'} &middot; "
                      f"<span class='{cls}'>{dt}</span></div></div>")
@@ -200,6 +201,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     cards.append(f"<div class='card'><div class='k'>Reward hacking check</div><div class='v'>{gap_badge}</div>"
                  "<div class='b'>reward heads vs held-out judges</div></div>")
     h.append("<h2>At a glance (candidate)</h2><div class='cards'>" + "".join(cards) + "</div>")
+    glance.append(f"- Reward hacking check: {n_gaps} reward-judge gap(s)" + (" **(read the gap section)**" if n_gaps else ""))
+    md += ["## At a glance (candidate)", ""] + glance + [""]
 
     uc_rows = _compare_rows(USE_CASE, LABELS, ci_value, models)
     h += ["<h2>Use-case metrics</h2>", _table_html(uc_rows, models), img("use_case", "use-case metrics"),
@@ -226,7 +229,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
                       f"{g['agreement']:.2f} | {'**FLAG** ' if g['flagged'] else ''}{g['verdict']} |")
         h += ["</table>", img("reward_vs_judge", "reward vs judge differences"),
               img("reward_judge_scatter", "reward vs judge per reply"), img("heads", "reward heads")]
-        md += ["", mdimg("reward_vs_judge", "reward vs judge"), mdimg("reward_judge_scatter", "scatter"), ""]
+        md += ["", mdimg("reward_vs_judge", "reward vs judge"), mdimg("reward_judge_scatter", "scatter"),
+               mdimg("heads", "reward heads"), ""]
 
     pt = a.persona.reset_index()
     pcols = [c for c in ("replies", "satisfaction") + tuple(r for r in USE_CASE if r != "satisfaction")

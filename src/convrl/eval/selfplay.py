@@ -96,8 +96,21 @@ def window(history: list[dict], k: int) -> list[dict]:
     return w
 
 
-def _swap(history: list[dict]) -> list[dict]:
-    return [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in history]
+GREETING = "Hi! What would you like to talk about today?"
+
+
+def user_view(history: list[dict], k: int) -> list[dict]:
+    """The simulator's side of the last ``k`` messages: roles swapped, so its own lines are "assistant".
+
+    When the window starts with the simulator's own line, a greeting from the
+    assistant goes first, because chat templates expect a user turn first and the
+    simulator should still see what it said.
+    """
+    w = history[-k:] if k > 0 else list(history)
+    swapped = [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in w]
+    if swapped and swapped[0]["role"] == "assistant":
+        swapped = [{"role": "user", "content": GREETING}] + swapped
+    return swapped
 
 
 def _clean_user(text: str, fallback: str) -> str:
@@ -138,7 +151,7 @@ def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
                 h.append({"role": "user", "content": prof.pivot})
                 s.append(True)
             continue
-        sim_views = [[{"role": "system", "content": user_system_prompt(prof)}] + window(_swap(h), settings.context_turns)
+        sim_views = [[{"role": "system", "content": user_system_prompt(prof)}] + user_view(h, settings.context_turns)
                      for (_, prof), h in zip(convs, histories)]
         said = user.generate(sim_views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
                              do_sample=True, temperature=settings.user_temperature, seed=settings.seed + 1000 + t)

@@ -1,0 +1,87 @@
+"""The evaluation report: sections, flagged gaps, escaping, self-contained HTML, files on disk."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from convrl.eval.judges import JudgePanel
+from convrl.eval.metrics import analyze
+from convrl.eval.report import build_report, write_report
+from convrl.eval.selfplay import SelfPlayResult, SelfPlaySettings, selfplay_metrics, simulate, summarize
+from tests.test_eval_fixtures import ScriptedGenerator, synthetic_scores
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return JudgePanel()
+
+
+@pytest.fixture(scope="module")
+def selfplay(personas, panel):
+    st = SelfPlaySettings(conversations=2, turns=10)
+    bots = {"candidate": lambda c: "I'm sorry to hear that. My dog Biscuit helps me relax. How are you feeling?",
+            "baseline": lambda c: "I don't have a dog. As an AI I cannot feel."}
+    frames = []
+    for name, reply in bots.items():
+        t = simulate(ScriptedGenerator(reply), ScriptedGenerator(lambda c: "Okay. What else?"), personas, st)
+        t.insert(0, "model", name)
+        frames.append(t)
+    tr = pd.concat(frames, ignore_index=True)
+    per_turn, per_conv = selfplay_metrics(tr, {p.persona_id: p for p in personas}, panel)
+    return SelfPlayResult(tr, per_turn, per_conv, summarize(per_conv))
+
+
+def _report(personas, panel, selfplay=None, hack=False, **kw):
+    scores = synthetic_scores(18, personas=personas, judges=panel, hack=hack)
+    a = analyze(scores, n_boot=200, selfplay=selfplay.summary if selfplay else None)
+    return build_report(a, "base model tiny-llama (no champion yet)", selfplay=selfplay, **kw)
+
+
+def test_report_has_every_section(personas, panel, selfplay):
+    r = _report(personas, panel, selfplay)
+    for title in ("At a glance", "Use-case metrics", "Reward heads vs held-out judges", "Per persona",
+                  "Multi-turn self-play", "Sample replies side by side", "All metrics", "How to read this report"):
+        assert f"{title}" in r.html and f"## {title}" in r.markdown, title
+    for label in ("Engagement rate (%)", "Response relevance (%)", "Personality consistency (%)",
+                  "Emotional appropriateness (%)", "Predicted user satisfaction (1-5)", "Multi-turn coherence"):
+        assert label in r.html
+    assert {"use_case", "reward_vs_judge", "reward_judge_scatter", "per_persona", "selfplay"} <= set(r.figures)
+    # The self-play transcript is shown side by side, contradictions marked on the offending turn.
+    assert "Conversation 1" in r.html and "class='cols'" in r.html and "msg assistant warn" in r.html
+    assert "character break" in r.html
+    r.close()
+
+
+def test_reward_judge_gap_is_flagged_only_when_present(personas, panel):
+    hacked = _report(personas, panel, hack=True)
+    assert "reward-judge gap" in hacked.html and "class='flag'" in hacked.html and "**FLAG**" in hacked.markdown
+    honest = _report(personas, panel)
+    assert "no reward-judge gap" in honest.html and "class='flag'" not in honest.html
+    hacked.close()
+    honest.close()
+
+
+def test_report_is_self_contained_and_escapes_model_text(personas, panel):
+    scores = synthetic_scores(12, personas=personas, judges=panel)
+    scores.loc[0, "response"] = "<script>alert('x')</script> & more"
+    r = build_report(analyze(scores, n_boot=100), "base <b>model</b>", decision={"outcome": "promote",
+                                                                              "reasons": ["composite up"]})
+    assert "<script>" not in r.html and "&lt;script&gt;" in r.html and "base &lt;b&gt;model&lt;/b&gt;" in r.html
+    assert not re.search(r"(src|href)=['\"]https?://", r.html)          # opens offline, no external assets
+    assert r.html.count("data:image/png;base64,") == len(r.figures)
+    assert "Decision: <span class='promote'>promote</span>" in r.html
+    r.close()
+
+
+def test_write_report_files(tmp_path, personas, panel, selfplay):
+    r = _report(personas, panel, selfplay)
+    html_path = write_report(r, tmp_path / "report")
+    assert html_path.read_text().startswith("<!doctype html>")
+    md = (tmp_path / "report" / "report.md").read_text()
+    for name in r.figures:
+        assert (tmp_path / "report" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert f"(figures/{name}.png)" in md
+    r.close()
