@@ -229,7 +229,22 @@ class RewardScorer:
         if key != self._last_key:
             self._last = self.score(contexts, responses, personas)
             self._last_key = key
+            self.last_batch = (contexts, responses, personas, self._last)
         return self._last
+
+    def last_batch_table(self):
+        """The most recent scored batch as rows (for sample tables during training)."""
+        import pandas as pd
+
+        if getattr(self, "last_batch", None) is None:
+            return pd.DataFrame()
+        contexts, responses, personas, batch = self.last_batch
+        rows = []
+        for i, (c, r, p) in enumerate(zip(contexts, responses, personas)):
+            rows.append({"persona": p.persona_id if p else "", "user": c[-1]["content"][:300], "response": r,
+                         "composite": float(batch.composite[i]),
+                         **{h: float(batch.heads[h][i]) for h in HEADS}})
+        return pd.DataFrame(rows)
 
     def trl_reward_funcs(self, personas_by_id: dict[str, Persona]):
         """One callable per head (in HEADS order) and the matching weights for GRPOConfig."""

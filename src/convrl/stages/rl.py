@@ -54,6 +54,12 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
 
         def on_log(row: dict, step: int) -> None:
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            if "reward" in row and (step == 1 or step % max(1, cfg.rl.save_steps) == 0):
+                # Sample conversations as they are generated: reward numbers alone hide degenerate text.
+                table = scorer.last_batch_table()
+                if len(table):
+                    table.insert(0, "step", step)
+                    run.log_table(table, f"samples/step_{step:05d}.json")
 
         result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, on_log=on_log)
         fig = plot_reward_curves(result.history)
