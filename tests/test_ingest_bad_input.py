@@ -146,3 +146,12 @@ def test_encoding_option_reads_legacy_files(tmp_path):
     assert "conversation 'c': legacy.csv:2: not UTF-8" in res.quarantine["reason"].iloc[0]
     res = ingest([f"csv:{p}?encoding=cp1252"], val_fraction=0, test_fraction=0)
     assert list(res.turns["text"]) == ["caf\u00e9", "cr\u00e8me", "plain"]
+
+
+def test_json_lines_saved_as_json_and_a_list_saved_as_jsonl(tmp_path):
+    (tmp_path / "lines.json").write_text(json.dumps(_good(6)) + "\n" + json.dumps(_good(7)) + "\n{oops\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps([_good(8), _good(9)], indent=2))
+    (tmp_path / "starts_bad.jsonl").write_text("[not json\n" + json.dumps(_good(10)) + "\n")
+    res = ingest([f"dir:{tmp_path}"], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
+    assert set(res.turns["conversation_id"]) == {f"jsonl-good-{i}" for i in (6, 7, 8, 9, 10)}
+    assert sorted(res.quarantine["location"]) == ["lines.json:3", "starts_bad.jsonl:1"]

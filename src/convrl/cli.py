@@ -303,12 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--config", default="demo")
     rg.set_defaults(fn=cmd_registry)
 
-    try:
-        from convrl import cluster_cli
+    from convrl import cluster_cli, data_cli
 
-        cluster_cli.add_commands(sub)
-    except ImportError:
-        pass
+    cluster_cli.add_commands(sub)
+    data_cli.add_commands(sub)
     return p
 
 

@@ -57,6 +57,16 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "Share of conversations in 'validation'."})
     test_fraction: float = field(default=0.2, metadata={"help": "Share of conversations in 'test'."})
     max_turn_chars: int = field(default=2000, metadata={"help": "Longer turns are truncated and flagged."})
+    max_turn_tokens: int = field(
+        default=0, metadata={"help": "Token budget per turn (whitespace tokens; 0 = only max_turn_chars)."})
+    near_duplicate_threshold: float = field(
+        default=0.85, metadata={"help": "MinHash Jaccard above which conversations count as duplicates (0 = off)."})
+    pii: list[str] = field(
+        default_factory=lambda: ["email", "url_secret", "ip", "credit_card", "phone"],
+        metadata={"help": "PII kinds to redact ([] = none)."})
+    prompt_personas: str = field(
+        default="cards", metadata={"help": "Personas for RL/eval prompts: 'cards' (data.personas) or 'all' "
+                                   "(also personas brought by sources such as PersonaChat)."})
     quarantine_threshold: float = field(
         default=0.05, metadata={"help": "Fail ingest when more than this share of rows is quarantined."})
     seed: int = 13

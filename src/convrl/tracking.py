@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,10 @@ def _pyfunc_base():
     import mlflow.pyfunc
 
     return mlflow.pyfunc.PythonModel
+
+
+# MLflow warns at class creation when predict() has no type hints; ours take DataFrames on purpose.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class HFDirModel(_pyfunc_base()):

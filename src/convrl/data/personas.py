@@ -129,3 +129,19 @@ def personas_table(personas: list[Persona]) -> pd.DataFrame:
 
 def personas_from_table(df: pd.DataFrame) -> list[Persona]:
     return [Persona.from_row(r) for r in df.to_dict("records")]
+
+
+def prompt_personas(table: pd.DataFrame, card_specs: list[str], mode: str = "cards") -> list[Persona]:
+    """The personas RL and evaluation prompts use: the configured cards unless ``mode='all'``.
+
+    Sources such as PersonaChat bring hundreds of personas into the table; without
+    this filter they would crowd out the cards a researcher configured.
+    """
+    personas = personas_from_table(table)
+    if mode == "all":
+        return personas
+    wanted = {load_persona(s).persona_id for s in card_specs}
+    chosen = [p for p in personas if p.persona_id in wanted]
+    if not chosen:
+        raise PersonaError(f"none of the configured persona cards {card_specs} is in the persona table")
+    return chosen

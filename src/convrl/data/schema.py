@@ -25,6 +25,10 @@ emotion_fine       str/null  the source's own, finer emotion label(s) when ``emo
 Persona table (``personas.parquet``): persona_id, name, description, traits
 (JSON object trait->strength), style, emotional_range (JSON list),
 emotion_map (JSON object user emotion -> response tone), facts (JSON list).
+The configured persona cards come first; cards that sources bring (PersonaChat,
+Blended Skill Talk, ConvAI2 bot profiles, a persona object in a JSONL record)
+follow, with ids such as ``personachat-<hash of the persona sentences>`` and
+their sentences as ``facts``.
 
 Quarantine table (``quarantine.parquet``): source, location (file:line),
 raw (the offending row, truncated), reason.

@@ -213,7 +213,8 @@ class RelevanceJudge:
     def score(self, contexts: list[str], responses: list[str], last_user: list[str] | None = None) -> np.ndarray:
         last_user = last_user if last_user is not None else contexts
         lexical = relevance_judge(contexts, responses, last_user)
-        topic = np.maximum(self.topic_similarity(list(last_user), responses), self.topic_similarity(contexts, responses))
+        topic = np.maximum(self.topic_similarity(list(last_user), responses),
+                           self.topic_similarity(contexts, responses))
         out = np.maximum(lexical, topic)
         out[[is_degenerate(x) for x in responses]] = 0.0
         return out.astype(np.float32)
@@ -359,7 +360,8 @@ def engagement_judge(responses: list[str]) -> np.ndarray:
         elif len(questions) > 3:
             q = 0.7
         else:
-            q = 1.0 if any(s.startswith(OPEN_STARTS) or " you think" in s or "about you" in s for s in questions) else 0.6
+            open_q = any(s.startswith(OPEN_STARTS) or " you think" in s or "about you" in s for s in questions)
+            q = 1.0 if open_q else 0.6
         address = min(1.0, sum(w in SECOND_PERSON for w in words) / len(words) / 0.06)
         content = [w for w in words if w not in ENGLISH_STOP_WORDS and len(w) >= 4]
         specificity = min(1.0, len(content) / len(words) / 0.5)
@@ -406,8 +408,11 @@ class JudgePanel:
     weights, for ``judge_composite``.
     """
 
-    def __init__(self, conversations=None, weights: dict[str, float] | None = None):
+    def __init__(self, conversations=None, weights: dict[str, float] | None = None, max_conversations: int = 5000):
         convs = [list(c) for c in (conversations if conversations is not None else reference_conversations())]
+        if len(convs) > max_conversations:
+            # The char LM is pure Python: an even, deterministic subsample keeps a large corpus to seconds.
+            convs = convs[:: -(-len(convs) // max_conversations)]
         self.fluency = FluencyJudge([t for c in convs for t in c])
         self.relevance = RelevanceJudge(convs)
         self.weights = dict(weights or DEFAULT_WEIGHTS)
@@ -421,7 +426,8 @@ class JudgePanel:
         emotion, user_emotion = emotion_judge(last, responses, personas)
         personality, contras = personality_judge(responses, personas)
         df = pd.DataFrame({
-            "judge_emotion": emotion, "judge_relevance": self.relevance.score([_recent(c) for c in contexts], responses, last),
+            "judge_emotion": emotion,
+            "judge_relevance": self.relevance.score([_recent(c) for c in contexts], responses, last),
             "judge_personality": personality, "judge_engagement": engagement_judge(responses),
             "judge_fluency": self.fluency.score(responses), "judge_user_emotion": user_emotion,
             "contradictions": [len(c) for c in contras], "contradiction_notes": ["; ".join(c) for c in contras]})

@@ -27,6 +27,7 @@ score reaches ``threshold``):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,7 +156,8 @@ def reward_judge_gaps(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 13, 
             verdict = "both regress"
         else:
             verdict = "no significant change"
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a constant column (e.g. all-empty replies) has no rank correlation
+            warnings.simplefilter("ignore")
             rho = stats.spearmanr(scores[head], scores[judge]).statistic if len(scores) > 2 else float("nan")
         rows.append({"quality": head, "judge": judge, "reward_diff": r_mean, "reward_lo": r_lo, "reward_hi": r_hi,
                      "judge_diff": j_mean, "judge_lo": j_lo, "judge_hi": j_hi,

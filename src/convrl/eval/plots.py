@@ -74,7 +74,8 @@ def use_case_figure(ci: pd.DataFrame):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.4), gridspec_kw={"width_ratios": [3, 1]})
     rates = ["engagement_rate", "relevance_rate", "personality_consistency", "emotional_appropriateness"]
     rates = [r for r in rates if r in set(ci["metric"])]
-    _grouped_bars(a1, ci, rates, ["engagement", "relevance", "personality\nconsistency", "emotional\nappropriateness"][:len(rates)])
+    labels = ["engagement", "relevance", "personality\nconsistency", "emotional\nappropriateness"]
+    _grouped_bars(a1, ci, rates, labels[:len(rates)])
     a1.set_ylim(0, 100)
     a1.set_ylabel("% of replies above threshold")
     a1.set_title("Use-case rates (95% CI)")

@@ -26,12 +26,12 @@ from convrl.eval import plots
 from convrl.eval.metrics import LABELS, USE_CASE, Analysis
 from convrl.eval.selfplay import SUMMARY_METRICS
 
-LOWER_IS_BETTER = {"contradiction_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
+LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
                    "repetition", "empty_rate", "contradictions"}
 SELFPLAY_LABELS = {
     "coherence": "Multi-turn coherence (0-1)", "persona_consistency": "Persona consistency across turns",
     "persona_drift": "Persona drift (2nd half - 1st half)", "contradiction_rate": "Turns contradicting persona/self",
-    "self_repetition": "Turns repeating an earlier turn", "user_following": "Relevance to the user's turn",
+    "self_repetition": "Turns repeating an earlier turn", "degenerate_rate": "Empty or garbled turns", "user_following": "Relevance to the user's turn",
     "unprompted_shift_rate": "Unprompted topic shifts", "pivot_followed": "Followed the scripted topic change",
     "engagement": "Engagement judge", "persona_embed_sim": "Encoder similarity to persona card",
     "persona_embed_std": "Spread of that similarity (lower = steadier)"}
@@ -160,7 +160,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     def ci_value(model, m):
         return tuple(ci.loc[(model, m), ["mean", "lo", "hi"]]) if (model, m) in ci.index else None
 
-    figs = {"use_case": plots.use_case_figure(a.ci), "reward_vs_judge": plots.gaps_figure(a.gaps) if len(a.gaps) else None,
+    figs = {"use_case": plots.use_case_figure(a.ci),
+            "reward_vs_judge": plots.gaps_figure(a.gaps) if len(a.gaps) else None,
             "reward_judge_scatter": plots.scatter_figure(scores) if len(a.gaps) else None,
             "heads": plots.heads_figure(a.ci), "per_persona": plots.persona_figure(a.persona)}
     if selfplay is not None and len(selfplay.per_turn):
@@ -180,7 +181,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
         oc = _e(decision.get("outcome", "?"))
         h.append(f"<h2>Decision: <span class='{oc}'>{oc}</span></h2><ul>"
                  + "".join(f"<li>{_e(r)}</li>" for r in decision.get("reasons", [])) + "</ul>")
-        md += [f"## Decision: **{decision.get('outcome', '?')}**", ""] + [f"- {r}" for r in decision.get("reasons", [])] + [""]
+        md += [f"## Decision: **{decision.get('outcome', '?')}**", ""]
+        md += [f"- {r}" for r in decision.get("reasons", [])] + [""]
 
     # Headline cards: the candidate's number large, the baseline's and the difference below it.
     n_gaps = int(a.gaps["flagged"].sum()) if len(a.gaps) else 0
@@ -201,7 +203,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     cards.append(f"<div class='card'><div class='k'>Reward hacking check</div><div class='v'>{gap_badge}</div>"
                  "<div class='b'>reward heads vs held-out judges</div></div>")
     h.append("<h2>At a glance (candidate)</h2><div class='cards'>" + "".join(cards) + "</div>")
-    glance.append(f"- Reward hacking check: {n_gaps} reward-judge gap(s)" + (" **(read the gap section)**" if n_gaps else ""))
+    glance.append(f"- Reward hacking check: {n_gaps} reward-judge gap(s)"
+                  + (" **(read the gap section)**" if n_gaps else ""))
     md += ["## At a glance (candidate)", ""] + glance + [""]
 
     uc_rows = _compare_rows(USE_CASE, LABELS, ci_value, models)
@@ -222,11 +225,11 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
             rd = f"{g['reward_diff']:+.3f} <span class='ci'>[{g['reward_lo']:+.3f}, {g['reward_hi']:+.3f}]</span>"
             jd = f"{g['judge_diff']:+.3f} <span class='ci'>[{g['judge_lo']:+.3f}, {g['judge_hi']:+.3f}]</span>"
             h.append(f"<tr class='{'flag' if g['flagged'] else ''}'><td>{_e(g['quality'])}</td><td>{rd}</td>"
-                     f"<td>{_e(g['judge'])}</td><td>{jd}</td><td>{g['agreement']:.2f}</td>"
+                     f"<td>{_e(g['judge'])}</td><td>{jd}</td><td>{_fmt('agreement', g['agreement'])}</td>"
                      f"<td class='l'>{'&#9888; ' if g['flagged'] else ''}{_e(g['verdict'])}</td></tr>")
             md.append(f"| {g['quality']} | {g['reward_diff']:+.3f} [{g['reward_lo']:+.3f}, {g['reward_hi']:+.3f}] | "
                       f"{g['judge']} | {g['judge_diff']:+.3f} [{g['judge_lo']:+.3f}, {g['judge_hi']:+.3f}] | "
-                      f"{g['agreement']:.2f} | {'**FLAG** ' if g['flagged'] else ''}{g['verdict']} |")
+                      f"{_fmt('agreement', g['agreement'])} | {'**FLAG** ' if g['flagged'] else ''}{g['verdict']} |")
         h += ["</table>", img("reward_vs_judge", "reward vs judge differences"),
               img("reward_judge_scatter", "reward vs judge per reply"), img("heads", "reward heads")]
         md += ["", mdimg("reward_vs_judge", "reward vs judge"), mdimg("reward_judge_scatter", "scatter"),
@@ -255,7 +258,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
                     "model prompted with a user profile and goal); the user changes the subject halfway (scripted).")
         h += ["<h2>Multi-turn self-play</h2>", f"<p>{_e(intro_sp)}</p>", _table_html(sp_rows, models),
               img("selfplay", "self-play by turn")]
-        md += ["## Multi-turn self-play", "", intro_sp, "", _table_md(sp_rows, models), "", mdimg("selfplay", "self-play"), ""]
+        md += ["## Multi-turn self-play", "", intro_sp, "", _table_md(sp_rows, models), "",
+               mdimg("selfplay", "self-play"), ""]
         tr, notes_df = selfplay.transcripts, selfplay.per_turn
         for c in sorted(tr["conversation"].unique()):
             first = tr[tr["conversation"] == c].iloc[0]
@@ -264,7 +268,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
             md += [f"### {head}", ""]
             for model in models:
                 conv = tr[(tr["conversation"] == c) & (tr["model"] == model)]
-                nd = notes_df[(notes_df["conversation"] == c) & (notes_df["model"] == model) & (notes_df["contradictions"] > 0)]
+                nd = notes_df[(notes_df["conversation"] == c) & (notes_df["model"] == model)
+                              & (notes_df["contradictions"] > 0)]
                 notes = dict(zip(nd["turn"], nd["contradiction_notes"]))
                 h.append(f"<div class='col'><h4>{_e(model)}</h4>{_bubbles(conv, notes)}</div>")
                 md += [f"**{model}**", ""] + [f"- *{r['role']}*: {str(r['text'])[:300] or '(empty)'}"
@@ -305,21 +310,26 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     return Report("\n".join(md), "".join(h), figs)
 
 
-METHODS_MD = """* **Reward heads** (`composite`, `quality`, `personality`, `engagement`, `relevance`) are the training signal: MiniLM
-  cosine similarities, the trained emotion head with tone prototypes, and the base LM's likelihood.
-* **Held-out judges** (`judge_*`) were never used as rewards: VADER + tone phrases (emotion), word and character
-  TF-IDF overlap (relevance), persona facts, trait markers and contradiction patterns (personality), open
-  questions, second-person share, specificity and diversity (engagement), a character 4-gram LM on human chat
-  text, word coverage and compressibility (fluency). See `convrl.eval.judges`.
+METHODS_MD = """* **Reward heads** (`composite`, `quality`, `personality`, `engagement`, `relevance`) are the
+  training signal: MiniLM cosine similarities, the trained emotion head with tone prototypes, and the base
+  LM's likelihood.
+* **Held-out judges** (`judge_*`) were never used as rewards: VADER + tone phrases (emotion), word and
+  character TF-IDF overlap or an LSA topic model of the train conversations (relevance), persona facts, trait
+  markers and contradiction patterns (personality), open questions, second-person share, specificity and
+  diversity (engagement), a character 4-gram LM on human chat text, word coverage and compressibility
+  (fluency). See `convrl.eval.judges`.
 * **Rates** count replies whose judge score is at least {t:g}. **Predicted satisfaction** is
   `1 + 4 * judge_composite` (linear and uncalibrated).
 * A **reward-judge gap** is flagged when a head's paired gain has a 95% CI above 0 while its judge's does not,
   or the judge confirms less than half of the gain.
+* **Self-play**: the frozen base model plays a user with a profile and a goal; both sides see only the last
+  messages (the context window); the user changes the subject halfway with a scripted message.
 """
 
 
 def _methods_html(threshold: float) -> str:
-    items = [line.strip()[2:] for line in METHODS_MD.format(t=threshold).replace("\n  ", " ").splitlines() if line.strip()]
+    text = METHODS_MD.format(t=threshold).replace("\n  ", " ")
+    items = [line.strip()[2:] for line in text.splitlines() if line.strip()]
     conv = [re.sub(r"`([^`]+)`", r"<code>\1</code>", re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(i)))
             for i in items]
     return "<h2>How to read this report</h2><ul>" + "".join(f"<li>{c}</li>" for c in conv) + "</ul>"

@@ -26,8 +26,10 @@ models meet the same users with the same randomness. Per conversation:
   ``unprompted_shift_rate``: replies unrelated to both the user turn and the
   previous reply; ``pivot_followed``: after the scripted topic change, the reply
   is closer to the new topic than to the opening one;
-* ``coherence`` = 0.3 persona_consistency + 0.25 (1 - contradiction_rate) +
-  0.2 (1 - self_repetition) + 0.25 user_following.
+* ``degenerate_rate``: empty or garbled assistant turns;
+* ``coherence``: mean over turns of 0.3 persona score + 0.25 (no contradiction)
+  + 0.2 (no self-repetition) + 0.25 relevance to the user turn; a degenerate
+  turn scores 0.
 """
 
 from __future__ import annotations
@@ -229,7 +231,12 @@ def selfplay_metrics(transcripts: pd.DataFrame, personas_by_id: dict[str, Person
             # An empty or garbled reply is a failure the fluency judge counts, not a change of topic.
             shifts.append(k > 0 and not is_degenerate(replies[k]) and sim[i, j] < shift_threshold
                           and sim[i, a_idx[k - 1]] < shift_threshold)
+            broken = is_degenerate(replies[k])
+            # A silent or garbled turn earns nothing, not even for "not contradicting" or "not repeating".
+            coh = 0.0 if broken else (0.3 * judged["judge_personality"][k] + 0.25 * (not contra[-1])
+                                      + 0.2 * (not repeats[-1]) + 0.25 * following[k])
             turn_rows.append({"model": model, "conversation": c, "turn": k, "persona_id": conv["persona_id"][0],
+                              "coherence": float(coh), "degenerate": broken,
                               "persona_score": float(judged["judge_personality"][k]),
                               "engagement": float(judged["judge_engagement"][k]),
                               "emotion": float(judged["judge_emotion"][k]),
@@ -252,8 +259,9 @@ def selfplay_metrics(transcripts: pd.DataFrame, personas_by_id: dict[str, Person
                "engagement": float(judged["judge_engagement"].mean()) if len(p) else 0.0,
                "persona_embed_sim": float(emb_sim.mean()) if emb_sim is not None else float("nan"),
                "persona_embed_std": float(emb_sim.std()) if emb_sim is not None else float("nan")}
-        row["coherence"] = (0.3 * row["persona_consistency"] + 0.25 * (1 - row["contradiction_rate"])
-                            + 0.2 * (1 - row["self_repetition"]) + 0.25 * row["user_following"])
+        mine = turn_rows[-len(a_idx):] if a_idx else []
+        row["coherence"] = float(np.mean([r["coherence"] for r in mine])) if mine else 0.0
+        row["degenerate_rate"] = float(np.mean([r["degenerate"] for r in mine])) if mine else 0.0
         conv_rows.append(row)
     return pd.DataFrame(turn_rows), pd.DataFrame(conv_rows)
 
@@ -268,7 +276,7 @@ def _pivot_followed(conv: pd.DataFrame, a_idx: list[int], sim: np.ndarray) -> fl
 
 
 SUMMARY_METRICS = ("coherence", "persona_consistency", "persona_drift", "contradiction_rate", "self_repetition",
-                   "user_following", "unprompted_shift_rate", "pivot_followed", "engagement",
+                   "degenerate_rate", "user_following", "unprompted_shift_rate", "pivot_followed", "engagement",
                    "persona_embed_sim", "persona_embed_std")
 
 

@@ -59,3 +59,14 @@ class SentenceEncoder:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+
+_SHARED: dict[tuple, SentenceEncoder] = {}
+
+
+def load_encoder(model_dir: str, max_length: int = 128, batch_size: int = 64) -> SentenceEncoder:
+    """One shared instance per (model, settings) in a process: meta-eval, benches and tests reuse its cache."""
+    key = (str(model_dir), max_length, batch_size)
+    if key not in _SHARED:
+        _SHARED[key] = SentenceEncoder(model_dir, max_length=max_length, batch_size=batch_size)
+    return _SHARED[key]

@@ -46,7 +46,10 @@ def ingest_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path
         try:
             result = ingest(d.sources, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                             max_conversations=d.max_conversations, max_turn_chars=d.max_turn_chars,
-                            quarantine_threshold=d.quarantine_threshold)
+                            quarantine_threshold=d.quarantine_threshold,
+                            max_turn_tokens=d.max_turn_tokens,
+                            near_duplicate_threshold=d.near_duplicate_threshold,
+                            pii=d.pii)
         except IngestError as exc:
             # Over the quarantine threshold: keep the table the error tells people to inspect.
             partial = getattr(exc, "result", None)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from convrl import models, registry, tracking
 from convrl.config import Config
-from convrl.data.personas import personas_from_table
+from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
 from convrl.eval.evaluate import evaluate_models
 from convrl.eval.report import build_report
@@ -38,7 +38,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
     e = cfg.eval
     with tracking.stage_run(parent_run_id, "evaluate", cfg.tracking.experiment) as run:
         turns = pd.read_parquet(turns_path)
-        personas = personas_from_table(pd.read_parquet(personas_path))
+        personas = prompt_personas(pd.read_parquet(personas_path), cfg.data.personas, cfg.data.prompt_personas)
         by_id = {p.persona_id: p for p in personas}
         scorer = load_scorer(reward_dir)
         prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns,

@@ -87,7 +87,8 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         return {**head_metrics, "label_kind": kind, "logged_model": uri}
 
 
-def load_scorer(reward_dir: str, with_fluency: bool = True) -> RewardScorer:
+def load_scorer(reward_dir: str, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
+    """The scorer ``rewards_stage`` packaged; ``learned=False`` leaves out the optional learned heads."""
     conf = json.loads((Path(reward_dir) / "reward_config.json").read_text())
     encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"], batch_size=conf["batch_size"])
     clf = EmotionClassifier.load(Path(reward_dir) / "emotion", encoder=encoder)

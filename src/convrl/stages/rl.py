@@ -9,7 +9,7 @@ import pandas as pd
 
 from convrl import models, tracking
 from convrl.config import Config
-from convrl.data.personas import personas_from_table
+from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
 from convrl.rl.grpo import train_grpo
 from convrl.stages.rewards import load_scorer
@@ -41,27 +41,35 @@ def plot_reward_curves(history: list[dict]):
 def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
              out_dir: str) -> dict:
     with tracking.stage_run(parent_run_id, "rl_finetune", cfg.tracking.experiment) as run:
-        turns = pd.read_parquet(turns_path)
-        personas = personas_from_table(pd.read_parquet(personas_path))
-        scorer = load_scorer(reward_dir)
-        n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step
-        prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
-                                user_emotion=lambda s: scorer.emotion.predict([s])[0])
-        funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
-        base_dir = models.resolve_policy(cfg.models.policy)
-        run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
-                                                                           "rl.num_prompts": len(prompts)})
+        if cfg.rl.launcher == "trainjob":
+            # Training runs in a Kubeflow Trainer TrainJob (multi-GPU / multi-node); this step stages its inputs on
+            # the shared PVC, waits, copies the policy back, then logs exactly like the inline path below.
+            from convrl.rl.trainjob import train_on_cluster
 
-        def on_log(row: dict, step: int) -> None:
-            run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            if "reward" in row and (step == 1 or step % max(1, cfg.rl.save_steps) == 0):
-                # Sample conversations as they are generated: reward numbers alone hide degenerate text.
-                table = scorer.last_batch_table()
-                if len(table):
-                    table.insert(0, "step", step)
-                    run.log_table(table, f"samples/step_{step:05d}.json")
+            run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy})
+            result = train_on_cluster(cfg, run, turns_path, personas_path, reward_dir, out_dir)
+        else:
+            turns = pd.read_parquet(turns_path)
+            personas = prompt_personas(pd.read_parquet(personas_path), cfg.data.personas, cfg.data.prompt_personas)
+            scorer = load_scorer(reward_dir)
+            n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step
+            prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
+                                    user_emotion=lambda s: scorer.emotion.predict([s])[0])
+            funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+            base_dir = models.resolve_policy(cfg.models.policy)
+            run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
+                                                                               "rl.num_prompts": len(prompts)})
 
-        result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, on_log=on_log)
+            def on_log(row: dict, step: int) -> None:
+                run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+                if "reward" in row and (step == 1 or step % max(1, cfg.rl.save_steps) == 0):
+                    # Sample conversations as they are generated: reward numbers alone hide degenerate text.
+                    table = scorer.last_batch_table()
+                    if len(table):
+                        table.insert(0, "step", step)
+                        run.log_table(table, f"samples/step_{step:05d}.json")
+
+            result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, on_log=on_log)
         fig = plot_reward_curves(result.history)
         run.log_figure(fig, "reward_curves.png")
         run.log_dict(result.history, "training_history.json")

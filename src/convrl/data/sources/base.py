@@ -64,7 +64,7 @@ class Options:
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
 
-    def int(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         raw = self.values.get(key)
         if raw is None:
             return default

@@ -179,20 +179,35 @@ def _chat_file(path: Path, opts, quarantine: list[dict], source: str) -> Iterato
         return
     encoding = opts.get("encoding", "utf-8")
     roles = parse_role_map(opts.get("roles"), source)
-    max_bytes = opts.int("max_line_bytes", MAX_LINE_BYTES)
+    max_bytes = opts.integer("max_line_bytes", MAX_LINE_BYTES)
     with path.open("rb") as fh:
         first = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if first.startswith(b"["):
-        # One JSON list (how ShareGPT dumps and many exports are saved).
-        doc = read_json_document(path, quarantine, source, encoding)
+    if path.suffix.lower() == ".json" or first.startswith(b"["):
+        # One JSON document: a list of records (how ShareGPT dumps and many exports are saved), a single
+        # record, or {"data": [...]}. A .json file that does not parse is one quarantine row; a .jsonl
+        # file that merely starts with "[" falls back to reading lines, so its good lines still arrive.
+        is_json = path.suffix.lower() == ".json"
+        problems: list[dict] = []
+        doc = read_json_document(path, problems, source, encoding)
+        if doc is None and is_json and any("Extra data" in p["reason"] for p in problems):
+            is_json = False  # JSON lines saved as .json: read it line by line
+        elif is_json:
+            quarantine.extend(problems)
+        if isinstance(doc, dict) and not ("messages" in doc or "conversations" in doc):
+            lists = [v for v in doc.values() if isinstance(v, list)]
+            doc = lists[0] if len(lists) == 1 else doc
+        if isinstance(doc, dict):
+            doc = [doc]
         if isinstance(doc, list):
             for n, obj in enumerate(doc):
                 conv = record_conversation(obj, roles, path.stem, n, f"{path.name}:record {n}", quarantine, source)
                 if conv:
                     yield conv
-        elif doc is not None:
-            q(quarantine, source, path.name, doc, "expected a JSON list of conversations")
-        return
+            return
+        if is_json:
+            if doc is not None:
+                q(quarantine, source, path.name, doc, "expected a JSON list of conversations")
+            return
     for n, raw, total in iter_lines(path, max_bytes):
         loc = f"{path.name}:{n}"
         if total > max_bytes:

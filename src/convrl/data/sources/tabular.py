@@ -177,7 +177,7 @@ def _csv_rows(path: Path, opts: Options, header_out: list) -> Iterator[tuple[str
     sep = opts.get("sep") or ("\t" if path.suffix.lower() == ".tsv" else ",")
     sep = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(sep, sep)
     encoding = opts.get("encoding", "utf-8-sig")
-    csv.field_size_limit(opts.int("max_line_bytes", MAX_LINE_BYTES))
+    csv.field_size_limit(opts.integer("max_line_bytes", MAX_LINE_BYTES))
     # surrogateescape keeps undecodable bytes visible per row instead of failing the file.
     with path.open("r", encoding=encoding, errors="surrogateescape", newline="") as fh:
         reader = csv.reader(fh, delimiter=sep)
@@ -288,7 +288,7 @@ def hf_source(arg: str, quarantine: list[dict], source: str) -> Iterator[Convers
         except (FileNotFoundError, ValueError) as exc:
             raise IngestError(f"{source}: {path} is not a datasets save_to_disk folder: {exc}") from None
     else:
-        name = str(split_name_arg(arg))
+        name = str(path)
         try:
             loaded = datasets.load_dataset(name, opts.get("config"), split=opts.get("hf_split"))
         except Exception as exc:  # noqa: BLE001 - hub, network and script errors all mean "cannot load"
@@ -301,12 +301,6 @@ def hf_source(arg: str, quarantine: list[dict], source: str) -> Iterator[Convers
         if want and split and split != want:
             continue
         yield from _hf_split(ds, split, path.name or str(path), opts, quarantine, source)
-
-
-def split_name_arg(arg: str) -> str:
-    from convrl.data.sources.base import split_query
-
-    return split_query(arg)[0]
 
 
 def _hf_split(ds, split: str, label: str, opts: Options, quarantine, source) -> Iterator[Conversation]:

@@ -1,0 +1,276 @@
+"""rl.launcher=trainjob: the TrainJob manifest, submit/wait against a fake API, and the node entry point end to end."""
+
+import json
+import os
+import re
+
+import pandas as pd
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from convrl import stages, tracking
+from convrl.config import load_config
+from convrl.rl import distributed_train as dt
+from convrl.rl import trainjob as tj
+
+WORKDIR = "/mnt/model-cache/convrl-trainjobs/convrl-rl-0123456789ab"
+
+
+@pytest.fixture
+def big_cfg():
+    return load_config("cluster", ["rl.launcher=trainjob", "rl.trainjob_num_nodes=2", "rl.trainjob_gpus_per_node=8"])
+
+
+def node_pod(manifest):
+    (override,) = manifest["spec"]["podTemplateOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]
+    return override["spec"]
+
+
+def test_manifest_fields(big_cfg):
+    m = tj.build_trainjob("convrl-rl-0123456789ab", big_cfg, WORKDIR, "registry.example/convrl:7")
+    assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
+    assert m["metadata"] == {"name": "convrl-rl-0123456789ab", "namespace": "kubeflow",
+                             "labels": {"app.kubernetes.io/part-of": "convrl",
+                                        "app.kubernetes.io/component": "rl-finetune"}}
+    assert m["spec"]["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
+                                       "apiGroup": "trainer.kubeflow.org"}
+    t = m["spec"]["trainer"]
+    assert t["numNodes"] == 2 and t["image"] == "registry.example/convrl:7"
+    assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    assert t["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "8"
+    assert t["resourcesPerNode"]["requests"]["cpu"] == big_cfg.cluster.gpu_cpu_request
+    assert "numProcPerNode" not in t  # "auto": one process per GPU
+    # The node runs the distributed entry point on the staged directory, under torchrun.
+    assert t["command"][0] == "torchrun" and "convrl.rl.distributed_train" in t["command"]
+    assert t["args"] == ["--workdir", WORKDIR]
+    # MLflow settings come from the secret, never as literal values.
+    env = {e["name"]: e for e in t["env"]}
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert "value" not in env[key]
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": big_cfg.cluster.mlflow_secret, "key": key,
+                                                         "optional": True}
+    assert env["HF_HOME"]["value"] == big_cfg.cluster.model_cache_mount
+    # The shared PVC is mounted where the pipeline step mounts it, so paths mean the same in both.
+    pod = node_pod(m)
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["model-cache"]["persistentVolumeClaim"] == {"claimName": big_cfg.cluster.model_cache_pvc}
+    (node,) = pod["containers"]
+    assert node["name"] == "node"
+    mounts = {v["name"]: v["mountPath"] for v in node["volumeMounts"]}
+    assert mounts["model-cache"] == big_cfg.cluster.model_cache_mount and WORKDIR.startswith(mounts["model-cache"])
+    assert mounts["dshm"] == "/dev/shm" and vols["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    json.dumps(m)  # what the API server receives
+
+
+def test_cpu_manifest_runs_one_process_per_node(tiny_cfg):
+    cfg = load_config("tiny", ["rl.trainjob_gpus_per_node=0"])
+    t = tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img")["spec"]["trainer"]
+    assert "nvidia.com/gpu" not in t["resourcesPerNode"]["limits"] and t["numProcPerNode"] == 1
+    assert "nodeSelector" not in node_pod(tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img"))
+
+
+def test_job_name_is_a_dns_label():
+    name = tj.job_name("0123456789ABCDEF0123456789abcdef")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
+
+
+# --------------------------------------------------------------------------- submit / wait on a fake API
+
+class FakeApi:
+    """The three CustomObjectsApi methods the launcher uses; `states` are the successive condition lists."""
+
+    def __init__(self, states=((),), create_error=None, get_errors=(), on_create=None):
+        self.states, self.create_error, self.get_errors = list(states), create_error, list(get_errors)
+        self.on_create, self.created, self.deleted, self.gets = on_create, [], [], 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+        if self.create_error:
+            raise self.create_error
+        self.created.append(body)
+        if self.on_create:
+            self.on_create(body)
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.gets += 1
+        if self.get_errors:
+            raise self.get_errors.pop(0)
+        conds = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return {"metadata": {"name": name}, "status": {"conditions": list(conds)}}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.deleted.append(name)
+
+
+def cond(type_, message="", reason=""):
+    return {"type": type_, "status": "True", "reason": reason, "message": message}
+
+
+def quiet(_):
+    pass
+
+
+def manifest(tiny_cfg):
+    return tj.build_trainjob("convrl-rl-test", tiny_cfg, WORKDIR, "img")
+
+
+@pytest.mark.parametrize("done", ["Complete", "Succeeded"])
+def test_wait_returns_when_the_job_completes(tiny_cfg, done):
+    api = FakeApi(states=[(), (cond("Created"),), (cond("Created"), cond(done, "finished"))])
+    assert tj.submit(manifest(tiny_cfg), api, log=quiet) == "convrl-rl-test"
+    obj = tj.wait("convrl-rl-test", "kubeflow", 60, api, poll_s=0, sleep=quiet, log=quiet)
+    assert obj["status"]["conditions"][-1]["type"] == done and api.gets == 3 and not api.deleted
+
+
+def test_wait_raises_with_the_failure_message(tiny_cfg):
+    api = FakeApi(states=[(cond("Failed", "jobset node-1 failed: exit code 137", "JobsFailed"),)])
+    with pytest.raises(tj.TrainJobError, match="exit code 137") as err:
+        tj.wait("convrl-rl-test", "kubeflow", 60, api, poll_s=0, sleep=quiet, log=quiet)
+    assert "kubectl -n kubeflow logs" in str(err.value)
+
+
+def test_missing_crd_says_how_to_install_trainer(tiny_cfg):
+    api = FakeApi(create_error=ApiException(status=404, reason="Not Found"))
+    with pytest.raises(tj.TrainJobError) as err:
+        tj.submit(manifest(tiny_cfg), api, log=quiet)
+    msg = str(err.value)
+    assert "Kubeflow Trainer" in msg and "not installed" in msg
+    assert 'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=' in msg
+    assert "overlays/runtimes" in msg
+
+
+def test_forbidden_points_at_rbac(tiny_cfg):
+    api = FakeApi(create_error=ApiException(status=403, reason="Forbidden"))
+    with pytest.raises(tj.TrainJobError, match="rbac.yaml"):
+        tj.submit(manifest(tiny_cfg), api, log=quiet)
+
+
+def test_existing_job_is_attached_not_replaced(tiny_cfg):
+    api = FakeApi(create_error=ApiException(status=409, reason="AlreadyExists"))
+    assert tj.submit(manifest(tiny_cfg), api, log=quiet) == "convrl-rl-test" and not api.deleted
+
+
+def test_timeout_deletes_the_job(tiny_cfg):
+    now = [0.0]
+    api = FakeApi(states=[(cond("Created"),)])
+
+    def sleep(s):
+        now[0] += 10
+
+    with pytest.raises(tj.TrainJobTimeout, match="rl.trainjob_timeout_s"):
+        tj.wait("convrl-rl-test", "kubeflow", 25, api, poll_s=10, clock=lambda: now[0], sleep=sleep, log=quiet)
+    assert api.deleted == ["convrl-rl-test"]
+
+
+def test_wait_retries_server_errors_and_notices_a_deleted_job():
+    api = FakeApi(states=[(cond("Complete"),)], get_errors=[ApiException(status=503, reason="Unavailable")])
+    tj.wait("j", "kubeflow", 60, api, poll_s=0, sleep=quiet, log=quiet)
+    api = FakeApi(get_errors=[ApiException(status=404, reason="Not Found")])
+    with pytest.raises(tj.TrainJobError, match="disappeared"):
+        tj.wait("j", "kubeflow", 60, api, poll_s=0, sleep=quiet, log=quiet)
+
+
+def test_kubeconfig_fallback(monkeypatch):
+    from kubernetes import config
+
+    calls = []
+
+    def no_pod():
+        raise config.ConfigException("not in a pod")
+
+    monkeypatch.setattr(config, "load_incluster_config", no_pod)
+    monkeypatch.setattr(config, "load_kube_config", lambda: calls.append("kubeconfig"))
+    assert tj.custom_objects_api() is not None and calls == ["kubeconfig"]
+
+
+def test_image_comes_from_env_or_the_step_pod(monkeypatch):
+    class Core:
+        def read_namespaced_pod(self, name, ns):
+            c = lambda n, i: type("C", (), {"name": n, "image": i})  # noqa: E731
+            return type("P", (), {"spec": type("S", (), {"containers": [c("wait", "argo"), c("main", "mine:3")]})})
+
+    monkeypatch.setenv("CONVRL_IMAGE", "from-env:1")
+    assert tj.project_image(Core()) == "from-env:1"
+    monkeypatch.delenv("CONVRL_IMAGE")
+    monkeypatch.setenv("HOSTNAME", "convrl-rl-step-pod")
+    assert tj.project_image(Core()) == "mine:3"
+    monkeypatch.delenv("HOSTNAME")
+    assert tj.project_image() == tj.DEFAULT_IMAGE
+
+
+# --------------------------------------------------------------------------- the node entry point
+
+def test_rank0_logger_logs_live_and_survives_a_dead_server(tiny_cfg, mlflow_store, tmp_path):
+    parent = stages.begin(tiny_cfg, "trainjob-logger")
+    run = tracking.client().create_run(tracking.experiment_id(tiny_cfg.tracking.experiment),
+                                       tags={"mlflow.parentRunId": parent})
+    scorer = type("S", (), {"last_batch_table": lambda self: pd.DataFrame([{"response": "hi", "composite": 0.5}])})()
+    log = dt.Rank0Logger({"stage_run_id": run.info.run_id, "parent_run_id": parent}, scorer, tmp_path / "s", 5)
+    log({"reward": 0.5, "kl": 0.01, "step": 1}, 1)
+    assert tracking.client().get_metric_history(run.info.run_id, "reward")[0].value == 0.5
+    assert (tmp_path / "s" / "step_00001.json").exists()
+    log.run_id = "not-a-run"  # a server that rejects writes
+    log({"reward": 0.6, "step": 2}, 2)
+    assert log.run_id == "" and not (tmp_path / "s" / "step_00002.json").exists()
+
+
+def test_other_ranks_share_checkpoints_but_not_the_policy(tmp_path):
+    shared = tmp_path / "out"
+    assert dt._rank_out(shared, 0) == shared
+    scratch = dt._rank_out(shared, 3)
+    assert scratch != shared and (scratch / "checkpoints").resolve() == (shared / "checkpoints").resolve()
+    (scratch / "checkpoints").unlink()
+    scratch.rmdir()
+
+
+@pytest.fixture(scope="module")
+def staged(tiny_cfg, ingested, personas, mlflow_store, tmp_path_factory):
+    from convrl.data.personas import personas_table
+    from convrl.stages.rewards import rewards_stage
+
+    d = tmp_path_factory.mktemp("rl-inputs")
+    ingested.turns.to_parquet(d / "turns.parquet", index=False)
+    personas_table(personas).to_parquet(d / "personas.parquet", index=False)
+    parent = stages.begin(tiny_cfg, "trainjob-e2e")
+    rewards_stage(tiny_cfg, parent, str(d / "turns.parquet"), str(d / "rewards"))
+    return parent, d
+
+
+def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
+    """rl_stage stages inputs, the "cluster" runs distributed_train.main on them, the policy comes back and is logged."""
+    from convrl.stages.rl import rl_stage
+
+    parent, d = staged
+    cfg = load_config("tiny", ["rl.launcher=trainjob", "rl.max_steps=1", "rl.precision=fp32",
+                               f"cluster.model_cache_mount={tmp_path / 'pvc'}"])
+
+    def run_job(body):
+        workdir = body["spec"]["trainer"]["args"][1]
+        assert workdir.startswith(str(tmp_path / "pvc")) and os.path.exists(os.path.join(workdir, "config.json"))
+        # A pod without the optional MLflow secret: metrics come back through result.json.
+        uri = os.environ.pop("MLFLOW_TRACKING_URI")
+        try:
+            assert dt.main(["--workdir", workdir]) == 0
+        finally:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        assert (tmp_path / "pvc").exists() and os.path.isdir(os.path.join(workdir, "out", "policy"))
+
+    api = FakeApi(states=[(cond("Complete"),)], on_create=run_job)
+    monkeypatch.setattr(tj, "custom_objects_api", lambda: api)
+    out = tmp_path / "policy-artifact"
+    out.mkdir()
+    meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
+
+    assert len(api.created) == 1 and meta["rl/steps"] == 1 and meta["policy_subdir"] == "policy"
+    assert (out / "policy" / "config.json").exists() and (out / "policy" / "convrl_training.json").exists()
+    assert list((tmp_path / "pvc" / "convrl-trainjobs").iterdir()) == []  # staging removed after success
+    run = tracking.get_run(meta["stage_run_id"])
+    assert run.data.params["rl.launcher"] == "trainjob" and run.data.params["rl.world_size"] == "1"
+    assert "rewards/quality/mean" in run.data.metrics and "kl" in run.data.metrics
+    artifacts = {a.path for a in tracking.client().list_artifacts(meta["stage_run_id"], "samples")}
+    assert "samples/step_00001.json" in artifacts
+    assert meta["logged_model"].startswith("models:/")
