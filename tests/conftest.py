@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -19,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from threads, and oversubscribed threads are 100x slower on a busy 2-core box.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["CONVRL_HOME"] = os.environ.get("CONVRL_TEST_HOME", str(REPO / ".convrl-test"))
 os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
 os.environ.pop("MLFLOW_TRACKING_URI", None)

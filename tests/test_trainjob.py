@@ -139,7 +139,8 @@ def test_missing_crd_says_how_to_install_trainer(tiny_cfg):
         tj.submit(manifest(tiny_cfg), api, log=quiet)
     msg = str(err.value)
     assert "Kubeflow Trainer" in msg and "not installed" in msg
-    assert 'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=' in msg
+    manager = 'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref='
+    assert manager + 'v2.1.0"' in msg
     assert "overlays/runtimes" in msg
 
 
@@ -241,7 +242,7 @@ def staged(tiny_cfg, ingested, personas, mlflow_store, tmp_path_factory):
 
 
 def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
-    """rl_stage stages inputs, the "cluster" runs distributed_train.main on them, the policy comes back and is logged."""
+    """rl_stage stages inputs, the "cluster" runs distributed_train.main on them, the policy comes back, is logged."""
     from convrl.stages.rl import rl_stage
 
     parent, d = staged

@@ -83,11 +83,10 @@ def run_local(config: str, overrides: list[str], run_name: str, parent: str, roo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline_root"),
                raise_on_error=False)
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
-    task = conversational_rl(config_name=str(config), overrides=";".join(overrides), run_name=run_name,
-                             parent_run_id=parent)
-    run = tracking.get_run(parent)
-    state = getattr(task, "state", None)
-    return run.info.status == "FINISHED" and (state is None or str(state).endswith("SUCCEEDED"))
+    conversational_rl(config_name=str(config), overrides=";".join(overrides), run_name=run_name,
+                      parent_run_id=parent)
+    # The exit handler closes the parent run FINISHED only when every task succeeded.
+    return tracking.get_run(parent).info.status == "FINISHED"
 
 
 def run_summary(parent: str, cfg) -> dict:

@@ -300,13 +300,16 @@ def set_model_tag(name: str, key: str, value: str) -> None:
 # ---------------------------------------------------------------- pyfunc wrappers
 
 def _pyfunc_base():
+    # MLflow warns about predict() without type hints, for its own classes at import and for ours
+    # at class creation; ours take DataFrames on purpose.
+    quiet = (".*Add type hints to the `predict` method", ".*Any type hint is inferred as AnyType")
+    for msg in quiet:
+        warnings.filterwarnings("ignore", message=msg, category=UserWarning)
     import mlflow.pyfunc
 
+    for msg in quiet:
+        warnings.filterwarnings("ignore", message=msg, category=UserWarning)
     return mlflow.pyfunc.PythonModel
-
-
-# MLflow warns at class creation when predict() has no type hints; ours take DataFrames on purpose.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class HFDirModel(_pyfunc_base()):

@@ -28,6 +28,7 @@ from convrl.eval.selfplay import SUMMARY_METRICS
 
 LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
                    "repetition", "empty_rate", "contradictions"}
+NO_DIRECTION = {"words", "turns", "conversations"}  # longer is neither better nor worse
 SELFPLAY_LABELS = {
     "coherence": "Multi-turn coherence (0-1)", "persona_consistency": "Persona consistency across turns",
     "persona_drift": "Persona drift (2nd half - 1st half)", "contradiction_rate": "Turns contradicting persona/self",
@@ -94,6 +95,8 @@ def _delta(metric: str, d: float) -> tuple[str, str]:
         return "n/a", "same"
     better = -d if metric in LOWER_IS_BETTER else d
     cls = "up" if better > 1e-9 else "down" if better < -1e-9 else "same"
+    if metric in NO_DIRECTION:
+        cls = "same"
     unit = " pp" if metric in USE_CASE and metric != "satisfaction" else ""
     return (f"{d:+.1f}{unit}" if unit else f"{d:+.3f}"), cls
 

@@ -2,16 +2,21 @@
 
 Heads (each in [0, 1]):
 
-* ``relevance``   cosine similarity of the response with the recent context.
-* ``personality`` cosine similarity of the response with the persona card.
+* ``relevance``   cosine similarity of the response with the recent context
+                  (or a head trained for next-utterance selection).
+* ``personality`` cosine similarity of the response with the persona card
+                  (or a head trained contrastively on persona dialogues).
 * ``engagement``  implicit-engagement signals: the reply invites a reply
-                  (question), addresses the user, has a sane length, warm tone.
+                  (question), addresses the user, has a sane length, is not
+                  degenerate (or a regressor trained on human ratings).
 * ``quality``     fluency under the frozen base LM (length-normalised
                   log-likelihood), non-repetition, length sanity and emotional
                   appropriateness (tone prescribed by the persona's emotion map
                   for the user's detected emotion), gated to 0 for degenerate text.
 
-All heads share one encoder pass per distinct text (``SentenceEncoder`` caches).
+All heads share one encoder pass per distinct text (``SentenceEncoder`` caches);
+``score_head`` computes one head alone. Learned heads (:mod:`convrl.rewards.learned`)
+plug in through ``RewardScorer(..., learned={"relevance": head, ...})``.
 ``RewardScorer.trl_reward_funcs()`` exposes each head as a TRL reward callable
 (``prompts, completions, **columns -> list[float]``) with matching weights.
 """
@@ -22,9 +27,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from convrl.data.personas import TONES, Persona
+from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
 
 HEADS = ("quality", "personality", "engagement", "relevance")
 
@@ -83,59 +88,71 @@ def length_sanity(text: str, lo: int = 3, hi: int = 60) -> float:
     return 1.0
 
 
-class FluencyScorer:
-    """Length-normalised log-likelihood of the reply under a frozen causal LM."""
+def persona_text(persona: Persona | None) -> str:
+    """What the personality head compares replies with: the card, or just the facts of a facts-only card."""
+    if persona is None:
+        return ""
+    if persona.description or persona.traits or persona.style:
+        return persona.card_text()
+    return " ".join(persona.facts)
 
-    def __init__(self, model_dir: str, batch_size: int = 8, max_tokens: int = 256, dtype: torch.dtype | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype is None:
-            from convrl.rl.grpo import bf16_supported
+def recent_context(context: list[dict], budget: int = 500) -> str:
+    """The latest non-system messages, newest first, within ``budget`` characters.
 
-            # A frozen scorer loses nothing that matters in bf16 and runs twice as fast where the CPU has bf16 units.
-            dtype = torch.bfloat16 if bf16_supported() else torch.float32
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-        self.batch_size = batch_size
-        self.max_tokens = max_tokens
+    Newest first because the encoder truncates from the end: the message being
+    answered must survive truncation, the oldest may not.
+    """
+    parts, used = [], 0
+    for m in reversed(context):
+        if m["role"] == "system":
+            continue
+        text = m["content"].strip()
+        if parts and used + len(text) > budget:
+            break
+        parts.append(text[-budget:])
+        used += len(text) + 1
+    return " ".join(parts)
 
-    @torch.inference_mode()
-    def mean_logprob(self, user_texts: list[str], responses: list[str]) -> np.ndarray:
-        out = np.zeros(len(responses), dtype=np.float32)
-        for i in range(0, len(responses), self.batch_size):
-            ids, masks = [], []
-            for u, r in zip(user_texts[i:i + self.batch_size], responses[i:i + self.batch_size]):
-                prefix = self.tok.apply_chat_template([{"role": "user", "content": u[-500:]}],
-                                                      tokenize=False, add_generation_prompt=True)
-                p_ids = self.tok(prefix, add_special_tokens=False)["input_ids"][-64:]
-                r_ids = self.tok(r, add_special_tokens=False)["input_ids"][: self.max_tokens]
-                ids.append(p_ids + r_ids)
-                masks.append([0] * len(p_ids) + [1] * len(r_ids))
-            width = max(len(x) for x in ids)
-            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-            inp = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-            att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-            tgt_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])[:, 1:].float()
-            logits = self.model(input_ids=inp, attention_mask=att).logits[:, :-1]
-            lp = torch.log_softmax(logits.float(), -1).gather(-1, inp[:, 1:].unsqueeze(-1)).squeeze(-1)
-            denom = tgt_mask.sum(1)
-            mean = (lp * tgt_mask).sum(1) / denom.clamp(min=1)
-            mean = torch.where(denom > 0, mean, torch.full_like(mean, -10.0))
-            out[i:i + len(ids)] = mean.numpy()
-        return out
+
+def last_user_text(context: list[dict]) -> str:
+    return next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
+
+
+def engagement_signals(responses: list[str]) -> np.ndarray:
+    """Implicit engagement: invites a reply (question), addresses the user, sane length, not degenerate."""
+    out = np.zeros(len(responses), dtype=np.float32)
+    for i, r in enumerate(responses):
+        words = [w.lower() for w in _WORD.findall(r)]
+        question = 1.0 if "?" in r else 0.0
+        addresses = 1.0 if any(w in ("you", "your", "you're", "yours") for w in words) else 0.0
+        out[i] = 0.35 * question + 0.2 * addresses + 0.25 * length_sanity(r, 4, 40) + 0.2 * (
+            0.0 if is_degenerate(r) else 1.0)
+    return out
 
 
 class RewardScorer:
-    """Scores (context, response, persona) triples with every head at once."""
+    """Scores (context, response, persona) triples with every head at once.
+
+    ``learned`` optionally maps head names (relevance, personality, engagement)
+    to trained heads (:mod:`convrl.rewards.learned`) that replace the untrained
+    scorer of that head; the untrained score stays in ``details`` as
+    ``<head>_untrained`` so both can be compared with human ratings.
+    """
 
     def __init__(self, encoder, emotion_clf=None, fluency: FluencyScorer | None = None,
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None, learned: dict | None = None):
         self.encoder = encoder
         self.emotion = emotion_clf
         self.fluency = fluency
         self.weights = dict(weights or {"quality": 0.4, "personality": 0.25, "engagement": 0.2,
                                         "relevance": 0.15})
-        self._tone_protos = {t: encoder.encode(TONE_PROTOTYPES[t]).mean(0) for t in TONES}
+        self.learned = dict(learned or {})
+        unknown = set(self.learned) - {"relevance", "personality", "engagement"}
+        if unknown:
+            raise ValueError(f"learned heads {sorted(unknown)}: only relevance, personality, engagement are learned")
+        protos = np.stack([encoder.encode(TONE_PROTOTYPES[t]).mean(0) for t in TONES])
+        self._tone_protos = protos / (np.linalg.norm(protos, axis=1, keepdims=True) + 1e-8)
         self._last_key: tuple | None = None
         self._last: ScoreBatch | None = None
 
@@ -147,76 +164,99 @@ class RewardScorer:
             raise RewardHeadError(f"reward head '{name}' failed: {type(exc).__name__}: {exc}") from exc
 
     def tone_probs(self, resp_emb: np.ndarray) -> np.ndarray:
-        protos = np.stack([self._tone_protos[t] / (np.linalg.norm(self._tone_protos[t]) + 1e-8) for t in TONES])
-        sims = resp_emb @ protos.T
+        sims = resp_emb @ self._tone_protos.T
         z = np.exp((sims - sims.max(1, keepdims=True)) * 20.0)
         return z / z.sum(1, keepdims=True)
 
-    def score(self, contexts: list[list[dict]], responses: list[str],
-              personas: list[Persona | None]) -> ScoreBatch:
+    def _appropriateness(self, r_emb, last_user, personas):
+        emotions = self.emotion.predict(last_user) if self.emotion is not None else ["neutral"] * len(last_user)
+        probs = self.tone_probs(r_emb)
+        want = [(p.tone_for(e) if p is not None else {"happy": "enthusiastic", "sad": "empathetic",
+                                                      "angry": "calming"}.get(e, "neutral"))
+                for p, e in zip(personas, emotions)]
+        return np.array([probs[i, TONES.index(w)] for i, w in enumerate(want)], dtype=np.float32), emotions
+
+    def _quality(self, responses, last_user, approp):
+        n = len(responses)
+        if self.fluency is not None:
+            lp = self.fluency.mean_logprob(last_user, responses)
+            fluency = np.clip((lp + 6.0) / 5.0, 0, 1).astype(np.float32)
+        else:
+            fluency = np.full(n, 0.5, dtype=np.float32)
+        rep = np.array([repetition_rate(r) for r in responses], dtype=np.float32)
+        length = np.array([length_sanity(r) for r in responses], dtype=np.float32)
+        degenerate = np.array([is_degenerate(r) for r in responses], dtype=bool)
+        q = 0.35 * fluency + 0.2 * (1 - rep) + 0.15 * length + 0.3 * approp
+        return np.where(degenerate, 0.0, q).astype(np.float32), fluency, rep
+
+    @staticmethod
+    def _clean(contexts, responses, personas):
         if not (len(contexts) == len(responses) == len(personas)):
             raise ValueError("contexts, responses and personas must have the same length")
+        return [r if isinstance(r, str) else "" for r in responses]
+
+    def score(self, contexts: list[list[dict]], responses: list[str],
+              personas: list[Persona | None]) -> ScoreBatch:
+        """Every head for every triple: one encoder pass over the distinct texts, shared by all heads."""
+        responses = self._clean(contexts, responses, personas)
         n = len(responses)
-        responses = [r if isinstance(r, str) else "" for r in responses]
-        last_user = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in contexts]
-        recent = [" ".join(m["content"] for m in c if m["role"] != "system")[-1000:] for c in contexts]
-        cards = [p.card_text() if p is not None else "" for p in personas]
-        emb = self._run("encoder", self.encoder.encode, responses + recent + cards)
-        r_emb, c_emb, p_emb = emb[:n], emb[n:2 * n], emb[2 * n:]
+        last_user = [last_user_text(c) for c in contexts]
+        recent = [recent_context(c) for c in contexts]
+        cards = [persona_text(p) for p in personas]
+        # The emotion classifier reads the last user turn through the same encoder: encoding it in the
+        # same pass lets its embeddings come from the cache instead of a second forward.
+        texts = responses + recent + cards + (last_user if self.emotion is not None else [])
+        emb = self._run("encoder", self.encoder.encode, texts)
+        r_emb, c_emb, p_emb = emb[:n], emb[n:2 * n], emb[2 * n:3 * n]
+        no_persona = np.array([p is None for p in personas], dtype=bool)
 
-        relevance = self._run("relevance", lambda: np.clip((r_emb * c_emb).sum(1), 0, 1))
-
-        def personality():
-            sims = np.clip((r_emb * p_emb).sum(1), 0, 1)
-            # No persona card: the head is undefined, score it neutrally rather than 0.
-            return np.where([p is None for p in personas], 0.5, sims)
-
-        personality_s = self._run("personality", personality)
-
-        def engagement():
-            out = np.zeros(n, dtype=np.float32)
-            for i, r in enumerate(responses):
-                words = [w.lower() for w in _WORD.findall(r)]
-                question = 1.0 if "?" in r else 0.0
-                addresses = 1.0 if any(w in ("you", "your", "you're", "yours") for w in words) else 0.0
-                out[i] = 0.35 * question + 0.2 * addresses + 0.25 * length_sanity(r, 4, 40) + 0.2 * (
-                    0.0 if is_degenerate(r) else 1.0)
-            return out
-
-        engagement_s = self._run("engagement", engagement)
-
-        def appropriateness():
-            emotions = self.emotion.predict(last_user) if self.emotion is not None else ["neutral"] * n
-            probs = self.tone_probs(r_emb)
-            want = [(p.tone_for(e) if p is not None else {"happy": "enthusiastic", "sad": "empathetic",
-                                                          "angry": "calming"}.get(e, "neutral"))
-                    for p, e in zip(personas, emotions)]
-            return np.array([probs[i, TONES.index(w)] for i, w in enumerate(want)], dtype=np.float32), emotions
-
-        approp, user_emotions = self._run("emotion", appropriateness)
-
-        def quality():
-            if self.fluency is not None:
-                lp = self.fluency.mean_logprob(last_user, responses)
-                fluency = np.clip((lp + 6.0) / 5.0, 0, 1)
-            else:
-                fluency = np.full(n, 0.5, dtype=np.float32)
-            rep = np.array([repetition_rate(r) for r in responses], dtype=np.float32)
-            length = np.array([length_sanity(r) for r in responses], dtype=np.float32)
-            degenerate = np.array([is_degenerate(r) for r in responses])
-            q = 0.35 * fluency + 0.2 * (1 - rep) + 0.15 * length + 0.3 * approp
-            return np.where(degenerate, 0.0, q).astype(np.float32), fluency, rep
-
-        quality_s, fluency_s, rep_s = self._run("quality", quality)
-        heads = {"quality": quality_s, "personality": personality_s.astype(np.float32),
-                 "engagement": engagement_s, "relevance": relevance.astype(np.float32)}
+        heads, details = {}, {}
+        heads["relevance"] = self._run("relevance", lambda: np.clip((r_emb * c_emb).sum(1), 0, 1))
+        # No persona card: the head is undefined, score it neutrally rather than 0.
+        heads["personality"] = self._run("personality", lambda: np.where(
+            no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)))
+        heads["engagement"] = self._run("engagement", engagement_signals, responses)
+        approp, user_emotions = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
+        heads["quality"], fluency, rep = self._run("quality", self._quality, responses, last_user, approp)
+        if self.learned:
+            inputs = {"context": c_emb, "response": r_emb, "persona": p_emb, "responses": responses,
+                      "no_persona": no_persona}
+            for name, model in self.learned.items():
+                details[f"{name}_untrained"] = heads[name].astype(np.float32)
+                heads[name] = self._run(name, model.score, inputs)
+        heads = {h: np.asarray(heads[h], dtype=np.float32) for h in HEADS}
         for name, arr in heads.items():
             if not np.all(np.isfinite(arr)):
                 raise RewardHeadError(f"reward head '{name}' produced non-finite scores")
-        composite = self.composite(heads)
-        return ScoreBatch(heads, composite, {"fluency": fluency_s, "repetition": rep_s,
-                                             "appropriateness": approp,
-                                             "user_emotion": np.array(user_emotions)})
+        details.update({"fluency": fluency, "repetition": rep, "appropriateness": approp,
+                        "user_emotion": np.array(user_emotions)})
+        return ScoreBatch(heads, self.composite(heads), details)
+
+    def score_head(self, head: str, contexts: list[list[dict]], responses: list[str],
+                   personas: list[Persona | None]) -> np.ndarray:
+        """One head alone, encoding only what it needs (debugging; the unshared baseline of the benchmark)."""
+        if head not in HEADS:
+            raise ValueError(f"unknown head '{head}'; heads: {HEADS}")
+        responses = self._clean(contexts, responses, personas)
+        if head == "engagement" and "engagement" not in self.learned:
+            return self._run(head, engagement_signals, responses)
+        if head == "quality":
+            last_user = [last_user_text(c) for c in contexts]
+            r_emb = self._run("encoder", self.encoder.encode, responses)
+            approp, _ = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
+            return self._run(head, self._quality, responses, last_user, approp)[0]
+        needs_context = head != "personality" or head in self.learned
+        needs_persona = head == "personality"
+        r_emb = self._run("encoder", self.encoder.encode, responses)
+        c_emb = self._run("encoder", self.encoder.encode, [recent_context(c) for c in contexts]) if needs_context else None
+        p_emb = self._run("encoder", self.encoder.encode, [persona_text(p) for p in personas]) if needs_persona else None
+        no_persona = np.array([p is None for p in personas], dtype=bool)
+        if head in self.learned:
+            return self._run(head, self.learned[head].score, {"context": c_emb, "response": r_emb, "persona": p_emb,
+                                                              "responses": responses, "no_persona": no_persona})
+        if head == "relevance":
+            return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
+        return np.where(no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)).astype(np.float32)
 
     def composite(self, heads: dict[str, np.ndarray]) -> np.ndarray:
         total = sum(self.weights.values())

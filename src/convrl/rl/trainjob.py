@@ -36,10 +36,11 @@ DEFAULT_IMAGE = "ghcr.io/convrl/convrl:0.1.0"
 # The replicated job and its container in the torch-distributed runtime are both called "node".
 NODE = "node"
 MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_REPO = "https://github.com/kubeflow/trainer.git/manifests/overlays"
 INSTALL_HINT = (
     "install Kubeflow Trainer v2 and its runtimes, then rerun:\n"
-    f'  kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref={TRAINER_VERSION}"\n'
-    f'  kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/runtimes?ref={TRAINER_VERSION}"\n'
+    f'  kubectl apply --server-side -k "{_REPO}/manager?ref={TRAINER_VERSION}"\n'
+    f'  kubectl apply --server-side -k "{_REPO}/runtimes?ref={TRAINER_VERSION}"\n'
     "  kubectl get clustertrainingruntimes   # torch-distributed must be listed")
 
 
@@ -241,9 +242,13 @@ def wait(name: str, namespace: str, timeout_s: float, api: Any = None, poll_s: f
                 log(f"[trainjob] {name}: {msg}")
                 seen = msg
         if clock() >= deadline:
-            delete(name, namespace, api)
+            try:
+                delete(name, namespace, api)
+                outcome = "it was deleted"
+            except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
+                outcome = f"deleting it failed ({exc}): kubectl -n {namespace} delete trainjob {name}"
             raise TrainJobTimeout(f"TrainJob {namespace}/{name} did not finish within {timeout_s:.0f} s "
-                                  "(rl.trainjob_timeout_s); it was deleted")
+                                  f"(rl.trainjob_timeout_s); {outcome}")
         sleep(poll_s)
 
 

@@ -71,6 +71,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         run.log_table(scores, "eval/scores.json")
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
         run.log_dict(a.headline, "eval/headline.json")
+        # The candidate's LoggedModel carries its own evaluation, visible wherever the model is.
+        tracking.log_model_metrics(meta["logged_model"], a.headline, run.run_id)
 
         report = build_report(a, base_desc, selfplay=selfplay)
         write_report(report, report_dir)
@@ -86,7 +88,10 @@ def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: s
 
     with tracking.stage_run(parent_run_id, "ab_compare", cfg.tracking.experiment) as run:
         scores = pd.read_parquet(scores_path)
-        cols = ["prompt_id", "composite", "quality", "personality", "engagement", "relevance"]
+        # Held-out judges are guardrails too: a reward head that improves while its judge regresses
+        # is reward hacking, and must not promote.
+        judges = [c for c in scores.columns if c.startswith("judge_") and pd.api.types.is_numeric_dtype(scores[c])]
+        cols = ["prompt_id", "composite", "quality", "personality", "engagement", "relevance"] + judges
         cand = scores[scores["model"] == "candidate"][cols]
         base = scores[scores["model"] == "baseline"][cols]
         a = cfg.ab
@@ -115,7 +120,9 @@ def register_stage(cfg: Config, parent_run_id: str, policy_dir: str, decision_pa
                 "convrl.config_hash": cfg.fingerprint(), "convrl.decision": decision["outcome"],
                 "convrl.composite_candidate": f"{prim.get('mean_candidate', float('nan')):.4f}",
                 "convrl.composite_baseline": f"{prim.get('mean_baseline', float('nan')):.4f}",
-                "convrl.composite_diff_ci": f"[{prim.get('ci_low', float('nan')):.4f}, {prim.get('ci_high', float('nan')):.4f}]"}
+                "convrl.composite_diff_ci": f"[{prim.get('ci_low', float('nan')):.4f}, {prim.get('ci_high', float('nan')):.4f}]",
+                **{f"convrl.eval.{k[len('candidate_'):]}": f"{v:.4f}" for k, v in sorted(parent.data.metrics.items())
+                   if k.startswith("candidate_") and "selfplay" not in k}}
         version, created = registry.register_candidate(meta["logged_model"], cfg.registry.model_name,
                                                       parent_run_id, tags)
         run.set_tags({"convrl.registered_version": version, "convrl.registered_new": str(created)}, parent=True)

@@ -1,0 +1,236 @@
+"""Train the learned reward heads and measure each on held-out human data.
+
+Each ``train_*`` builds training pairs/items from dialogues, encodes them with
+the shared frozen encoder, trains the head (:mod:`convrl.rewards.learned`) and
+returns ``(head, metrics)``; metrics are measured on held-out dialogues only,
+next to the untrained head and a trivial baseline::
+
+    head, m = train_relevance(enc, train_dialogues, test_dialogues)       # m["test_recall_at_1_of_10"]
+    head, m = train_personality(enc, personachat_valid, personachat_test)  # m["test_auc_partner"]
+    head, m = train_engagement(enc, rated_items, held_out_fraction=0.3)    # m["test_spearman_..."]
+
+Dialogues for relevance are lists of utterances; for personality, PersonaChat
+records ``{personas: [a, b], turns: [(speaker, text)]}``; for engagement,
+meta-eval items (:mod:`convrl.rewards.human_data`) or turns-table items.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from convrl.rewards.heads import engagement_signals, recent_context
+from convrl.rewards.human_data import held_out
+from convrl.rewards.learned import (cosine_pairs, engagement_features, recall_at_k, train_engagement_regressor,
+                                    train_pair_head)
+
+# ------------------------------------------------------------------ relevance
+
+
+def relevance_pairs(dialogues: list[list[str]], context_messages: int = 4, max_pairs: int = 0,
+                    seed: int = 13) -> tuple[list[str], list[str], list[str]]:
+    """(context text, true next utterance, dialogue id) for every reply after the first turn."""
+    ctx, resp, keys = [], [], []
+    for d_i, turns in enumerate(dialogues):
+        for i in range(1, len(turns)):
+            window = turns[max(0, i - context_messages):i]
+            # The message just before the reply is the user's; roles alternate backwards from it.
+            msgs = [{"role": "user" if (len(window) - 1 - j) % 2 == 0 else "assistant", "content": t}
+                    for j, t in enumerate(window)]
+            ctx.append(recent_context(msgs))
+            resp.append(turns[i])
+            keys.append(f"{d_i}:{i}")
+    return _cap3(ctx, resp, keys, max_pairs, seed)
+
+
+def _cap3(a, b, c, n, seed):
+    if n and len(a) > n:
+        idx = sorted(random.Random(seed).sample(range(len(a)), n))
+        a, b, c = [a[i] for i in idx], [b[i] for i in idx], [c[i] for i in idx]
+    return a, b, c
+
+
+def train_relevance(encoder, train_dialogues: list[list[str]], test_dialogues: list[list[str]],
+                    max_pairs: int = 20000, max_test: int = 2000, epochs: int = 8, seed: int = 13):
+    c, r, k = relevance_pairs(train_dialogues, max_pairs=max_pairs, seed=seed)
+    head, metrics = train_pair_head("relevance", encoder.encode(c), encoder.encode(r), k, epochs=epochs, seed=seed)
+    tc, tr, _ = relevance_pairs(test_dialogues, max_pairs=max_test, seed=seed + 1)
+    a, b = encoder.encode(tc), encoder.encode(tr)
+    metrics.update({
+        "test_pairs": float(len(tc)),
+        "test_recall_at_1_of_10": recall_at_k(head.pair_scores, a, b, 10, seed),
+        "test_recall_at_1_of_10_untrained_cosine": recall_at_k(cosine_pairs, a, b, 10, seed),
+        "test_recall_at_1_of_10_chance": 0.1,
+    })
+    head.metrics = metrics
+    return head, metrics
+
+
+# ------------------------------------------------------------------ personality
+
+def persona_card_text(sentences: list[str]) -> str:
+    # The same text RewardScorer builds for a facts-only persona card (heads.persona_text).
+    return " ".join(" ".join(str(s).split()) for s in sentences if str(s).strip())
+
+
+def personality_pairs(dialogues: list[dict], min_words: int = 3):
+    """(persona text, turn, persona key, dialogue index, speaker) for every turn of every speaker."""
+    rows = []
+    for d_i, d in enumerate(dialogues):
+        cards = [persona_card_text(p) for p in d["personas"]]
+        for spk, text in d["turns"]:
+            if len(text.split()) >= min_words and cards[spk]:
+                rows.append((cards[spk], text, cards[spk], d_i, spk))
+    return rows
+
+
+def train_personality(encoder, train_dialogues: list[dict], test_dialogues: list[dict], max_pairs: int = 20000,
+                      epochs: int = 8, seed: int = 13):
+    """Contrastive on a speaker's own turns vs other personas' turns; AUC on held-out dialogues.
+
+    ``test_auc_partner``: own turn vs the partner's turn in the same dialogue
+    (same topic, other persona: the hard case). ``test_auc_random``: own turn vs
+    a turn from another held-out dialogue.
+    """
+    rows = personality_pairs(train_dialogues)
+    if max_pairs and len(rows) > max_pairs:
+        rows = random.Random(seed).sample(rows, max_pairs)
+    p_emb, t_emb = encoder.encode([x[0] for x in rows]), encoder.encode([x[1] for x in rows])
+    head, metrics = train_pair_head("personality", p_emb, t_emb, [x[2] for x in rows], epochs=epochs, seed=seed)
+    test = personality_pairs(test_dialogues)
+    by_dialogue: dict[tuple[int, int], list[int]] = {}
+    for i, (_, _, _, d_i, spk) in enumerate(test):
+        by_dialogue.setdefault((d_i, spk), []).append(i)
+    rng = random.Random(seed)
+    pos, partner, rand = [], [], []
+    for i, (card, _, _, d_i, spk) in enumerate(test):
+        others = by_dialogue.get((d_i, 1 - spk))
+        if not others:
+            continue
+        pos.append((card, i))
+        partner.append((card, rng.choice(others)))
+        j = rng.randrange(len(test))
+        while test[j][3] == d_i:
+            j = rng.randrange(len(test))
+        rand.append((card, j))
+    cards = encoder.encode([c for c, _ in pos])
+    turns = encoder.encode([x[1] for x in test])
+
+    def auc(fn, negs):
+        s_pos = fn(cards, turns[[i for _, i in pos]])
+        s_neg = fn(cards, turns[[i for _, i in negs]])
+        return float(roc_auc_score(np.r_[np.ones(len(s_pos)), np.zeros(len(s_neg))], np.r_[s_pos, s_neg]))
+
+    metrics.update({"test_pairs": float(len(pos)), "test_dialogues": float(len(test_dialogues)),
+                    "test_auc_partner": auc(head.pair_scores, partner),
+                    "test_auc_partner_untrained_cosine": auc(cosine_pairs, partner),
+                    "test_auc_random": auc(head.pair_scores, rand),
+                    "test_auc_random_untrained_cosine": auc(cosine_pairs, rand), "test_auc_chance": 0.5})
+    head.metrics = metrics
+    return head, metrics
+
+
+# ------------------------------------------------------------------ engagement
+
+def standardised_targets(items: list[dict], rating_keys: dict[str, str]) -> tuple[list[dict], np.ndarray]:
+    """Items that carry their source's rating, with targets z-scored per source (scales differ by source).
+
+    ``rating_keys`` maps a group prefix (``convai2``, ``satisfaction-MWOZ``...) to the rating used.
+    """
+    kept, raw, src = [], [], []
+    for it in items:
+        for prefix, key in rating_keys.items():
+            if it.get("group", "").startswith(prefix) and key in it["ratings"]:
+                kept.append(it)
+                raw.append(it["ratings"][key])
+                src.append(prefix)
+                break
+    raw, src = np.asarray(raw, np.float64), np.asarray(src)
+    z = np.zeros_like(raw)
+    for s in np.unique(src):
+        m = src == s
+        z[m] = (raw[m] - raw[m].mean()) / (raw[m].std() + 1e-6)
+    return kept, z
+
+
+def _features(encoder, items: list[dict]) -> np.ndarray:
+    c = encoder.encode([recent_context(it["context"]) for it in items])
+    r = encoder.encode([it["response"] for it in items])
+    return engagement_features(c, r, [it["response"] for it in items])
+
+
+def train_engagement(encoder, items: list[dict], rating_keys: dict[str, str], held_out_fraction: float = 0.3,
+                     seed: int = 13):
+    """Ridge on context/reply features -> per-source standardised rating; Spearman on held-out dialogues.
+
+    Reports, per source and rating: response-level Spearman, and for ratings
+    constant within a dialogue the dialogue-level Spearman (mean prediction per
+    dialogue), each beside the untrained engagement head and reply length.
+    """
+    kept, z = standardised_targets(items, rating_keys)
+    test_mask = np.array([held_out(it["group"], held_out_fraction, seed) for it in kept])
+    if test_mask.all() or not test_mask.any():
+        raise ValueError("engagement head: the held-out split left no training or no test dialogues")
+    train_items = [it for it, t in zip(kept, test_mask) if not t]
+    test_items = [it for it, t in zip(kept, test_mask) if t]
+    head, metrics = train_engagement_regressor(_features(encoder, train_items), z[~test_mask])
+    pred = head.predict_raw(_features(encoder, test_items))
+    untrained = engagement_signals([it["response"] for it in test_items])
+    length = np.array([len(it["response"].split()) for it in test_items], dtype=float)
+    metrics["test_items"] = float(len(test_items))
+    for prefix, key in rating_keys.items():
+        idx = [i for i, it in enumerate(test_items) if it["group"].startswith(prefix)]
+        if len(idx) < 10:
+            continue
+        y = np.array([test_items[i]["ratings"][key] for i in idx])
+        tag = f"{prefix}/{key}"
+        for name, s in (("learned", pred), ("untrained", untrained), ("length", length)):
+            metrics[f"test_spearman_{tag}_{name}"] = float(stats.spearmanr(s[idx], y).statistic)
+        df = pd.DataFrame({"g": [test_items[i]["group"] for i in idx], "y": y, "learned": pred[idx],
+                           "untrained": untrained[idx], "length": length[idx]})
+        if (df.groupby("g")["y"].nunique() == 1).all() and df["g"].nunique() < len(df):
+            agg = df.groupby("g").mean()
+            metrics[f"test_dialogues_{tag}"] = float(len(agg))
+            for name in ("learned", "untrained", "length"):
+                metrics[f"test_dialogue_spearman_{tag}_{name}"] = float(stats.spearmanr(agg[name], agg["y"]).statistic)
+    head.metrics = metrics
+    return head, metrics
+
+
+TURNS_RATING_KEYS = {"rated:": "rating", "implicit:": "implicit"}
+
+
+def turns_engagement_items(turns: pd.DataFrame, split: str | None = None, context_messages: int = 6) -> tuple[list[dict], dict]:
+    """Engagement items from the canonical turn table: the human rating where a source gave one
+    (``feedback_rating``), else implicit signals of the next user turn (did the user reply, how much).
+
+    Train with ``rating_keys=TURNS_RATING_KEYS``.
+    """
+    items = []
+    sub = turns if split is None else turns[turns["split"] == split]
+    sub = sub[sub["role"] != "system"].sort_values(["conversation_id", "turn_index"])
+    for cid, g in sub.groupby("conversation_id", sort=False):
+        roles, texts = g["role"].tolist(), g["text"].tolist()
+        ratings = g["feedback_rating"].tolist() if "feedback_rating" in g else [None] * len(g)
+        # A conversation is either human-rated (ConvAI2, satisfaction sources) or not; its group says which.
+        rated = any(x is not None and x == x for x in ratings)
+        group = f"{'rated' if rated else 'implicit'}:{cid}"
+        for i, role in enumerate(roles):
+            if role != "assistant" or i == 0:
+                continue
+            ctx = [{"role": roles[j], "content": texts[j]} for j in range(max(0, i - context_messages), i)]
+            rating = ratings[i]
+            if rating is not None and rating == rating:
+                r = {"rating": float(rating)}
+            else:
+                nxt = texts[i + 1] if i + 1 < len(roles) and roles[i + 1] == "user" else ""
+                # Implicit engagement: the user came back, and wrote more than a word or two.
+                r = {"implicit": 0.5 * float(bool(nxt)) + 0.5 * min(1.0, np.log1p(len(nxt.split())) / np.log(31))}
+            items.append({"context": ctx, "response": texts[i], "persona": [], "ratings": r, "group": group})
+    kinds = {"rated": sum("rating" in it["ratings"] for it in items)}
+    kinds["implicit"] = len(items) - kinds["rated"]
+    return items, kinds

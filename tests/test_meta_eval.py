@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from convrl import meta_eval
+from convrl.rewards.heads import HEADS
+from convrl.rewards.human_data import (RatedDataError, convai2_items, read_jsonl, satisfaction_items,
+                                       write_jsonl)
+from tests.conftest import SHARED_DATA
+
+
+def test_weighted_midranks_equal_ranks_of_the_expanded_sample():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=30).astype(float)  # many ties
+    w = rng.integers(0, 3, size=(4, 30)).astype(float)
+    got = meta_eval._weighted_midranks(x, w)
+    for b in range(4):
+        expanded = np.repeat(x, w[b].astype(int))
+        ranks = stats.rankdata(expanded)
+        first = np.concatenate([[0], np.cumsum(w[b].astype(int))[:-1]])
+        for i in np.flatnonzero(w[b]):
+            assert got[b, i] == pytest.approx(ranks[first[i]])
+
+
+def test_correlate_recovers_known_relations():
+    rng = np.random.default_rng(1)
+    rating = rng.normal(size=400)
+    units = np.repeat(np.arange(100), 4)
+    w = meta_eval.bootstrap_weights(units, 300, seed=0)
+    strong = meta_eval.correlate(rating + 0.1 * rng.normal(size=400), rating, w)
+    assert strong["spearman"] > 0.95 and strong["spearman_ci"][0] > 0.9
+    noise = meta_eval.correlate(rng.normal(size=400), rating, w)
+    assert noise["spearman_ci"][0] < 0 < noise["spearman_ci"][1]
+    assert meta_eval.correlate(np.ones(400), rating, w)["spearman"] is None  # a constant head: no correlation
+
+
+def test_dialogue_level_ratings_are_aggregated_per_group():
+    items = [{"context": [], "response": "x", "persona": [], "group": f"d{i // 3}",
+              "ratings": {"dialogue": float(i // 3), "turn": float(i % 3 + i // 3)}} for i in range(30)]
+    scores = {"head": np.arange(30, dtype=float)}
+    res = meta_eval.meta_evaluate(items, scores, n_bootstrap=50)
+    assert res["ratings"]["dialogue"]["level"] == "dialogue" and res["ratings"]["turn"]["level"] == "response"
+    row = next(r for r in res["rows"] if r["rating"] == "dialogue")
+    assert row["n"] == 10 and row["spearman"] == pytest.approx(1.0)
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"context": [{"role": "user", "content": "hi"}], "response": "hello",
+                             "ratings": {"r": 3}}) + "\n" + json.dumps({"context": [], "response": 3}) + "\n")
+    with pytest.raises(RatedDataError, match=r"bad.jsonl:2: 'response'"):
+        read_jsonl(p)
+    p.write_text('{"context": [], "response": "x", "ratings": {"r": "good"}}\n')
+    with pytest.raises(RatedDataError, match="rating 'r'"):
+        read_jsonl(p)
+    assert meta_eval.main(["meta-eval", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def _run_cli(path, capsys) -> dict:
+    rc = meta_eval.main(["meta-eval", str(path), "--json", "--no-fluency", "--n-bootstrap", "200"])
+    assert rc == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _check(result: dict, ratings: set[str]):
+    assert set(result["ratings"]) == ratings
+    heads = {r["head"] for r in result["rows"]}
+    assert set(HEADS) | {"composite", "baseline:length"} <= heads
+    for r in result["rows"]:
+        if r["spearman"] is not None and r["n"] >= 20:
+            lo, hi = r["spearman_ci"]
+            assert -1 <= lo <= r["spearman"] <= hi <= 1 and np.isfinite(r["pearson"])
+
+
+@pytest.mark.shared_data
+def test_meta_eval_on_convai2_human_ratings(tmp_path, capsys):
+    items, info = convai2_items(SHARED_DATA / "convai2_human_eval", max_items=120, per_dialogue=2)
+    assert info["unrated"] > 0 and info["kept"] > 1000 and len(items) == 120
+    assert all(it["persona"] and it["context"][-1]["content"] for it in items)
+    path = write_jsonl(items, tmp_path / "convai2.jsonl")
+    result = _run_cli(path, capsys)
+    _check(result, {"dialogue_score", "profile_match", "thumb"} & {k for it in items for k in it["ratings"]})
+    assert result["ratings"]["dialogue_score"]["level"] == "dialogue"
+
+
+@pytest.mark.shared_data
+def test_meta_eval_on_user_satisfaction(tmp_path, capsys):
+    items, info = satisfaction_items(SHARED_DATA / "user_satisfaction", max_items=120, per_dialogue=2)
+    assert info["sessions"] >= 3000 and len(items) == 120
+    path = write_jsonl(items, tmp_path / "sat.jsonl")
+    result = _run_cli(path, capsys)
+    _check(result, {"satisfaction", "overall"})
+    assert result["ratings"]["satisfaction"]["level"] == "response"
+    # The text table is what people read: every rating and head appears.
+    table = meta_eval.format_table(result)
+    assert "rating 'satisfaction'" in table and "relevance" in table
+
+
+@pytest.mark.shared_data
+def test_meta_eval_data_command(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    assert meta_eval.main(["meta-eval-data", "convai2", str(SHARED_DATA / "convai2_human_eval"), str(out),
+                           "--max-items", "10"]) == 0
+    assert len(read_jsonl(out)) == 10

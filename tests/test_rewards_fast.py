@@ -1,0 +1,59 @@
+"""The batched reward path must equal the simple one: fluency fast paths, score_head, context text."""
+import numpy as np
+import pytest
+import torch
+
+from convrl import models
+from convrl.rewards.encoder import SentenceEncoder
+from convrl.rewards.fluency import FluencyScorer
+from convrl.rewards.heads import HEADS, RewardScorer, recent_context
+
+
+def test_fluency_fast_paths_equal_the_reference(tiny_policy_dir):
+    f = FluencyScorer(tiny_policy_dir, dtype=torch.float32, batch_size=3)
+    users = ["hi there"] * 4 + ["tell me a long story about dragons", "x", "hi there"]
+    replies = ["hello, how are you?", "", "I am a robot and I like long replies with many words in them", "ok",
+               "once upon a time", "yes", "😀"]
+    fast = f.mean_logprob(users, replies)  # a shared-prefix group and lone replies
+    assert np.allclose(fast, f.mean_logprob_reference(users, replies), atol=1e-4)
+    assert fast[1] == -10.0  # an empty reply gets the worst fluency, not NaN
+    f.share_prefix = False
+    assert np.allclose(f.mean_logprob(users, replies), fast, atol=1e-4)
+
+
+def test_score_head_equals_the_shared_pass(tiny_encoder, tiny_policy_dir, personas):
+    sc = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
+    ctx = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "I lost my keys"},
+           {"role": "assistant", "content": "Oh no!"}, {"role": "user", "content": "what should I do?"}]
+    replies = ["Retrace your steps and check your coat pockets.", "", "Keys keys keys keys keys keys"]
+    batch = sc.score([ctx] * 3, replies, [personas[0], None, personas[1]])
+    for head in HEADS:
+        tiny_encoder.clear_cache()
+        alone = sc.score_head(head, [ctx] * 3, replies, [personas[0], None, personas[1]])
+        assert np.allclose(alone, batch.heads[head], atol=1e-5), head
+    with pytest.raises(ValueError, match="unknown head"):
+        sc.score_head("charm", [ctx], ["x"], [None])
+
+
+def test_recent_context_keeps_the_message_being_answered():
+    long = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "blah " * 40}
+            for i in range(9)]
+    text = recent_context(long)
+    assert text.startswith("message 8") and "message 0" not in text and len(text) <= 600
+    assert recent_context([{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]) == "hi"
+    assert recent_context([]) == ""
+
+
+def test_bf16_encoder_matches_fp32():
+    d = models.resolve_encoder("tiny-bert")
+    texts = ["hello there", "a somewhat longer sentence about the weather today"]
+    a = SentenceEncoder(d, precision="fp32").encode(texts)
+    b = SentenceEncoder(d, precision="bf16").encode(texts)
+    assert (a * b).sum(1).min() > 0.99 and b.dtype == np.float32
+    with pytest.raises(ValueError, match="precision"):
+        SentenceEncoder(d, precision="int4")
+
+
+def test_unknown_learned_head_is_refused(tiny_encoder):
+    with pytest.raises(ValueError, match="learned heads"):
+        RewardScorer(tiny_encoder, learned={"quality": object()})
