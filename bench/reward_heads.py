@@ -67,7 +67,7 @@ def relevance(enc, a) -> dict:
     zip_path = SHARED / "dailydialog" / "convlab3_unified" / "data.zip"
     train = [d["turns"] for d in dailydialog_dialogues(zip_path, "train")]
     test = [d["turns"] for d in dailydialog_dialogues(zip_path, "test")]
-    _, m = train_relevance(enc, train, test, max_pairs=a.max_pairs, max_test=a.max_test, epochs=a.epochs)
+    _, m = train_relevance(enc, train, test, max_pairs=a.max_pairs, max_test=a.max_test, epochs=a.epochs, lr=a.lr)
     return m
 
 
@@ -79,7 +79,7 @@ def personality(enc, a) -> dict:
     test = personachat_dialogues(SHARED / "personachat", "test")
     if a.max_test_dialogues:
         test = test[:a.max_test_dialogues]
-    _, m = train_personality(enc, train, test, max_pairs=a.max_pairs, epochs=a.epochs)
+    _, m = train_personality(enc, train, test, max_pairs=a.max_pairs, epochs=a.epochs, lr=a.lr)
     return m
 
 
@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--max-items", type=int, default=8000, help="rated responses per source (engagement)")
     p.add_argument("--per-dialogue", type=int, default=4, help="rated responses per dialogue (engagement)")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate of the pair heads' towers")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--precision", default="auto", help="encoder precision")
     p.add_argument("--cache", default=str(Path.home() / ".convrl" / "cache" / "bench-minilm-emb.npz"))

@@ -144,3 +144,69 @@ def train_emotion_head(encoder, texts: list[str], labels: list[str], val_texts: 
         })
     metrics["loss_curve"] = history
     return clf, metrics
+
+
+# ------------------------------------------------------------------ multi-label (GoEmotions-style)
+
+class MultiLabelEmotionHead:
+    """Independent sigmoid per label on frozen embeddings, with per-label thresholds tuned on a dev split.
+
+    GoEmotions is multi-label (a comment may carry several emotions) and its
+    metric is macro-F1 over labels, which rewards getting rare labels right:
+    a threshold per label, chosen on dev (never test), serves that metric.
+    """
+
+    def __init__(self, head: EmotionHead, labels: list[str], thresholds: np.ndarray):
+        self.head = head.eval()
+        self.labels = list(labels)
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+
+    @torch.inference_mode()
+    def predict_proba(self, emb: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(self.head(torch.from_numpy(np.asarray(emb, np.float32)))).numpy()
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(emb) >= self.thresholds).astype(np.int8)
+
+
+def multi_hot(label_ids: list[list[int]], n: int) -> np.ndarray:
+    y = np.zeros((len(label_ids), n), dtype=np.float32)
+    for i, ids in enumerate(label_ids):
+        y[i, ids] = 1
+    return y
+
+
+def train_multilabel_head(x: np.ndarray, y: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarray, labels: list[str],
+                          hidden: int = 256, epochs: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4,
+                          dropout: float = 0.1, seed: int = 13, batch_size: int = 256) -> tuple[MultiLabelEmotionHead, dict]:
+    """BCE on cached embeddings; the epoch with the best dev macro-F1 is kept, then thresholds are tuned on dev."""
+    torch.manual_seed(seed)
+    head = EmotionHead(x.shape[1], y.shape[1], hidden)
+    if hidden:
+        head.net[2].p = dropout
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    best = (-1.0, 0, None)
+    for epoch in range(1, epochs + 1):
+        head.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        clf = MultiLabelEmotionHead(head, labels, np.full(y.shape[1], 0.3))
+        f1 = f1_score(y_dev, clf.predict(x_dev), average="macro", zero_division=0)
+        if f1 > best[0]:
+            best = (f1, epoch, {k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[2])
+    clf = MultiLabelEmotionHead(head, labels, np.full(y.shape[1], 0.3))
+    probs = clf.predict_proba(x_dev)
+    grid = np.arange(0.05, 0.95, 0.025)
+    thresholds = np.array([grid[int(np.argmax([f1_score(y_dev[:, j], probs[:, j] >= t, zero_division=0) for t in grid]))]
+                           for j in range(y.shape[1])])
+    clf.thresholds = thresholds.astype(np.float32)
+    return clf, {"best_epoch": float(best[1]), "dev_macro_f1_at_0.3": float(best[0]),
+                 "dev_macro_f1_tuned": float(f1_score(y_dev, clf.predict(x_dev), average="macro", zero_division=0))}

@@ -84,45 +84,78 @@ class PairHead:
                                                    "metrics": self.metrics}, indent=2))
 
 
+def _info_nce(towers: PairTowers, a, b, keys) -> torch.Tensor:
+    logits = towers.matrix(a, b)
+    same = keys[:, None] == keys[None, :]
+    logits = logits.masked_fill(same & ~torch.eye(len(a), dtype=torch.bool), -1e4)
+    target = torch.arange(len(a))
+    return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+
+
 def train_pair_head(kind: str, a_emb: np.ndarray, b_emb: np.ndarray, a_keys: list[str] | None = None,
-                    epochs: int = 8, lr: float = 1e-3, batch_size: int = 256, hidden: int = 512,
-                    seed: int = 13) -> tuple[PairHead, dict]:
+                    groups: list[str] | None = None, epochs: int = 8, lr: float = 1e-3, batch_size: int = 256,
+                    hidden: int = 512, val_fraction: float = 0.1, seed: int = 13) -> tuple[PairHead, dict]:
     """InfoNCE over in-batch negatives (both directions), then logistic calibration of scale and bias.
 
     ``a_keys`` names the a-side item (the persona, the context); pairs that
     share a key are not used as each other's negatives (they are positives).
+    ``groups`` (the dialogue of each pair) holds out ``val_fraction`` of the
+    dialogues of the *training* data for early stopping: the towers of the
+    epoch with the lowest validation loss are kept, so a small data set cannot
+    make the head worse than the cosine it starts from (epoch 0 counts).
     """
+    from convrl.rewards.human_data import held_out
+
     if len(a_emb) < 4:
         raise ValueError(f"{kind} head: need at least 4 training pairs, got {len(a_emb)}")
     torch.manual_seed(seed)
     a, b = torch.from_numpy(np.asarray(a_emb, np.float32)), torch.from_numpy(np.asarray(b_emb, np.float32))
-    keys = np.unique(np.asarray(a_keys if a_keys is not None else np.arange(len(a)).astype(str)), return_inverse=True)[1]
-    keys = torch.from_numpy(keys)
+    key_names = np.asarray(a_keys if a_keys is not None else np.arange(len(a)).astype(str))
+    keys = torch.from_numpy(np.unique(key_names, return_inverse=True)[1])
+    groups = list(groups) if groups is not None else key_names.tolist()
+    val = torch.tensor([held_out(str(g), val_fraction, seed + 1) for g in groups])
+    if val.all() or val.sum() < 4:
+        val = torch.zeros(len(a), dtype=torch.bool)
+    tr_idx, va_idx = torch.nonzero(~val).squeeze(1), torch.nonzero(val).squeeze(1)
     towers = PairTowers(a.shape[1], hidden)
     opt = torch.optim.AdamW([p for n, p in towers.named_parameters() if n != "bias"], lr=lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(seed)
+
+    def val_loss() -> float:
+        if not len(va_idx):
+            return float("nan")
+        with torch.no_grad():
+            chunks = [va_idx[i:i + batch_size] for i in range(0, len(va_idx), batch_size)]
+            chunks = [c for c in chunks if len(c) >= 2]
+            return sum(float(_info_nce(towers, a[c], b[c], keys[c])) * len(c) for c in chunks) / sum(map(len, chunks))
+
+    v0 = val_loss()
+    best = (v0, 0, {k: v.clone() for k, v in towers.state_dict().items()})
     curve = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(a), generator=gen)
+    for epoch in range(1, epochs + 1):
+        perm = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
+        towers.train()
         total = 0.0
-        for i in range(0, len(a), batch_size):
+        for i in range(0, len(perm), batch_size):
             idx = perm[i:i + batch_size]
             if len(idx) < 2:
                 continue
-            logits = towers.matrix(a[idx], b[idx])
-            same = keys[idx][:, None] == keys[idx][None, :]
-            logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
-            target = torch.arange(len(idx))
-            loss = (torch.nn.functional.cross_entropy(logits, target)
-                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            loss = _info_nce(towers, a[idx], b[idx], keys[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        curve.append(total / len(a))
+        towers.eval()
+        v = val_loss()
+        curve.append((total / max(1, len(perm)), v))
+        if not len(va_idx) or v < best[0]:
+            best = (v, epoch, {k: t.clone() for k, t in towers.state_dict().items()})
+    towers.load_state_dict(best[2])
     _calibrate(towers, a, b, keys, gen)
     head = PairHead(kind, towers, hidden)
-    return head, {"train_pairs": float(len(a)), "train_loss_first": curve[0], "train_loss_last": curve[-1]}
+    return head, {"train_pairs": float(len(tr_idx)), "val_pairs": float(len(va_idx)), "best_epoch": float(best[1]),
+                  "train_loss_last": curve[-1][0] if curve else float("nan"), "val_loss_untrained": v0,
+                  "val_loss_best": best[0]}
 
 
 def _calibrate(towers: PairTowers, a, b, keys, gen, steps: int = 200) -> None:
@@ -133,7 +166,7 @@ def _calibrate(towers: PairTowers, a, b, keys, gen, steps: int = 200) -> None:
         neg = keys[shuffle] != keys
         cos = torch.cat([(fa * fb).sum(-1), (fa * fb[shuffle]).sum(-1)[neg]])
         y = torch.cat([torch.ones(len(a)), torch.zeros(int(neg.sum()))])
-    w = torch.tensor([float(towers.log_scale.exp()), 0.0], requires_grad=True)
+    w = torch.tensor([float(towers.log_scale.detach().exp()), 0.0], requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=steps)
     pos_weight = torch.tensor(float((y == 0).sum() / max(1, (y == 1).sum())))
 

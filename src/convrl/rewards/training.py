@@ -55,9 +55,10 @@ def _cap3(a, b, c, n, seed):
 
 
 def train_relevance(encoder, train_dialogues: list[list[str]], test_dialogues: list[list[str]],
-                    max_pairs: int = 20000, max_test: int = 2000, epochs: int = 8, seed: int = 13):
+                    max_pairs: int = 20000, max_test: int = 2000, epochs: int = 8, lr: float = 3e-4, seed: int = 13):
     c, r, k = relevance_pairs(train_dialogues, max_pairs=max_pairs, seed=seed)
-    head, metrics = train_pair_head("relevance", encoder.encode(c), encoder.encode(r), k, epochs=epochs, seed=seed)
+    head, metrics = train_pair_head("relevance", encoder.encode(c), encoder.encode(r), k,
+                                    groups=[x.split(":")[0] for x in k], epochs=epochs, lr=lr, seed=seed)
     tc, tr, _ = relevance_pairs(test_dialogues, max_pairs=max_test, seed=seed + 1)
     a, b = encoder.encode(tc), encoder.encode(tr)
     metrics.update({
@@ -89,7 +90,7 @@ def personality_pairs(dialogues: list[dict], min_words: int = 3):
 
 
 def train_personality(encoder, train_dialogues: list[dict], test_dialogues: list[dict], max_pairs: int = 20000,
-                      epochs: int = 8, seed: int = 13):
+                      epochs: int = 8, lr: float = 3e-4, seed: int = 13):
     """Contrastive on a speaker's own turns vs other personas' turns; AUC on held-out dialogues.
 
     ``test_auc_partner``: own turn vs the partner's turn in the same dialogue
@@ -100,7 +101,8 @@ def train_personality(encoder, train_dialogues: list[dict], test_dialogues: list
     if max_pairs and len(rows) > max_pairs:
         rows = random.Random(seed).sample(rows, max_pairs)
     p_emb, t_emb = encoder.encode([x[0] for x in rows]), encoder.encode([x[1] for x in rows])
-    head, metrics = train_pair_head("personality", p_emb, t_emb, [x[2] for x in rows], epochs=epochs, seed=seed)
+    head, metrics = train_pair_head("personality", p_emb, t_emb, [x[2] for x in rows],
+                                    groups=[str(x[3]) for x in rows], epochs=epochs, lr=lr, seed=seed)
     test = personality_pairs(test_dialogues)
     by_dialogue: dict[tuple[int, int], list[int]] = {}
     for i, (_, _, _, d_i, spk) in enumerate(test):
