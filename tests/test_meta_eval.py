@@ -78,7 +78,8 @@ def _check(result: dict, ratings: set[str]):
 def test_meta_eval_on_convai2_human_ratings(tmp_path, capsys):
     items, info = convai2_items(SHARED_DATA / "convai2_human_eval", max_items=120, per_dialogue=2)
     assert info["unrated"] > 0 and info["kept"] > 1000 and len(items) == 120
-    assert all(it["persona"] and it["context"][-1]["content"] for it in items)
+    assert all(any(m["role"] == "user" for m in it["context"]) for it in items)
+    assert sum(bool(it["persona"]) for it in items) > 60  # two early exports lack the bot profile
     path = write_jsonl(items, tmp_path / "convai2.jsonl")
     result = _run_cli(path, capsys)
     _check(result, {"dialogue_score", "profile_match", "thumb"} & {k for it in items for k in it["ratings"]})
@@ -104,3 +105,31 @@ def test_meta_eval_data_command(tmp_path, capsys):
     assert meta_eval.main(["meta-eval-data", "convai2", str(SHARED_DATA / "convai2_human_eval"), str(out),
                            "--max-items", "10"]) == 0
     assert len(read_jsonl(out)) == 10
+
+
+def test_converters_on_tiny_files(tmp_path):
+    c2 = tmp_path / "c2"
+    c2.mkdir()
+    dialog = [{"sender": "participant1", "text": "hi! i love dogs", "sender_class": "Human", "evaluation_score": None},
+              {"sender": "participant2", "text": "hello! i have a dog too.", "sender_class": "Bot", "evaluation_score": 1},
+              {"sender": "participant1", "text": "what breed?", "sender_class": "Human", "evaluation_score": None},
+              {"sender": "participant2", "text": "a beagle.", "sender_class": "Bot", "evaluation_score": None}]
+    (c2 / "a.json").write_text(json.dumps([
+        {"dialog": dialog, "bot_profile": ["i have a dog."], "eval_score": 4, "profile_match": 1},
+        {"dialog": dialog[:2], "bot_profile": [], "eval_score": 2, "profile_match": ""},  # one bot turn: too short
+        {"dialog": dialog, "bot_profile": [], "eval_score": None}]))  # unrated
+    items, info = convai2_items(c2)
+    assert info == {"dialogues": 3, "unrated": 1, "too_short": 1, "kept": 1, "items": 2, "groups": 1}
+    assert items[0]["ratings"] == {"dialogue_score": 4.0, "thumb": 1.0, "profile_match": 1.0}
+    assert items[1]["ratings"] == {"dialogue_score": 4.0, "profile_match": 1.0}
+    assert items[1]["context"][-1] == {"role": "user", "content": "what breed?"} and items[0]["persona"] == ["i have a dog."]
+    sat = tmp_path / "sat"
+    sat.mkdir()
+    (sat / "MWOZ.txt").write_text("USER\tI need a taxi.\tinform\t3,3,4\nSYSTEM\tWhere to?\trequest\t\n"
+                                  "USER\tThe station.\tinform\t2,2,2\nSYSTEM\tBooked.\tinform\t\n"
+                                  "USER\tThanks.\tthank\t4,4,5\nUSER\tOVERALL\t\t3,4,4\n\n")
+    (sat / "ReDial-action.txt").write_text("ignored, it repeats ReDial.txt with other actions\n")
+    items, info = satisfaction_items(sat)
+    assert info["sessions"] == 1 and [it["response"] for it in items] == ["Where to?", "Booked."]
+    assert items[0]["ratings"] == {"satisfaction": 2.0, "overall": pytest.approx(11 / 3)}
+    assert items[1]["ratings"]["satisfaction"] == pytest.approx(13 / 3)

@@ -37,7 +37,7 @@ DETAIL_HEADS = ("fluency", "repetition", "appropriateness")
 # ------------------------------------------------------------------ scoring
 
 def build_scorer(reward_dir: str = "", encoder: str = "all-minilm-l6-v2", fluency_model: str = "",
-                 learned: bool = True):
+                 learned: bool = True, precision: str = "auto"):
     """The scorer a pipeline trained (``reward_dir``), else the untrained default heads on ``encoder``."""
     from convrl import models
     from convrl.rewards.encoder import load_encoder
@@ -48,7 +48,7 @@ def build_scorer(reward_dir: str = "", encoder: str = "all-minilm-l6-v2", fluenc
 
         return load_scorer(reward_dir, with_fluency=bool(fluency_model), learned=learned)
     fluency = FluencyScorer(models.resolve_policy(fluency_model)) if fluency_model else None
-    return RewardScorer(load_encoder(models.resolve_encoder(encoder)), None, fluency)
+    return RewardScorer(load_encoder(models.resolve_encoder(encoder), precision=precision), None, fluency)
 
 
 def score_items(scorer, items: list[dict], batch_size: int = 128, progress: bool = False) -> dict[str, np.ndarray]:
@@ -195,7 +195,7 @@ def cmd_meta_eval(args) -> int:
         print(f"convrl: error: {exc}", file=sys.stderr)
         return 2
     fluency = "" if args.no_fluency else args.fluency_model
-    scorer = build_scorer(args.reward_dir, args.encoder, fluency, learned=not args.no_learned)
+    scorer = build_scorer(args.reward_dir, args.encoder, fluency, learned=not args.no_learned, precision=args.precision)
     scores = score_items(scorer, items, progress=not args.json)
     result = meta_evaluate(items, scores, args.n_bootstrap, args.seed)
     result["file"] = str(args.file)
@@ -227,6 +227,7 @@ def add_commands(subparsers) -> None:
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.add_argument("--reward-dir", default="", help="reward models a pipeline run trained (default: untrained heads)")
     m.add_argument("--encoder", default="all-minilm-l6-v2")
+    m.add_argument("--precision", default="auto", help="encoder precision without --reward-dir: auto, bf16, fp32")
     m.add_argument("--fluency-model", default="smollm2-135m-instruct", help="LM scoring fluency (quality head)")
     m.add_argument("--no-fluency", action="store_true", help="skip the fluency LM (fluency is then constant)")
     m.add_argument("--no-learned", action="store_true", help="with --reward-dir: the untrained heads only")

@@ -222,7 +222,7 @@ class EngagementRegressor:
 
 
 def train_engagement_regressor(features: np.ndarray, targets: np.ndarray,
-                               alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)) -> tuple[EngagementRegressor, dict]:
+                               alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)) -> tuple[EngagementRegressor, dict]:
     """Ridge with the penalty chosen by efficient leave-one-out CV on the training rows only."""
     from sklearn.linear_model import RidgeCV
 

@@ -82,7 +82,8 @@ def personality_pairs(dialogues: list[dict], min_words: int = 3):
     """(persona text, turn, persona key, dialogue index, speaker) for every turn of every speaker."""
     rows = []
     for d_i, d in enumerate(dialogues):
-        cards = [persona_card_text(p) for p in d["personas"]]
+        # ``cards`` (texts) overrides ``personas`` (sentences) for YAML-style cards from the turn table.
+        cards = d.get("cards") or [persona_card_text(p) for p in d["personas"]]
         for spk, text in d["turns"]:
             if len(text.split()) >= min_words and cards[spk]:
                 rows.append((cards[spk], text, cards[spk], d_i, spk))
@@ -104,23 +105,28 @@ def train_personality(encoder, train_dialogues: list[dict], test_dialogues: list
     head, metrics = train_pair_head("personality", p_emb, t_emb, [x[2] for x in rows],
                                     groups=[str(x[3]) for x in rows], epochs=epochs, lr=lr, seed=seed)
     test = personality_pairs(test_dialogues)
-    by_dialogue: dict[tuple[int, int], list[int]] = {}
-    for i, (_, _, _, d_i, spk) in enumerate(test):
-        by_dialogue.setdefault((d_i, spk), []).append(i)
+    # Partner turns need no card of their own (a user in an ingested chat has none).
+    partner_of = {(d_i, spk): [t for s_, t in d["turns"] if s_ != spk and len(t.split()) >= 3]
+                  for d_i, d in enumerate(test_dialogues) for spk in (0, 1)}
+    texts = [x[1] for x in test]
     rng = random.Random(seed)
     pos, partner, rand = [], [], []
+    several_dialogues = len({x[3] for x in test}) >= 2
     for i, (card, _, _, d_i, spk) in enumerate(test):
-        others = by_dialogue.get((d_i, 1 - spk))
-        if not others:
+        others = partner_of[(d_i, spk)]
+        if not others or not several_dialogues:
             continue
         pos.append((card, i))
-        partner.append((card, rng.choice(others)))
+        texts.append(rng.choice(others))
+        partner.append((card, len(texts) - 1))
         j = rng.randrange(len(test))
         while test[j][3] == d_i:
             j = rng.randrange(len(test))
         rand.append((card, j))
+    if not pos:
+        raise ValueError("personality head: the held-out dialogues have no turns with a persona card and a partner")
     cards = encoder.encode([c for c, _ in pos])
-    turns = encoder.encode([x[1] for x in test])
+    turns = encoder.encode(texts)
 
     def auc(fn, negs):
         s_pos = fn(cards, turns[[i for _, i in pos]])
@@ -236,3 +242,103 @@ def turns_engagement_items(turns: pd.DataFrame, split: str | None = None, contex
     kinds = {"rated": sum("rating" in it["ratings"] for it in items)}
     kinds["implicit"] = len(items) - kinds["rated"]
     return items, kinds
+
+
+# ------------------------------------------------------------------ what the reward stage trains
+
+def _turn_dialogues(turns: pd.DataFrame, split: str) -> list[pd.DataFrame]:
+    sub = turns[(turns["split"] == split) & (turns["role"] != "system")]
+    return [g for _, g in sub.sort_values(["conversation_id", "turn_index"]).groupby("conversation_id", sort=True)]
+
+
+def _persona_dialogues(turns: pd.DataFrame, split: str, personas: dict) -> list[dict]:
+    """Ingested conversations whose assistant has a persona card: speaker 0 = assistant, 1 = user."""
+    from convrl.rewards.heads import persona_text
+
+    out = []
+    for g in _turn_dialogues(turns, split):
+        pid = g["persona_id"].dropna().iloc[0] if "persona_id" in g and g["persona_id"].notna().any() else None
+        if pid not in personas:
+            continue
+        out.append({"personas": [personas[pid].facts, []], "cards": [persona_text(personas[pid]), ""],
+                    "turns": [(0 if r == "assistant" else 1, t) for r, t in zip(g["role"], g["text"])]})
+    return out
+
+
+def _engagement_items_from(paths: list[str], cap: int, seed: int) -> tuple[list[dict], dict[str, str]]:
+    from pathlib import Path
+
+    from convrl.rewards.human_data import convai2_items, read_jsonl, satisfaction_items
+
+    items, keys = [], {}
+    for p in paths:
+        path = Path(p)
+        if path.is_file() and path.suffix == ".jsonl":
+            got = read_jsonl(path, limit=cap)
+            name = sorted(got[0]["ratings"])[0]
+            for it in got:
+                it["group"] = f"jsonl:{path.stem}:{it['group']}"
+            items += got
+            keys[f"jsonl:{path.stem}:"] = name
+        elif (path.is_dir() and any(path.glob("*.json"))) or path.suffix == ".json":
+            items += convai2_items(path, max_items=cap, per_dialogue=4, seed=seed)[0]
+            keys["convai2"] = "dialogue_score"
+        elif (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
+            got = satisfaction_items(path, max_items=cap, per_dialogue=4, seed=seed)[0]
+            items += got
+            keys.update({g.rsplit("-", 1)[0] + "-": "satisfaction" for g in {it["group"] for it in got}})
+        else:
+            raise ValueError(f"rewards.engagement_data: {p} is not a ConvAI2 folder, a user-satisfaction folder "
+                             "or a meta-eval .jsonl")
+    return items, keys
+
+
+def train_configured_heads(rc, encoder, turns: pd.DataFrame, personas: dict | None = None,
+                           seed: int = 13) -> tuple[dict, dict[str, float]]:
+    """The learned heads ``rewards.learned_heads`` asks for, trained on the configured data; metrics on held-out data.
+
+    ``rc`` is the ``RewardsConfig``; ``personas`` maps persona ids to cards (for
+    a personality head trained on the ingested conversations).
+    """
+    from convrl.rewards.corpora import dailydialog_dialogues, personachat_dialogues
+
+    heads, metrics = {}, {}
+    unknown = set(rc.learned_heads) - {"relevance", "personality", "engagement"}
+    if unknown:
+        raise ValueError(f"rewards.learned_heads: unknown {sorted(unknown)}; choose from relevance, personality, "
+                         "engagement")
+    cap = rc.learned_max_pairs
+    if "relevance" in rc.learned_heads:
+        if rc.relevance_data:
+            train = [d["turns"] for d in dailydialog_dialogues(rc.relevance_data, "train")]
+            test = [d["turns"] for d in dailydialog_dialogues(rc.relevance_data, "test")]
+        else:
+            train = [g["text"].tolist() for g in _turn_dialogues(turns, "train")]
+            test = [g["text"].tolist() for g in _turn_dialogues(turns, "validation")]
+        heads["relevance"], m = train_relevance(encoder, train, test, max_pairs=cap, max_test=1000,
+                                                epochs=rc.learned_epochs, seed=seed)
+        metrics.update({f"relevance/{k}": v for k, v in m.items()})
+    if "personality" in rc.learned_heads:
+        if rc.personality_data:
+            train = personachat_dialogues(rc.personality_data, "valid")
+            test = personachat_dialogues(rc.personality_data, "test")[:300]
+        else:
+            train = _persona_dialogues(turns, "train", personas or {})
+            test = _persona_dialogues(turns, "validation", personas or {})
+        if not train or not test:
+            raise ValueError("learned personality head: no conversations with a persona card in the train and "
+                             "validation splits; set rewards.personality_data to a PersonaChat folder")
+        heads["personality"], m = train_personality(encoder, train, test, max_pairs=cap, epochs=rc.learned_epochs,
+                                                    seed=seed)
+        metrics.update({f"personality/{k}": v for k, v in m.items()})
+    if "engagement" in rc.learned_heads:
+        if rc.engagement_data:
+            items, keys = _engagement_items_from(rc.engagement_data, cap, seed)
+        else:
+            items, _ = turns_engagement_items(turns)
+            if cap and len(items) > cap:
+                items = random.Random(seed).sample(items, cap)
+            keys = TURNS_RATING_KEYS
+        heads["engagement"], m = train_engagement(encoder, items, keys, seed=seed)
+        metrics.update({f"engagement/{k}": v for k, v in m.items()})
+    return heads, metrics

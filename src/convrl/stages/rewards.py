@@ -1,7 +1,10 @@
-"""Reward-model stage: train the emotion head, measure it on held-out data, package every head.
+"""Reward-model stage: train the emotion head (and the learned heads the config asks for), measure
+each on held-out data, package every head.
 
-The output directory is self-describing (``reward_config.json``) so later
-stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``.
+The output directory is self-describing (``reward_config.json``, ``emotion/``,
+``learned/<head>/``) so later stages rebuild the same ``RewardScorer`` with
+``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
+the default pipeline trains only the emotion head.
 """
 
 from __future__ import annotations
@@ -54,11 +57,14 @@ def relevance_recall_at_1(scorer: RewardScorer, turns: pd.DataFrame, split: str,
     return hits / len(items)
 
 
-def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: str) -> dict:
+def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: str, personas_path: str = "") -> dict:
+    """``personas_path`` (the persona table) is needed only for a learned personality head trained on the
+    ingested conversations (``rewards.learned_heads`` has personality and ``rewards.personality_data`` is empty)."""
     with tracking.stage_run(parent_run_id, "reward_models", cfg.tracking.experiment) as run:
         turns = pd.read_parquet(turns_path)
         enc_dir = models.resolve_encoder(cfg.models.encoder)
-        encoder = SentenceEncoder(enc_dir, max_length=cfg.rewards.max_length, batch_size=cfg.rewards.batch_size)
+        encoder = SentenceEncoder(enc_dir, max_length=cfg.rewards.max_length, batch_size=cfg.rewards.batch_size,
+                                  precision=cfg.rewards.encoder_precision)
         e = cfg.rewards.emotion
         tr_x, tr_y, kind = emotion_training_data(turns, "train", e.max_texts)
         va_x, va_y, _ = emotion_training_data(turns, "validation")
@@ -66,9 +72,20 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
                                           lr=e.learning_rate, hidden=e.hidden_size, seed=e.seed)
         out = Path(reward_dir)
         clf.save(out / "emotion")
+        learned, learned_metrics = {}, {}
+        if cfg.rewards.learned_heads:
+            from convrl.data.personas import personas_from_table
+            from convrl.rewards.training import train_configured_heads
+
+            personas = ({p.persona_id: p for p in personas_from_table(pd.read_parquet(personas_path))}
+                        if personas_path else {})
+            learned, learned_metrics = train_configured_heads(cfg.rewards, encoder, turns, personas, seed=e.seed)
+            for name, head in learned.items():
+                head.save(out / "learned" / name)
         conf = {"encoder": cfg.models.encoder, "weights": cfg.rewards.weights, "max_length": cfg.rewards.max_length,
                 "batch_size": cfg.rewards.batch_size, "fluency_model": cfg.models.policy if cfg.rewards.fluency else None,
-                "emotion_label_kind": kind}
+                "emotion_label_kind": kind, "encoder_precision": cfg.rewards.encoder_precision,
+                "learned": sorted(learned)}
         (out / "reward_config.json").write_text(json.dumps(conf, indent=2))
         curve = metrics.pop("loss_curve")
         for i, loss in enumerate(curve):
@@ -77,6 +94,7 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         rel = relevance_recall_at_1(scorer, turns, "validation", seed=e.seed)
         head_metrics = {f"emotion/{k}": v for k, v in metrics.items()}
         head_metrics["relevance/val_recall_at_1_of_10"] = rel
+        head_metrics.update({k: float(v) for k, v in learned_metrics.items() if isinstance(v, (int, float))})
         run.log_metrics(head_metrics, parent=True)
         run.log_params({"emotion.label_kind": kind, "encoder": enc_dir, "weights": json.dumps(cfg.rewards.weights)})
         dist = pd.Series(tr_y).value_counts().to_dict()
@@ -84,15 +102,22 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         uri = run.log_pyfunc("emotion_head", tracking.EmotionHeadModel(), {"head_dir": str(out / "emotion")},
                              metrics={k: v for k, v in head_metrics.items() if v == v})
         (out / "logged_model_uri.txt").write_text(uri)
-        return {**head_metrics, "label_kind": kind, "logged_model": uri}
+        return {**head_metrics, "label_kind": kind, "logged_model": uri, "learned_heads": sorted(learned)}
 
 
 def load_scorer(reward_dir: str, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
     """The scorer ``rewards_stage`` packaged; ``learned=False`` leaves out the optional learned heads."""
     conf = json.loads((Path(reward_dir) / "reward_config.json").read_text())
-    encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"], batch_size=conf["batch_size"])
+    # Reward dirs written before encoder_precision existed were scored in fp32.
+    encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"],
+                              batch_size=conf["batch_size"], precision=conf.get("encoder_precision", "fp32"))
     clf = EmotionClassifier.load(Path(reward_dir) / "emotion", encoder=encoder)
     fluency = None
     if with_fluency and conf.get("fluency_model"):
         fluency = FluencyScorer(models.resolve_policy(conf["fluency_model"]))
-    return RewardScorer(encoder, clf, fluency, conf["weights"])
+    heads = {}
+    if learned:
+        from convrl.rewards.learned import load_learned
+
+        heads = {name: load_learned(Path(reward_dir) / "learned" / name) for name in conf.get("learned", [])}
+    return RewardScorer(encoder, clf, fluency, conf["weights"], learned=heads)
