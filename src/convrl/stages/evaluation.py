@@ -72,7 +72,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
         run.log_dict(a.headline, "eval/headline.json")
         # The candidate's LoggedModel carries its own evaluation, visible wherever the model is.
-        tracking.log_model_metrics(meta["logged_model"], a.headline, run.run_id)
+        if meta.get("logged_model"):
+            tracking.log_model_metrics(meta["logged_model"], a.headline, run.run_id)
 
         report = build_report(a, base_desc, selfplay=selfplay)
         write_report(report, report_dir)
