@@ -24,15 +24,19 @@ def component(fn):
 
 
 @component
-def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_id: str, kfp_run_id: str) -> NamedTuple(
+def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_id: str, kfp_run_id: str,
+                   data_sources: str = "", personas: str = "", reward_weights: str = "", rl_max_steps: int = 0,
+                   rl_algorithm: str = "", ab_min_improvement: str = "", ab_guardrail_margin: str = "") -> NamedTuple(
         "Started", [("config_json", str), ("parent_run_id", str)]):
-    """Resolve the config (preset + overrides) and open the MLflow parent run."""
+    """Resolve the config (preset + named UI parameters + overrides) and open the MLflow parent run."""
     from collections import namedtuple
 
-    from convrl.config import load_config, split_overrides
+    from convrl.config import load_config, split_overrides, ui_overrides
     from convrl.stages import begin
 
-    cfg = load_config(config_name, split_overrides(overrides))
+    named = ui_overrides(data_sources, personas, reward_weights, rl_max_steps, rl_algorithm, ab_min_improvement,
+                         ab_guardrail_margin)
+    cfg = load_config(config_name, named + split_overrides(overrides))
     run_id = begin(cfg, run_name or f"convrl-{cfg.name}", parent_run_id, kfp_run_id)
     return namedtuple("Started", ["config_json", "parent_run_id"])(cfg.to_json(), run_id)
 

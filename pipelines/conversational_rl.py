@@ -3,8 +3,11 @@
 Compile it (``convrl compile``, or ``python -m convrl.pipelines.conversational_rl``)
 to ``pipelines/compiled/conversational_rl.yaml`` for a KFP cluster, or run it
 locally with ``convrl run`` (kfp.local). Every parameter can be set in the KFP UI:
-``config_name`` picks a preset, ``overrides`` holds dotted settings separated by
-``;`` (e.g. ``rl.max_steps=40; rewards.weights.quality=0.5``).
+``config_name`` picks a preset; ``data_sources`` (comma-separated specs), ``personas``
+(comma-separated cards), ``reward_weights`` (``quality=0.5,personality=0.2``),
+``rl_max_steps``, ``rl_algorithm``, ``ab_min_improvement`` and ``ab_guardrail_margin``
+override it when set; ``overrides`` takes any other dotted settings separated by ``;``
+(e.g. ``rl.beta=0.02; eval.num_prompts=64``).
 """
 
 
@@ -53,13 +56,17 @@ def on_cluster(task, stage: str, cluster: ClusterConfig):
 @dsl.pipeline(name=PIPELINE_NAME,
               description="RL fine-tuning of a persona-conditioned chat model with multi-objective rewards, "
                           "evaluation, A/B comparison and MLflow registry promotion.")
-def conversational_rl(config_name: str = "demo", overrides: str = "", run_name: str = "",
-                      parent_run_id: str = ""):
+def conversational_rl(config_name: str = "demo", data_sources: str = "", personas: str = "",
+                      reward_weights: str = "", rl_max_steps: int = 0, rl_algorithm: str = "",
+                      ab_min_improvement: str = "", ab_guardrail_margin: str = "", overrides: str = "",
+                      run_name: str = "", parent_run_id: str = ""):
     done = finish_tracking(parent_run_id=parent_run_id,
                            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("finish tracking")
     with dsl.ExitHandler(done, name="convrl"):
         start = start_tracking(config_name=config_name, overrides=overrides, run_name=run_name,
-                               parent_run_id=parent_run_id,
+                               parent_run_id=parent_run_id, data_sources=data_sources, personas=personas,
+                               reward_weights=reward_weights, rl_max_steps=rl_max_steps, rl_algorithm=rl_algorithm,
+                               ab_min_improvement=ab_min_improvement, ab_guardrail_margin=ab_guardrail_margin,
                                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("start tracking")
         start.set_caching_options(False)
         cfg = start.outputs["config_json"]

@@ -21,7 +21,8 @@ def test_pipeline_structure():
     text = COMPILED.read_text()
     assert "== 'promote'" in text  # promotion is gated by dsl.If on the decision
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"config_name", "overrides", "run_name", "parent_run_id"} <= set(params)
+    assert {"config_name", "overrides", "run_name", "parent_run_id", "data_sources", "personas", "reward_weights",
+            "rl_max_steps", "rl_algorithm", "ab_min_improvement", "ab_guardrail_margin"} <= set(params)
     execs = spec["deploymentSpec"]["executors"]
     for ex in execs.values():
         assert "pip install" not in " ".join(ex["container"].get("command", [])), "components must not pip install"
