@@ -68,3 +68,24 @@ def test_two_concurrent_promotions_leave_a_champion(logged_models, mlflow_store)
         p.join(120)
     results = [q.get(timeout=5) for _ in procs]
     assert tracking.alias_version(NAME, registry.CHAMPION) in {v1, v3}, results
+
+
+@pytest.mark.parametrize("decision", [{"outcome": "inconclusive", "metrics": {}}, {"outcome": "reject", "metrics": {}},
+                                      None])
+def test_promote_stage_never_promotes_without_a_promote_decision(logged_models, tmp_path, decision):
+    import json
+
+    from convrl.config import load_config
+    from convrl.stages.evaluation import promote_stage
+
+    cfg = load_config("tiny", [f"registry.model_name={NAME}", "tracking.experiment=registry-test"])
+    before = tracking.alias_version(NAME, registry.CHAMPION)
+    v, _ = registry.register_candidate(logged_models[2], NAME, "run-Z", {})
+    path = tmp_path / "decision.json"
+    if decision is not None:  # None: the evaluation never produced a decision
+        path.write_text(json.dumps(decision))
+    parent = tracking.start_pipeline_run("registry-test", "no-promote", {}, {})
+    with pytest.raises((registry.RegistryError, FileNotFoundError)):
+        promote_stage(cfg, parent, v, str(path))
+    assert tracking.alias_version(NAME, registry.CHAMPION) == before
+    assert tracking.get_run(parent).info.status == "FAILED"
