@@ -136,3 +136,12 @@ def test_learned_heads_in_the_scorer_and_stage_roundtrip(tiny_encoder, tiny_cfg,
     assert not load_scorer(str(tmp_path), learned=False).learned
     with pytest.raises(ValueError, match="unknown"):
         train_configured_heads(type(rc)(**{**vars(rc), "learned_heads": ["charm"]}), tiny_encoder, ingested.turns)
+
+
+def test_pair_head_stays_finite_on_degenerate_embeddings():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 8)).astype(np.float32)
+    a = base + 1e-3 * rng.normal(size=(60, 8)).astype(np.float32)  # a random encoder: every cosine ~0.99
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    head, _ = train_pair_head("relevance", a, a[::-1].copy(), epochs=2, hidden=8)
+    assert np.isfinite(head.pair_scores(a, a)).all()

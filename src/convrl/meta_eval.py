@@ -16,7 +16,9 @@ satisfaction of a session) is a dialogue-level judgement: it is correlated with
 the dialogue's mean head score, one point per dialogue (``level: dialogue``).
 Other ratings are correlated per response (``level: response``). The table
 also lists ``baseline:length`` (response length in words), the trivial
-predictor every head should be compared with.
+predictor every head should be compared with. With ``--reward-dir`` holding
+learned heads, each is listed beside its untrained scorer (``<head>_untrained``);
+measure them on data they were not trained on.
 """
 
 from __future__ import annotations
@@ -30,9 +32,6 @@ import numpy as np
 from scipy import stats
 
 from convrl.rewards.human_data import CONVERTERS, RatedDataError, read_jsonl, write_jsonl
-
-DETAIL_HEADS = ("fluency", "repetition", "appropriateness")
-
 
 # ------------------------------------------------------------------ scoring
 
@@ -68,8 +67,9 @@ def score_items(scorer, items: list[dict], batch_size: int = 128, progress: bool
                 cards[key] = persona_from_sentences(list(key))
             personas.append(cards[key])
         batch = scorer.score([it["context"] for it in chunk], [it["response"] for it in chunk], personas)
+        # Numeric details too: fluency, repetition, appropriateness, and <head>_untrained beside a learned head.
         named = {**batch.heads, "composite": batch.composite,
-                 **{k: batch.details[k] for k in DETAIL_HEADS if k in batch.details}}
+                 **{k: v for k, v in batch.details.items() if np.asarray(v).dtype.kind == "f"}}
         for k, v in named.items():
             cols.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
     out = {k: np.concatenate(v) for k, v in cols.items()}

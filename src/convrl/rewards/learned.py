@@ -166,20 +166,28 @@ def _calibrate(towers: PairTowers, a, b, keys, gen, steps: int = 200) -> None:
         neg = keys[shuffle] != keys
         cos = torch.cat([(fa * fb).sum(-1), (fa * fb[shuffle]).sum(-1)[neg]])
         y = torch.cat([torch.ones(len(a)), torch.zeros(int(neg.sum()))])
-    w = torch.tensor([float(towers.log_scale.detach().exp()), 0.0], requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps)
+    scale0 = float(towers.log_scale.detach().exp())
+    w = torch.tensor([scale0, 0.0], requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
     pos_weight = torch.tensor(float((y == 0).sum() / max(1, (y == 1).sum())))
 
     def closure():
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(w[0] * cos + w[1], y, pos_weight=pos_weight)
+        loss = loss + 1e-4 * (w ** 2).sum()  # keeps (near-)separable data from sending the scale to infinity
         loss.backward()
         return loss
 
     opt.step(closure)
+    scale, bias = (float(v) for v in w.detach())
+    if not (math.isfinite(scale) and math.isfinite(bias)) or scale <= 0:
+        # Degenerate embeddings (e.g. a random test encoder): fall back to the contrastive scale and
+        # put the decision boundary between the mean true-pair and the mean random-pair cosine.
+        mid = float((cos[y == 1].mean() + cos[y == 0].mean()) / 2) if (y == 0).any() else float(cos.mean())
+        scale, bias = scale0, -scale0 * mid
     with torch.no_grad():
-        towers.log_scale.copy_(torch.log(w[0].detach().clamp(min=1e-3)))
-        towers.bias.copy_(w[1].detach())
+        towers.log_scale.fill_(math.log(min(max(scale, 1e-3), 1e3)))
+        towers.bias.fill_(bias)
 
 
 # ------------------------------------------------------------------ engagement

@@ -195,7 +195,7 @@ def train_engagement(encoder, items: list[dict], rating_keys: dict[str, str], he
         if len(idx) < 10:
             continue
         y = np.array([test_items[i]["ratings"][key] for i in idx])
-        tag = f"{prefix}/{key}"
+        tag = f"{prefix.rstrip('-:')}/{key}"
         for name, s in (("learned", pred), ("untrained", untrained), ("length", length)):
             metrics[f"test_spearman_{tag}_{name}"] = float(stats.spearmanr(s[idx], y).statistic)
         df = pd.DataFrame({"g": [test_items[i]["group"] for i in idx], "y": y, "learned": pred[idx],
