@@ -86,7 +86,7 @@ def main() -> None:
             sched.step()
             step += 1
             if step % 100 == 0:
-                print(f"step {step}/{steps} loss {float(loss):.4f} {time.time() - t0:.0f}s", flush=True)
+                print(f"step {step}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
             if step >= steps:
                 break
     pd_, pt = probs(dx), probs(tx)
