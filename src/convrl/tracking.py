@@ -123,8 +123,10 @@ def finish_pipeline_run(run_id: str, ok: bool, failed_stage: str | None = None, 
 def find_run_by_tag(key: str, value: str) -> str | None:
     if not value:
         return None
-    runs = client().search_runs(client().search_experiments() and [e.experiment_id for e in client().search_experiments()],
-                                filter_string=f"tags.`{key}` = '{value}'", max_results=1)
+    experiments = [e.experiment_id for e in client().search_experiments()]
+    if not experiments:
+        return None
+    runs = client().search_runs(experiments, filter_string=f"tags.`{key}` = '{value}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 

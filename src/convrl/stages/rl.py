@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from convrl import models, tracking
 from convrl.config import Config
-from convrl.data.personas import prompt_personas
-from convrl.data.prompts import build_prompts
+from convrl.rl.distributed_train import training_inputs
 from convrl.rl.grpo import train_grpo
-from convrl.stages.rewards import load_scorer
 
 
 def plot_reward_curves(history: list[dict]):
@@ -49,13 +45,8 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy})
             result = train_on_cluster(cfg, run, turns_path, personas_path, reward_dir, out_dir)
         else:
-            turns = pd.read_parquet(turns_path)
-            personas = prompt_personas(pd.read_parquet(personas_path), cfg.data.personas, cfg.data.prompt_personas)
-            scorer = load_scorer(reward_dir)
-            n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step
-            prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
-                                    user_emotion=lambda s: scorer.emotion.predict([s])[0])
-            funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+            # The same inputs a TrainJob node builds, so the two launchers cannot drift apart.
+            prompts, funcs, weights, scorer = training_inputs(cfg, turns_path, personas_path, reward_dir)
             base_dir = models.resolve_policy(cfg.models.policy)
             run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
                                                                                "rl.num_prompts": len(prompts)})
