@@ -43,3 +43,52 @@ class Generator:
             for j, i in enumerate(idx):
                 outputs[i] = self.tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         return outputs
+
+
+class InverseCDFSampler:
+    """Logits processor that draws the next token itself, by inverse-CDF sampling, for greedy ``generate``.
+
+    ``generate(do_sample=True)`` draws with ``torch.multinomial``, which on a CPU
+    costs ~6 ms per call for a 49k vocabulary and 8 rows (an exponential random
+    number per vocabulary entry): 12% of a rollout. One uniform per row and a
+    cumulative sum draw from the same distribution in ~0.3 ms. The sampler
+    applies the config's own warpers (temperature, top-k, top-p, min-p, i.e.
+    what ``do_sample`` would apply), samples, and leaves only the drawn token
+    finite, so ``do_sample=False`` decoding picks it. Use ``sampling_setup``.
+    """
+
+    def __init__(self, generation_config):
+        from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                            TemperatureLogitsWarper, TopKLogitsWarper,
+                                                            TopPLogitsWarper)
+
+        gc = generation_config
+        self.warpers = LogitsProcessorList()
+        if gc.temperature is not None and gc.temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(gc.temperature))
+        if gc.top_k:
+            self.warpers.append(TopKLogitsWarper(gc.top_k))
+        if gc.top_p is not None and gc.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(gc.top_p))
+        if gc.min_p:
+            self.warpers.append(MinPLogitsWarper(gc.min_p))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = self.warpers(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)
+        u = torch.rand(cdf.size(0), 1, device=cdf.device) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+def sampling_setup(generation_config):
+    """(greedy config, [sampler]) that sample like ``generation_config`` but faster on a CPU; unchanged if greedy."""
+    import copy
+
+    if not generation_config.do_sample or (generation_config.num_beams or 1) > 1:
+        return generation_config, []
+    sampler = InverseCDFSampler(generation_config)
+    greedy = copy.deepcopy(generation_config)
+    greedy.do_sample = False
+    greedy.temperature, greedy.top_k, greedy.top_p, greedy.min_p = None, None, None, None
+    return greedy, [sampler]

@@ -64,9 +64,27 @@ def make_trainer_class():
     from trl import GRPOTrainer
     from trl.trainer.utils import pad
 
+    from convrl.rl.generation import sampling_setup
+    from convrl.rl.prefix import prefill_shared, shared_prefix_logps, shares_prefixes
+
     class ConvRLGRPOTrainer(GRPOTrainer):
         generation_dtype: torch.dtype | None = torch.float32
+        share_prompt_prefix: bool = True
         _gen_model = None
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **multimodal):
+            # The policy (with grad) and reference (KL) passes dominate a CPU step after generation; most of their
+            # tokens are the prompt, repeated num_generations times. Multimodal/MoE inputs take TRL's own path.
+            if (self.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values())
+                    and shares_prefixes(input_ids, attention_mask, logits_to_keep)):
+                logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                       compute_entropy, autocast=self.accelerator.autocast)
+                return logps, entropies, None
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
 
         def _sync_generation_model(self):
             from transformers import AutoModelForCausalLM
@@ -74,7 +92,11 @@ def make_trainer_class():
             peft_model = self.accelerator.unwrap_model(self.model)
             base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
             if self._gen_model is None:
-                self._gen_model = AutoModelForCausalLM.from_config(base.config, dtype=self.generation_dtype).eval()
+                # Eager attention decodes faster than SDPA at batch <= 16 on a CPU (measured: 3.3 s vs 4.9 s for
+                # 8 x 64 tokens on SmolLM2-135M, bf16, one core); SDPA/flash win on GPUs.
+                attn = "eager" if self.accelerator.device.type == "cpu" else None
+                self._gen_model = AutoModelForCausalLM.from_config(base.config, dtype=self.generation_dtype,
+                                                                   attn_implementation=attn).eval()
                 # The training model runs with use_cache=False; rollouts need the KV cache.
                 self._gen_model.config.use_cache = True
                 self._gen_model.to(self.accelerator.device)
@@ -105,8 +127,11 @@ def make_trainer_class():
                 ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
                 mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
                 with torch.inference_mode():
-                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config,
-                                         use_cache=True)
+                    # One prefill per distinct prompt; the group's rows start from copies of its KV cache.
+                    cache = prefill_shared(model, ids, mask) if self.share_prompt_prefix else None
+                    config, processors = sampling_setup(self.generation_config)
+                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                         logits_processor=processors, use_cache=True, past_key_values=cache)
                 completion = out[:, ids.size(1):].cpu()
                 eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
                 first = torch.where(eos.any(1), eos.int().argmax(1), torch.full((eos.size(0),), eos.size(1)))

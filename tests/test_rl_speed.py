@@ -1,0 +1,112 @@
+"""The RL step's speed levers must not change what is computed.
+
+Prompt-prefix sharing (one prompt pass per GRPO group) must give the same
+per-token log-probs, entropies and LoRA gradients as TRL's full-sequence pass,
+and the same greedy rollouts; the inverse-CDF sampler must draw from the same
+distribution as ``generate(do_sample=True)`` with the same warpers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def peft_tiny():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from convrl import models
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(models.resolve_policy("tiny-llama"), dtype=torch.float32)
+    add_fused_lm_head(m, temperature=0.9, outputs=("log_probs", "entropy"))
+    # Non-zero LoRA B so the adapter changes the outputs and receives gradient through the shared prompt.
+    return get_peft_model(m, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+
+def grouped_batch(vocab: int, C: int = 6):
+    """Left-padded prompts (two distinct, interleaved) + right-padded completions of varying length."""
+    g = torch.Generator().manual_seed(1)
+    p1, p2 = torch.randint(5, vocab, (7,), generator=g), torch.randint(5, vocab, (5,), generator=g)
+    ids, masks = [], []
+    for p in (p1, p1, p2, p1, p2, p2):
+        c = torch.randint(5, vocab, (C,), generator=g)
+        n = int(torch.randint(2, C + 1, (1,), generator=g))
+        pad = 7 - len(p)
+        ids.append(torch.cat([torch.zeros(pad, dtype=torch.long), p, c]))
+        masks.append(torch.cat([torch.zeros(pad), torch.ones(len(p) + n), torch.zeros(C - n)]).long())
+    return torch.stack(ids), torch.stack(masks), C
+
+
+def test_prefix_groups_find_shared_prompts():
+    from convrl.rl.prefix import prefix_groups, shares_prefixes
+
+    ids, am, C = grouped_batch(1000)
+    groups = prefix_groups(ids, am, C)
+    assert [g[0].tolist() for g in groups] == [[0, 1, 3], [2, 4, 5]]
+    assert [len(g[1]) for g in groups] == [7, 5]
+    assert shares_prefixes(ids, am, C)
+    assert not shares_prefixes(ids[[0, 2]], am[[0, 2]], C)
+
+
+def test_shared_prefix_logps_and_grads_match_full_pass(peft_tiny):
+    from convrl.rl.prefix import shared_prefix_logps
+
+    ids, am, C = grouped_batch(peft_tiny.config.vocab_size)
+    labels = ids.masked_fill(am == 0, -100)
+    labels[:, :-C] = -100
+    mask = am[:, -C:].bool()
+
+    def grads(loss):
+        peft_tiny.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in peft_tiny.named_parameters() if p.requires_grad}
+
+    full = peft_tiny(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True)
+    ref_lp, ref_ent = full.log_probs[:, -C:], full.entropy[:, -C:]
+    g_full = grads((ref_lp * mask).sum())
+    lp, ent = shared_prefix_logps(peft_tiny, ids, am, C, compute_entropy=True)
+    g_shared = grads((lp * mask).sum())
+    assert torch.allclose(lp[mask], ref_lp.detach()[mask], atol=1e-5)
+    assert torch.allclose(ent[mask], ref_ent.detach()[mask], atol=1e-5)
+    assert g_full.keys() == g_shared.keys() and g_full
+    for name in g_full:
+        assert torch.allclose(g_shared[name], g_full[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_shared_prefill_generates_the_same_tokens(peft_tiny):
+    from convrl.rl.prefix import prefill_shared
+
+    ids, am, C = grouped_batch(peft_tiny.config.vocab_size)
+    pid, pmask = ids[:, :-C], am[:, :-C]
+    with torch.no_grad():
+        cache = prefill_shared(peft_tiny, pid, pmask)
+        assert cache is not None and cache.get_seq_length() == pid.size(1) - 1
+        shared = peft_tiny.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, do_sample=False,
+                                    past_key_values=cache)
+        plain = peft_tiny.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(shared, plain)
+
+
+def test_inverse_cdf_sampler_matches_warped_distribution():
+    from transformers import GenerationConfig
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from convrl.rl.generation import sampling_setup
+
+    config, processors = sampling_setup(GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9))
+    assert config.do_sample is False and len(processors) == 1
+    torch.manual_seed(0)
+    logits = torch.randn(1, 20) * 2
+    ids = torch.zeros(4000, 1, dtype=torch.long)
+    out = processors[0](ids, logits.expand(4000, -1).clone())
+    assert torch.isfinite(out).sum(1).eq(1).all()  # exactly one token left for greedy decoding
+    freq = torch.bincount(out.argmax(-1), minlength=20).float() / 4000
+    expected = torch.softmax(TopPLogitsWarper(0.9)(ids[:1], TemperatureLogitsWarper(0.7)(ids[:1], logits.clone())), -1)[0]
+    assert (freq - expected).abs().max() < 0.03
+    assert freq[expected == 0].sum() == 0  # top-p cut tokens are never drawn
+    greedy = GenerationConfig(do_sample=False)
+    assert sampling_setup(greedy) == (greedy, [])
