@@ -210,7 +210,8 @@ def test_rank0_logger_logs_live_and_survives_a_dead_server(tiny_cfg, mlflow_stor
     run = tracking.client().create_run(tracking.experiment_id(tiny_cfg.tracking.experiment),
                                        tags={"mlflow.parentRunId": parent})
     scorer = type("S", (), {"last_batch_table": lambda self: pd.DataFrame([{"response": "hi", "composite": 0.5}])})()
-    log = dt.Rank0Logger({"stage_run_id": run.info.run_id, "parent_run_id": parent}, scorer, tmp_path / "s", 5)
+    inputs = dt.TrainingInputs([], [], [], scorer)
+    log = dt.Rank0Logger({"stage_run_id": run.info.run_id, "parent_run_id": parent}, inputs, tmp_path / "s", 5)
     log({"reward": 0.5, "kl": 0.01, "step": 1}, 1)
     assert tracking.client().get_metric_history(run.info.run_id, "reward")[0].value == 0.5
     assert (tmp_path / "s" / "step_00001.json").exists()

@@ -123,7 +123,30 @@ class RewardsConfig:
 
 @dataclass
 class RLConfig:
-    algorithm: str = field(default="grpo", metadata={"help": "RL algorithm: 'grpo'."})
+    algorithm: str = field(default="grpo", metadata={
+        "help": "grpo (TRL GRPOTrainer, single- or multi-turn), rloo (TRL RLOOTrainer, single-turn) or dpo "
+                "(TRL DPOTrainer on preference pairs: rated replies in the data, else base-model candidates "
+                "ranked by the composite reward)."})
+    turns: int = field(default=1, metadata={
+        "help": "Policy turns per rollout (grpo). 1 = single-turn; K > 1 = K policy turns with simulated user "
+                "turns in between, through TRL's rollout_func; user tokens are masked out of the loss."})
+    user_simulator: str = field(default="model", metadata={
+        "help": "Who answers between policy turns: model (the frozen base model role-playing the user, with a "
+                "profile from the conversation) or logged (the data's next user turns; the model fills the gaps)."})
+    user_max_new_tokens: int = field(default=24, metadata={"help": "Tokens per simulated user turn."})
+    turn_reward: str = field(default="mean", metadata={
+        "help": "How per-turn rewards aggregate over a rollout: mean, discounted (early turns weigh more) or final."})
+    turn_discount: float = field(default=0.9, metadata={"help": "Discount of turn_reward: discounted."})
+    consistency_weight: float = field(default=0.1, metadata={
+        "help": "Weight of the whole-conversation consistency reward (multi-turn only; the head weights stay)."})
+    mask_truncated_completions: bool = field(default=True, metadata={
+        "help": "Drop completions cut at max_completion_length from the loss (they have no ending to judge)."})
+    lora: bool = field(default=True, metadata={"help": "LoRA adapters (default); false = full fine-tuning."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO temperature (rl.algorithm: dpo)."})
+    dpo_candidates: int = field(default=4, metadata={
+        "help": "DPO without rated pairs: base-model replies sampled per prompt; best vs worst by composite reward."})
+    dpo_min_margin: float = field(default=0.02, metadata={
+        "help": "Minimum composite-reward gap between chosen and rejected (reward-ranked pairs)."})
     max_steps: int = 20
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
     prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts per optimisation step."})
@@ -278,8 +301,19 @@ class Config:
             raise ConfigError("rewards.weights must be non-negative and sum to more than 0")
         if self.rl.launcher not in ("inline", "trainjob"):
             raise ConfigError(f"rl.launcher={self.rl.launcher!r}: use 'inline' or 'trainjob'")
-        if self.rl.algorithm != "grpo":
-            raise ConfigError(f"rl.algorithm={self.rl.algorithm!r} is not supported; use 'grpo'")
+        if self.rl.algorithm not in ("grpo", "rloo", "dpo"):
+            raise ConfigError(f"rl.algorithm={self.rl.algorithm!r} is not supported; use grpo, rloo or dpo")
+        if self.rl.turns < 1:
+            raise ConfigError("rl.turns must be >= 1 (1 = single-turn)")
+        if self.rl.turns > 1 and self.rl.algorithm != "grpo":
+            raise ConfigError(f"rl.turns={self.rl.turns} needs rl.algorithm=grpo: multi-turn rollouts go through "
+                              f"GRPOTrainer's rollout_func, which TRL's {self.rl.algorithm.upper()} trainer lacks")
+        if self.rl.user_simulator not in ("model", "logged"):
+            raise ConfigError(f"rl.user_simulator={self.rl.user_simulator!r}: use 'model' or 'logged'")
+        if self.rl.turn_reward not in ("mean", "discounted", "final"):
+            raise ConfigError(f"rl.turn_reward={self.rl.turn_reward!r}: use mean, discounted or final")
+        if not 0 < self.rl.turn_discount <= 1:
+            raise ConfigError("rl.turn_discount must lie in (0, 1]")
         if self.rl.beta <= 0:
             raise ConfigError("rl.beta must be > 0: without a KL term the policy drifts freely "
                               "and learns to hack the reward")

@@ -3,7 +3,9 @@
 A prompt is a conversation prefix that ends with a user turn, preceded by the
 persona's system prompt: exactly the conversational format TRL trainers take
 (``[{"role": "system", ...}, {"role": "user", ...}, ...]``). The logged
-assistant reply, when there is one, travels along as ``reference``.
+assistant reply, when there is one, travels along as ``reference``, and the
+user turns that followed it as ``next_user_turns`` (replayed by multi-turn
+rollouts with ``rl.user_simulator: logged``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def conversation_prefixes(turns: pd.DataFrame, split: str, max_turns: int) -> li
             while context and context[0]["role"] != "user":
                 context = context[1:]
             nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant" else ""
-            out.append({"conversation_id": cid, "context": context, "reference": nxt})
+            # What the user said next in the log: the "logged" user simulator of multi-turn rollouts replays it.
+            later_users = [m["content"] for m in msgs[i + 1:] if m["role"] == "user"][:8]
+            out.append({"conversation_id": cid, "context": context, "reference": nxt,
+                        "next_user_turns": later_users})
     return out
 
 
@@ -52,5 +57,6 @@ def build_prompts(turns: pd.DataFrame, personas: list[Persona], split: str, n: i
         emotion = user_emotion(p["context"][-1]["content"]) if user_emotion else None
         rows.append({"prompt": [{"role": "system", "content": persona.system_prompt(emotion)}] + p["context"],
                      "persona_id": persona.persona_id, "conversation_id": p["conversation_id"],
-                     "reference": p["reference"], "user_emotion": emotion or "neutral"})
+                     "reference": p["reference"], "user_emotion": emotion or "neutral",
+                     "next_user_turns": p["next_user_turns"]})
     return rows

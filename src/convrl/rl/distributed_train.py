@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -59,9 +60,27 @@ def stage_inputs(workdir: str | Path, cfg: Config, turns_path: str, personas_pat
     return wd
 
 
+@dataclass
+class TrainingInputs:
+    prompts: list[dict]
+    funcs: list
+    weights: list[float]
+    scorer: object
+    rollout: object = None          # MultiTurnRollout when rl.turns > 1
+    conversation_scores: object = None
+    turns: pd.DataFrame | None = None  # the ingested turns (DPO reads human ratings from them)
+    personas_by_id: dict | None = None
+
+    def sample_table(self) -> pd.DataFrame:
+        """The last scored batch (single-turn replies or whole multi-turn conversations) as a table."""
+        if self.conversation_scores is not None:
+            return pd.DataFrame(self.conversation_scores.last_table)
+        return self.scorer.last_batch_table()
+
+
 def training_inputs(cfg: Config, turns_path: str | Path, personas_path: str | Path, reward_dir: str | Path,
-                    world_size: int = 1):
-    """(prompts, reward funcs, reward weights, scorer), built the way the inline RL step builds them.
+                    world_size: int = 1) -> TrainingInputs:
+    """Prompts, reward callables/weights, scorer and (multi-turn) rollout, as the inline RL step builds them.
 
     Each of the ``world_size`` processes takes ``rl.prompts_per_step`` prompts per
     step, so the pool grows with it: more GPUs mean more distinct prompts per
@@ -74,8 +93,32 @@ def training_inputs(cfg: Config, turns_path: str | Path, personas_path: str | Pa
     n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step * max(1, world_size)
     prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
                             user_emotion=lambda s: scorer.emotion.predict([s])[0])
-    funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
-    return prompts, funcs, weights, scorer
+    by_id = {p.persona_id: p for p in personas}
+    if cfg.rl.turns > 1:
+        from transformers import AutoTokenizer
+
+        from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser, conversation_reward_funcs
+
+        funcs, weights, conv = conversation_reward_funcs(scorer, by_id, cfg.rl.turn_reward, cfg.rl.turn_discount,
+                                                         cfg.rl.consistency_weight)
+        base_dir = models.resolve_policy(cfg.models.policy)
+        user = SimulatedUser(base_dir, max_new_tokens=cfg.rl.user_max_new_tokens, seed=cfg.rl.seed)
+        rollout = MultiTurnRollout(cfg.rl.turns, user, AutoTokenizer.from_pretrained(base_dir), cfg.rl.user_simulator)
+        return TrainingInputs(prompts, funcs, weights, scorer, rollout, conv, turns, by_id)
+    funcs, weights = scorer.trl_reward_funcs(by_id)
+    return TrainingInputs(prompts, funcs, weights, scorer, turns=turns, personas_by_id=by_id)
+
+
+def train_policy(cfg: Config, inputs: TrainingInputs, out_dir: str | Path, on_log=None):
+    """Train with ``rl.algorithm``: GRPO (single/multi-turn) or RLOO via ``train_grpo``, DPO via ``train_dpo``."""
+    base_dir = models.resolve_policy(cfg.models.policy)
+    if cfg.rl.algorithm == "dpo":
+        from convrl.rl.dpo import train_dpo
+
+        return train_dpo(cfg, base_dir, inputs.prompts, inputs.scorer, out_dir, on_log=on_log, turns=inputs.turns,
+                         personas_by_id=inputs.personas_by_id)
+    return train_grpo(cfg.rl, base_dir, inputs.prompts, inputs.funcs, inputs.weights, out_dir, on_log=on_log,
+                      rollout=inputs.rollout)
 
 
 class Rank0Logger:
@@ -88,10 +131,10 @@ class Rank0Logger:
     are files the RL step logs as tables after the job.
     """
 
-    def __init__(self, run_info: dict, scorer, samples_dir: Path, save_steps: int):
+    def __init__(self, run_info: dict, inputs: TrainingInputs, samples_dir: Path, save_steps: int):
         self.run_id = run_info.get("stage_run_id", "") if os.environ.get("MLFLOW_TRACKING_URI") else ""
         self.parent_run_id = run_info.get("parent_run_id", "")
-        self.scorer, self.samples_dir, self.save_steps = scorer, samples_dir, max(1, save_steps)
+        self.inputs, self.samples_dir, self.save_steps = inputs, samples_dir, max(1, save_steps)
 
     def __call__(self, row: dict, step: int) -> None:
         if self.run_id:
@@ -102,7 +145,7 @@ class Rank0Logger:
                 print(f"[distributed_train] MLflow logging failed; metrics go to result.json only: {exc}", flush=True)
                 self.run_id = ""
         if "reward" in row and (step == 1 or step % self.save_steps == 0):
-            table = self.scorer.last_batch_table()
+            table = self.inputs.sample_table()
             if len(table):
                 table.insert(0, "step", step)
                 self.samples_dir.mkdir(parents=True, exist_ok=True)
@@ -143,17 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_json((wd / "config.json").read_text())
     run_info = json.loads((wd / "run.json").read_text()) if (wd / "run.json").exists() else {}
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    prompts, funcs, weights, scorer = training_inputs(cfg, wd / TURNS, wd / PERSONAS, wd / REWARDS, world)
+    inputs = training_inputs(cfg, wd / TURNS, wd / PERSONAS, wd / REWARDS, world)
     shared = wd / OUT
     out = _rank_out(shared, rank)
-    logger = Rank0Logger(run_info, scorer, shared / "samples", cfg.rl.save_steps) if rank == 0 else None
-    result = train_grpo(cfg.rl, models.resolve_policy(cfg.models.policy), prompts, funcs, weights, out, on_log=logger)
+    logger = Rank0Logger(run_info, inputs, shared / "samples", cfg.rl.save_steps) if rank == 0 else None
+    result = train_policy(cfg, inputs, out, on_log=logger)
     if rank != 0:
         (out / "checkpoints").unlink()  # the link first: the shared checkpoints must survive the cleanup
         shutil.rmtree(out, ignore_errors=True)
         return 0
     info = {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from,
-            "history": result.history, "num_prompts": len(prompts), "world_size": world,
+            "history": result.history, "num_prompts": len(inputs.prompts), "world_size": world,
             "policy_subdir": Path(result.policy_dir).name, "metrics_run_id": logger.run_id}
     tmp = shared / "result.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from convrl import models, tracking
 from convrl.config import Config
-from convrl.rl.distributed_train import training_inputs
-from convrl.rl.grpo import train_grpo
+from convrl.rl.distributed_train import train_policy, training_inputs
 
 
 def plot_reward_curves(history: list[dict]):
@@ -46,21 +45,20 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             result = train_on_cluster(cfg, run, turns_path, personas_path, reward_dir, out_dir)
         else:
             # The same inputs a TrainJob node builds, so the two launchers cannot drift apart.
-            prompts, funcs, weights, scorer = training_inputs(cfg, turns_path, personas_path, reward_dir)
-            base_dir = models.resolve_policy(cfg.models.policy)
+            inputs = training_inputs(cfg, turns_path, personas_path, reward_dir)
             run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
-                                                                               "rl.num_prompts": len(prompts)})
+                                                                               "rl.num_prompts": len(inputs.prompts)})
 
             def on_log(row: dict, step: int) -> None:
                 run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
                 if "reward" in row and (step == 1 or step % max(1, cfg.rl.save_steps) == 0):
                     # Sample conversations as they are generated: reward numbers alone hide degenerate text.
-                    table = scorer.last_batch_table()
+                    table = inputs.sample_table()
                     if len(table):
                         table.insert(0, "step", step)
                         run.log_table(table, f"samples/step_{step:05d}.json")
 
-            result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, on_log=on_log)
+            result = train_policy(cfg, inputs, out_dir, on_log=on_log)
         fig = plot_reward_curves(result.history)
         run.log_figure(fig, "reward_curves.png")
         run.log_dict(result.history, "training_history.json")

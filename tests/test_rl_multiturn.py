@@ -1,0 +1,198 @@
+"""Multi-turn GRPO through TRL's rollout_func, RLOO and DPO on the tiny policy.
+
+The rollout must interleave simulated/logged user turns, mask them out of the
+loss (env_mask), score every assistant turn in its own context and aggregate;
+every algorithm must train, checkpoint and export a loadable policy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convrl.config import Config, ConfigError, RLConfig
+from convrl.data.prompts import build_prompts
+from convrl.rewards.heads import HEADS, RewardScorer
+from convrl.rl.generation import Generator
+from convrl.rl.grpo import train_grpo
+from convrl.rl.multiturn import (ConversationScores, MultiTurnRollout, SimulatedUser, TurnTemplate, aggregate_turns,
+                                 consistency, conversation_reward_funcs, self_repetition)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_encoder):
+    return RewardScorer(tiny_encoder, None, None)
+
+
+@pytest.fixture(scope="module")
+def prompts(ingested, personas):
+    return build_prompts(ingested.turns, personas, "train", 8, 4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_policy_dir):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    t.padding_side = "left"
+    return t
+
+
+def test_turn_template_glue_renders_the_next_user_turn(tok):
+    tpl = TurnTemplate(tok)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    after_eos = tok.decode(tpl.between(eos, "how are you?"))
+    truncated = tok.decode(tpl.between(None, "how are you?"))
+    assert "how are you?" in after_eos and after_eos.rstrip().endswith("assistant")
+    # A turn cut before its end-of-turn token gets one from the glue; one that ended on it does not get two.
+    assert truncated.startswith("<|im_end|>") and not after_eos.startswith("<|im_end|>")
+    # Glue + next turn is exactly what the chat template renders for the whole conversation.
+    msgs = [{"role": "user", "content": "hi"}]
+    a1 = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+             add_special_tokens=False)["input_ids"]
+    turn = tok("Hello there", add_special_tokens=False)["input_ids"] + [eos]
+    full = list(a1) + turn + tpl.between(eos, "how are you?")
+    expected = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "Hello there"},
+                                               {"role": "user", "content": "how are you?"}],
+                                       tokenize=False, add_generation_prompt=True)
+    assert tok.decode(full) == expected
+
+
+def test_prompts_carry_logged_next_user_turns(prompts):
+    assert all("next_user_turns" in p for p in prompts)
+    assert any(p["next_user_turns"] for p in prompts)
+
+
+def test_aggregation_and_consistency():
+    r = np.array([0.2, 0.4, 1.0])
+    assert aggregate_turns(r, "mean") == pytest.approx(0.5333, abs=1e-3)
+    assert aggregate_turns(r, "final") == 1.0
+    d = aggregate_turns(r, "discounted", 0.5)  # weights 1, .5, .25: early turns weigh more
+    assert d == pytest.approx((0.2 + 0.2 + 0.25) / 1.75)
+    with pytest.raises(ValueError, match="turn_reward"):
+        aggregate_turns(r, "max")
+    assert self_repetition(["I love tea", "I love tea", "Coffee is fine too"]) == 0.5
+    assert consistency(np.array([0.5, 0.5]), ["hello there", "what about music"]) == 1.0
+    assert consistency(np.array([0.1, 0.9]), ["same words here", "same words here"]) == 0.0
+
+
+def test_conversation_rewards_score_every_turn_in_its_context(scorer, personas):
+    by_id = {p.persona_id: p for p in personas}
+    ctx = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "I feel sad today"}]
+    turns = [[{"context": ctx, "response": "I'm sorry to hear that."},
+              {"context": ctx + [{"role": "assistant", "content": "I'm sorry to hear that."},
+                                 {"role": "user", "content": "thanks"}], "response": "You're welcome!"}]]
+    funcs, weights, conv = conversation_reward_funcs(scorer, by_id, "final")
+    assert [f.__name__ for f in funcs] == [*HEADS, "consistency"] and len(weights) == len(funcs)
+    pid = [personas[0].persona_id]
+    got = {f.__name__: f(prompts=[ctx], completions=["x"], turns=turns, persona_id=pid)[0] for f in funcs}
+    # "final" aggregation = the last turn scored alone in its own context.
+    last = scorer.score([turns[0][1]["context"]], ["You're welcome!"], [personas[0]])
+    for h in HEADS:
+        assert got[h] == pytest.approx(float(last.heads[h][0]), abs=1e-5)
+    assert 0.0 <= got["consistency"] <= 1.0
+    assert "assistant [" in conv.last_table[0]["conversation"]
+    with pytest.raises(ValueError, match="turns"):
+        funcs[0](prompts=[ctx], completions=["x"], persona_id=pid)
+
+
+def test_config_validates_multiturn_and_algorithms():
+    Config(rl=RLConfig(algorithm="rloo")).validate_values()
+    Config(rl=RLConfig(algorithm="dpo")).validate_values()
+    Config(rl=RLConfig(turns=3)).validate_values()
+    for bad, match in [(RLConfig(algorithm="ppo"), "grpo, rloo or dpo"), (RLConfig(turns=2, algorithm="rloo"),
+                       "rollout_func"), (RLConfig(turns=0), "turns"), (RLConfig(turn_reward="max"), "turn_reward"),
+                       (RLConfig(user_simulator="human"), "user_simulator")]:
+        with pytest.raises(ConfigError, match=match):
+            Config(rl=bad).validate_values()
+
+
+def test_multiturn_grpo_masks_user_turns_and_trains(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path):
+    import trl.trainer.grpo_trainer as G
+
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, save_steps=1,
+                  precision="fp32", turns=3, turn_reward="mean")
+    funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
+    rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=5), tok, "model")
+    outputs = []
+    real_call = MultiTurnRollout.__call__
+
+    def spy(self, prompts_, trainer):
+        out = real_call(self, prompts_, trainer)
+        outputs.append(out)
+        return out
+
+    MultiTurnRollout.__call__ = spy
+    try:
+        logged = []
+        res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout,
+                         on_log=lambda row, step: logged.append(row))
+    finally:
+        MultiTurnRollout.__call__ = real_call
+    assert res.steps == 2 and outputs
+    out = outputs[0]
+    assert len(out["completion_ids"]) == rl.prompts_per_step * rl.num_generations
+    for ids, mask, turns in zip(out["completion_ids"], out["env_mask"], out["turns"]):
+        assert len(ids) == len(mask) and len(turns) == rl.turns
+        # Policy tokens (1) and user/template tokens (0) alternate: 3 policy turns -> 3 runs of 1s, 2 of 0s.
+        runs = [k for k, i in enumerate(mask) if i != (mask[k - 1] if k else None)]
+        assert [mask[k] for k in runs] == [1, 0, 1, 0, 1]
+        user_text = tok.decode([t for t, m in zip(ids, mask) if m == 0])
+        assert "user" in user_text
+        # Each turn is scored with the conversation so far: turn k's context ends on the user turn before it.
+        assert turns[1]["context"][-1]["role"] == "user"
+        assert turns[1]["context"][-2] == {"role": "assistant", "content": turns[0]["response"]}
+    assert any("rewards/consistency/mean" in r for r in logged)
+    assert conv.last_table and conv.last_table[0]["conversation"].count("assistant [") == rl.turns
+    assert Generator(res.policy_dir).generate([prompts[0]["prompt"]], max_new_tokens=3)
+    assert G  # the stock trainer is what runs the rollout
+
+
+def test_logged_user_turns_replay_the_data(scorer, prompts, personas, tok, tiny_policy_dir, tmp_path):
+    rollout = MultiTurnRollout(2, None, tok, "logged")
+    row = next(p for p in prompts if p["next_user_turns"])
+    rollout.register_rows([{"prompt": row["prompt"], "persona_id": row["persona_id"],
+                            "next_user_turns": row["next_user_turns"]}])
+    got = rollout._user_turns([row["prompt"]], [rollout.row_info[next(iter(rollout.row_info))]], 0)
+    assert got == [row["next_user_turns"][0].strip()]
+    with pytest.raises(ValueError, match="SimulatedUser"):
+        MultiTurnRollout(2, None, tok, "model")
+
+
+def test_rloo_trains_and_exports(scorer, prompts, personas, tiny_policy_dir, tmp_path):
+    funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+    rl = RLConfig(algorithm="rloo", max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6,
+                  save_steps=1, precision="fp32")
+    logged = []
+    res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, on_log=lambda r, s: logged.append(r))
+    assert res.steps == 2 and any("reward" in r for r in logged)
+    meta = json.loads((Path(res.policy_dir) / "convrl_training.json").read_text())
+    assert meta["algorithm"] == "rloo"
+    assert Generator(res.policy_dir).generate([prompts[0]["prompt"]], max_new_tokens=3)
+
+
+def test_dpo_from_reward_ranked_pairs_and_from_ratings(scorer, prompts, personas, tiny_policy_dir, tmp_path):
+    import pandas as pd
+
+    from convrl.rl.dpo import rated_pairs, train_dpo
+
+    cfg = Config(rl=RLConfig(algorithm="dpo", max_steps=2, prompts_per_step=2, max_completion_length=6,
+                             save_steps=1, precision="fp32", dpo_candidates=3, dpo_min_margin=0.0))
+    by_id = {p.persona_id: p for p in personas}
+    res = train_dpo(cfg, tiny_policy_dir, prompts[:4], scorer, tmp_path, personas_by_id=by_id)
+    assert res.steps == 2 and (tmp_path / "preference_pairs.jsonl").exists()
+    pairs = pd.read_json(tmp_path / "preference_pairs.jsonl", lines=True)
+    assert len(pairs) == 4 and (pairs["margin"] >= 0).all()
+    assert json.loads((Path(res.policy_dir) / "convrl_training.json").read_text())["algorithm"] == "dpo"
+    # Human ratings make pairs directly: same prompt, replies a point apart.
+    turns = pd.DataFrame([
+        {"conversation_id": c, "turn_index": i, "role": r, "text": t, "split": "train",
+         "feedback_rating": fr, "feedback_thumb": None, "persona_id": None}
+        for c, rows in {"a": [("user", "hi", None), ("assistant", "Hello! How are you?", 5.0)],
+                        "b": [("user", "hi", None), ("assistant", "go away", 1.0)]}.items()
+        for i, (r, t, fr) in enumerate(rows)])
+    pairs = rated_pairs(turns)
+    assert pairs and pairs[0]["chosen"][0]["content"] == "Hello! How are you?"
