@@ -55,3 +55,19 @@ def test_precision_resolution():
     assert resolve_precision("auto") in {"fp32", "bf16"}
     with pytest.raises(ValueError):
         resolve_precision("fp8")
+
+
+def test_long_conversations_keep_older_turns_as_memory(personas):
+    import pandas as pd
+
+    # A 13-turn conversation: the user's name is only in turn 1, the window shows the last 4 turns.
+    lines = ["Hi, my name is Alice and I love gardening."] + [f"filler turn {i} about the weather" for i in range(11)]
+    lines += ["What should I plant next spring?"]
+    turns = pd.DataFrame([{"conversation_id": "c", "turn_index": i, "role": "user" if i % 2 == 0 else "assistant",
+                           "text": t, "split": "train"} for i, t in enumerate(lines + ["Tomatoes!"])])
+    prompts = build_prompts(turns, personas, "train", 0, 4, seed=1)
+    last = next(p for p in prompts if p["prompt"][-1]["content"] == "What should I plant next spring?")
+    visible = [m for m in last["prompt"] if m["role"] != "system"]
+    assert len(visible) <= 4 and visible[0]["role"] == "user"
+    system = last["prompt"][0]["content"]
+    assert "Memory of the conversation" in system and "name: Alice" in system and "gardening" in system

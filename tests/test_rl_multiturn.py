@@ -196,3 +196,24 @@ def test_dpo_from_reward_ranked_pairs_and_from_ratings(scorer, prompts, personas
         for i, (r, t, fr) in enumerate(rows)])
     pairs = rated_pairs(turns)
     assert pairs and pairs[0]["chosen"][0]["content"] == "Hello! How are you?"
+
+
+def test_trainer_args_follow_the_config(tmp_path, monkeypatch):
+    import torch
+    from trl import GRPOConfig, RLOOConfig
+
+    from convrl.rl.grpo import grpo_args
+
+    rl = RLConfig(max_steps=3, num_generations=4, prompts_per_step=2, beta=0.05)
+    args = grpo_args(rl, tmp_path)
+    assert isinstance(args, GRPOConfig) and args.beta == 0.05 and args.per_device_train_batch_size == 8
+    assert args.mask_truncated_completions and not args.use_vllm
+    assert isinstance(grpo_args(rl, tmp_path, "rloo"), RLOOConfig)
+    # A CUDA node with vLLM installed generates with vLLM, colocated with training.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "vllm" else None)
+    kwargs = {}
+    monkeypatch.setattr("trl.GRPOConfig", lambda **kw: kwargs.update(kw) or kw)
+    rl.precision = "fp32"
+    grpo_args(rl, tmp_path)
+    assert kwargs["use_vllm"] and kwargs["vllm_mode"] == "colocate" and kwargs["use_cpu"] is False

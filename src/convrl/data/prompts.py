@@ -33,17 +33,22 @@ def conversation_prefixes(turns: pd.DataFrame, split: str, max_turns: int) -> li
             # What the user said next in the log: the "logged" user simulator of multi-turn rollouts replays it.
             later_users = [m["content"] for m in msgs[i + 1:] if m["role"] == "user"][:8]
             out.append({"conversation_id": cid, "context": context, "reference": nxt,
-                        "next_user_turns": later_users})
+                        "next_user_turns": later_users, "history": msgs[: i + 1]})
     return out
 
 
 def build_prompts(turns: pd.DataFrame, personas: list[Persona], split: str, n: int, max_turns: int,
-                  seed: int, user_emotion=None) -> list[dict]:
+                  seed: int, user_emotion=None, token_budget: int = 512) -> list[dict]:
     """``n`` prompts (0 = all) sampled deterministically, personas assigned round-robin.
 
     ``user_emotion`` optionally maps the last user text to an emotion label, so
-    the system prompt can tell the persona which tone to take.
+    the system prompt can tell the persona which tone to take. The context is
+    what ``ConversationContextManager`` shows a deployed model: the last
+    ``max_turns`` turns within ``token_budget``, older turns folded into a
+    memory line (topics, what the user said about themself) in the system prompt.
     """
+    from convrl.rl.context import ConversationContextManager
+
     prefixes = conversation_prefixes(turns, split, max_turns)
     if not prefixes:
         raise ValueError(f"no prompts in split '{split}': it has no user turns")
@@ -55,7 +60,10 @@ def build_prompts(turns: pd.DataFrame, personas: list[Persona], split: str, n: i
     for i, p in enumerate(prefixes):
         persona = personas[i % len(personas)]
         emotion = user_emotion(p["context"][-1]["content"]) if user_emotion else None
-        rows.append({"prompt": [{"role": "system", "content": persona.system_prompt(emotion)}] + p["context"],
+        ctx = ConversationContextManager(max_context_length=max_turns, token_budget=token_budget)
+        for m in p["history"]:
+            ctx.add(m["role"], m["content"])
+        rows.append({"prompt": ctx.messages(persona.system_prompt(emotion)),
                      "persona_id": persona.persona_id, "conversation_id": p["conversation_id"],
                      "reference": p["reference"], "user_emotion": emotion or "neutral",
                      "next_user_turns": p["next_user_turns"]})

@@ -92,7 +92,8 @@ def training_inputs(cfg: Config, turns_path: str | Path, personas_path: str | Pa
     scorer = load_scorer(str(reward_dir))
     n_prompts = cfg.rl.max_steps * cfg.rl.prompts_per_step * max(1, world_size)
     prompts = build_prompts(turns, personas, "train", n_prompts, cfg.rl.max_prompt_turns, cfg.rl.seed,
-                            user_emotion=lambda s: scorer.emotion.predict([s])[0])
+                            user_emotion=lambda s: scorer.emotion.predict([s])[0],
+                            token_budget=cfg.rl.prompt_token_budget)
     by_id = {p.persona_id: p for p in personas}
     if cfg.rl.turns > 1:
         from transformers import AutoTokenizer

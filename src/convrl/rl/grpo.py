@@ -13,6 +13,7 @@ checkpoint (LoRA folded into the base weights) that loads like any HF model::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -195,6 +196,9 @@ def grpo_args(rl, out_dir: Path, algorithm: str = "grpo", **overrides):
         log_completions=False,
         dataloader_num_workers=0,
     )
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        # On a GPU node with vLLM, TRL generates with it inside the training process (no extra server).
+        kwargs.update(use_vllm=True, vllm_mode="colocate")
     kwargs.update(overrides)
     return (RLOOConfig if algorithm == "rloo" else GRPOConfig)(**kwargs)
 
@@ -274,6 +278,7 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
             raise ValueError("multi-turn rollouts need rl.algorithm=grpo")
         rollout.register_rows(rows)
         extra["rollout_func"] = rollout
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16: known
     trainer = trainer_cls(model=model, reward_funcs=reward_funcs,
                           args=grpo_args(rl, out, algorithm, reward_weights=reward_weights),
                           train_dataset=ds, processing_class=tok, peft_config=peft_config,

@@ -42,7 +42,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         by_id = {p.persona_id: p for p in personas}
         scorer = load_scorer(reward_dir)
         prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns,
-                                e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0])
+                                e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0],
+                                token_budget=cfg.rl.prompt_token_budget)
         base_dir, base_desc = baseline_model(cfg)
         meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
         model_dirs = {"candidate": str(Path(policy_dir) / meta["policy_subdir"]), "baseline": base_dir}

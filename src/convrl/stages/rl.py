@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from convrl import models, tracking
+from convrl import tracking
 from convrl.config import Config
 from convrl.rl.distributed_train import train_policy, training_inputs
 
