@@ -151,7 +151,10 @@ class RLConfig:
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
     prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts per optimisation step."})
     max_completion_length: int = 48
-    max_prompt_turns: int = field(default=4, metadata={"help": "Context turns kept in each prompt."})
+    max_prompt_turns: int = field(default=4, metadata={
+        "help": "Context turns kept verbatim in each prompt (the context manager's window); older turns are "
+                "compressed into a memory line of topics and user preferences in the system prompt."})
+    prompt_token_budget: int = field(default=512, metadata={"help": "Token budget of a prompt's context."})
     learning_rate: float = 2e-4
     beta: float = field(default=0.04, metadata={"help": "KL coefficient to the reference policy (> 0)."})
     temperature: float = 0.9
