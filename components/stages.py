@@ -67,14 +67,15 @@ def validate(config_json: str, parent_run_id: str, turns: Input[Dataset], person
 
 
 @component
-def train_reward_models(config_json: str, parent_run_id: str, turns: Input[Dataset], reward_models: Output[Model],
-                        metrics: Output[Metrics]):
+def train_reward_models(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
+                        reward_models: Output[Model], metrics: Output[Metrics]):
     from convrl.config import config_from_json
     from convrl.stages import offline_defaults
     from convrl.stages.rewards import rewards_stage
 
     offline_defaults()
-    out = rewards_stage(config_from_json(config_json), parent_run_id, turns.path, reward_models.path)
+    out = rewards_stage(config_from_json(config_json), parent_run_id, turns.path, reward_models.path,
+                        personas_path=personas.path)
     for k, v in out.items():
         if isinstance(v, float) and v == v:
             metrics.log_metric(k.replace("/", "_"), v)

@@ -75,7 +75,8 @@ def conversational_rl(config_name: str = "demo", data_sources: str = "", persona
         checks = validate(config_json=cfg, parent_run_id=parent, turns=data.outputs["turns"],
                           personas=data.outputs["personas"]).set_display_name("validate")
         rewards = train_reward_models(config_json=cfg, parent_run_id=parent,
-                                      turns=data.outputs["turns"]).after(checks).set_display_name("reward models")
+                                      turns=data.outputs["turns"], personas=data.outputs["personas"]
+                                      ).after(checks).set_display_name("reward models")
         rl = rl_finetune(config_json=cfg, parent_run_id=parent, turns=data.outputs["turns"],
                          personas=data.outputs["personas"],
                          reward_models=rewards.outputs["reward_models"]).set_display_name("RL fine-tune")

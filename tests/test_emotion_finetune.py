@@ -99,3 +99,43 @@ def test_finetuned_classifier_plugs_into_the_reward_scorer(tiny_encoder):
         sc = RewardScorer(tiny_encoder, clf.as_emotion_head(), None)
         out = sc.score([[{"role": "user", "content": t}] for t in texts], ["ok, tell me more"] * 4, [None] * 4)
         assert list(out.details["user_emotion"]) == emos
+
+
+def _tiny_goemotions(root):
+    """A few comments per label, in GoEmotions' TSV layout, 28-label and Ekman folders over the same comments."""
+    from convrl.rewards.emotion_finetune import GOEMOTIONS_EKMAN
+
+    ekman_names = list(GOEMOTIONS_EKMAN)
+    to_ekman = {m: g for g, ms in GOEMOTIONS_EKMAN.items() for m in ms}
+    rows = [(f"comment {i} about {lab}", GOEMOTIONS_28.index(lab), ekman_names.index(to_ekman[lab]))
+            for i in range(3) for lab in GOEMOTIONS_28]
+    for sub, col in (("original", 1), ("ekman", 2)):
+        d = root / sub
+        d.mkdir(parents=True)
+        (d / "labels.txt").write_text("\n".join(GOEMOTIONS_28 if sub == "original" else ekman_names) + "\n")
+        for split in ("train", "dev", "test"):
+            (d / f"{split}.tsv").write_text("".join(f"{r[0]}\t{r[col]}\tid{k}\n" for k, r in enumerate(rows)))
+    return root / "original"
+
+
+def test_reward_stage_fine_tunes_and_load_scorer_uses_it(tiny_cfg, ingested, mlflow_store, tmp_path):
+    from convrl import stages
+    from convrl.config import load_config
+    from convrl.rewards.emotion import EMOTIONS
+    from convrl.rewards.emotion_finetune import _EmotionHeadAdapter
+    from convrl.stages.rewards import load_scorer, rewards_stage
+
+    folder = _tiny_goemotions(tmp_path / "goemotions")
+    cfg = load_config("tiny", [f"rewards.emotion.finetune_data={folder}", "rewards.emotion.finetune_epochs=1"])
+    ingested.turns.to_parquet(tmp_path / "turns.parquet", index=False)
+    out = rewards_stage(cfg, stages.begin(cfg, "emotion-finetune"), str(tmp_path / "turns.parquet"),
+                        str(tmp_path / "rewards"))
+    for k in ("emotion_finetuned/test_macro_f1", "emotion_finetuned/test_macro_f1_ekman_from_labels",
+              "emotion_finetuned/train_seconds"):
+        assert 0 <= out[k] < float("inf"), k
+    sc = load_scorer(str(tmp_path / "rewards"), with_fluency=False)
+    assert isinstance(sc.emotion, _EmotionHeadAdapter)
+    res = sc.score([[{"role": "user", "content": "comment 1 about grief"}]], ["I'm sorry."], [None])
+    assert res.details["user_emotion"][0] in EMOTIONS
+    # Without the key the stage is unchanged: the frozen-encoder head only.
+    assert not tiny_cfg.rewards.emotion.finetune_data

@@ -2,8 +2,8 @@
 each on held-out data, package every head.
 
 The output directory is self-describing (``reward_config.json``, ``emotion/``,
-``learned/<head>/``) so later stages rebuild the same ``RewardScorer`` with
-``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
+``emotion_finetuned/`` with ``rewards.emotion.finetune_data``, ``learned/<head>/``)
+so later stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
 the default pipeline trains only the emotion head.
 """
 
@@ -72,6 +72,16 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
                                           lr=e.learning_rate, hidden=e.hidden_size, seed=e.seed)
         out = Path(reward_dir)
         clf.save(out / "emotion")
+        finetuned_metrics = {}
+        if e.finetune_data:
+            from convrl.rewards.emotion_finetune import FinetuneSettings, finetune_goemotions
+
+            ft, ft_metrics = finetune_goemotions(
+                e.finetune_data, enc_dir, FinetuneSettings(epochs=e.finetune_epochs, lr=e.finetune_lr, seed=e.seed),
+                max_train=e.finetune_max_train)
+            ft.save(out / "emotion_finetuned")
+            finetuned_metrics = {f"emotion_finetuned/{k}": float(v) for k, v in ft_metrics.items()
+                                 if isinstance(v, (int, float))}
         learned, learned_metrics = {}, {}
         if cfg.rewards.learned_heads:
             from convrl.data.personas import personas_from_table
@@ -85,7 +95,7 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         conf = {"encoder": cfg.models.encoder, "weights": cfg.rewards.weights, "max_length": cfg.rewards.max_length,
                 "batch_size": cfg.rewards.batch_size, "fluency_model": cfg.models.policy if cfg.rewards.fluency else None,
                 "emotion_label_kind": kind, "encoder_precision": cfg.rewards.encoder_precision,
-                "learned": sorted(learned)}
+                "learned": sorted(learned), "emotion_finetuned": bool(e.finetune_data)}
         (out / "reward_config.json").write_text(json.dumps(conf, indent=2))
         curve = metrics.pop("loss_curve")
         for i, loss in enumerate(curve):
@@ -95,6 +105,7 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         head_metrics = {f"emotion/{k}": v for k, v in metrics.items()}
         head_metrics["relevance/val_recall_at_1_of_10"] = rel
         head_metrics.update({k: float(v) for k, v in learned_metrics.items() if isinstance(v, (int, float))})
+        head_metrics.update(finetuned_metrics)
         run.log_metrics(head_metrics, parent=True)
         run.log_params({"emotion.label_kind": kind, "encoder": enc_dir, "weights": json.dumps(cfg.rewards.weights)})
         dist = pd.Series(tr_y).value_counts().to_dict()
@@ -112,6 +123,10 @@ def load_scorer(reward_dir: str, with_fluency: bool = True, learned: bool = True
     encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"],
                               batch_size=conf["batch_size"], precision=conf.get("encoder_precision", "fp32"))
     clf = EmotionClassifier.load(Path(reward_dir) / "emotion", encoder=encoder)
+    if conf.get("emotion_finetuned"):  # the fine-tuned GoEmotions classifier detects the user's emotion
+        from convrl.rewards.emotion_finetune import FinetunedEmotionClassifier
+
+        clf = FinetunedEmotionClassifier.load(Path(reward_dir) / "emotion_finetuned").as_emotion_head()
     fluency = None
     if with_fluency and conf.get("fluency_model"):
         fluency = FluencyScorer(models.resolve_policy(conf["fluency_model"]))
