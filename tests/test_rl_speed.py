@@ -86,7 +86,7 @@ def test_shared_prefill_generates_the_same_tokens(peft_tiny):
         cache = prefill_shared(peft_tiny, pid, pmask)
         assert cache is not None and cache.get_seq_length() == pid.size(1) - 1
         shared = peft_tiny.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, do_sample=False,
-                                    past_key_values=cache)
+                                    cache=cache)
         plain = peft_tiny.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, do_sample=False)
     assert torch.equal(shared, plain)
 

@@ -137,7 +137,7 @@ def make_trainer_class(algorithm: str = "grpo"):
                     cache = prefill_shared(model, ids, mask) if self.share_prompt_prefix else None
                     config, processors = sampling_setup(self.generation_config)
                     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                         logits_processor=processors, use_cache=True, past_key_values=cache)
+                                         logits_processor=processors, use_cache=True, cache=cache)
                 completion = out[:, ids.size(1):].cpu()
                 eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
                 first = torch.where(eos.any(1), eos.int().argmax(1), torch.full((eos.size(0),), eos.size(1)))

@@ -13,7 +13,7 @@ into that pass, and RoPE attention depends only on relative positions, so
 dropping the left padding does not change any score (up to float rounding).
 
     logps, entropy = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep)
-    cache = prefill_shared(model, prompt_ids, prompt_mask)   # then model.generate(..., past_key_values=cache)
+    cache = prefill_shared(model, prompt_ids, prompt_mask)   # then model.generate(..., cache=cache)
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
         with autocast():
             cache = None
             if Lp > 1:
-                cache = backbone(input_ids=prompt[None, :-1], use_cache=True).past_key_values
+                cache = backbone(input_ids=prompt[None, :-1], use_cache=True).cache
                 cache.batch_repeat_interleave(G)
-            out = model(input_ids=x, attention_mask=am, position_ids=pos, past_key_values=cache, labels=labels,
+            out = model(input_ids=x, attention_mask=am, position_ids=pos, cache=cache, labels=labels,
                         fused_lm_head=True)
         lp = out.log_probs[:, -C:]
         if logps is None:
@@ -97,7 +97,7 @@ def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     """KV cache of all but the last token of a left-padded prompt batch, computed once per distinct prompt.
 
     Pass it to ``model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-    past_key_values=cache)``: generation then starts at the last prompt token.
+    cache=cache)``: generation then starts at the last prompt token.
     Position ids follow ``generate``'s own convention for left padding.
     Returns ``None`` when no two rows share a prompt (nothing to gain).
     """
@@ -111,6 +111,6 @@ def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     first = [index.index(u) for u in range(len(keys))]
     ids, mask = prompt_ids[first, :-1], prompt_mask[first, :-1]
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = backbone_of(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).past_key_values
+    cache = backbone_of(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).cache
     cache.batch_select_indices(torch.tensor(index, device=prompt_ids.device))
     return cache
