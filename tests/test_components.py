@@ -7,21 +7,7 @@ import pytest
 
 from convrl import stages, tracking
 from convrl.components import stages as comps
-
-
-class _Art:
-    def __init__(self, path):
-        self.path = str(path)
-        self.metadata = {}
-
-
-class _Metrics(_Art):
-    def __init__(self, path):
-        super().__init__(path)
-        self.logged = {}
-
-    def log_metric(self, k, v):
-        self.logged[k] = v
+from tests.kfp_fakes import _Art, _Metrics
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,7 @@ import yaml
 
 from convrl.components import stages as comps
 from convrl.pipelines.conversational_rl import COMPILED
-
-
-class _Art:
-    def __init__(self, path):
-        self.path = str(path)
-        self.metadata = {}
-
-
-class _Metrics(_Art):
-    def __init__(self, path):
-        super().__init__(path)
-        self.logged = {}
-
-    def log_metric(self, k, v):
-        self.logged[k] = v
+from tests.kfp_fakes import _Art, _Metrics
 
 
 def test_component_passes_personas_path_to_rewards_stage(monkeypatch, tiny_cfg, tmp_path):
