@@ -276,3 +276,25 @@ def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
     artifacts = {a.path for a in tracking.client().list_artifacts(meta["stage_run_id"], "samples")}
     assert "samples/step_00001.json" in artifacts
     assert meta["logged_model"].startswith("models:/")
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "rloo"])
+def test_inline_rl_stage_with_each_algorithm(staged, tmp_path, algorithm):
+    """rl.algorithm switches the trainer inside the same stage: the policy is exported, logged and registered."""
+    from convrl.stages.rl import rl_stage
+
+    parent, d = staged
+    cfg = load_config("tiny", [f"rl.algorithm={algorithm}", "rl.turns=1", "rl.max_steps=1", "rl.precision=fp32",
+                               "rl.dpo_min_margin=0.0"])
+    out = tmp_path / "policy-artifact"
+    out.mkdir()
+    meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
+    assert meta["rl/steps"] == 1 and (out / "policy" / "config.json").exists()
+    info = json.loads((out / "policy" / "convrl_training.json").read_text())
+    assert info["algorithm"] == algorithm
+    run = tracking.get_run(meta["stage_run_id"])
+    assert run.data.params["rl.algorithm"] == algorithm
+    if algorithm == "dpo":
+        assert (out / "preference_pairs.jsonl").exists() and "dpo/pairs" in run.data.metrics
+    else:
+        assert "rewards/quality/mean" in run.data.metrics
