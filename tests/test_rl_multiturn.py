@@ -111,8 +111,6 @@ def test_config_validates_multiturn_and_algorithms():
 
 
 def test_multiturn_grpo_masks_user_turns_and_trains(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path):
-    import trl.trainer.grpo_trainer as G
-
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, save_steps=1,
                   precision="fp32", turns=3, turn_reward="mean")
     funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
@@ -148,7 +146,6 @@ def test_multiturn_grpo_masks_user_turns_and_trains(scorer, prompts, personas, t
     assert any("rewards/consistency/mean" in r for r in logged)
     assert conv.last_table and conv.last_table[0]["conversation"].count("assistant [") == rl.turns
     assert Generator(res.policy_dir).generate([prompts[0]["prompt"]], max_new_tokens=3)
-    assert G  # the stock trainer is what runs the rollout
 
 
 def test_logged_user_turns_replay_the_data(scorer, prompts, personas, tok, tiny_policy_dir, tmp_path):
@@ -217,3 +214,30 @@ def test_trainer_args_follow_the_config(tmp_path, monkeypatch):
     rl.precision = "fp32"
     grpo_args(rl, tmp_path)
     assert kwargs["use_vllm"] and kwargs["vllm_mode"] == "colocate" and kwargs["use_cpu"] is False
+
+
+def test_rollout_weights_sync_once_per_optimizer_step(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path,
+                                                      monkeypatch):
+    """Multi-turn rollouts generate rl.turns times per step; the merged rollout copy is refreshed once per step."""
+    from convrl.rl import grpo
+
+    real = grpo.make_trainer_class
+    synced_at: list[int] = []
+
+    def counting(algorithm="grpo"):
+        cls = real(algorithm)
+
+        class Counting(cls):
+            def _copy_policy_weights(self):
+                synced_at.append(self.state.global_step)
+                return super()._copy_policy_weights()
+
+        return Counting
+
+    monkeypatch.setattr(grpo, "make_trainer_class", counting)
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
+                  precision="fp32", turns=3)
+    funcs, weights, _ = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
+    rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=3), tok, "model")
+    train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout)
+    assert synced_at == [0, 1]  # not [0, 0, 0, 1, 1, 1]: one refresh per step, after each update

@@ -96,15 +96,13 @@ def training_inputs(cfg: Config, turns_path: str | Path, personas_path: str | Pa
                             token_budget=cfg.rl.prompt_token_budget)
     by_id = {p.persona_id: p for p in personas}
     if cfg.rl.turns > 1:
-        from transformers import AutoTokenizer
-
         from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser, conversation_reward_funcs
 
         funcs, weights, conv = conversation_reward_funcs(scorer, by_id, cfg.rl.turn_reward, cfg.rl.turn_discount,
                                                          cfg.rl.consistency_weight)
         base_dir = models.resolve_policy(cfg.models.policy)
         user = SimulatedUser(base_dir, max_new_tokens=cfg.rl.user_max_new_tokens, seed=cfg.rl.seed)
-        rollout = MultiTurnRollout(cfg.rl.turns, user, AutoTokenizer.from_pretrained(base_dir), cfg.rl.user_simulator)
+        rollout = MultiTurnRollout(cfg.rl.turns, user, user.gen.tok, cfg.rl.user_simulator)
         return TrainingInputs(prompts, funcs, weights, scorer, rollout, conv, turns, by_id)
     funcs, weights = scorer.trl_reward_funcs(by_id)
     return TrainingInputs(prompts, funcs, weights, scorer, turns=turns, personas_by_id=by_id)

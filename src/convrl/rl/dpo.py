@@ -94,9 +94,10 @@ def train_dpo(cfg, base_dir: str, prompts: list[dict], scorer, out_dir: str | Pa
     else:
         pairs, source = preference_data(cfg, base_dir, prompts, scorer, personas_by_id or {}, turns)
         pd.DataFrame(pairs).to_json(pairs_file, orient="records", lines=True)
-    history: list[dict] = []
+    summary = {"dpo/pairs": float(len(pairs)), "dpo/rated": float(source == "ratings")}
+    history: list[dict] = [{"step": 0, **summary}]
     if on_log:
-        on_log({"dpo/pairs": float(len(pairs)), "dpo/rated": float(source == "ratings")}, 0)
+        on_log(summary, 0)
     model, tok, peft_config = load_policy(rl, base_dir)
     args = DPOConfig(output_dir=str(out / "checkpoints"), max_steps=rl.max_steps, learning_rate=rl.learning_rate,
                      beta=rl.dpo_beta, per_device_train_batch_size=max(2, rl.prompts_per_step),
@@ -113,5 +114,4 @@ def train_dpo(cfg, base_dir: str, prompts: list[dict], scorer, out_dir: str | Pa
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
     policy_dir = export_policy(trainer.model, tok, base_dir, out, trainer.state.global_step, resume, "dpo")
-    history.insert(0, {"step": 0, "dpo/pairs": float(len(pairs)), "dpo/source_ratings": float(source == "ratings")})
     return RLResult(str(policy_dir), history, trainer.state.global_step, resume, seconds)

@@ -68,7 +68,7 @@ def make_trainer_class(algorithm: str = "grpo"):
     from trl.trainer.utils import pad
 
     from convrl.rl.generation import sampling_setup
-    from convrl.rl.prefix import prefill_shared, shared_prefix_logps, shares_prefixes
+    from convrl.rl.prefix import prefill_shared, prefix_groups, shared_prefix_logps
 
     base_cls = {"grpo": GRPOTrainer, "rloo": RLOOTrainer}[algorithm]
 
@@ -76,22 +76,31 @@ def make_trainer_class(algorithm: str = "grpo"):
         generation_dtype: torch.dtype | None = torch.float32
         share_prompt_prefix: bool = True
         _gen_model = None
+        _gen_step: int | None = None
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                                **multimodal):
             # The policy (with grad) and reference (KL) passes dominate a CPU step after generation; most of their
             # tokens are the prompt, repeated num_generations times. Multimodal/MoE inputs take TRL's own path.
-            if (self.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values())
-                    and shares_prefixes(input_ids, attention_mask, logits_to_keep)):
-                logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                                       compute_entropy, autocast=self.accelerator.autocast)
-                return logps, entropies, None
+            if self.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
+                groups = prefix_groups(input_ids, attention_mask, logits_to_keep)
+                if len(groups) < input_ids.size(0):
+                    logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                           compute_entropy, self.accelerator.autocast, groups)
+                    return logps, entropies, None
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
 
         def _sync_generation_model(self):
+            # Weights change only at optimizer steps; a multi-turn rollout generates rl.turns times per step.
+            if self._gen_model is None or self._gen_step != self.state.global_step:
+                self._copy_policy_weights()
+                self._gen_step = self.state.global_step
+            return self._gen_model
+
+        def _copy_policy_weights(self):
             from transformers import AutoModelForCausalLM
 
             peft_model = self.accelerator.unwrap_model(self.model)
@@ -117,7 +126,6 @@ def make_trainer_class(algorithm: str = "grpo"):
             finally:
                 if merge:
                     peft_model.unmerge_adapter()
-            return self._gen_model
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
             # GRPOTrainer passes num_generations (and returns (ids, logprobs)); RLOOTrainer neither.

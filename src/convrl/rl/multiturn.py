@@ -110,7 +110,6 @@ class MultiTurnRollout:
         self.turns, self.user, self.mode = turns, user, user_simulator
         self.template = TurnTemplate(tokenizer)
         self.tok = tokenizer
-        self.last_conversations: list[dict] = []
         # Rows of the dataset batch, looked up by prompt so logged user turns and emotions follow each row.
         self.row_info: dict[str, dict] = {}
 
@@ -145,8 +144,6 @@ class MultiTurnRollout:
                 completion[i] += glue
                 env_mask[i] += [0] * len(glue)
                 histories[i].append({"role": "user", "content": u})
-        self.last_conversations = [{"history": h, "persona_id": info.get("persona_id", "")}
-                                   for h, info in zip(histories, infos)]
         return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": None, "env_mask": env_mask,
                 "turns": turns}
 
@@ -241,11 +238,10 @@ class ConversationScores:
                 out[h][i] = aggregate_turns(batch.heads[h][idx], self.aggregation, self.discount)
             out["consistency"][i] = consistency(batch.heads["personality"][idx], [t["response"] for t in row])
             convo = "\n".join(f"{m['role']}: {m['content']}" for m in row[0]["context"] if m["role"] != "system")
-            for t, j in zip(row, idx):
+            for k, (t, j) in enumerate(zip(row, idx)):
                 convo += f"\nassistant [{float(batch.composite[j]):.3f}]: {t['response']}"
-                if t is not row[-1]:
-                    nxt = row[row.index(t) + 1]["context"][-1]
-                    convo += f"\nuser: {nxt['content']}"
+                if k + 1 < len(row):  # the user turn that followed ends the next turn's context
+                    convo += f"\nuser: {row[k + 1]['context'][-1]['content']}"
             table.append({"persona": persona_ids[i] or "", "conversation": convo,
                           "consistency": float(out["consistency"][i]),
                           **{h: float(out[h][i]) for h in HEADS}})

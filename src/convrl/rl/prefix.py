@@ -50,12 +50,13 @@ def shares_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_com
 
 
 def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool = False, autocast=None):
+                        compute_entropy: bool = False, autocast=None, groups=None):
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, one prompt pass per group.
 
     ``model`` must carry TRL's fused LM head (``add_fused_lm_head``; GRPOTrainer
     adds it), so temperature scaling and the chunked log-softmax are TRL's own.
     Same shapes and semantics as ``GRPOTrainer._get_per_token_logps_and_entropies``.
+    ``groups`` is ``prefix_groups(...)`` when the caller already has it.
     """
     from contextlib import nullcontext
 
@@ -65,7 +66,7 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     C = logits_to_keep
     logps = None
     entropies = None
-    for rows, prompt in prefix_groups(input_ids, attention_mask, C):
+    for rows, prompt in groups or prefix_groups(input_ids, attention_mask, C):
         G, Lp = rows.numel(), prompt.numel()
         completion = input_ids[rows, -C:]
         cmask = attention_mask[rows, -C:]
