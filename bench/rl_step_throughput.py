@@ -35,7 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict | None = None) -> dict:
+def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict | None = None,
+             a_no_handover: bool = False) -> dict:
+    import numpy as np
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -75,9 +77,35 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
         args = grpo_args(rl, __import__("pathlib").Path(out), **{**{k: v for k, v in common.items()
                                                                     if k not in ("output_dir",)}, **(extra or {})})
         cls = make_trainer_class()
-        from convrl.rl.grpo import resolve_precision
+        from convrl.rl.grpo import fluency_from_reference, resolve_precision
 
         cls.generation_dtype = torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32
+        if not a_no_handover:
+            cls.reference_logprobs = scorer.reference_logprobs = fluency_from_reference(scorer, base, rl, tok)
+    phases: dict[str, float] = {}
+    per_step_phases: list[dict[str, float]] = []
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+    class Timed(cls):
+        """Where a step's time goes: rollout, rewards, log-prob passes (with / without grad); the rest is backward."""
+
+        def _generate(self, *a, **k):
+            return timed("generate", lambda: super(Timed, self)._generate(*a, **k))
+
+        def _calculate_rewards(self, *a, **k):
+            return timed("rewards", lambda: super(Timed, self)._calculate_rewards(*a, **k))
+
+        def _get_per_token_logps_and_entropies(self, *a, **k):
+            name = "logps_policy" if torch.is_grad_enabled() else "logps_reference"
+            return timed(name, lambda: super(Timed, self)._get_per_token_logps_and_entropies(*a, **k))
+
+    cls = Timed
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
     stamps: list[tuple[float, dict]] = []
@@ -85,6 +113,7 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
     class Stamp(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             stamps.append((time.perf_counter(), {}))
+            phases.clear()
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs and stamps:
@@ -97,16 +126,30 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
     class End(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             t_end.append(time.perf_counter())
+            per_step_phases.append(dict(phases))
 
     trainer.add_callback(End())
     trainer.train()
     per_step = [(e - s, logs) for (s, logs), e in zip(stamps, t_end)]
     measured = per_step[1:] or per_step
     secs = sum(d for d, _ in measured)
+    timed_steps = per_step_phases[1:] or per_step_phases
+    breakdown = {k: sum(p.get(k, 0.0) for p in timed_steps) / len(timed_steps)
+                 for k in ("generate", "rewards", "logps_policy", "logps_reference")}
+    breakdown["backward_and_rest"] = secs / len(measured) - sum(breakdown.values())
     tokens = sum(logs.get("completions/mean_length", 0) * generations for _, logs in measured)
-    return {"mode": mode, "steps_measured": len(measured), "seconds_per_step": secs / len(measured),
+    handover = {}
+    ref = scorer.reference_logprobs
+    if ref is not None:
+        # How far the handed-over fluency is from running the fluency LM on the decoded text (retokenisation,
+        # bf16 autocast vs bf16 weights), on the last batch: the price of not running the LM.
+        contexts, responses, personas_, batch = scorer.last_batch
+        lm = np.clip((scorer.fluency.mean_logprob(contexts, responses) + 6.0) / 5.0, 0, 1)
+        handover = {"fluency_handover_hits": ref.hits, "fluency_handover_misses": ref.misses,
+                    "fluency_handover_mean_abs_diff": float(np.abs(lm - batch.details["fluency"]).mean())}
+    return {"mode": mode, "steps_measured": len(measured), "seconds_per_step": secs / len(measured), **handover,
             "tokens_per_s": tokens / secs, "mean_completion_len": tokens / generations / len(measured),
-            "generate_s_per_step": sum(l.get("timing/generate_s", float("nan")) for _, l in measured) / len(measured),
+            "phase_s_per_step": breakdown,
             "bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing),
             "beta": args.beta, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -120,15 +163,18 @@ def main() -> None:
     p.add_argument("--json", default="")
     p.add_argument("--only", default="", help="run one mode in this process (trl-defaults or convrl)")
     p.add_argument("--extra", default="{}", help="JSON GRPOConfig overrides for the convrl mode (experiments)")
+    p.add_argument("--no-fluency-handover", action="store_true",
+                   help="convrl mode: run the fluency LM instead of reading the KL reference pass (to measure it)")
     a = p.parse_args()
     if a.mode or a.only:
         print("RESULT " + json.dumps(run_mode(a.mode or a.only, a.steps, a.generations, a.length,
-                                              json.loads(a.extra))), flush=True)
+                                              json.loads(a.extra), a.no_fluency_handover)), flush=True)
         return
     results = []
     for mode in ("trl-defaults", "convrl"):
         proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(a.steps),
-                               "--generations", str(a.generations), "--length", str(a.length)],
+                               "--generations", str(a.generations), "--length", str(a.length),
+                               *(["--no-fluency-handover"] if a.no_fluency_handover else [])],
                               capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -141,7 +187,14 @@ def main() -> None:
         print(f"  {r['mode']:13s} {r['seconds_per_step']:6.2f} s/step  {r['tokens_per_s']:6.1f} tok/s  "
               f"(mean completion {r['mean_completion_len']:.1f} tok, bf16={r['bf16']}, "
               f"grad_ckpt={r['gradient_checkpointing']}, beta={r['beta']})  peak RSS {r['peak_rss_mb']:.0f} MB")
-    print(f"  throughput ratio convrl / trl-defaults: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x")
+    for r in results:
+        print(f"  {r['mode']:13s} s/step by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_s_per_step"].items()))
+    print(f"  throughput ratio convrl / trl-defaults: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x "
+          f"(seconds per step: {base['seconds_per_step'] / ours['seconds_per_step']:.2f}x)")
+    if "fluency_handover_hits" in ours:
+        print(f"  fluency from the KL reference pass: {ours['fluency_handover_hits']} batches "
+              f"({ours['fluency_handover_misses']} misses), mean |difference| to the fluency LM on the last batch "
+              f"{ours['fluency_handover_mean_abs_diff']:.4f} (fluency in [0, 1])")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -241,3 +241,46 @@ def test_rollout_weights_sync_once_per_optimizer_step(scorer, prompts, personas,
     rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=3), tok, "model")
     train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout)
     assert synced_at == [0, 1]  # not [0, 0, 0, 1, 1, 1]: one refresh per step, after each update
+
+
+def test_rollout_copy_holds_the_merged_policy_after_updates(scorer, prompts, personas, tiny_policy_dir, tmp_path,
+                                                            monkeypatch):
+    """The per-step refresh updates only LoRA-adapted weights; the copy must still equal the merged policy."""
+    import torch
+
+    from convrl.rl import grpo
+
+    real = grpo.make_trainer_class
+    checked: list[tuple[int, float]] = []
+
+    def checking(algorithm="grpo"):
+        cls = real(algorithm)
+
+        class Checking(cls):
+            def _copy_policy_weights(self):
+                super()._copy_policy_weights()
+                peft_model = self.accelerator.unwrap_model(self.model)
+                peft_model.merge_adapter()
+                try:
+                    merged = {k.replace(".base_layer", ""): v.clone() for k, v in
+                              peft_model.get_base_model().state_dict().items() if "lora_" not in k}
+                finally:
+                    peft_model.unmerge_adapter()
+                copy = self._gen_model.state_dict()
+                worst = max((copy[k].float() - v.float()).abs().max().item() for k, v in merged.items() if k in copy)
+                moved = max((m.lora_B["default"].weight.abs().max().item() for m in peft_model.modules()
+                             if hasattr(m, "lora_B") and "default" in m.lora_B), default=0.0)
+                checked.append((self.state.global_step, worst, moved))
+
+        return Checking
+
+    monkeypatch.setattr(grpo, "make_trainer_class", checking)
+    # Unmasked truncated completions: a random tiny model rarely ends in 4 tokens, and masked rows give no gradient.
+    rl = RLConfig(max_steps=3, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
+                  precision="fp32", learning_rate=0.05, mask_truncated_completions=False)
+    funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
+    train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path)
+    assert [c[0] for c in checked] == [0, 1, 2]
+    assert checked[-1][2] > 0  # the adapter has moved, so a stale copy would show
+    for step, worst, _ in checked:
+        assert worst < 1e-6, (step, worst)

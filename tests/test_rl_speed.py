@@ -110,3 +110,74 @@ def test_inverse_cdf_sampler_matches_warped_distribution():
     assert freq[expected == 0].sum() == 0  # top-p cut tokens are never drawn
     greedy = GenerationConfig(do_sample=False)
     assert sampling_setup(greedy) == (greedy, [])
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """The tiny GQA llama (4 query heads, 2 KV heads) with eager attention and with convrl's grouped attention."""
+    from transformers import AutoModelForCausalLM
+
+    from convrl import models
+    from convrl.rl.decoding import gqa_attention
+
+    path = models.resolve_policy("tiny-llama")
+    eager = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    gqa = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=gqa_attention()).eval()
+    assert gqa.config.num_key_value_heads < gqa.config.num_attention_heads
+    return eager, gqa
+
+
+def test_gqa_attention_matches_eager_with_and_without_padding(tiny_pair):
+    eager, gqa = tiny_pair
+    ids, am, _ = grouped_batch(eager.config.vocab_size)
+    with torch.no_grad():
+        for mask in (am, None):  # left-padded batch; and no mask at all (causal only)
+            a = eager(input_ids=ids, attention_mask=mask).logits
+            b = gqa(input_ids=ids, attention_mask=mask).logits
+            keep = (am.bool() if mask is not None else torch.ones_like(am, dtype=torch.bool))
+            assert torch.allclose(a[keep], b[keep], atol=1e-5)
+
+
+def test_preallocated_cache_decodes_like_a_full_forward(tiny_pair):
+    from convrl.rl.decoding import preallocated_cache
+
+    _, gqa = tiny_pair
+    ids, am, _ = grouped_batch(gqa.config.vocab_size)
+    am = torch.ones_like(am)
+    with torch.no_grad():
+        full = gqa(input_ids=ids, attention_mask=am).logits
+        cache = preallocated_cache(gqa.config, ids.size(1) + 2)
+        step = [gqa(input_ids=ids[:, :8], attention_mask=am[:, :8], cache=cache, use_cache=True).logits]
+        for t in range(8, ids.size(1)):  # one token at a time, as generate does
+            step.append(gqa(input_ids=ids[:, t:t + 1], attention_mask=am[:, :t + 1], cache=cache,
+                            use_cache=True).logits)
+        assert cache.get_seq_length() == ids.size(1)
+        assert torch.allclose(torch.cat(step, 1), full, atol=1e-5)
+        with pytest.raises(RuntimeError, match="max_new_tokens"):
+            gqa(input_ids=ids[:, :3], cache=cache, use_cache=True)
+
+
+def test_rollout_levers_together_generate_the_plain_greedy_tokens(tiny_pair):
+    """Shared prefill into a preallocated cache + grouped attention == eager generate with its own cache."""
+    from convrl.rl.prefix import prefill_shared
+
+    eager, gqa = tiny_pair
+    ids, am, C = grouped_batch(eager.config.vocab_size)
+    pid, pmask = ids[:, :-C], am[:, :-C]
+    with torch.no_grad():
+        cache = prefill_shared(gqa, pid, pmask, capacity=pid.size(1) + 8)
+        assert type(cache.layers[0]).__name__ == "PreallocatedLayer"
+        fast = gqa.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, min_new_tokens=8,
+                            do_sample=False, cache=cache)
+        plain = eager.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, min_new_tokens=8,
+                               do_sample=False)
+    assert torch.equal(fast, plain)
+
+
+def test_sliding_window_models_keep_the_default_cache():
+    from transformers import LlamaConfig, MistralConfig
+
+    from convrl.rl.decoding import preallocated_cache
+
+    assert preallocated_cache(MistralConfig(num_hidden_layers=1, sliding_window=16), 32) is None
+    assert preallocated_cache(LlamaConfig(num_hidden_layers=2), 32) is not None

@@ -1,14 +1,19 @@
-"""Fluency: the length-normalised log-likelihood of a reply under a frozen causal LM.
+"""Fluency: the length-normalised log-likelihood of a reply under a frozen causal LM, in its conversation.
 
-``FluencyScorer(model_dir).mean_logprob(user_texts, responses)`` returns, per
-reply, the mean log-probability of its tokens given a short chat prefix (the
-last user message in the model's chat template). It is the costliest part of
-the composite reward, so the batched path is built for the RL hot path:
+``FluencyScorer(model_dir).mean_logprob(contexts, responses)`` returns, per
+reply, the mean log-probability of its tokens given the conversation it
+answers: the context messages (persona system prompt included) rendered with
+the model's chat template, as the policy saw them, cut to the last
+``prefix_tokens`` tokens. That is exactly what the RL reference pass computes
+for the KL term when the fluency LM is the policy's base model, so during
+GRPO the trainer hands those log-probs over (``ReferenceLogprobs``) and the
+LM does not run again. Elsewhere (evaluation, meta-eval) the LM runs here,
+built for throughput:
 
-* replies that share a prefix (the completions of one GRPO group) run the
-  prefix once and reuse its KV cache for all of them;
+* replies that share a context (the completions of one GRPO group) run the
+  context once and reuse its KV cache for all of them;
 * the vocabulary projection and log-softmax run on reply positions only
-  (prefix positions need no logits);
+  (context positions need no logits);
 * lone replies are batched left-padded, sorted by length to keep padding small.
 """
 
@@ -21,11 +26,14 @@ import numpy as np
 import torch
 
 
+EMPTY_REPLY = -10.0
+
+
 class FluencyScorer:
     """Length-normalised log-likelihood of the reply under a frozen causal LM."""
 
     def __init__(self, model_dir: str, batch_size: int = 16, max_tokens: int = 256, dtype: torch.dtype | None = None,
-                 prefix_tokens: int = 64, share_prefix: bool = True):
+                 prefix_tokens: int = 1024, share_prefix: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype is None:
@@ -33,6 +41,7 @@ class FluencyScorer:
 
             # A frozen scorer loses nothing that matters in bf16 and runs twice as fast where the CPU has bf16 units.
             dtype = torch.bfloat16 if bf16_supported() else torch.float32
+        self.model_dir = model_dir
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
         self.batch_size = batch_size
@@ -44,33 +53,40 @@ class FluencyScorer:
         self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
 
     # ------------------------------------------------------------------ tokens
-    def prefix_ids(self, user_text: str) -> list[int]:
-        if user_text not in self._prefixes:
-            prefix = self.tok.apply_chat_template([{"role": "user", "content": user_text[-500:]}],
-                                                  tokenize=False, add_generation_prompt=True)
-            self._prefixes[user_text] = self.tok(prefix, add_special_tokens=False)["input_ids"][-self.prefix_tokens:]
+    def render(self, context) -> str:
+        """The chat-templated context ending in the assistant's turn header (a bare string is one user message)."""
+        messages = [{"role": "user", "content": context}] if isinstance(context, str) else list(context)
+        if not messages:
+            messages = [{"role": "user", "content": ""}]
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prefix_ids(self, context) -> list[int]:
+        key = self.render(context)
+        if key not in self._prefixes:
+            self._prefixes[key] = self.tok(key, add_special_tokens=False)["input_ids"][-self.prefix_tokens:]
             if len(self._prefixes) > 10_000:
                 self._prefixes.popitem(last=False)
-        return self._prefixes[user_text]
+        return self._prefixes[key]
 
     def _reply_ids(self, response: str) -> list[int]:
         return self.tok(response, add_special_tokens=False)["input_ids"][: self.max_tokens]
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
-    def mean_logprob(self, user_texts: list[str], responses: list[str]) -> np.ndarray:
-        out = np.full(len(responses), -10.0, dtype=np.float32)  # an empty reply has no likelihood: worst fluency
+    def mean_logprob(self, contexts: list, responses: list[str]) -> np.ndarray:
+        """Mean token log-prob of each reply given its context (message list, or a bare user string)."""
+        out = np.full(len(responses), EMPTY_REPLY, dtype=np.float32)  # no likelihood: worst fluency
         groups: dict[str, list[int]] = {}
-        for i, u in enumerate(user_texts):
-            groups.setdefault(u, []).append(i)
+        for i, c in enumerate(contexts):
+            groups.setdefault(self.render(c), []).append(i)
         lone = []
-        for u, idx in groups.items():
+        for idx in groups.values():
             if self.share_prefix and len(idx) > 1:
-                self._score_shared(self.prefix_ids(u), idx, responses, out)
+                self._score_shared(self.prefix_ids(contexts[idx[0]]), idx, responses, out)
             else:
                 lone.extend(idx)
         if lone:
-            self._score_lone(lone, user_texts, responses, out)
+            self._score_lone(lone, contexts, responses, out)
         return out
 
     def _token_logprobs(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -96,12 +112,12 @@ class FluencyScorer:
             m = mask.float()
             out[chunk] = ((lp * m).sum(1) / m.sum(1)).numpy()
 
-    def _score_lone(self, idx: list[int], user_texts: list[str], responses: list[str], out: np.ndarray) -> None:
+    def _score_lone(self, idx: list[int], contexts: list, responses: list[str], out: np.ndarray) -> None:
         seqs = {}
         for i in idx:
             r = self._reply_ids(responses[i])
             if r:
-                seqs[i] = (self.prefix_ids(user_texts[i]), r)
+                seqs[i] = (self.prefix_ids(contexts[i]), r)
         todo = sorted(seqs, key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
         for s in range(0, len(todo), self.batch_size):
             chunk = todo[s:s + self.batch_size]
@@ -118,10 +134,10 @@ class FluencyScorer:
             out[chunk] = ((lp * m).sum(1) / m.sum(1)).numpy()
 
     @torch.inference_mode()
-    def mean_logprob_reference(self, user_texts: list[str], responses: list[str]) -> np.ndarray:
+    def mean_logprob_reference(self, contexts: list, responses: list[str]) -> np.ndarray:
         """The plain full-sequence computation, one reply at a time: what the fast paths must equal."""
-        out = np.full(len(responses), -10.0, dtype=np.float32)
-        for i, (u, r) in enumerate(zip(user_texts, responses)):
+        out = np.full(len(responses), EMPTY_REPLY, dtype=np.float32)
+        for i, (u, r) in enumerate(zip(contexts, responses)):
             p, ids = self.prefix_ids(u), self._reply_ids(r)
             if not ids:
                 continue
@@ -131,3 +147,40 @@ class FluencyScorer:
                 continue
             out[i] = float(self._token_logprobs(logits, inp[0, len(p):]).mean())
         return out
+
+
+class ReferenceLogprobs:
+    """Per-token log-probs of the current batch's completions under the frozen base model, from the RL trainer.
+
+    GRPO with ``beta > 0`` runs the base model over prompt + completion for the
+    KL term anyway; when the fluency LM is that same base model, its
+    temperature-1 log-probs are the fluency head's numbers. The trainer
+    ``put``s them after its reference pass; the reward functions ``lookup`` the
+    batch they are scoring. A lookup succeeds only for the same rows with the
+    same token ids in the same order, so a stale or foreign batch never leaks
+    into a reward: the fluency LM runs instead.
+    """
+
+    def __init__(self, special_ids=()):
+        self.special = {int(i) for i in special_ids}
+        self._ids: list[list[int]] | None = None
+        self._logps: list[np.ndarray] | None = None
+        self.hits = self.misses = 0
+
+    def put(self, completion_ids: list[list[int]], logprobs: list[np.ndarray]) -> None:
+        self._ids, self._logps = completion_ids, logprobs
+
+    def lookup(self, completion_ids) -> list[np.ndarray] | None:
+        ids = [list(map(int, c)) for c in completion_ids] if completion_ids is not None else None
+        stored = self._ids
+        if (ids is None or stored is None or len(ids) != len(stored)
+                or any(s[:len(c)] != c for s, c in zip(stored, ids))):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return [lp[:len(c)] for lp, c in zip(self._logps, ids)]
+
+    def mean(self, ids, logps: np.ndarray, start: int = 0, end: int | None = None) -> float:
+        """Mean log-prob of the ordinary (non-special) tokens in ``ids[start:end]``: one reply's fluency."""
+        keep = [k for k in range(start, len(ids) if end is None else end) if int(ids[k]) not in self.special]
+        return float(np.mean(logps[keep])) if keep else EMPTY_REPLY

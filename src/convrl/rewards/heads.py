@@ -10,7 +10,7 @@ Heads (each in [0, 1]):
                   (question), addresses the user, has a sane length, is not
                   degenerate (or a regressor trained on human ratings).
 * ``quality``     fluency under the frozen base LM (length-normalised
-                  log-likelihood), non-repetition, length sanity and emotional
+                  log-likelihood of the reply in its conversation), non-repetition, length sanity and emotional
                   appropriateness (tone prescribed by the persona's emotion map
                   for the user's detected emotion), gated to 0 for degenerate text.
 
@@ -155,6 +155,8 @@ class RewardScorer:
         self._tone_protos = protos / (np.linalg.norm(protos, axis=1, keepdims=True) + 1e-8)
         self._last_key: tuple | None = None
         self._last: ScoreBatch | None = None
+        # Set by RL training when its reference pass runs the fluency LM's model (rewards.fluency.ReferenceLogprobs).
+        self.reference_logprobs = None
 
     # -------------------------------------------------------------- heads
     def _run(self, name: str, fn, *args):
@@ -176,10 +178,15 @@ class RewardScorer:
                 for p, e in zip(personas, emotions)]
         return np.array([probs[i, TONES.index(w)] for i, w in enumerate(want)], dtype=np.float32), emotions
 
-    def _quality(self, responses, last_user, approp):
+    def _quality(self, responses, contexts, approp, fluency_logprob=None):
         n = len(responses)
         if self.fluency is not None:
-            lp = self.fluency.mean_logprob(last_user, responses)
+            # Given mean log-probs (the RL reference pass) are used as they are; NaN rows run the LM.
+            lp = np.full(n, np.nan, dtype=np.float32) if fluency_logprob is None else np.array(fluency_logprob,
+                                                                                              dtype=np.float32)
+            todo = np.flatnonzero(np.isnan(lp))
+            if len(todo):
+                lp[todo] = self.fluency.mean_logprob([contexts[i] for i in todo], [responses[i] for i in todo])
             fluency = np.clip((lp + 6.0) / 5.0, 0, 1).astype(np.float32)
         else:
             fluency = np.full(n, 0.5, dtype=np.float32)
@@ -196,8 +203,12 @@ class RewardScorer:
         return [r if isinstance(r, str) else "" for r in responses]
 
     def score(self, contexts: list[list[dict]], responses: list[str],
-              personas: list[Persona | None]) -> ScoreBatch:
-        """Every head for every triple: one encoder pass over the distinct texts, shared by all heads."""
+              personas: list[Persona | None], fluency_logprob=None) -> ScoreBatch:
+        """Every head for every triple: one encoder pass over the distinct texts, shared by all heads.
+
+        ``fluency_logprob`` optionally gives each reply's mean token log-prob
+        under the fluency LM (NaN where unknown), e.g. from the RL reference pass.
+        """
         responses = self._clean(contexts, responses, personas)
         n = len(responses)
         last_user = [last_user_text(c) for c in contexts]
@@ -217,7 +228,8 @@ class RewardScorer:
             no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)))
         heads["engagement"] = self._run("engagement", engagement_signals, responses)
         approp, user_emotions = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
-        heads["quality"], fluency, rep = self._run("quality", self._quality, responses, last_user, approp)
+        heads["quality"], fluency, rep = self._run("quality", self._quality, responses, contexts, approp,
+                                                   fluency_logprob)
         if self.learned:
             inputs = {"context": c_emb, "response": r_emb, "persona": p_emb, "responses": responses,
                       "no_persona": no_persona}
@@ -244,7 +256,7 @@ class RewardScorer:
             last_user = [last_user_text(c) for c in contexts]
             r_emb = self._run("encoder", self.encoder.encode, responses)
             approp, _ = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
-            return self._run(head, self._quality, responses, last_user, approp)[0]
+            return self._run(head, self._quality, responses, contexts, approp)[0]
         needs_context = head != "personality" or head in self.learned
         needs_persona = head == "personality"
         r_emb = self._run("encoder", self.encoder.encode, responses)
@@ -263,14 +275,24 @@ class RewardScorer:
         return sum(self.weights.get(h, 0.0) * heads[h] for h in HEADS) / total
 
     # -------------------------------------------------------------- TRL glue
-    def score_cached(self, contexts, responses, personas) -> ScoreBatch:
+    def score_cached(self, contexts, responses, personas, completion_ids=None) -> ScoreBatch:
         """TRL calls each reward function on the same batch; score it once."""
         key = (tuple(responses), tuple(str(c[-1]) for c in contexts), tuple(p.persona_id if p else "" for p in personas))
         if key != self._last_key:
-            self._last = self.score(contexts, responses, personas)
+            self._last = self.score(contexts, responses, personas, self.reference_fluency(completion_ids))
             self._last_key = key
             self.last_batch = (contexts, responses, personas, self._last)
         return self._last
+
+    def reference_fluency(self, completion_ids) -> np.ndarray | None:
+        """Mean log-probs of the batch's completions from ``reference_logprobs`` (set by the RL trainer), or None."""
+        ref = self.reference_logprobs
+        if self.fluency is None or ref is None or completion_ids is None:
+            return None
+        logps = ref.lookup(completion_ids)
+        if logps is None:
+            return None
+        return np.array([ref.mean(ids, lp) for ids, lp in zip(completion_ids, logps)], dtype=np.float32)
 
     def last_batch_table(self):
         """The most recent scored batch as rows (for sample tables during training)."""
@@ -295,7 +317,8 @@ class RewardScorer:
                 responses = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
                 pids = kwargs.get("persona_id") or [None] * len(responses)
                 personas = [personas_by_id.get(pid) if pid else None for pid in pids]
-                return [float(x) for x in self.score_cached(contexts, responses, personas).heads[head]]
+                batch = self.score_cached(contexts, responses, personas, kwargs.get("completion_ids"))
+                return [float(x) for x in batch.heads[head]]
 
             f.__name__ = head
             funcs.append(f)

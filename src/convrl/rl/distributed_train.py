@@ -117,7 +117,7 @@ def train_policy(cfg: Config, inputs: TrainingInputs, out_dir: str | Path, on_lo
         return train_dpo(cfg, base_dir, inputs.prompts, inputs.scorer, out_dir, on_log=on_log, turns=inputs.turns,
                          personas_by_id=inputs.personas_by_id)
     return train_grpo(cfg.rl, base_dir, inputs.prompts, inputs.funcs, inputs.weights, out_dir, on_log=on_log,
-                      rollout=inputs.rollout)
+                      rollout=inputs.rollout, scorer=inputs.scorer)
 
 
 class Rank0Logger:

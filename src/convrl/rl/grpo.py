@@ -8,7 +8,8 @@ to the frozen reference. Checkpoints land in ``<out>/checkpoints`` every
 ``save_steps``; a rerun resumes from the last one. The result is a merged
 checkpoint (LoRA folded into the base weights) that loads like any HF model::
 
-    result = train_grpo(cfg.rl, base_dir, prompts, scorer, personas_by_id, out_dir)
+    funcs, weights = scorer.trl_reward_funcs(personas_by_id)
+    result = train_grpo(cfg.rl, base_dir, prompts, funcs, weights, out_dir, scorer=scorer)
 """
 
 from __future__ import annotations
@@ -61,20 +62,29 @@ def make_trainer_class(algorithm: str = "grpo"):
     * Each distinct prompt is prefilled once per group (``rl.prefix``), and the
       policy/reference log-prob passes run each prompt once per group too.
     * Tokens are drawn by inverse-CDF sampling (``rl.generation.sampling_setup``).
+    * On a CPU, rollouts use GQA-grouped eager attention and a preallocated KV
+      cache (``rl.decoding``): no per-step copies of the cache.
+    * With ``reference_logprobs`` set, the KL reference pass also hands the
+      base model's temperature-1 log-probs to the fluency head, which then
+      needs no LM pass of its own.
     """
     import time
 
     from trl import GRPOTrainer, RLOOTrainer
     from trl.trainer.utils import pad
 
+    from convrl.rl.decoding import gqa_attention, preallocated_cache
     from convrl.rl.generation import sampling_setup
-    from convrl.rl.prefix import prefill_shared, prefix_groups, shared_prefix_logps
+    from convrl.rl.prefix import (plain_lm_head, prefill_shared, prefix_groups, shared_prefix_logps,
+                                  shared_prefix_ref_logps)
 
     base_cls = {"grpo": GRPOTrainer, "rloo": RLOOTrainer}[algorithm]
 
     class ConvRLTrainer(base_cls):
         generation_dtype: torch.dtype | None = torch.float32
         share_prompt_prefix: bool = True
+        # rewards.fluency.ReferenceLogprobs shared with the reward functions, when the fluency LM is the base model.
+        reference_logprobs = None
         _gen_model = None
         _gen_step: int | None = None
 
@@ -86,12 +96,38 @@ def make_trainer_class(algorithm: str = "grpo"):
             if self.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
                 groups = prefix_groups(input_ids, attention_mask, logits_to_keep)
                 if len(groups) < input_ids.size(0):
+                    if self.reference_logprobs is not None and not compute_entropy and self._is_reference_pass(model):
+                        # The KL reference pass also yields the fluency head's log-probs (same frozen base model).
+                        # mask_truncated_completions zeroes a truncated row's completion mask, which would leave
+                        # its tokens unattended: they still need true log-probs (their rewards set the group
+                        # baseline), and their KL terms are masked out of the loss whatever we return.
+                        am = attention_mask
+                        truncated = am[:, -logits_to_keep:].sum(1) == 0
+                        if truncated.any():
+                            am = am.clone()
+                            am[truncated, -logits_to_keep:] = 1
+                        logps, plain = shared_prefix_ref_logps(model, input_ids, am, logits_to_keep,
+                                                               self.temperature, self.accelerator.autocast, groups)
+                        completion = input_ids[:, -logits_to_keep:].tolist()
+                        self.reference_logprobs.put(completion, list(plain.cpu().numpy()))
+                        return logps, None, None
                     logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
                                                            compute_entropy, self.accelerator.autocast, groups)
                     return logps, entropies, None
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+
+        def _is_reference_pass(self, model) -> bool:
+            # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, no grad.
+            if torch.is_grad_enabled() or not plain_lm_head(model.config):
+                return False
+            if self.ref_model is not None:
+                return model is self.ref_model
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in self.accelerator.unwrap_model(model).modules() if isinstance(m, BaseTunerLayer)]
+            return bool(layers) and all(m.disable_adapters for m in layers)
 
         def _sync_generation_model(self):
             # Weights change only at optimizer steps; a multi-turn rollout generates rl.turns times per step.
@@ -105,10 +141,13 @@ def make_trainer_class(algorithm: str = "grpo"):
 
             peft_model = self.accelerator.unwrap_model(self.model)
             base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+            if self._gen_model is not None and self._refresh_adapted_weights(base):
+                return
             if self._gen_model is None:
-                # Eager attention decodes faster than SDPA at batch <= 16 on a CPU (measured: 3.3 s vs 4.9 s for
-                # 8 x 64 tokens on SmolLM2-135M, bf16, one core); SDPA/flash win on GPUs.
-                attn = "eager" if self.accelerator.device.type == "cpu" else None
+                # Eager-style attention decodes faster than SDPA at batch <= 16 on a CPU (measured: 3.3 s vs 4.9 s
+                # for 8 x 64 tokens on SmolLM2-135M, bf16, one core), and the GQA variant skips repeat_kv's copies
+                # (rl.decoding); SDPA/flash win on GPUs.
+                attn = gqa_attention() if self.accelerator.device.type == "cpu" else None
                 self._gen_model = AutoModelForCausalLM.from_config(base.config, dtype=self.generation_dtype,
                                                                    attn_implementation=attn).eval()
                 # The training model runs with use_cache=False; rollouts need the KV cache.
@@ -127,6 +166,32 @@ def make_trainer_class(algorithm: str = "grpo"):
                 if merge:
                     peft_model.unmerge_adapter()
 
+        @torch.no_grad()
+        def _refresh_adapted_weights(self, base) -> bool:
+            """Update only the LoRA-adapted projections of the rollout copy: W + B @ A * scale per layer.
+
+            With plain LoRA nothing else trains, so after the first full copy a
+            refresh touches ~20% of the weights and skips merging/unmerging the
+            training model (0.46 s -> ~0.05 s per step on SmolLM2-135M). False
+            (do the full copy) for anything else: DoRA, trainable non-LoRA
+            weights, full fine-tuning.
+            """
+            from peft.tuners.lora import Linear as LoraLinear
+
+            layers = [(n, m) for n, m in base.named_modules() if isinstance(m, LoraLinear)]
+            if not layers or any(m.merged or any(m.use_dora.get(a, False) for a in m.active_adapters)
+                                 for _, m in layers):
+                return False
+            if any(p.requires_grad for n, p in base.named_parameters() if "lora_" not in n):
+                return False
+            for name, m in layers:
+                w = m.base_layer.weight
+                for a in m.active_adapters:
+                    if a in m.lora_A:
+                        w = w + m.get_delta_weight(a)
+                self._gen_model.get_submodule(name).weight.copy_(w)
+            return True
+
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
             # GRPOTrainer passes num_generations (and returns (ids, logprobs)); RLOOTrainer neither.
             t0 = time.perf_counter()
@@ -142,8 +207,13 @@ def make_trainer_class(algorithm: str = "grpo"):
                 mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
                 with torch.inference_mode():
                     # One prefill per distinct prompt; the group's rows start from copies of its KV cache.
-                    cache = prefill_shared(model, ids, mask) if self.share_prompt_prefix else None
                     config, processors = sampling_setup(self.generation_config)
+                    capacity = None
+                    if device.type == "cpu" and config.max_new_tokens:
+                        capacity = ids.size(1) + config.max_new_tokens
+                    cache = prefill_shared(model, ids, mask, capacity) if self.share_prompt_prefix else None
+                    if cache is None and capacity:
+                        cache = preallocated_cache(model.config, capacity)
                     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                          logits_processor=processors, use_cache=True, cache=cache)
                 completion = out[:, ids.size(1):].cpu()
@@ -263,9 +333,30 @@ def export_policy(trainer_model, tok, base_dir: str, out: Path, steps: int, resu
     return policy_dir
 
 
+def fluency_from_reference(scorer, base_dir: str, rl, tok):
+    """A ``ReferenceLogprobs`` the trainer fills and ``scorer`` reads, when the fluency LM is the policy's base.
+
+    ``None`` (the fluency LM runs as usual) without a fluency LM, with another
+    LM, or without a KL reference pass (``beta == 0``).
+    """
+    from convrl.rewards.fluency import ReferenceLogprobs
+
+    flu = getattr(scorer, "fluency", None)
+    if flu is None or rl.beta <= 0 or not os.path.exists(base_dir) or not os.path.exists(flu.model_dir):
+        return None
+    if os.path.realpath(flu.model_dir) != os.path.realpath(base_dir):
+        return None
+    return ReferenceLogprobs(tok.all_special_ids)
+
+
 def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callable], reward_weights: list[float],
-               out_dir: str | Path, on_log: Callable[[dict, int], None] | None = None, rollout=None) -> RLResult:
-    """GRPO (single- or multi-turn: pass a ``MultiTurnRollout``) or RLOO, resuming from the last checkpoint."""
+               out_dir: str | Path, on_log: Callable[[dict, int], None] | None = None, rollout=None,
+               scorer=None) -> RLResult:
+    """GRPO (single- or multi-turn: pass a ``MultiTurnRollout``) or RLOO, resuming from the last checkpoint.
+
+    ``scorer`` (the ``RewardScorer`` behind ``reward_funcs``) lets the KL
+    reference pass supply its fluency log-probs (``fluency_from_reference``).
+    """
     import time
 
     from datasets import Dataset
@@ -280,6 +371,9 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
     algorithm = rl.algorithm if rl.algorithm in ("grpo", "rloo") else "grpo"
     trainer_cls = make_trainer_class(algorithm)
     trainer_cls.generation_dtype = torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32
+    trainer_cls.reference_logprobs = fluency_from_reference(scorer, base_dir, rl, tok) if scorer is not None else None
+    if scorer is not None:
+        scorer.reference_logprobs = trainer_cls.reference_logprobs
     extra = {}
     if rollout is not None:
         if algorithm != "grpo":
@@ -293,7 +387,11 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
                           callbacks=[history_callback(history, on_log)], **extra)
     resume = _last_checkpoint(out / "checkpoints")
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if scorer is not None:
+            scorer.reference_logprobs = None  # the scorer outlives training (evaluation, sample tables)
     seconds = time.time() - t0
     policy_dir = export_policy(trainer.model, tok, base_dir, out, trainer.state.global_step, resume, algorithm)
     return RLResult(str(policy_dir), history, trainer.state.global_step, resume, seconds)

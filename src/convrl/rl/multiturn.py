@@ -132,7 +132,8 @@ class MultiTurnRollout:
             generated = generated[0] if isinstance(generated, tuple) else generated
             texts = self.tok.batch_decode(generated, skip_special_tokens=True)
             for i, (g, text) in enumerate(zip(generated, texts)):
-                turns[i].append({"context": [dict(m) for m in histories[i]], "response": text.strip()})
+                span = [len(completion[i]), len(completion[i]) + len(g)]  # where the turn's tokens sit
+                turns[i].append({"context": [dict(m) for m in histories[i]], "response": text.strip(), "span": span})
                 histories[i].append({"role": "assistant", "content": text.strip()})
                 completion[i] += list(g)
                 env_mask[i] += [1] * len(g)
@@ -216,7 +217,8 @@ class ConversationScores:
         self.aggregation, self.discount = aggregation, discount
         self._key, self._value, self.last_table = None, None, []
 
-    def __call__(self, turns: list[list[dict]], persona_ids: list[str | None]) -> dict[str, np.ndarray]:
+    def __call__(self, turns: list[list[dict]], persona_ids: list[str | None],
+                 completion_ids=None) -> dict[str, np.ndarray]:
         key = tuple(tuple(t["response"] for t in row) for row in turns), tuple(persona_ids)
         if key == self._key:
             return self._value
@@ -227,7 +229,7 @@ class ConversationScores:
                 responses.append(t["response"])
                 personas.append(self.personas_by_id.get(pid) if pid else None)
                 owner.append(i)
-        batch = self.scorer.score(contexts, responses, personas)
+        batch = self.scorer.score(contexts, responses, personas, self._reference_fluency(turns, completion_ids))
         owner = np.array(owner)
         out = {h: np.zeros(len(turns), dtype=np.float32) for h in HEADS}
         out["consistency"] = np.zeros(len(turns), dtype=np.float32)
@@ -250,6 +252,18 @@ class ConversationScores:
         return out
 
 
+    def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
+        """Each turn's fluency from the RL reference pass (the turn's span of the completion), when handed over."""
+        ref = getattr(self.scorer, "reference_logprobs", None)
+        if ref is None or self.scorer.fluency is None or completion_ids is None:
+            return None
+        logps = ref.lookup(completion_ids)
+        if logps is None or any("span" not in t for row in turns for t in row):
+            return None
+        return np.array([ref.mean(ids, lp, *t["span"]) for row, ids, lp in zip(turns, completion_ids, logps)
+                         for t in row], dtype=np.float32)
+
+
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                               discount: float = 0.9, consistency_weight: float = 0.1):
     """TRL reward callables for multi-turn rollouts: one per head (aggregated over turns) plus ``consistency``.
@@ -266,7 +280,7 @@ def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggreg
                 raise ValueError(f"reward '{head}': multi-turn rewards need the 'turns' column of MultiTurnRollout; "
                                  "with rl.turns: 1 use RewardScorer.trl_reward_funcs")
             pids = kwargs.get("persona_id") or [None] * len(completions)
-            return [float(x) for x in scores(kwargs["turns"], pids)[head]]
+            return [float(x) for x in scores(kwargs["turns"], pids, kwargs.get("completion_ids"))[head]]
 
         f.__name__ = head
         funcs.append(f)

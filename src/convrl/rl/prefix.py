@@ -49,6 +49,29 @@ def shares_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_com
     return len(prefix_groups(input_ids, attention_mask, n_completion)) < input_ids.size(0)
 
 
+def _group_inputs(input_ids, attention_mask, C, groups):
+    """Per group: (rows, prompt ids, fed ids, labels, attention mask, position ids)."""
+    for rows, prompt in groups:
+        G, Lp = rows.numel(), prompt.numel()
+        completion = input_ids[rows, -C:]
+        cmask = attention_mask[rows, -C:]
+        # The last prompt token is re-fed with the completion: its hidden state predicts completion token 0.
+        x = torch.cat([prompt[-1:].expand(G, 1), completion], dim=1)
+        labels = x.masked_fill(torch.cat([torch.zeros_like(cmask[:, :1]), cmask], 1) == 0, -100)
+        am = torch.cat([torch.ones(G, Lp, dtype=cmask.dtype, device=cmask.device), cmask], dim=1)
+        pos = torch.arange(Lp - 1, Lp + C, device=x.device).expand(G, -1)
+        yield rows, prompt, x, labels, am, pos
+
+
+def _prompt_cache(backbone, prompt_ids, G):
+    """KV cache of ``prompt_ids`` (all but the re-fed last token), repeated for the group's G rows."""
+    if prompt_ids.numel() < 1:
+        return None
+    cache = backbone(input_ids=prompt_ids[None], use_cache=True).cache
+    cache.batch_repeat_interleave(G)
+    return cache
+
+
 def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
                         compute_entropy: bool = False, autocast=None, groups=None):
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, one prompt pass per group.
@@ -62,30 +85,18 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
 
     autocast = autocast or nullcontext
     backbone = backbone_of(model)
-    B = input_ids.size(0)
+    groups = groups or prefix_groups(input_ids, attention_mask, logits_to_keep)
     C = logits_to_keep
-    logps = None
-    entropies = None
-    for rows, prompt in groups or prefix_groups(input_ids, attention_mask, C):
-        G, Lp = rows.numel(), prompt.numel()
-        completion = input_ids[rows, -C:]
-        cmask = attention_mask[rows, -C:]
-        # The last prompt token is re-fed with the completion: its hidden state predicts completion token 0.
-        x = torch.cat([prompt[-1:].expand(G, 1), completion], dim=1)
-        labels = x.masked_fill(torch.cat([torch.zeros_like(cmask[:, :1]), cmask], 1) == 0, -100)
-        am = torch.cat([torch.ones(G, Lp, dtype=cmask.dtype, device=cmask.device), cmask], dim=1)
-        pos = torch.arange(Lp - 1, Lp + C, device=x.device).expand(G, -1)
+    logps = entropies = None
+    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups):
         with autocast():
-            cache = None
-            if Lp > 1:
-                cache = backbone(input_ids=prompt[None, :-1], use_cache=True).cache
-                cache.batch_repeat_interleave(G)
+            cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
             out = model(input_ids=x, attention_mask=am, position_ids=pos, cache=cache, labels=labels,
                         fused_lm_head=True)
         lp = out.log_probs[:, -C:]
         if logps is None:
-            logps = lp.new_zeros(B, C)
-            entropies = lp.new_zeros(B, C) if compute_entropy else None
+            logps = lp.new_zeros(input_ids.size(0), C)
+            entropies = lp.new_zeros(input_ids.size(0), C) if compute_entropy else None
         # index_copy keeps the autograd graph of every group.
         logps = logps.index_copy(0, rows, lp)
         if compute_entropy:
@@ -93,13 +104,53 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return logps, entropies
 
 
+def plain_lm_head(config) -> bool:
+    """Logits are ``hidden @ W.T`` (no soft-capping or scaling), so ``shared_prefix_ref_logps`` may compute them."""
+    cfg = config.get_text_config()
+    return all(getattr(cfg, k, None) is None for k in ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                                                      "lm_head_multiplier", "logits_scaling"))
+
+
 @torch.no_grad()
-def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+                            temperature: float, autocast=None, groups=None):
+    """(log-probs at ``temperature``, log-probs at temperature 1) of the last ``logits_to_keep`` tokens.
+
+    The reference pass of GRPO: the first is what the KL term needs (what
+    ``shared_prefix_logps`` returns), the second is the plain likelihood under
+    the same frozen model, i.e. the fluency head's input. One backbone pass,
+    one LM-head projection per row, no gradient. Needs ``plain_lm_head(config)``.
+    """
+    from contextlib import nullcontext
+
+    autocast = autocast or nullcontext
+    backbone = backbone_of(model)
+    head = (getattr(model, "module", model)).get_output_embeddings()
+    groups = groups or prefix_groups(input_ids, attention_mask, logits_to_keep)
+    C = logits_to_keep
+    scaled = input_ids.new_zeros(input_ids.size(0), C, dtype=torch.float32)
+    plain = torch.zeros_like(scaled)
+    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups):
+        with autocast():
+            cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
+            hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
+            for j, r in enumerate(rows.tolist()):  # one row's (C, vocab) logits at a time bounds memory
+                logits = head(hidden[j, :C]).float()
+                target = labels[j, 1:].clamp(min=0).unsqueeze(-1)
+                valid = labels[j, 1:] != -100
+                plain[r] = torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1) * valid
+                scaled[r] = torch.log_softmax(logits / temperature, -1).gather(-1, target).squeeze(-1) * valid
+    return scaled, plain
+
+
+@torch.no_grad()
+def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacity: int | None = None):
     """KV cache of all but the last token of a left-padded prompt batch, computed once per distinct prompt.
 
     Pass it to ``model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
     cache=cache)``: generation then starts at the last prompt token.
     Position ids follow ``generate``'s own convention for left padding.
+    ``capacity`` (prompt + new tokens) fills a ``decoding.preallocated_cache``.
     Returns ``None`` when no two rows share a prompt (nothing to gain).
     """
     keys: dict[tuple, int] = {}
@@ -112,6 +163,12 @@ def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     first = [index.index(u) for u in range(len(keys))]
     ids, mask = prompt_ids[first, :-1], prompt_mask[first, :-1]
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = backbone_of(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).cache
+    cache = None
+    if capacity:
+        from convrl.rl.decoding import preallocated_cache
+
+        cache = preallocated_cache(model.config, capacity)
+    cache = backbone_of(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                               cache=cache).cache
     cache.batch_select_indices(torch.tensor(index, device=prompt_ids.device))
     return cache
