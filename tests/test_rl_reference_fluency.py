@@ -94,8 +94,9 @@ def test_multiturn_scores_take_each_turns_span(tiny_encoder, tiny_policy_dir, mo
     assert given[0].tolist() == pytest.approx([-1.0, -4.0])  # each turn's own tokens, EOS and user glue left out
 
 
+@pytest.mark.parametrize("mask_truncated", [True, False])
 def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_encoder, tiny_policy_dir, tmp_path,
-                                                     monkeypatch):
+                                                     monkeypatch, mask_truncated):
     from transformers import AutoModelForCausalLM
 
     import convrl.rl.prefix as prefix
@@ -118,15 +119,19 @@ def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_enc
     monkeypatch.setattr(prefix, "shared_prefix_ref_logps", spy)
     monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda self, c, r: lm_calls.append(len(r)) or
                         np.zeros(len(r), dtype=np.float32))
+    # Masked: truncated rows (a random tiny model rarely ends in 8 tokens) must still be scored. Unmasked: the
+    # policy moves, so reading the policy instead of the frozen base would show.
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=8, save_steps=10,
-                  precision="fp32", learning_rate=0.05)
-    assert rl.mask_truncated_completions  # the default; the truncated rows are checked below
+                  precision="fp32", learning_rate=0.05, mask_truncated_completions=mask_truncated)
     res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, scorer=scorer)
     assert res.steps == 2 and len(seen) == 2
     assert lm_calls == []  # every batch's fluency came from the reference pass
     assert scorer.reference_logprobs is None  # detached after training
     # The handed-over numbers are the frozen base model's (adapters off), whatever the policy does.
     base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.float32).eval()
+    if not mask_truncated:
+        trained = AutoModelForCausalLM.from_pretrained(res.policy_dir, dtype=torch.float32).state_dict()
+        assert any(not torch.equal(v, trained[k]) for k, v in base.state_dict().items() if k in trained)
     for ids, am, C, plain in seen:
         # Truncated rows (no EOS in 8 tokens; their completion mask is zeroed for the loss) are scored in full too:
         # their rewards set the group baseline.
