@@ -107,6 +107,10 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
 
     cls = Timed
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if mode != "trl-defaults" and args.bf16:
+        from convrl.rl.grpo import frozen_linears_to_bf16
+
+        frozen_linears_to_bf16(model)  # as convrl's load_policy does for LoRA under bf16
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
     stamps: list[tuple[float, dict]] = []
 

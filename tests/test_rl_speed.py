@@ -52,7 +52,8 @@ def test_prefix_groups_find_shared_prompts():
     assert not shares_prefixes(ids[[0, 2]], am[[0, 2]], C)
 
 
-def test_shared_prefix_logps_and_grads_match_full_pass(peft_tiny):
+@pytest.mark.parametrize("head", ["trl-fused", "plain"])
+def test_shared_prefix_logps_and_grads_match_full_pass(peft_tiny, head):
     from convrl.rl.prefix import shared_prefix_logps
 
     ids, am, C = grouped_batch(peft_tiny.config.vocab_size)
@@ -68,7 +69,9 @@ def test_shared_prefix_logps_and_grads_match_full_pass(peft_tiny):
     full = peft_tiny(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True)
     ref_lp, ref_ent = full.log_probs[:, -C:], full.entropy[:, -C:]
     g_full = grads((ref_lp * mask).sum())
-    lp, ent = shared_prefix_logps(peft_tiny, ids, am, C, compute_entropy=True)
+    # "plain": the LM head as ordinary autograd ops (temperature given) instead of TRL's chunked kernel.
+    lp, ent = shared_prefix_logps(peft_tiny, ids, am, C, compute_entropy=True,
+                                  temperature=0.9 if head == "plain" else None)
     g_shared = grads((lp * mask).sum())
     assert torch.allclose(lp[mask], ref_lp.detach()[mask], atol=1e-5)
     assert torch.allclose(ent[mask], ref_ent.detach()[mask], atol=1e-5)
@@ -181,3 +184,27 @@ def test_sliding_window_models_keep_the_default_cache():
 
     assert preallocated_cache(MistralConfig(num_hidden_layers=1, sliding_window=16), 32) is None
     assert preallocated_cache(LlamaConfig(num_hidden_layers=2), 32) is not None
+
+
+def test_bf16_frozen_base_computes_what_autocast_computes_and_exports_fp32(tiny_policy_dir):
+    """Frozen base projections stored in bf16: same autocast forward, and the export merges into fp32 weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from convrl.rl.grpo import frozen_linears_to_bf16, merged_policy
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.float32).eval()
+    assert frozen_linears_to_bf16(m) > 0
+    assert m.get_input_embeddings().weight.dtype == torch.float32  # embeddings / tied head keep fp32
+    ids = torch.randint(5, m.config.vocab_size, (2, 9))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ref(input_ids=ids).logits, m(input_ids=ids).logits)
+    torch.manual_seed(0)
+    peft_m = get_peft_model(m, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert all(p.dtype == torch.float32 for n, p in peft_m.named_parameters() if "lora_" in n)
+    merged = merged_policy(peft_m, tiny_policy_dir)
+    q = peft_m.get_base_model().model.layers[0].self_attn.q_proj
+    want = ref.model.layers[0].self_attn.q_proj.weight + q.get_delta_weight("default")
+    got = merged.model.layers[0].self_attn.q_proj.weight
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-7)

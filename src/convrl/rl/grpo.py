@@ -112,7 +112,8 @@ def make_trainer_class(algorithm: str = "grpo"):
                         self.reference_logprobs.put(completion, list(plain.cpu().numpy()))
                         return logps, None, None
                     logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                                           compute_entropy, self.accelerator.autocast, groups)
+                                                           compute_entropy, self.accelerator.autocast, groups,
+                                                           temperature=self.temperature)
                     return logps, entropies, None
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -287,8 +288,32 @@ def dataset_rows(prompts: list[dict]) -> list[dict]:
              "next_user_turns": list(p.get("next_user_turns") or [])} for p in prompts]
 
 
+def frozen_linears_to_bf16(model) -> int:
+    """Store the frozen base model's projection weights in bf16 (LoRA training under bf16 autocast); returns count.
+
+    Under autocast every matmul casts its fp32 weight to bf16 anyway, on every
+    call and without caching (autocast caches only weights that require grad),
+    so bf16 storage computes exactly the same products while skipping ~135M
+    weight casts per pass: the policy forward and the reference forward of a
+    GRPO step each get ~25% faster on SmolLM2-135M. Embeddings, norms and a
+    tied LM head stay fp32 (the residual stream stays fp32); LoRA adapters are
+    created in fp32 by PEFT. ``export_policy`` merges into fresh fp32 weights.
+    """
+    tied = model.get_input_embeddings().weight
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear) and mod.weight is not tied:
+            mod.to(torch.bfloat16)
+            n += 1
+    model.convrl_bf16_base = n > 0
+    return n
+
+
 def load_policy(rl, base_dir: str):
-    """(model, tokenizer, peft_config or None) for training: fp32 master weights, LoRA unless rl.lora is false."""
+    """(model, tokenizer, peft_config or None) for training: fp32 master weights, LoRA unless rl.lora is false.
+
+    With LoRA under bf16, the frozen base projections are stored in bf16 (``frozen_linears_to_bf16``).
+    """
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -300,6 +325,8 @@ def load_policy(rl, base_dir: str):
     peft_config = LoraConfig(r=rl.lora_r, lora_alpha=rl.lora_alpha, lora_dropout=rl.lora_dropout,
                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                              task_type="CAUSAL_LM") if rl.lora else None
+    if rl.lora and resolve_precision(rl.precision) == "bf16":
+        frozen_linears_to_bf16(model)
     return model, tok, peft_config
 
 
@@ -322,7 +349,7 @@ def history_callback(history: list[dict], on_log):
 def export_policy(trainer_model, tok, base_dir: str, out: Path, steps: int, resume: str | None,
                   algorithm: str) -> Path:
     """Merged weights (LoRA folded in) + tokenizer + provenance, loadable by ``convrl chat`` and the registry."""
-    merged = trainer_model.merge_and_unload() if hasattr(trainer_model, "merge_and_unload") else trainer_model
+    merged = merged_policy(trainer_model, base_dir)
     policy_dir = out / "policy"
     merged.save_pretrained(policy_dir, safe_serialization=True)
     tok.padding_side = "right"
@@ -331,6 +358,29 @@ def export_policy(trainer_model, tok, base_dir: str, out: Path, steps: int, resu
         {"base_model": os.path.abspath(base_dir) if os.path.exists(base_dir) else base_dir,
          "algorithm": algorithm, "steps": steps, "resumed_from": resume}, indent=2))
     return policy_dir
+
+
+def merged_policy(trainer_model, base_dir: str):
+    """The trained policy as one plain model: LoRA folded into the base weights, in fp32.
+
+    Base weights stored in bf16 for training (``frozen_linears_to_bf16``) would
+    round the small LoRA deltas away if merged in place, so the adapter is
+    merged into a fresh fp32 copy of the base checkpoint instead.
+    """
+    if not hasattr(trainer_model, "merge_and_unload"):
+        return trainer_model
+    if not getattr(trainer_model.get_base_model(), "convrl_bf16_base", False) or not os.path.exists(base_dir):
+        return trainer_model.merge_and_unload()
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    name = trainer_model.active_adapter
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                           trainer_model.peft_config[name])
+    missing = set_peft_model_state_dict(fresh, get_peft_model_state_dict(trainer_model, adapter_name=name))
+    if getattr(missing, "unexpected_keys", None):
+        raise RuntimeError(f"adapter weights did not fit the fresh base model: {missing.unexpected_keys[:5]}")
+    return fresh.merge_and_unload()
 
 
 def fluency_from_reference(scorer, base_dir: str, rl, tok):

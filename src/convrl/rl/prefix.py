@@ -72,35 +72,69 @@ def _prompt_cache(backbone, prompt_ids, G):
     return cache
 
 
+# Above this many logits per group (fp32), the LM head goes through TRL's chunked kernel instead.
+FULL_LOGITS_LIMIT = 64 * 2**20
+
+
+def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool):
+    """Log-probs of ``labels[:, 1:]`` (and entropies) from ``hidden`` [G, C+1, H], plain autograd through the head.
+
+    TRL's chunked LM-head kernel never materialises the logits, which matters
+    for big vocabularies on GPUs; on a CPU its backward recomputes every tile
+    and accumulates the gradient GEMMs in fp32 (half of a GRPO step's backward
+    on SmolLM2-135M). When a group's logits fit in memory, one bf16 GEMM each
+    way (fp32 accumulation inside, one rounding of the result, as for any
+    autocast linear layer) is the same computation, faster.
+    """
+    logits = head(hidden[:, :-1]).float() / temperature
+    log_z = torch.logsumexp(logits, -1)
+    target = labels[:, 1:]
+    valid = target != -100
+    lp = (logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) - log_z) * valid
+    entropy = None
+    if compute_entropy:
+        with torch.no_grad():
+            entropy = (log_z - (torch.softmax(logits, -1) * logits).sum(-1)) * valid
+    return lp, entropy
+
+
 def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool = False, autocast=None, groups=None):
+                        compute_entropy: bool = False, autocast=None, groups=None, temperature: float | None = None):
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, one prompt pass per group.
 
-    ``model`` must carry TRL's fused LM head (``add_fused_lm_head``; GRPOTrainer
-    adds it), so temperature scaling and the chunked log-softmax are TRL's own.
     Same shapes and semantics as ``GRPOTrainer._get_per_token_logps_and_entropies``.
-    ``groups`` is ``prefix_groups(...)`` when the caller already has it.
+    With ``temperature`` and a plain LM head (``plain_lm_head``) the head runs
+    as ordinary autograd ops (``_head_logps``) when a group's logits fit under
+    ``FULL_LOGITS_LIMIT``; otherwise ``model`` must carry TRL's fused LM head
+    (``add_fused_lm_head``; GRPOTrainer adds it), which applies its own
+    temperature. ``groups`` is ``prefix_groups(...)`` when the caller has it.
     """
     from contextlib import nullcontext
 
     autocast = autocast or nullcontext
     backbone = backbone_of(model)
+    head = getattr(model, "module", model).get_output_embeddings()
     groups = groups or prefix_groups(input_ids, attention_mask, logits_to_keep)
     C = logits_to_keep
+    plain = temperature is not None and plain_lm_head(getattr(model, "module", model).config)
     logps = entropies = None
     for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups):
         with autocast():
             cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
-            out = model(input_ids=x, attention_mask=am, position_ids=pos, cache=cache, labels=labels,
-                        fused_lm_head=True)
-        lp = out.log_probs[:, -C:]
+            if plain and rows.numel() * C * head.weight.size(0) <= FULL_LOGITS_LIMIT:
+                hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
+                lp, ent = _head_logps(head, hidden, labels, temperature, compute_entropy)
+            else:
+                out = model(input_ids=x, attention_mask=am, position_ids=pos, cache=cache, labels=labels,
+                            fused_lm_head=True)
+                lp, ent = out.log_probs[:, -C:], (out.entropy[:, -C:] if compute_entropy else None)
         if logps is None:
             logps = lp.new_zeros(input_ids.size(0), C)
             entropies = lp.new_zeros(input_ids.size(0), C) if compute_entropy else None
         # index_copy keeps the autograd graph of every group.
         logps = logps.index_copy(0, rows, lp)
         if compute_entropy:
-            entropies = entropies.index_copy(0, rows, out.entropy[:, -C:])
+            entropies = entropies.index_copy(0, rows, ent)
     return logps, entropies
 
 
