@@ -153,7 +153,7 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     The reference pass of GRPO: the first is what the KL term needs (what
     ``shared_prefix_logps`` returns), the second is the plain likelihood under
     the same frozen model, i.e. the fluency head's input. One backbone pass,
-    one LM-head projection per row, no gradient. Needs ``plain_lm_head(config)``.
+    one LM-head projection, no gradient. Needs ``plain_lm_head(config)``.
     """
     from contextlib import nullcontext
 
@@ -168,12 +168,16 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
         with autocast():
             cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
             hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
-            for j, r in enumerate(rows.tolist()):  # one row's (C, vocab) logits at a time bounds memory
-                logits = head(hidden[j, :C]).float()
-                target = labels[j, 1:].clamp(min=0).unsqueeze(-1)
-                valid = labels[j, 1:] != -100
-                plain[r] = torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1) * valid
-                scaled[r] = torch.log_softmax(logits / temperature, -1).gather(-1, target).squeeze(-1) * valid
+            # Rows in blocks whose (rows, C, vocab) logits stay under FULL_LOGITS_LIMIT.
+            step = max(1, FULL_LOGITS_LIMIT // max(1, C * head.weight.size(0)))
+            for j in range(0, rows.numel(), step):
+                logits = head(hidden[j:j + step, :C]).float()
+                target = labels[j:j + step, 1:].clamp(min=0).unsqueeze(-1)
+                valid = labels[j:j + step, 1:] != -100
+                picked = logits.gather(-1, target).squeeze(-1)
+                plain[rows[j:j + step]] = (picked - torch.logsumexp(logits, -1)) * valid
+                logits /= temperature
+                scaled[rows[j:j + step]] = (picked / temperature - torch.logsumexp(logits, -1)) * valid
     return scaled, plain
 
 
