@@ -14,6 +14,16 @@ unless ``--no-fluency``) at the same precision:
 * ``per-head``: for every response, for every head, ``scorer.score_head`` on
   that one response with an empty cache (what scoring heads independently,
   one reply at a time, costs).
+* ``rl-hot-path`` (``--rl-hot-path``): ``scorer.score`` as GRPO calls it, with
+  each reply's fluency log-probs handed over by the KL reference pass
+  (``rewards.fluency.ReferenceLogprobs``), which GRPO runs anyway because
+  ``rl.beta > 0`` is enforced. Here those log-probs are computed untimed before
+  the clock starts; in training they come out of the reference forward. The
+  fluency LM's cost is then the reference pass's, not the reward's.
+
+The fluency term conditions on the whole context (persona system prompt and
+turns), so in ``per-head`` every reply runs its context through the LM, while
+``batched`` runs each context once per group.
 
 Each mode runs in its own subprocess so peak RSS is per mode; a warm-up call is
 not timed. Both modes use the same thread count (``--threads``, 1 by default).
@@ -21,6 +31,7 @@ Run (one benchmark at a time on a shared machine)::
 
     .venv/bin/python bench/reward_throughput.py                 # with the fluency LM
     .venv/bin/python bench/reward_throughput.py --no-fluency    # encoder heads only
+    .venv/bin/python bench/reward_throughput.py --rl-hot-path   # + the scorer as GRPO runs it
 
 Prints responses/s per mode, the speed-up, and peak RSS.
 """
@@ -94,12 +105,16 @@ def run_mode(mode: str, a) -> dict:
     scorer = build_scorer(not a.no_fluency, a.precision)
     bs = a.prompts * a.generations
     scorer.score(contexts[:2], ["warm-up reply", "another"], personas[:2])
-    if mode == "batched":
+    if mode in ("batched", "rl-hot-path"):
         n = len(responses)
+        handed = [None] * n
+        if mode == "rl-hot-path" and scorer.fluency is not None:
+            handed = scorer.fluency.mean_logprob(contexts, responses)  # what the reference pass hands over
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             scorer.encoder.clear_cache()
-            scorer.score(contexts[i:i + bs], responses[i:i + bs], personas[i:i + bs])
+            scorer.score(contexts[i:i + bs], responses[i:i + bs], personas[i:i + bs],
+                         None if handed[0] is None else handed[i:i + bs])
         secs = time.perf_counter() - t0
     else:
         n = min(len(responses), a.per_head_responses)
@@ -131,20 +146,23 @@ def main() -> None:
                    help="torch threads in both modes (0 = torch's default). On a shared 2-core machine 2 OpenMP "
                         "threads stall on every small op while other jobs hold a core (batch-1 encodes 20x slower), "
                         "which would flatter the batched mode; 1 thread keeps the comparison fair and stable")
-    p.add_argument("--only", default="", help="run one mode in this process (batched or per-head)")
+    p.add_argument("--rl-hot-path", action="store_true",
+                   help="also time the scorer as GRPO runs it: fluency log-probs from the KL reference pass")
+    p.add_argument("--only", default="", help="run one mode in this process (batched, per-head, rl-hot-path)")
     p.add_argument("--json", default="", help="also write the results here")
     a = p.parse_args()
     if a.only:
         print("RESULT " + json.dumps(run_mode(a.only, a)), flush=True)
         return
     results = []
-    for mode in ("per-head", "batched"):
-        proc = subprocess.run([sys.executable, __file__, "--only", mode, *sys.argv[1:]], capture_output=True, text=True)
+    for mode in ("per-head", "batched", *(["rl-hot-path"] if a.rl_hot_path else [])):
+        args = [x for x in sys.argv[1:] if x != "--rl-hot-path"]
+        proc = subprocess.run([sys.executable, __file__, "--only", mode, *args], capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
         results.append(json.loads(line[7:]))
-    naive, ours = results
+    naive, ours = results[:2]
     print(f"composite reward, {a.prompts} prompts x {a.generations} completions x {a.tokens} tokens, 3-turn contexts, "
           f"fluency LM {'off' if a.no_fluency else 'SmolLM2-135M'}, encoder {ours['encoder_precision']}, "
           f"{ours['threads']} threads on {os.cpu_count()} cores")
@@ -152,6 +170,9 @@ def main() -> None:
         print(f"  {r['mode']:9s} {r['responses_per_s']:8.2f} responses/s  ({r['responses']} responses in "
               f"{r['seconds']:.1f} s)  peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"  speed-up batched / per-head: {ours['responses_per_s'] / naive['responses_per_s']:.1f}x")
+    if len(results) > 2:
+        print(f"  speed-up rl-hot-path / per-head: {results[2]['responses_per_s'] / naive['responses_per_s']:.1f}x "
+              "(fluency log-probs from the KL reference pass)")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=2)

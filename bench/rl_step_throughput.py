@@ -6,18 +6,23 @@ composite heads), in one run. Each configuration runs in its own subprocess so
 peak memory (max RSS) is measured per configuration. The first step of each is
 warm-up and not counted.
 
-    .venv/bin/python bench/rl_step_throughput.py --steps 4 --generations 8 --length 64
+    .venv/bin/python bench/rl_step_throughput.py --steps 10 --generations 8 --length 64
 
 Prints generated tokens/s (completion tokens / wall time of the step, reward
 and update included), seconds per step, the ratio, and peak RSS.
 
 convrl's configuration is TRL's GRPOTrainer with ``beta > 0`` (a reference
-pass TRL's defaults skip), no gradient checkpointing, and three exact levers
-(``convrl.rl.grpo.make_trainer_class``): rollouts from a merged bf16 copy of the
-policy with eager attention, each prompt prefilled/forwarded once per GRPO group
-(``convrl.rl.prefix``), and inverse-CDF sampling. Sampling randomness differs
+pass TRL's defaults skip), no gradient checkpointing, and the levers of
+``convrl.rl.grpo.make_trainer_class``: rollouts from a merged bf16 copy of the
+policy (GQA-grouped eager attention, preallocated KV cache, inverse-CDF
+sampling), each prompt prefilled/forwarded once per GRPO group
+(``convrl.rl.prefix``), frozen base projections stored in bf16, the LM head as
+plain autograd ops, and the fluency head fed by the KL reference pass
+(``--no-fluency-handover`` turns that off). Sampling randomness differs
 between the two runs, so completion lengths differ a little; tokens/s accounts
-for that, and more ``--steps`` narrow it.
+for that, and more ``--steps`` narrow it. Each configuration also reports its
+seconds per step by phase (rollout, rewards, policy and reference log-probs,
+backward and the rest).
 """
 
 from __future__ import annotations
