@@ -141,3 +141,13 @@ def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_enc
         want = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -C:, None]).squeeze(-1)
         m = am[:, -C:].bool()
         assert torch.allclose(plain[m], want[m], atol=1e-4)
+
+
+def test_score_head_takes_handed_over_fluency_like_score(tiny_encoder, tiny_policy_dir, monkeypatch):
+    sc = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
+    ctx = [[{"role": "user", "content": "I lost my keys"}]] * 2
+    replies = ["Check your coat pockets.", "Keys keys keys"]
+    lp = np.array([-1.0, -3.0], dtype=np.float32)
+    monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda *a: pytest.fail("the LM ran"))
+    alone = sc.score_head("quality", ctx, replies, [None, None], lp)
+    assert np.allclose(alone, sc.score(ctx, replies, [None, None], lp).heads["quality"])

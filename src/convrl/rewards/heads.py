@@ -245,7 +245,7 @@ class RewardScorer:
         return ScoreBatch(heads, self.composite(heads), details)
 
     def score_head(self, head: str, contexts: list[list[dict]], responses: list[str],
-                   personas: list[Persona | None]) -> np.ndarray:
+                   personas: list[Persona | None], fluency_logprob=None) -> np.ndarray:
         """One head alone, encoding only what it needs (debugging; the unshared baseline of the benchmark)."""
         if head not in HEADS:
             raise ValueError(f"unknown head '{head}'; heads: {HEADS}")
@@ -256,7 +256,7 @@ class RewardScorer:
             last_user = [last_user_text(c) for c in contexts]
             r_emb = self._run("encoder", self.encoder.encode, responses)
             approp, _ = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
-            return self._run(head, self._quality, responses, contexts, approp)[0]
+            return self._run(head, self._quality, responses, contexts, approp, fluency_logprob)[0]
         needs_context = head != "personality" or head in self.learned
         needs_persona = head == "personality"
         r_emb = self._run("encoder", self.encoder.encode, responses)
