@@ -162,13 +162,14 @@ def test_preallocated_cache_decodes_like_a_full_forward(tiny_pair):
 
 def test_rollout_levers_together_generate_the_plain_greedy_tokens(tiny_pair):
     """Shared prefill into a preallocated cache + grouped attention == eager generate with its own cache."""
+    from convrl.rl.decoding import preallocated_cache
     from convrl.rl.prefix import prefill_shared
 
     eager, gqa = tiny_pair
     ids, am, C = grouped_batch(eager.config.vocab_size)
     pid, pmask = ids[:, :-C], am[:, :-C]
     with torch.no_grad():
-        cache = prefill_shared(gqa, pid, pmask, capacity=pid.size(1) + 8)
+        cache = prefill_shared(gqa, pid, pmask, preallocated_cache(gqa.config, pid.size(1) + 8))
         assert type(cache.layers[0]).__name__ == "PreallocatedLayer"
         fast = gqa.generate(input_ids=pid, attention_mask=pmask, max_new_tokens=8, min_new_tokens=8,
                             do_sample=False, cache=cache)

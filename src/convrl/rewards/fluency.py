@@ -61,7 +61,9 @@ class FluencyScorer:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prefix_ids(self, context) -> list[int]:
-        key = self.render(context)
+        return self._prefix_tokens(self.render(context))
+
+    def _prefix_tokens(self, key: str) -> list[int]:
         if key not in self._prefixes:
             self._prefixes[key] = self.tok(key, add_special_tokens=False)["input_ids"][-self.prefix_tokens:]
             if len(self._prefixes) > 10_000:
@@ -76,17 +78,18 @@ class FluencyScorer:
     def mean_logprob(self, contexts: list, responses: list[str]) -> np.ndarray:
         """Mean token log-prob of each reply given its context (message list, or a bare user string)."""
         out = np.full(len(responses), EMPTY_REPLY, dtype=np.float32)  # no likelihood: worst fluency
+        keys = [self.render(c) for c in contexts]  # rendered once: the group key and the prefix text
         groups: dict[str, list[int]] = {}
-        for i, c in enumerate(contexts):
-            groups.setdefault(self.render(c), []).append(i)
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
         lone = []
-        for idx in groups.values():
+        for key, idx in groups.items():
             if self.share_prefix and len(idx) > 1:
-                self._score_shared(self.prefix_ids(contexts[idx[0]]), idx, responses, out)
+                self._score_shared(self._prefix_tokens(key), idx, responses, out)
             else:
                 lone.extend(idx)
         if lone:
-            self._score_lone(lone, contexts, responses, out)
+            self._score_lone(lone, keys, responses, out)
         return out
 
     def _token_logprobs(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -112,12 +115,12 @@ class FluencyScorer:
             m = mask.float()
             out[chunk] = ((lp * m).sum(1) / m.sum(1)).numpy()
 
-    def _score_lone(self, idx: list[int], contexts: list, responses: list[str], out: np.ndarray) -> None:
+    def _score_lone(self, idx: list[int], keys: list[str], responses: list[str], out: np.ndarray) -> None:
         seqs = {}
         for i in idx:
             r = self._reply_ids(responses[i])
             if r:
-                seqs[i] = (self.prefix_ids(contexts[i]), r)
+                seqs[i] = (self._prefix_tokens(keys[i]), r)
         todo = sorted(seqs, key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
         for s in range(0, len(todo), self.batch_size):
             chunk = todo[s:s + self.batch_size]
@@ -184,3 +187,17 @@ class ReferenceLogprobs:
         """Mean log-prob of the ordinary (non-special) tokens in ``ids[start:end]``: one reply's fluency."""
         keep = [k for k in range(start, len(ids) if end is None else end) if int(ids[k]) not in self.special]
         return float(np.mean(logps[keep])) if keep else EMPTY_REPLY
+
+    def reply_means(self, completion_ids, spans=None) -> np.ndarray | None:
+        """Each reply's fluency for a batch, or None when it is not the batch handed over.
+
+        One reply per completion, or with ``spans`` (per completion, a list of
+        ``[start, end)`` token spans, e.g. the turns of a multi-turn rollout)
+        one per span, flattened in order.
+        """
+        logps = self.lookup(completion_ids)
+        if logps is None:
+            return None
+        spans = spans if spans is not None else [[(0, None)]] * len(logps)
+        return np.array([self.mean(ids, lp, *span) for ids, lp, row in zip(completion_ids, logps, spans)
+                         for span in row], dtype=np.float32)

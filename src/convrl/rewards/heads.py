@@ -284,15 +284,14 @@ class RewardScorer:
             self.last_batch = (contexts, responses, personas, self._last)
         return self._last
 
-    def reference_fluency(self, completion_ids) -> np.ndarray | None:
-        """Mean log-probs of the batch's completions from ``reference_logprobs`` (set by the RL trainer), or None."""
-        ref = self.reference_logprobs
-        if self.fluency is None or ref is None or completion_ids is None:
+    def reference_fluency(self, completion_ids, spans=None) -> np.ndarray | None:
+        """Mean log-probs of the batch's replies from ``reference_logprobs`` (set by the RL trainer), or None.
+
+        ``spans``: per completion, the token spans of its replies (multi-turn), see ``ReferenceLogprobs.reply_means``.
+        """
+        if self.fluency is None or self.reference_logprobs is None or completion_ids is None:
             return None
-        logps = ref.lookup(completion_ids)
-        if logps is None:
-            return None
-        return np.array([ref.mean(ids, lp) for ids, lp in zip(completion_ids, logps)], dtype=np.float32)
+        return self.reference_logprobs.reply_means(completion_ids, spans)
 
     def last_batch_table(self):
         """The most recent scored batch as rows (for sample tables during training)."""

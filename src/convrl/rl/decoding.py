@@ -25,6 +25,8 @@ tests compare logits and greedy tokens.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -57,6 +59,7 @@ def gqa_attention() -> str:
     return GQA_ATTENTION
 
 
+@functools.cache
 def _layer_class():
     from transformers.cache_utils import DynamicLayer
 

@@ -254,14 +254,9 @@ class ConversationScores:
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
         """Each turn's fluency from the RL reference pass (the turn's span of the completion), when handed over."""
-        ref = getattr(self.scorer, "reference_logprobs", None)
-        if ref is None or self.scorer.fluency is None or completion_ids is None:
+        if any("span" not in t for row in turns for t in row):
             return None
-        logps = ref.lookup(completion_ids)
-        if logps is None or any("span" not in t for row in turns for t in row):
-            return None
-        return np.array([ref.mean(ids, lp, *t["span"]) for row, ids, lp in zip(turns, completion_ids, logps)
-                         for t in row], dtype=np.float32)
+        return self.scorer.reference_fluency(completion_ids, [[t["span"] for t in row] for row in turns])
 
 
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",

@@ -76,6 +76,13 @@ def _prompt_cache(backbone, prompt_ids, G):
 FULL_LOGITS_LIMIT = 64 * 2**20
 
 
+def _label_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each next-token label (``labels[:, 1:]``, -100 = none -> 0) under ``logits`` [G, C, V]."""
+    target = labels[:, 1:]
+    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked - torch.logsumexp(logits, -1)) * (target != -100)
+
+
 def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool):
     """Log-probs of ``labels[:, 1:]`` (and entropies) from ``hidden`` [G, C+1, H], plain autograd through the head.
 
@@ -87,14 +94,12 @@ def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool)
     autocast linear layer) is the same computation, faster.
     """
     logits = head(hidden[:, :-1]).float() / temperature
-    log_z = torch.logsumexp(logits, -1)
-    target = labels[:, 1:]
-    valid = target != -100
-    lp = (logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) - log_z) * valid
+    lp = _label_logps(logits, labels)
     entropy = None
     if compute_entropy:
         with torch.no_grad():
-            entropy = (log_z - (torch.softmax(logits, -1) * logits).sum(-1)) * valid
+            logp = torch.log_softmax(logits, -1)
+            entropy = -(logp.exp() * logp).sum(-1) * (labels[:, 1:] != -100)
     return lp, entropy
 
 
@@ -172,24 +177,21 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
             step = max(1, FULL_LOGITS_LIMIT // max(1, C * head.weight.size(0)))
             for j in range(0, rows.numel(), step):
                 logits = head(hidden[j:j + step, :C]).float()
-                target = labels[j:j + step, 1:].clamp(min=0).unsqueeze(-1)
-                valid = labels[j:j + step, 1:] != -100
-                picked = logits.gather(-1, target).squeeze(-1)
-                plain[rows[j:j + step]] = (picked - torch.logsumexp(logits, -1)) * valid
-                logits /= temperature
-                scaled[rows[j:j + step]] = (picked / temperature - torch.logsumexp(logits, -1)) * valid
+                plain[rows[j:j + step]] = _label_logps(logits, labels[j:j + step])
+                scaled[rows[j:j + step]] = _label_logps(logits.div_(temperature), labels[j:j + step])
     return scaled, plain
 
 
 @torch.no_grad()
-def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, capacity: int | None = None):
+def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache=None):
     """KV cache of all but the last token of a left-padded prompt batch, computed once per distinct prompt.
 
     Pass it to ``model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
     cache=cache)``: generation then starts at the last prompt token.
     Position ids follow ``generate``'s own convention for left padding.
-    ``capacity`` (prompt + new tokens) fills a ``decoding.preallocated_cache``.
-    Returns ``None`` when no two rows share a prompt (nothing to gain).
+    An empty ``cache`` (e.g. ``decoding.preallocated_cache``) is filled instead
+    of a new ``DynamicCache``. Returns ``None`` when no two rows share a prompt
+    (nothing to gain; ``cache`` is left empty).
     """
     keys: dict[tuple, int] = {}
     index = []
@@ -201,11 +203,6 @@ def prefill_shared(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     first = [index.index(u) for u in range(len(keys))]
     ids, mask = prompt_ids[first, :-1], prompt_mask[first, :-1]
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = None
-    if capacity:
-        from convrl.rl.decoding import preallocated_cache
-
-        cache = preallocated_cache(model.config, capacity)
     cache = backbone_of(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                cache=cache).cache
     cache.batch_select_indices(torch.tensor(index, device=prompt_ids.device))
