@@ -5,6 +5,7 @@ import multiprocessing as mp
 import pytest
 
 from convrl import registry, tracking
+from convrl.tracking.pyfunc import HFDirModel
 
 NAME = "convrl-policy-test"
 
@@ -15,7 +16,7 @@ def logged_models(mlflow_store, tiny_policy_dir):
     uris = []
     with tracking.stage_run(parent, "rl_finetune", "registry-test") as run:
         for i in range(3):
-            uris.append(run.log_pyfunc(f"policy{i}", tracking.HFDirModel(), {"hf_dir": tiny_policy_dir}))
+            uris.append(run.log_pyfunc(f"policy{i}", HFDirModel(), {"hf_dir": tiny_policy_dir}))
     return uris
 
 

@@ -10,7 +10,8 @@ from convrl.config import RLConfig
 from convrl.data.prompts import build_prompts
 from convrl.rewards.heads import RewardScorer
 from convrl.rl.generation import Generator
-from convrl.rl.grpo import _last_checkpoint, resolve_precision, train_grpo
+from convrl.rl.grpo import _last_checkpoint, train_grpo
+from convrl.runtime import resolve_precision
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ WORKDIR = "/mnt/model-cache/convrl-trainjobs/convrl-rl-0123456789ab"
 
 @pytest.fixture
 def big_cfg():
-    return load_config("cluster", ["rl.launcher=trainjob", "rl.trainjob_num_nodes=2", "rl.trainjob_gpus_per_node=8"])
+    return load_config("cluster", ["rl.launcher=trainjob", "cluster.trainjob.num_nodes=2", "cluster.trainjob.gpus_per_node=8"])
 
 
 def node_pod(manifest):
@@ -66,7 +66,7 @@ def test_manifest_fields(big_cfg):
 
 
 def test_cpu_manifest_runs_one_process_per_node(tiny_cfg):
-    cfg = load_config("tiny", ["rl.trainjob_gpus_per_node=0"])
+    cfg = load_config("tiny", ["cluster.trainjob.gpus_per_node=0"])
     t = tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img")["spec"]["trainer"]
     assert "nvidia.com/gpu" not in t["resourcesPerNode"]["limits"] and t["numProcPerNode"] == 1
     assert "nodeSelector" not in node_pod(tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img"))
@@ -162,7 +162,7 @@ def test_timeout_deletes_the_job(tiny_cfg):
     def sleep(s):
         now[0] += 10
 
-    with pytest.raises(tj.TrainJobTimeout, match="rl.trainjob_timeout_s"):
+    with pytest.raises(tj.TrainJobTimeout, match="cluster.trainjob.timeout_s"):
         tj.wait("convrl-rl-test", "kubeflow", 25, api, poll_s=10, clock=lambda: now[0], sleep=sleep, log=quiet)
     assert api.deleted == ["convrl-rl-test"]
 

@@ -120,7 +120,7 @@ def group_probabilities(probs: np.ndarray, labels: list[str],
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
     if precision == "auto":
-        from convrl.rl.grpo import bf16_supported
+        from convrl.runtime import bf16_supported
 
         precision = "bf16" if bf16_supported() else "fp32"
     return torch.bfloat16 if precision == "bf16" else None

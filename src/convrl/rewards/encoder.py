@@ -26,7 +26,7 @@ class SentenceEncoder:
         if precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"encoder precision must be auto, bf16 or fp32, got {precision!r}")
         if precision == "auto":
-            from convrl.rl.grpo import bf16_supported
+            from convrl.runtime import bf16_supported
 
             precision = "bf16" if bf16_supported() else "fp32"
         self.precision = precision
@@ -60,16 +60,30 @@ class SentenceEncoder:
         return result
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        """Unit-norm embeddings of ``texts`` (rows in order); each distinct text is encoded at most once.
+
+        The cache is least-recently-used: a hit moves to the back, and the rows of
+        this call are gathered before any eviction, so a call holding more distinct
+        texts than ``cache_size`` still gets every row.
+        """
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows: dict[str, np.ndarray] = {}
+        missing = []
+        for t in dict.fromkeys(texts):
+            e = self._cache.get(t)
+            if e is None:
+                missing.append(t)
+            else:
+                self._cache.move_to_end(t)
+                rows[t] = e
         if missing:
-            embs = self._encode_uncached(missing)
-            for t, e in zip(missing, embs):
+            for t, e in zip(missing, self._encode_uncached(missing)):
+                rows[t] = e
                 self._cache[t] = e
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
+        return np.stack([rows[t] for t in texts])
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -37,7 +37,7 @@ class FluencyScorer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype is None:
-            from convrl.rl.grpo import bf16_supported
+            from convrl.runtime import bf16_supported
 
             # A frozen scorer loses nothing that matters in bf16 and runs twice as fast where the CPU has bf16 units.
             dtype = torch.bfloat16 if bf16_supported() else torch.float32

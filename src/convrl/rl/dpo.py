@@ -38,7 +38,7 @@ def reward_ranked_pairs(prompts: list[dict], scorer, personas_by_id: dict, base_
                         max_new_tokens: int, min_margin: float, seed: int = 0, batch_size: int = 16) -> list[dict]:
     """Best-vs-worst of ``candidates`` sampled base-model replies per prompt, ranked by the composite reward."""
     from convrl.rl.generation import Generator
-    from convrl.rl.grpo import bf16_supported
+    from convrl.runtime import bf16_supported
 
     if candidates < 2:
         raise ValueError("rl.dpo_candidates must be >= 2 to rank replies into pairs")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from convrl.runtime import bf16_supported, resolve_precision  # noqa: F401 - re-exported for callers
+
 import torch
 
 
@@ -31,24 +33,6 @@ class RLResult:
     steps: int = 0
     resumed_from: str | None = None
     seconds: float = 0.0
-
-
-def bf16_supported() -> bool:
-    """bf16 matmuls are fast here: a CUDA device, or a CPU with AVX512-BF16/AMX (oneDNN)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - older builds lack the probe
-        return False
-
-
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"rl.precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision
 
 
 def make_trainer_class(algorithm: str = "grpo"):

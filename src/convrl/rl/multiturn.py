@@ -79,7 +79,7 @@ class SimulatedUser:
         import torch
 
         from convrl.rl.generation import Generator
-        from convrl.rl.grpo import bf16_supported
+        from convrl.runtime import bf16_supported
 
         if dtype is None:
             dtype = torch.bfloat16 if bf16_supported() else torch.float32

@@ -49,7 +49,7 @@ class TrainJobError(RuntimeError):
 
 
 class TrainJobTimeout(TrainJobError, TimeoutError):
-    """The TrainJob did not finish within rl.trainjob_timeout_s (it has been deleted)."""
+    """The TrainJob did not finish within cluster.trainjob.timeout_s (it has been deleted)."""
 
 
 def job_name(stage_run_id: str) -> str:
@@ -92,9 +92,9 @@ def _toleration(spec: str) -> dict:
 
 
 def build_trainjob(name: str, cfg: Config, workdir: str, image: str) -> dict:
-    """The TrainJob manifest: ``rl.trainjob_num_nodes`` nodes x ``rl.trainjob_gpus_per_node`` GPUs, PVC mounted."""
+    """The TrainJob manifest: ``cluster.trainjob.num_nodes`` nodes x ``cluster.trainjob.gpus_per_node`` GPUs, PVC mounted."""
     rl, cl = cfg.rl, cfg.cluster
-    gpus = rl.trainjob_gpus_per_node
+    gpus = cl.trainjob.gpus_per_node
     limits: dict[str, str] = {"memory": cl.gpu_memory_limit}
     requests: dict[str, str] = {"cpu": cl.gpu_cpu_request, "memory": cl.gpu_memory_request}
     if gpus:
@@ -111,7 +111,7 @@ def build_trainjob(name: str, cfg: Config, workdir: str, image: str) -> dict:
         "command": ["torchrun", "--module", "convrl.rl.distributed_train"],
         "args": ["--workdir", workdir],
         "env": env,
-        "numNodes": rl.trainjob_num_nodes,
+        "numNodes": cl.trainjob.num_nodes,
         "resourcesPerNode": {"limits": limits, "requests": requests},
     }
     if not gpus:
@@ -131,10 +131,10 @@ def build_trainjob(name: str, cfg: Config, workdir: str, image: str) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": rl.trainjob_namespace,
+        "metadata": {"name": name, "namespace": cl.trainjob.namespace,
                      "labels": {"app.kubernetes.io/part-of": "convrl", "app.kubernetes.io/component": "rl-finetune"}},
         "spec": {
-            "runtimeRef": {"name": rl.trainjob_runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
+            "runtimeRef": {"name": cl.trainjob.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
             "trainer": trainer,
             "podTemplateOverrides": [{"targetJobs": [{"name": NODE}], "spec": pod_spec}],
         },
@@ -171,7 +171,7 @@ def submit(manifest: dict, api: Any = None, log: Callable[[str], None] = print) 
             log(f"[trainjob] {ns}/{name} exists already; waiting for it")
             return name
         if status == 404 and 'namespaces "' in body:
-            raise TrainJobError(f"namespace {ns!r} does not exist; set rl.trainjob_namespace") from exc
+            raise TrainJobError(f"namespace {ns!r} does not exist; set cluster.trainjob.namespace") from exc
         if status == 404:
             raise TrainJobError(f"the TrainJob API ({PLURAL}.{GROUP}/{VERSION}) is not installed on this "
                                 f"cluster; {INSTALL_HINT}") from exc
@@ -248,7 +248,7 @@ def wait(name: str, namespace: str, timeout_s: float, api: Any = None, poll_s: f
             except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
                 outcome = f"deleting it failed ({exc}): kubectl -n {namespace} delete trainjob {name}"
             raise TrainJobTimeout(f"TrainJob {namespace}/{name} did not finish within {timeout_s:.0f} s "
-                                  f"(rl.trainjob_timeout_s); {outcome}")
+                                  f"(cluster.trainjob.timeout_s); {outcome}")
         sleep(poll_s)
 
 
@@ -282,7 +282,7 @@ def train_on_cluster(cfg: Config, run: Any, turns_path: str, personas_path: str,
     api = api or custom_objects_api()
     submit(build_trainjob(name, cfg, str(workdir), project_image()), api)
     try:
-        wait(name, cfg.rl.trainjob_namespace, cfg.rl.trainjob_timeout_s, api, poll_s=poll_s)
+        wait(name, cfg.cluster.trainjob.namespace, cfg.cluster.trainjob.timeout_s, api, poll_s=poll_s)
     except TrainJobError as exc:
         raise TrainJobError(f"{exc}\n(staged inputs and checkpoints kept in {workdir} on PVC "
                             f"{cfg.cluster.model_cache_pvc})") from exc

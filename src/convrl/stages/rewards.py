@@ -20,6 +20,7 @@ from convrl.config import Config
 from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
 from convrl.rewards.encoder import SentenceEncoder
 from convrl.rewards.heads import FluencyScorer, RewardScorer
+from convrl.tracking.pyfunc import EmotionHeadModel
 
 
 def emotion_training_data(turns: pd.DataFrame, split: str, cap: int = 0) -> tuple[list[str], list[str], str]:
@@ -110,7 +111,7 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         run.log_params({"emotion.label_kind": kind, "encoder": enc_dir, "weights": json.dumps(cfg.rewards.weights)})
         dist = pd.Series(tr_y).value_counts().to_dict()
         run.log_dict({"train_label_distribution": dist, "metrics": head_metrics}, "emotion/summary.json")
-        uri = run.log_pyfunc("emotion_head", tracking.EmotionHeadModel(), {"head_dir": str(out / "emotion")},
+        uri = run.log_pyfunc("emotion_head", EmotionHeadModel(), {"head_dir": str(out / "emotion")},
                              metrics={k: v for k, v in head_metrics.items() if v == v})
         (out / "logged_model_uri.txt").write_text(uri)
         return {**head_metrics, "label_kind": kind, "logged_model": uri, "learned_heads": sorted(learned)}

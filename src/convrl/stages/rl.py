@@ -8,6 +8,7 @@ from pathlib import Path
 from convrl import tracking
 from convrl.config import Config
 from convrl.rl.distributed_train import train_policy, training_inputs
+from convrl.tracking.pyfunc import HFDirModel
 
 
 def plot_reward_curves(history: list[dict]):
@@ -69,7 +70,7 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             summary["rl/reward_first_quarter"] = sum(h["reward"] for h in final[:k]) / k
             summary["rl/reward_last_quarter"] = sum(h["reward"] for h in final[-k:]) / k
         run.log_metrics(summary, parent=True)
-        uri = run.log_pyfunc("policy", tracking.HFDirModel(), {"hf_dir": result.policy_dir},
+        uri = run.log_pyfunc("policy", HFDirModel(), {"hf_dir": result.policy_dir},
                              params={"base_model": cfg.models.policy, "algorithm": cfg.rl.algorithm})
         meta = {"policy_subdir": Path(result.policy_dir).name, "logged_model": uri, "stage_run_id": run.run_id,
                 "resumed_from": result.resumed_from, **summary}

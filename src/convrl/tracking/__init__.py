@@ -21,7 +21,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -297,58 +296,6 @@ def registered_model(name: str) -> dict[str, Any] | None:
 
 def set_model_tag(name: str, key: str, value: str) -> None:
     client().set_registered_model_tag(name, key, value)
-
-
-# ---------------------------------------------------------------- pyfunc wrappers
-
-def _pyfunc_base():
-    # MLflow warns about predict() without type hints, for its own classes at import and for ours
-    # at class creation; ours take DataFrames on purpose.
-    quiet = (".*Add type hints to the `predict` method", ".*Any type hint is inferred as AnyType")
-    for msg in quiet:
-        warnings.filterwarnings("ignore", message=msg, category=UserWarning)
-    import mlflow.pyfunc
-
-    for msg in quiet:
-        warnings.filterwarnings("ignore", message=msg, category=UserWarning)
-    return mlflow.pyfunc.PythonModel
-
-
-class HFDirModel(_pyfunc_base()):
-    """Pyfunc around a Hugging Face checkpoint dir (the ``hf_dir`` artifact).
-
-    ``predict`` takes a DataFrame with a ``messages`` column (lists of chat
-    messages) and returns the assistant replies; ``convrl chat`` and
-    ``convrl.rl.generation`` load the dir directly for speed.
-    """
-
-    def load_context(self, context):
-        self.hf_dir = context.artifacts["hf_dir"]
-        self._gen = None
-
-    def predict(self, context, model_input, params=None):
-        from convrl.rl.generation import Generator
-
-        if self._gen is None:
-            self._gen = Generator(self.hf_dir)
-        msgs = list(model_input["messages"])
-        return self._gen.generate(msgs, max_new_tokens=int((params or {}).get("max_new_tokens", 64)))
-
-
-class EmotionHeadModel(_pyfunc_base()):
-    """Pyfunc around the trained emotion head: text in, label probabilities out."""
-
-    def load_context(self, context):
-        from convrl.rewards.emotion import EmotionClassifier
-
-        self.clf = EmotionClassifier.load(context.artifacts["head_dir"])
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
-        probs = self.clf.predict_proba(texts)
-        return pd.DataFrame(probs, columns=self.clf.labels)
 
 
 def resolve_model_dir(uri: str) -> str:
