@@ -31,6 +31,7 @@ from convrl.config.eval import ABConfig, EvalConfig
 from convrl.config.monitoring import MonitorConfig
 from convrl.config.rewards import RewardsConfig
 from convrl.config.rl import RLConfig
+from convrl.config.serving import ServeConfig
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
