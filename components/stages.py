@@ -1,26 +1,28 @@
 """KFP components (no `from __future__ import annotations`: KFP reads real type objects): one thin wrapper per pipeline stage around ``convrl.stages``.
 
 Each body imports convrl inside the function (KFP ships only the function's
-source to the container), reads its input artifacts, calls one library
-function and writes its outputs. All run on the project image
-(``CONVRL_IMAGE``, default below) with ``install_kfp_package=False`` and no
-``packages_to_install``: the image already holds kfp and convrl.
+source to the container), prepares the step's environment
+(``convrl.pipelines.step_env.prepare``), reads its input artifacts, calls one
+library function and writes its outputs. All run on the project image with
+``install_kfp_package=False`` and no ``packages_to_install``: the image already
+holds kfp and convrl. The image here is only the default
+(``convrl.config.cluster.DEFAULT_IMAGE``); ``compile_pipeline`` sets the real one
+on every task.
 
 Test a component without Kubeflow through ``.python_func`` or ``kfp.local``.
 """
 
 
-import os
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-IMAGE = os.environ.get("CONVRL_IMAGE", "ghcr.io/convrl/convrl:0.1.0")
+from convrl.config.cluster import DEFAULT_IMAGE
 
 
 def component(fn):
-    return dsl.component(fn, base_image=IMAGE, install_kfp_package=False)
+    return dsl.component(fn, base_image=DEFAULT_IMAGE, install_kfp_package=False)
 
 
 @component
@@ -31,9 +33,12 @@ def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_i
     """Resolve the config (preset + named UI parameters + overrides) and open the MLflow parent run."""
     from collections import namedtuple
 
-    from convrl.config import load_config, split_overrides, ui_overrides
+    from convrl.config import load_config
+    from convrl.pipelines.parameters import split_overrides, ui_overrides
+    from convrl.pipelines.step_env import prepare
     from convrl.stages import begin
 
+    prepare()
     named = ui_overrides(data_sources, personas, reward_weights, rl_max_steps, rl_algorithm, ab_min_improvement,
                          ab_guardrail_margin)
     cfg = load_config(config_name, named + split_overrides(overrides))
@@ -45,24 +50,24 @@ def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_i
 def ingest(config_json: str, parent_run_id: str, turns: Output[Dataset], personas: Output[Dataset],
            quarantine: Output[Dataset], metrics: Output[Metrics]):
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.data import ingest_stage
 
-    offline_defaults()
+    prepare()
     stats = ingest_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path, quarantine.path)
-    for k, v in stats.items():
-        if isinstance(v, (int, float)):
-            metrics.log_metric(k, float(v))
+    for k, v in kfp_metrics(stats).items():
+        metrics.log_metric(k, v)
 
 
 @component
 def validate(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
              report: Output[HTML], report_md: Output[Markdown]):
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
     from convrl.stages.data import validate_stage
 
-    offline_defaults()
+    prepare()
     validate_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path, report.path, report_md.path)
 
 
@@ -70,31 +75,31 @@ def validate(config_json: str, parent_run_id: str, turns: Input[Dataset], person
 def train_reward_models(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
                         reward_models: Output[Model], metrics: Output[Metrics]):
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.rewards import rewards_stage
 
-    offline_defaults()
+    prepare()
     out = rewards_stage(config_from_json(config_json), parent_run_id, turns.path, reward_models.path,
                         personas_path=personas.path)
-    for k, v in out.items():
-        if isinstance(v, float) and v == v:
-            metrics.log_metric(k.replace("/", "_"), v)
+    for k, v in kfp_metrics(out).items():
+        metrics.log_metric(k, v)
 
 
 @component
 def rl_finetune(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
                 reward_models: Input[Model], policy: Output[Model], metrics: Output[Metrics]):
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.rl import rl_stage
 
-    offline_defaults()
-    meta = rl_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path,
-                    reward_models.path, policy.path)
-    policy.metadata["logged_model"] = meta["logged_model"]
-    for k, v in meta.items():
-        if isinstance(v, (int, float)):
-            metrics.log_metric(k.replace("/", "_"), float(v))
+    prepare()
+    art = rl_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path,
+                   reward_models.path, policy.path)
+    policy.metadata["logged_model"] = art.logged_model
+    for k, v in kfp_metrics(art.summary).items():
+        metrics.log_metric(k, v)
 
 
 @component
@@ -106,46 +111,46 @@ def evaluate(config_json: str, parent_run_id: str, turns: Input[Dataset], person
     import tempfile
 
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.evaluation import evaluate_stage
 
-    offline_defaults()
+    prepare()
     report_dir = tempfile.mkdtemp()
     out = evaluate_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path,
                          reward_models.path, policy.path, scores.path, report_dir)
     shutil.copy(os.path.join(report_dir, "report.html"), report.path)
-    for k, v in out.items():
-        if isinstance(v, float):
-            metrics.log_metric(k.replace("/", "_"), v)
+    for k, v in kfp_metrics(out).items():
+        metrics.log_metric(k, v)
 
 
 @component
 def ab_compare(config_json: str, parent_run_id: str, scores: Input[Dataset], decision: Output[Artifact]) -> str:
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
     from convrl.stages.evaluation import ab_stage
 
-    offline_defaults()
+    prepare()
     return ab_stage(config_from_json(config_json), parent_run_id, scores.path, decision.path)
 
 
 @component
 def register_candidate(config_json: str, parent_run_id: str, policy: Input[Model], decision: Input[Artifact]) -> str:
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
     from convrl.stages.evaluation import register_stage
 
-    offline_defaults()
+    prepare()
     return register_stage(config_from_json(config_json), parent_run_id, policy.path, decision.path)
 
 
 @component
 def promote(config_json: str, parent_run_id: str, version: str, decision: Input[Artifact]):
     from convrl.config import config_from_json
-    from convrl.stages import offline_defaults
+    from convrl.pipelines.step_env import prepare
     from convrl.stages.evaluation import promote_stage
 
-    offline_defaults()
+    prepare()
     promote_stage(config_from_json(config_json), parent_run_id, version, decision.path)
 
 
@@ -156,6 +161,8 @@ def finish_tracking(parent_run_id: str, kfp_run_id: str, status: dsl.PipelineTas
     An exit task may not depend on other tasks, so it finds the parent run by
     the KFP run id that start_tracking tagged it with.
     """
+    from convrl.pipelines.step_env import prepare
     from convrl.stages import finish
 
+    prepare()
     finish(parent_run_id, kfp_run_id, status.state, status.error_message or "")

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from convrl.config import (ConfigError, Config, describe, load_config, parse_overrides, preset_names,
-                           split_overrides, ui_overrides)
+from convrl.config import ConfigError, Config, describe, load_config, parse_overrides, preset_names
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -63,8 +62,6 @@ def test_yaml_path_and_fingerprint(tmp_path):
 
 def test_override_parsing_helpers():
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
-    assert split_overrides("rl.max_steps=3; eval.num_prompts=4\nrl.beta=0.1") == [
-        "rl.max_steps=3", "eval.num_prompts=4", "rl.beta=0.1"]
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 
@@ -73,15 +70,3 @@ def test_describe_covers_every_key():
     keys = {k for k, _, _ in describe()}
     assert "rl.max_steps" in keys and "rewards.emotion.epochs" in keys
     assert set(Config().flat()) >= keys - {"rewards.weights"}
-
-
-def test_named_ui_parameters_become_overrides():
-    ov = ui_overrides(data_sources="chatterbot:english, jsonl:/d/a.jsonl", personas="calm_expert",
-                      reward_weights="quality=0.5,relevance=0.25", rl_max_steps=40, ab_min_improvement="0.01")
-    cfg = load_config("demo", ov)
-    assert cfg.data.sources == ["chatterbot:english", "jsonl:/d/a.jsonl"] and cfg.data.personas == ["calm_expert"]
-    assert cfg.rewards.weights == {"quality": 0.5, "personality": 0.25, "engagement": 0.2, "relevance": 0.25}
-    assert cfg.rl.max_steps == 40 and cfg.ab.min_improvement == 0.01
-    assert ui_overrides() == []
-    with pytest.raises(ConfigError, match="head=weight"):
-        ui_overrides(reward_weights="quality")

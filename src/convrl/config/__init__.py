@@ -18,7 +18,7 @@ from convrl.config.cluster import ClusterConfig, TrainJobConfig
 from convrl.config.data import DataConfig, ModelsConfig, ValidateConfig
 from convrl.config.eval import ABConfig, EvalConfig
 from convrl.config.loader import (Config, RegistryConfig, TrackingConfig, config_from_json, describe, load_config,
-                                  parse_overrides, preset_names, split_overrides, ui_overrides)
+                                  parse_overrides, preset_names)
 from convrl.config.rewards import DEFAULT_WEIGHTS, WEIGHTED_HEADS, EmotionHeadConfig, RewardsConfig
 from convrl.config.rl import RLConfig
 
@@ -26,5 +26,5 @@ __all__ = [
     "ABConfig", "ClusterConfig", "Config", "ConfigError", "DEFAULT_WEIGHTS", "DataConfig", "EmotionHeadConfig",
     "EvalConfig", "ModelsConfig", "RLConfig", "RegistryConfig", "RewardsConfig", "TrackingConfig", "TrainJobConfig",
     "ValidateConfig", "WEIGHTED_HEADS", "config_from_json", "describe", "load_config", "parse_overrides",
-    "preset_names", "split_overrides", "ui_overrides",
+    "preset_names",
 ]

@@ -241,36 +241,3 @@ def describe() -> list[tuple[str, Any, str]]:
 
     walk(Config, "")
     return rows
-
-
-def split_overrides(text: str) -> list[str]:
-    """Overrides as one string (a KFP UI parameter): separated by ';' or newlines."""
-    return [p.strip() for chunk in (text or "").splitlines() for p in chunk.split(";") if p.strip()]
-
-
-def ui_overrides(data_sources: str = "", personas: str = "", reward_weights: str = "", rl_max_steps: int = 0,
-                 rl_algorithm: str = "", ab_min_improvement: str = "", ab_guardrail_margin: str = "") -> list[str]:
-    """Dotted overrides from the pipeline's named KFP UI parameters (empty = keep the preset's value).
-
-    ``data_sources`` and ``personas`` are comma-separated; ``reward_weights`` looks like
-    ``quality=0.5,personality=0.2`` and changes only the heads it names.
-    """
-    out: list[str] = []
-    if data_sources.strip():
-        out.append("data.sources=[" + ", ".join(s.strip() for s in data_sources.split(",") if s.strip()) + "]")
-    if personas.strip():
-        out.append("data.personas=[" + ", ".join(p.strip() for p in personas.split(",") if p.strip()) + "]")
-    for item in (w.strip() for w in reward_weights.split(",") if w.strip()):
-        head, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"reward_weights item '{item}' must look like head=weight, e.g. quality=0.5")
-        out.append(f"rewards.weights.{head.strip()}={value.strip()}")
-    if rl_max_steps:
-        out.append(f"rl.max_steps={int(rl_max_steps)}")
-    if rl_algorithm.strip():
-        out.append(f"rl.algorithm={rl_algorithm.strip()}")
-    if ab_min_improvement.strip():
-        out.append(f"ab.min_improvement={float(ab_min_improvement)}")
-    if ab_guardrail_margin.strip():
-        out.append(f"ab.guardrail_margin={float(ab_guardrail_margin)}")
-    return out
