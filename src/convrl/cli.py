@@ -302,10 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--config", default="demo")
     rg.set_defaults(fn=cmd_registry)
 
-    from convrl import cluster_cli, data_cli, meta_eval
+    from convrl import cluster_cli, data_cli, meta_eval, monitor_cli
 
     cluster_cli.add_commands(sub)
     data_cli.add_commands(sub)
+    monitor_cli.add_commands(sub)
     meta_eval.add_commands(sub)
     return p
 

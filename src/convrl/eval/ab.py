@@ -20,6 +20,13 @@ bound below 0 -> ``reject``; anything else -> ``inconclusive``::
     decision.outcome            # "promote" | "reject" | "inconclusive"
     print(decision.summary())   # one paragraph, for the run log / model card
     json.dumps(decision.to_dict())  # round-trips through decision_from_dict
+
+Served sessions are not paired (each session sees one variant):
+:func:`compare_unpaired` takes one row per session and per variant and applies
+the same decision rules to the difference of means, with independent bootstrap
+resamples of each group, Mann-Whitney p-values (Holm-corrected) and win/tie/loss
+as the share of (candidate, baseline) pairs of sessions. A NaN cell is a metric
+not observed for that session (no rating given) and is left out of that metric only.
 """
 
 from __future__ import annotations
@@ -88,7 +95,8 @@ class Decision:
     def summary(self) -> str:
         primary = self.settings.get("primary")
         conf = self.settings.get("confidence", 0.95)
-        parts = [f"Candidate vs champion on {self.n} paired prompts: {self.outcome.upper()}."]
+        unit = "sessions (unpaired)" if self.settings.get("design") == "unpaired" else "paired prompts"
+        parts = [f"Candidate vs champion on {self.n} {unit}: {self.outcome.upper()}."]
         p = self.metrics.get(primary)
         if p and p.get("n", 0) > 0:
             parts.append(
@@ -96,7 +104,7 @@ class Decision:
                 f"against {p['mean_baseline']:.4f}, a mean paired difference of {p['mean_diff']:+.4f} "
                 f"({conf:.0%} CI {p['ci_low']:+.4f} to {p['ci_high']:+.4f}, Holm-adjusted p = "
                 f"{p['p_holm']:.3g}); it won {p['win_rate']:.0%}, tied {p['tie_rate']:.0%} and lost "
-                f"{p['loss_rate']:.0%} of prompts.")
+                f"{p['loss_rate']:.0%} of {'session pairs' if self.settings.get('design') == 'unpaired' else 'prompts'}.")
         guards = [m for m, s in self.metrics.items() if s.get("role") == "guardrail"]
         broken = [m for m in guards if self.metrics[m].get("guardrail_broken")]
         if guards:
@@ -136,18 +144,24 @@ def bootstrap_mean_ci(diffs: np.ndarray, n_bootstrap: int, confidence: float,
     (the same prompts are up-weighted for every metric in a draw). Multinomial
     counts times the difference matrix gives each draw's means as one matmul.
     """
-    diffs = np.atleast_2d(diffs.T).T
-    n, k = diffs.shape
+    means = bootstrap_means(diffs, n_bootstrap, rng)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail], axis=0)
+    return lo, hi
+
+
+def bootstrap_means(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_bootstrap, k)`` column means of row resamples of ``values`` (n x k, or a vector)."""
+    values = np.atleast_2d(np.asarray(values, dtype=float).T).T
+    n, k = values.shape
     block = max(1, _BOOT_BLOCK_CELLS // max(n, 1))
     probs = np.full(n, 1.0 / n)
     means = np.empty((n_bootstrap, k))
     for start in range(0, n_bootstrap, block):
         stop = min(start + block, n_bootstrap)
         counts = rng.multinomial(n, probs, size=stop - start)
-        means[start:stop] = counts @ diffs / n
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [tail, 1.0 - tail], axis=0)
-    return lo, hi
+        means[start:stop] = counts @ values / n
+    return means
 
 
 def _wilcoxon_p(d: np.ndarray) -> float:
@@ -251,9 +265,9 @@ def _ci(s: dict, conf: float) -> str:
 
 
 def _decide(ms: dict[str, dict], guards: list[str], n: int,
-            st: ABSettings) -> tuple[str, list[str]]:
+            st: ABSettings, unit: str = "paired prompts") -> tuple[str, list[str]]:
     if n < st.min_samples:
-        return "inconclusive", [f"Not enough data: only {n} paired prompts, need at least {st.min_samples}."]
+        return "inconclusive", [f"Not enough data: only {n} {unit}, need at least {st.min_samples}."]
     broken = [g for g in guards if ms[g]["guardrail_broken"]]
     if broken:
         return "reject", [
@@ -273,3 +287,70 @@ def _decide(ms: dict[str, dict], guards: list[str], n: int,
     else:
         why = "the CI includes zero, so no improvement is established"
     return "inconclusive", [f"Primary metric {desc}: {why}."]
+
+
+def unpaired_stats(candidate: np.ndarray, baseline: np.ndarray, n_bootstrap: int, confidence: float,
+                   rng: np.random.Generator) -> dict:
+    """Difference of means of two independent samples (NaNs dropped): bootstrap CI, Mann-Whitney p, win rates."""
+    c = np.asarray(candidate, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    c, b = c[np.isfinite(c)], b[np.isfinite(b)]
+    out = {"n_candidate": int(c.size), "n_baseline": int(b.size), "n": int(min(c.size, b.size))}
+    if not c.size or not b.size:
+        nan = float("nan")
+        return {**out, "mean_candidate": float(c.mean()) if c.size else nan,
+                "mean_baseline": float(b.mean()) if b.size else nan, "mean_diff": nan, "ci_low": nan,
+                "ci_high": nan, "win_rate": nan, "tie_rate": nan, "loss_rate": nan, "p_value": 1.0}
+    draws = bootstrap_means(c, n_bootstrap, rng)[:, 0] - bootstrap_means(b, n_bootstrap, rng)[:, 0]
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(draws, [tail, 1.0 - tail])
+    # Win/tie/loss over every (candidate, baseline) pair of units: the common-language effect size.
+    bs = np.sort(b)
+    below = np.searchsorted(bs, c - TIE_TOL, side="left")
+    above = b.size - np.searchsorted(bs, c + TIE_TOL, side="right")
+    pairs = float(c.size * b.size)
+    p = 1.0
+    if c.size >= 2 and b.size >= 2 and np.ptp(np.concatenate([c, b])) > TIE_TOL:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = float(stats.mannwhitneyu(c, b, alternative="two-sided").pvalue)
+        p = p if math.isfinite(p) else 1.0
+    return {**out, "mean_candidate": float(c.mean()), "mean_baseline": float(b.mean()),
+            "mean_diff": float(c.mean() - b.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "win_rate": float(below.sum() / pairs), "loss_rate": float(above.sum() / pairs),
+            "tie_rate": float(1.0 - (below.sum() + above.sum()) / pairs), "p_value": p}
+
+
+def compare_unpaired(candidate: pd.DataFrame, baseline: pd.DataFrame,
+                     settings: ABSettings | None = None) -> Decision:
+    """The A/B decision for independent groups (one row per session; NaN = metric not observed).
+
+    Same rules as :func:`compare`; a metric's verdict uses the sessions that observed it, and the
+    decision's ``n`` is the smaller group's count of sessions with the primary metric.
+    """
+    settings = settings or ABSettings()
+    cand_m, base_m = _numeric_metrics(candidate, ""), _numeric_metrics(baseline, "")
+    required = [settings.primary, *(settings.guardrails or [])]
+    metrics = list(dict.fromkeys(required + cand_m + [m for m in base_m if m not in cand_m]))
+    for m in metrics:
+        for name, cols in (("candidate", cand_m), ("baseline", base_m)):
+            if m not in cols:
+                raise ValueError(f"metric column {m!r} is missing or non-numeric in the {name} table")
+    rng = np.random.default_rng(settings.seed)
+    per = {m: unpaired_stats(candidate[m].to_numpy(dtype=float, na_value=np.nan),
+                             baseline[m].to_numpy(dtype=float, na_value=np.nan),
+                             settings.n_bootstrap, settings.confidence, rng) for m in metrics}
+    p_adj = holm([per[m]["p_value"] for m in metrics])
+    guards = ([m for m in metrics if m != settings.primary] if settings.guardrails is None
+              else list(settings.guardrails))
+    for j, m in enumerate(metrics):
+        s = per[m]
+        is_guard = m in guards
+        s.update(role="primary" if m == settings.primary else ("guardrail" if is_guard else "report"),
+                 p_holm=float(p_adj[j]),
+                 guardrail_broken=bool(is_guard and s["n"] >= settings.min_samples
+                                       and s["ci_high"] < -settings.guardrail_margin))
+    n = per[settings.primary]["n"]
+    outcome, reasons = _decide(per, guards, n, settings, unit="sessions per variant with the primary metric")
+    return Decision(outcome=outcome, reasons=reasons, metrics=per, n=n,
+                    settings={**settings.to_dict(), "design": "unpaired"})
