@@ -30,19 +30,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import great_expectations as gx  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from convrl.data.ingest import _PII  # noqa: E402
-from convrl.data.schema import PERSONA_COLUMNS, ROLES, SPLITS, TURN_COLUMNS  # noqa: E402
-
-# Duplicated from convrl.rewards.emotion.EMOTIONS: importing that module pulls in
-# torch, far too heavy for a data check. tests/test_data_checks.py keeps them in sync.
-EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
-ACTS = ("inform", "question", "directive", "commissive")
-
-# The same patterns ingest redacts with, so a check failure means redaction missed
+# The same patterns ingest redacts with (convrl.data.pii), so a check failure means redaction missed
 # something rather than the two disagreeing on what an e-mail is. Both are plain
 # Python `re` syntax, which is what GX's pandas engine (`Series.str.contains`) uses.
-EMAIL_REGEX = _PII["email"].pattern
-IPV4_REGEX = _PII["ip"].pattern
+from convrl.data.pii import EMAIL_REGEX, IPV4_REGEX  # noqa: E402
+from convrl.data.schema import ACTS, EMOTIONS, PERSONA_COLUMNS, ROLES, SPLITS, TURN_COLUMNS  # noqa: E402
 
 SUITE_NAMES = ("turns", "conversations", "splits", "personas", "persona_fields")
 

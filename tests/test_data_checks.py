@@ -288,11 +288,13 @@ def test_to_dict_is_json(broken_report, turns, personas):
 # ------------------------------------------------------------------ consistency
 
 
-def test_emotion_labels_match_reward_head():
-    # Read the tuple from source: importing convrl.rewards.emotion would import torch.
+def test_emotion_labels_have_one_home():
+    # Read the import from source: importing convrl.rewards.emotion would import torch.
+    from convrl.data import schema
+
     origin = Path(importlib.util.find_spec("convrl.rewards.emotion").origin)
-    for node in ast.parse(origin.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "EMOTIONS":
-            assert tuple(ast.literal_eval(node.value)) == suites.EMOTIONS
-            return
-    pytest.fail("EMOTIONS not found in convrl/rewards/emotion.py")
+    tree = ast.parse(origin.read_text())
+    assert not any(isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "EMOTIONS" for n in tree.body)
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "convrl.data.schema"
+               and "EMOTIONS" in [a.name for a in n.names] for n in tree.body)
+    assert suites.EMOTIONS is schema.EMOTIONS and suites.ACTS is schema.ACTS

@@ -52,9 +52,9 @@ def test_jsonl_bad_rows_are_quarantined(tmp_path):
     p.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe bad bytes\n")
     res = ingest([f"jsonl:{p}"], quarantine_threshold=1.0, val_fraction=0.0001, test_fraction=0.0001)
     assert res.stats["conversations"] == 1
-    reasons = " | ".join(res.quarantine["reason"])
+    reasons = " | ".join(res.quarantine["detail"])
     assert "malformed JSON" in reasons and "unknown role" in reasons and "UTF-8" in reasons and "messages" in reasons
-    assert len(res.quarantine) == 4
+    assert sorted(res.quarantine["category"]) == ["empty_conversation", "encoding", "invalid_json", "unknown_role"]
 
 
 def test_quarantine_threshold_fails_the_run(tmp_path):

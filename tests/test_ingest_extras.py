@@ -97,8 +97,10 @@ def test_data_card_counts_and_text(tmp_path):
     assert card["conversations_per_persona"]["pirate"] == 1 and card["personas_from_sources"] == 1
     assert sum(r["turns"] for r in card["turn_length_histogram"]) == 24
     text = render_card(card)
-    for part in ("12 conversations", "Turns per role", "PII redacted: email 12", "Quarantine reasons",
-                 "malformed JSON", "#"):
+    assert card["quarantine_categories"] == {"invalid_json": 1}
+    assert card["quarantine_examples"]["invalid_json"].startswith("chats.jsonl:13: malformed JSON")
+    for part in ("12 conversations", "Turns per role", "PII redacted: email 12", "Quarantine by category",
+                 "invalid_json", "malformed JSON", "#"):
         assert part in text
     json.dumps(card)  # JSON-able, for MLflow
 

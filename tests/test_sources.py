@@ -63,9 +63,10 @@ def test_jsonl_bad_feedback_and_labels_are_quarantined(tmp_path):
              {"messages": [ok, {"role": "assistant", "content": "fine"}]}]
     p.write_text("\n".join(json.dumps(x) for x in lines))
     res = ingest([f"jsonl:{p}"], **LOOSE)
-    reasons = " | ".join(res.quarantine["reason"])
-    for part in ("rating 9", "thumb 'meh'", "emotion label 'hangry'", "'persona' must be"):
+    reasons = " | ".join(res.quarantine["detail"])
+    for part in ("rating 9", "thumb 'meh'", "emotion label 'hangry'", "'persona' is a JSON number"):
         assert part in reasons
+    assert list(res.quarantine["category"]) == ["invalid_value"] * 3 + ["invalid_type"]
     assert res.stats["conversations"] == 1
 
 
@@ -80,7 +81,7 @@ def test_sharegpt_json_list_and_roles(tmp_path):
     res = ingest([f"sharegpt:{p}"], **LOOSE)
     assert _convs(res)["sharegpt-a"] == [("system", "sys"), ("user", "Hello"), ("assistant", "Hi!"),
                                          ("user", "Bye"), ("assistant", "See you")]
-    assert "unknown role 'narrator'" in res.quarantine["reason"].iloc[0]
+    assert "unknown role 'narrator'" in res.quarantine["detail"].iloc[0]
     assert res.quarantine["location"].iloc[0] == "sg.json:record 1"
 
 
@@ -112,7 +113,7 @@ def test_csv_column_mapping_ordering_and_bad_rows(tmp_path):
     assert convs["turns-a"] == [("user", "Hi"), ("assistant", "Hello there")]
     assert set(convs) == {"turns-a", "turns-d"}
     assert res.turns.set_index("conversation_id").loc["turns-d"].iloc[1]["feedback_rating"] == 2
-    reasons = res.quarantine["reason"].tolist()
+    reasons = res.quarantine["detail"].tolist()
     assert any("unknown role 'robot'" in r for r in reasons)
     assert any("rating '7'" in r for r in reasons)
     assert any("no conversation id" in r for r in reasons)
@@ -188,7 +189,7 @@ def test_dailydialog_original_release(tmp_path):
     assert _convs(res)["dailydialog-validation-0"] == [("user", "Good morning, sir. Is there a bank near here?"),
                                                        ("assistant", "There is one.")]
     assert list(res.turns["emotion"]) == ["neutral", "happy"]
-    assert "3 turns but emotion labels [5, 0]" in res.quarantine["reason"].iloc[0]
+    assert "3 turns but emotion labels [5, 0]" in res.quarantine["detail"].iloc[0]
 
 
 def test_empatheticdialogues_json_and_csv(tmp_path):
@@ -264,7 +265,7 @@ def test_convai2_eval_ratings_thumbs_and_bot_detection(tmp_path):
     assert pd.isna(t.loc[("convai2-export-0", 0), "feedback_rating"])
     assert t.loc[("convai2-export-0xab", 0), "role"] == "assistant"  # participant2 is the bot by convention
     assert res.stats["skipped"] == {"no human message": 1}
-    assert "eval_score 9" in res.quarantine["reason"].iloc[0]
+    assert "eval_score 9" in res.quarantine["detail"].iloc[0]
     assert len(res.personas) == 1 and t.loc[("convai2-export-0", 1), "persona_id"] == res.personas["persona_id"][0]
     assert ingest([f"convai2_eval:{tmp_path}?rated=1"], **LOOSE).stats["conversations"] == 1
 
@@ -283,7 +284,7 @@ def test_user_satisfaction_rates_the_preceding_system_turn(tmp_path):
     t = res.turns
     assert list(t["role"]) == ["user", "assistant", "user", "user", "assistant"]
     assert t["feedback_rating"].iloc[1] == pytest.approx(14 / 3) and t["feedback_rating"].isna().sum() == 4
-    assert "bad satisfaction scores" in res.quarantine["reason"].iloc[0]
+    assert "bad satisfaction scores" in res.quarantine["detail"].iloc[0]
 
 
 def test_goemotions_ekman_mapping_and_multi(tmp_path):
@@ -316,8 +317,9 @@ def test_cap_weight_min_turns(tmp_path):
     w = ingest([f"jsonl:{p}?weight=0.5"], **LOOSE)
     assert 10 <= w.stats["conversations"] <= 30 and w.stats["skipped"]["not sampled (weight)"] == 40 - w.stats["conversations"]
     assert ingest([f"jsonl:{p}?weight=0.5"], **LOOSE).turns.equals(w.turns)  # deterministic
-    with pytest.raises(IngestError, match="no usable"):
+    with pytest.raises(IngestError, match="no conversations") as info:
         ingest([f"jsonl:{p}?min_turns=3"], **LOOSE)
+    assert info.value.result.stats["skipped"] == {"fewer than 3 turns (min_turns)": 40}
     with pytest.raises(IngestError, match="weight=2.0"):
         ingest([f"jsonl:{p}?weight=2"])
 

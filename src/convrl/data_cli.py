@@ -8,9 +8,13 @@
 ``inspect`` ingests the specs exactly as the pipeline would (same cleaning,
 redaction, deduplication and split) but never fails on the quarantine
 threshold: it prints the data card (counts per source, split, role, emotion,
-act and persona; feedback; a turn-length histogram; PII counts; skipped and
-quarantine reasons) and, with ``--quarantine-out``, saves the quarantine table.
-Wired into ``convrl`` by :func:`add_commands`.
+act and persona; feedback; a turn-length histogram; PII counts; skipped
+records, warnings and the quarantine by reason category) and, with
+``--quarantine-out``, saves the quarantine table. ``ingest`` writes the
+quarantine table whenever it has one, also when it then fails (nothing
+usable, or over ``--quarantine-threshold``), so what was wrong can be seen.
+Empty inputs are a warning, not an error. Wired into ``convrl`` by
+:func:`add_commands`.
 """
 
 from __future__ import annotations
@@ -24,24 +28,36 @@ from pathlib import Path
 def _ingest(args, threshold: float):
     from convrl.data.ingest import ingest
 
-    return ingest(args.specs, seed=args.seed, max_conversations=args.max_conversations,
-                  max_turn_chars=args.max_turn_chars, max_turn_tokens=args.max_turn_tokens,
-                  quarantine_threshold=threshold, near_duplicate_threshold=args.near_duplicate_threshold)
+    result = ingest(args.specs, seed=args.seed, max_conversations=args.max_conversations,
+                    max_turn_chars=args.max_turn_chars, max_turn_tokens=args.max_turn_tokens,
+                    quarantine_threshold=threshold, near_duplicate_threshold=args.near_duplicate_threshold,
+                    allow_empty=True)
+    for w in result.stats.get("warnings") or []:
+        print(f"convrl data: warning: {w}", file=sys.stderr)
+    return result
+
+
+def _save_quarantine(result, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.quarantine.to_parquet(path, index=False)
 
 
 def cmd_inspect(args) -> int:
     from convrl.data.card import build_card, render_card
     from convrl.data.ingest import IngestError
 
+    status = 0
     try:
         result = _ingest(args, threshold=1.0)
     except IngestError as exc:
+        result = getattr(exc, "result", None)
         print(f"convrl data: error: {exc}", file=sys.stderr)
-        return 2
+        if result is None:
+            return 2
+        status = 2  # nothing usable: still show the card, whose quarantine section says why
     card = build_card(result)
     if args.quarantine_out and len(result.quarantine):
-        Path(args.quarantine_out).parent.mkdir(parents=True, exist_ok=True)
-        result.quarantine.to_parquet(args.quarantine_out, index=False)
+        _save_quarantine(result, Path(args.quarantine_out))
     if args.json:
         print(json.dumps(card, indent=2, default=str))
     else:
@@ -50,7 +66,7 @@ def cmd_inspect(args) -> int:
             where = args.quarantine_out or "--quarantine-out PATH to save them"
             print(f"\n{len(result.quarantine):,} quarantined rows ({result.stats['quarantined_fraction']:.1%}); "
                   f"the pipeline fails above data.quarantine_threshold. Rows: {where}")
-    return 0
+    return status
 
 
 def cmd_ingest(args) -> int:
@@ -64,8 +80,10 @@ def cmd_ingest(args) -> int:
     except IngestError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:
-            partial.quarantine.to_parquet(out / "quarantine.parquet", index=False)
-            print(f"convrl data: quarantine table written to {out / 'quarantine.parquet'}", file=sys.stderr)
+            _save_quarantine(partial, out / "quarantine.parquet")
+            (out / "data_card.json").write_text(json.dumps(build_card(partial), indent=2, default=str))
+            print(f"convrl data: quarantine table written to {out / 'quarantine.parquet'} "
+                  f"({_categories(partial)})", file=sys.stderr)
         print(f"convrl data: error: {exc}", file=sys.stderr)
         return 2
     result.turns.to_parquet(out / "turns.parquet", index=False)
@@ -73,8 +91,14 @@ def cmd_ingest(args) -> int:
     result.quarantine.to_parquet(out / "quarantine.parquet", index=False)
     (out / "data_card.json").write_text(json.dumps(build_card(result), indent=2, default=str))
     print(f"{result.stats['conversations']:,} conversations, {result.stats['turns']:,} turns, "
-          f"{len(result.personas):,} source personas, {len(result.quarantine):,} quarantined -> {out}")
+          f"{len(result.personas):,} source personas, {len(result.quarantine):,} quarantine rows "
+          f"({_categories(result) or 'none'}) -> {out}")
     return 0
+
+
+def _categories(result) -> str:
+    counts = result.stats.get("quarantine_categories") or {}
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items())
 
 
 def _common(p: argparse.ArgumentParser) -> None:

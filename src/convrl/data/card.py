@@ -2,7 +2,8 @@
 
 Counts per source, split, role, emotion, dialogue act and persona; feedback
 coverage; a turn-length histogram drawn in text; PII redactions per type;
-duplicates, truncations, skipped records and the main quarantine reasons.
+duplicates, truncations, skipped records, warnings and the quarantine by
+reason category (:class:`convrl.data.schema.Reason`), each with an example.
 ``build_card`` returns a JSON-able dict (logged to MLflow by the ingest stage),
 ``render_card`` the text ``convrl data inspect`` prints::
 
@@ -43,14 +44,14 @@ def build_card(result) -> dict:
     words = t["text"].str.split().str.len()
     personas = getattr(result, "personas", None)
     rated = t["feedback_rating"].notna()
+    qt = result.quarantine
     card = {
         "totals": {"conversations": int(stats.get("conversations", len(convs))), "turns": len(t),
                    "quarantined": int(stats.get("quarantined", len(result.quarantine))),
                    "duplicates_removed": int(stats.get("duplicates_removed", 0)),
                    "near_duplicates_removed": int(stats.get("near_duplicates_removed", 0)),
-                   "skipped_conversations": int(stats.get("skipped_conversations", 0)),
-                   "truncated_turns": int(stats.get("truncated_turns", 0)),
-                   "empty_turns_dropped": int(stats.get("empty_turns_dropped", 0))},
+                   "skipped_records": int(stats.get("skipped_records", 0)),
+                   "truncated_turns": int(stats.get("truncated_turns", 0))},
         "per_source": stats.get("per_source") or {s: {"conversations": int(n)} for s, n in
                                                     convs["source"].value_counts().items()},
         "conversations_per_split": _counts(convs["split"]),
@@ -66,19 +67,17 @@ def build_card(result) -> dict:
                      "thumbs_up": int((t["feedback_thumb"] == 1).sum()),
                      "thumbs_down": int((t["feedback_thumb"] == 0).sum())},
         "turn_words": {"mean": float(words.mean()), "p50": float(words.median()), "p95": float(words.quantile(0.95)),
-                       "max": int(words.max())},
+                       "max": int(words.max())} if len(t) else {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0},
         "turn_length_histogram": length_histogram(t),
         "pii_redacted": {k[4:]: int(v) for k, v in stats.items() if k.startswith("pii_")},
         "skipped": dict(stats.get("skipped") or {}),
-        "quarantine_reasons": _counts(_reason_kind(result.quarantine["reason"])) if len(result.quarantine) else {},
+        "warnings": list(stats.get("warnings") or []),
+        "quarantine_categories": _counts(qt["category"]) if len(qt) else {},
+        # One example per category (the first one seen) with where it was, so the card says what is wrong.
+        "quarantine_examples": {str(c): f"{g['location'].iloc[0]}: {g['detail'].iloc[0]}"
+                                for c, g in qt.groupby("category", sort=False)} if len(qt) else {},
     }
     return card
-
-
-def _reason_kind(reasons: pd.Series) -> pd.Series:
-    """Group reasons by their wording, not their details ("malformed JSON: ..." at any position)."""
-    return reasons.astype(str).str.replace(r"(line|row|record|message|dialogue) \d+", r"\1 N", regex=True) \
-        .str.split(":").str[0].str.slice(0, 90)
 
 
 def _table(title: str, counts: dict, limit: int = 12) -> list[str]:
@@ -100,8 +99,8 @@ def render_card(card: dict) -> str:
     lines = ["Data card", "=========", "",
              f"{tot['conversations']:,} conversations, {tot['turns']:,} turns; "
              f"{tot['quarantined']:,} quarantined, {tot['duplicates_removed']:,} exact and "
-             f"{tot['near_duplicates_removed']:,} near duplicates removed, {tot['skipped_conversations']:,} skipped, "
-             f"{tot['truncated_turns']:,} turns truncated, {tot['empty_turns_dropped']:,} empty turns dropped.", ""]
+             f"{tot['near_duplicates_removed']:,} near duplicates removed, {tot['skipped_records']:,} records "
+             f"skipped, {tot['truncated_turns']:,} turns truncated.", ""]
     lines.append("Sources:")
     for spec, s in card["per_source"].items():
         extra = ", ".join(f"{k} {v:,}" for k, v in s.items() if k != "conversations" and v)
@@ -128,8 +127,12 @@ def render_card(card: dict) -> str:
     pii = card["pii_redacted"]
     lines += [("PII redacted: " + ", ".join(f"{k} {v:,}" for k, v in pii.items())) if pii
               else "PII redacted: none found", ""]
+    if card["warnings"]:
+        lines += ["Warnings:"] + [f"  {w}" for w in card["warnings"]] + [""]
     if card["skipped"]:
         lines += _table("Skipped on purpose", card["skipped"])
-    if card["quarantine_reasons"]:
-        lines += _table("Quarantine reasons", card["quarantine_reasons"], limit=8)
+    if card["quarantine_categories"]:
+        lines += _table("Quarantine by category (duplicates included)", card["quarantine_categories"], limit=20)
+        lines += ["Quarantine examples (first of each category):"]
+        lines += [f"  {c}: {ex[:160]}" for c, ex in card["quarantine_examples"].items()] + [""]
     return "\n".join(lines).rstrip() + "\n"

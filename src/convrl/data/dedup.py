@@ -13,6 +13,7 @@ conversation seen is kept: source order decides, deterministically::
     index = NearDuplicateIndex(threshold=0.85)
     index.add("a", ["Hi there", "Hello, how are you?"])        # None: new
     index.add("b", ["hi there!", "hello how are you"])         # "a": a near-duplicate of a
+    index.add_or_match("c", ["hi there", "hello how are you"])  # ("a", 1.0): with the similarity
 
 Everything is hashed with fixed seeds (no Python ``hash``), so results do not
 depend on PYTHONHASHSEED.
@@ -95,6 +96,11 @@ class NearDuplicateIndex:
 
     def add(self, key: str, texts: list[str]) -> str | None:
         """Index a conversation; return the key of an earlier near-duplicate instead (then nothing is added)."""
+        hit = self.add_or_match(key, texts)
+        return None if hit is None else hit[0]
+
+    def add_or_match(self, key: str, texts: list[str]) -> tuple[str, float] | None:
+        """Like :meth:`add`, but a match comes back with its Jaccard similarity: ``(key, similarity)``."""
         sh = self.shingles(texts)
         sig = self.signature(sh).reshape(self.bands, self.rows)
         bucket_keys = [(b, sig[b].tobytes()) for b in range(self.bands)]
@@ -106,8 +112,9 @@ class NearDuplicateIndex:
                 seen.add(idx)
                 other = self._sets[idx]
                 inter = np.intersect1d(sh, other, assume_unique=True).size
-                if inter / (sh.size + other.size - inter) >= self.threshold:
-                    return self._keys[idx]
+                similarity = inter / (sh.size + other.size - inter)
+                if similarity >= self.threshold:
+                    return self._keys[idx], float(similarity)
         idx = len(self._sets)
         self._sets.append(sh)
         self._keys.append(key)

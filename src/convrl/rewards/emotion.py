@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
+from convrl.data.schema import EMOTIONS  # one home for the labels, shared with the data checks
+
 _NRC_TO_EMOTION = {"joy": "happy", "sadness": "sad", "anger": "angry", "fear": "fearful",
                    "surprise": "surprised", "disgust": "disgusted"}
 _TOKEN = re.compile(r"[a-z']+")

@@ -1,27 +1,26 @@
-"""Shared pieces of the source loaders: the conversation record, spec options, safe file reading.
+"""Shared pieces of the source loaders: the conversation record, spec options, quarantine rows.
 
 A loader is ``loader(arg, quarantine, source) -> Iterator[Conversation | Skipped]``:
 ``arg`` is the part of the spec after ``kind:`` (a path, optionally followed by
 ``?key=value&...`` loader options), ``quarantine`` a list the loader appends
-``{source, location, raw, reason}`` rows to, ``source`` the whole spec. Loaders
-yield :class:`Conversation` objects, and :class:`Skipped` markers for records
-they leave out on purpose (a filter, not bad data) so ingest can count them.
-
-The file helpers never let one bad line, record or file stop a run: they read
-bytes, decode per line, cap line length without holding an enormous line in
-memory, and recognise binary content (Parquet, zip, gzip) behind a text
-extension so the whole file is quarantined with one clear reason.
+rows to with :func:`q` (a :class:`~convrl.data.schema.Reason` category, a
+detail and a location each), ``source`` the whole spec. Loaders yield
+:class:`Conversation` objects, and :class:`Skipped` markers for records they
+leave out on purpose (a filter, a blank line, an empty file: not bad data) so
+ingest can count them. Reading files safely is :mod:`convrl.data.sources.files`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from convrl.data.personas import Persona
+from convrl.data.schema import QUARANTINE_COLUMNS, Reason
 
 RAW_CHARS = 500  # how much of an offending row the quarantine keeps
 MAX_LINE_BYTES = 8 << 20  # longer lines are quarantined, not parsed
@@ -38,14 +37,32 @@ class Conversation:
     persona_id: str | None = None
     persona: dict | None = None  # a persona-table row (Persona.to_row()) the source brings along
     split: str | None = None  # the source's own split, used with the spec option split=source
-    location: str = ""  # file:line where the conversation starts, for quarantine rows
+    location: str = ""  # file:line of the record (file:2-4,7 for table rows), for quarantine rows
 
 
 @dataclass
 class Skipped:
-    """A record a loader leaves out on purpose; ingest counts these by reason."""
+    """A record a loader leaves out on purpose; ingest counts these by reason (and reports ``warning``)."""
     reason: str
     count: int = 1
+    warning: str | None = None
+
+
+class RecordError(ValueError):
+    """A record that cannot be used: its quarantine category and what exactly is wrong."""
+
+    def __init__(self, category: Reason, detail: str):
+        super().__init__(detail)
+        self.category, self.detail = category, detail
+
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+               dict: "object"}
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages people read ("a JSON object", not "dict")."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -99,7 +116,9 @@ def files_in(path: Path, patterns: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def q(quarantine: list[dict], source: str, location: str, raw, reason: str) -> None:
+def q(quarantine: list[dict], source: str, location: str, raw, detail: str, category: Reason, *,
+      conversation_id: str | None = None, duplicate_of: str | None = None) -> None:
+    """Append one quarantine row (see :mod:`convrl.data.schema` for the columns)."""
     if isinstance(raw, bytes):
         raw = raw[:RAW_CHARS].decode("utf-8", errors="replace")
     elif not isinstance(raw, str):
@@ -107,95 +126,32 @@ def q(quarantine: list[dict], source: str, location: str, raw, reason: str) -> N
             raw = json.dumps(raw, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             raw = repr(raw)
-    quarantine.append({"source": source, "location": location, "raw": raw[:RAW_CHARS], "reason": reason})
+    # Lone surrogates (an escaped "\ud83d", bytes kept by surrogateescape) cannot be stored in Parquet.
+    raw = raw[:RAW_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+    row = {"source": source, "location": location, "category": Reason(category).value, "detail": detail,
+           "raw": raw, "conversation_id": conversation_id, "duplicate_of": duplicate_of}
+    quarantine.append({c: row[c] for c in QUARANTINE_COLUMNS})
 
 
-# ------------------------------------------------------------------ reading files
-
-_MAGIC = {b"PAR1": "Parquet", b"PK\x03\x04": "zip", b"\x1f\x8b": "gzip", b"BZh": "bzip2",
-          b"\x89PNG": "PNG image", b"%PDF": "PDF", b"\xfd7zXZ": "xz", b"SQLite format 3": "SQLite"}
+_LOC = re.compile(r"^(.*:)(\D*?)(\d+)$")
 
 
-def sniff_binary(path: Path) -> str | None:
-    """Name of a binary format the file holds (by magic bytes or NULs), or None for text."""
-    with path.open("rb") as fh:
-        head = fh.read(4096)
-    for magic, name in _MAGIC.items():
-        if head.startswith(magic):
-            return name
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return None  # UTF-16 text: decoded (and refused) per line, with its own reason
-    if b"\x00" in head:
-        return "binary"
-    return None
-
-
-def refuse_binary(path: Path, quarantine: list[dict], source: str, expected: str) -> bool:
-    """Quarantine the whole file (one row) when it is binary although text was expected."""
-    kind = sniff_binary(path)
-    if kind is None:
-        return False
-    hint = {"Parquet": " (use parquet:PATH)", "zip": " (dailydialog:PATH reads ConvLab zips)"}.get(kind, "")
-    q(quarantine, source, path.name, f"<{kind} content, {path.stat().st_size} bytes>",
-      f"file content is {kind}, not {expected} as its extension {path.suffix or '(none)'} says{hint}")
-    return True
-
-
-def iter_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, int]]:
-    """``(line_number, raw_bytes, total_length)``; a line over ``max_bytes`` comes back cut,
-    with its full length, and the rest of it is skipped without being held in memory."""
-    with path.open("rb") as fh:
-        n = 0
-        while True:
-            line = fh.readline(max_bytes + 1)
-            if not line:
-                return
-            n += 1
-            total = len(line)
-            if total > max_bytes and not line.endswith(b"\n"):
-                while True:
-                    chunk = fh.readline(1 << 20)
-                    total += len(chunk)
-                    if not chunk or chunk.endswith(b"\n"):
-                        break
-            yield n, line, total
-
-
-def decode(raw: bytes, encoding: str = "utf-8") -> str | None:
-    try:
-        return raw.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        return None
-
-
-def read_json_document(path: Path, quarantine: list[dict], source: str, encoding: str = "utf-8"):
-    """A whole JSON document, or None after quarantining the file with the reason."""
-    if refuse_binary(path, quarantine, source, "JSON"):
-        return None
-    raw = path.read_bytes()
-    text = decode(raw, "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding)
-    if text is None:
-        q(quarantine, source, path.name, raw, f"file is not {encoding} text (pass ?encoding=... if it is another encoding)")
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        q(quarantine, source, f"{path.name}:{exc.lineno}", text[max(0, exc.pos - 100): exc.pos + 100],
-          f"malformed JSON file: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        return None
-
-
-def json_list(path: Path, quarantine: list[dict], source: str, encoding: str = "utf-8") -> list | None:
-    doc = read_json_document(path, quarantine, source, encoding)
-    if doc is None:
-        return None
-    if isinstance(doc, dict):  # {"data": [...]} and friends
-        lists = [v for v in doc.values() if isinstance(v, list)]
-        doc = lists[0] if len(lists) == 1 else doc
-    if not isinstance(doc, list):
-        q(quarantine, source, path.name, str(doc)[:RAW_CHARS], "expected a JSON list of dialogues")
-        return None
-    return doc
+def span(locations: list[str], limit: int = 12) -> str:
+    """Several locations in one string: ``f.csv:2``, ``f.csv:3``, ``f.csv:5`` -> ``f.csv:2-3,5``."""
+    parts = [_LOC.match(loc) for loc in locations]
+    if len(locations) == 1 or not all(parts) or len({(m.group(1), m.group(2)) for m in parts}) != 1:
+        shown = ", ".join(locations[:limit])
+        return shown + (f", ... ({len(locations)} in all)" if len(locations) > limit else "")
+    nums = sorted({int(m.group(3)) for m in parts})
+    runs: list[list[int]] = []
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+    more = f",... ({len(nums)} in all)" if len(text) > limit else ""
+    return parts[0].group(1) + parts[0].group(2) + ",".join(text[:limit]) + more
 
 
 # ------------------------------------------------------------------ personas and ids

@@ -1,4 +1,4 @@
-"""Chat-log sources: chatterbot-corpus, OpenAI ``messages`` and ShareGPT JSON(L), and whole folders.
+"""Chat-log sources: chatterbot-corpus, OpenAI ``messages`` and ShareGPT JSON(L).
 
 Specs::
 
@@ -6,7 +6,6 @@ Specs::
     jsonl:chats.jsonl                     OpenAI chat format, one {"messages": [...]} per line
     sharegpt:sharegpt.json                ShareGPT: {"conversations": [{"from", "value"}, ...]}
     jsonl:folder/                         every *.jsonl / *.json file in a folder
-    dir:folder/                           every supported file, each by its extension
 
 ``jsonl`` and ``sharegpt`` read both record shapes and both layouts (JSON lines
 or one JSON list), so a file is never refused for the way it was saved. An
@@ -14,7 +13,10 @@ OpenAI record may carry ``id``, ``persona`` (an id, or a whole persona card as
 an object) and, per message, ``feedback: {"rating": 1-5, "thumb": "up"|"down"}``,
 ``emotion`` and ``act``. ShareGPT roles: human/user -> user, gpt/assistant/bot
 -> assistant, system -> system. Options: ``encoding=latin-1``,
-``roles=NAME:user,...`` (extra role names).
+``roles=NAME:user,...`` (extra role names). Files are decoded by their
+byte-order mark when they have one (UTF-8/16/32). A record is a conversation:
+one bad message quarantines the whole record, with the reason naming the
+message. Blank lines are skipped and counted.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from typing import Iterator
 import yaml
 
 from convrl.data.personas import PersonaError, persona_from_dict
-from convrl.data.sources.base import (MAX_LINE_BYTES, Conversation, IngestError, decode, files_in, iter_lines,
-                                      open_source, parse_role_map, q, read_json_document, refuse_binary)
-from convrl.data.sources.labels import map_emotion, normalise_act
-
-_THUMBS = {"up": 1.0, "down": 0.0, "1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "+1": 1.0, "-1": 0.0}
+from convrl.data.schema import Reason
+from convrl.data.sources.base import (MAX_LINE_BYTES, Conversation, IngestError, RecordError, Skipped, files_in,
+                                      json_type, open_source, parse_role_map, q)
+from convrl.data.sources.files import empty_file, first_char, read_json_document, read_lines, refuse_binary
+from convrl.data.sources.labels import THUMBS, map_emotion, normalise_act
 
 
 def chatterbot(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
@@ -45,20 +47,21 @@ def chatterbot(arg: str, quarantine: list[dict], source: str) -> Iterator[Conver
         try:
             doc = yaml.safe_load(res.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            q(quarantine, source, res.name, "", f"unreadable YAML: {exc}")
+            q(quarantine, source, res.name, "", f"unreadable YAML: {exc}", Reason.UNREADABLE_FILE)
             continue
         topic = res.name.rsplit(".", 1)[0]
         for i, conv in enumerate((doc or {}).get("conversations") or []):
             loc = f"{res.name}:conversation {i}"
             if not isinstance(conv, list) or not conv:
-                q(quarantine, source, loc, str(conv), "conversation is not a non-empty list of statements")
+                q(quarantine, source, loc, str(conv), "conversation is not a non-empty list of statements",
+                  Reason.INVALID_TYPE if conv else Reason.EMPTY_CONVERSATION)
                 continue
             turns = []
             for j, stmt in enumerate(conv):
                 if not isinstance(stmt, str):
                     stmt = str(stmt) if isinstance(stmt, (int, float)) else None
                 if stmt is None:
-                    q(quarantine, source, f"{loc} turn {j}", str(conv[j]), "statement is not text")
+                    q(quarantine, source, loc, str(conv), f"statement {j} is not text", Reason.INVALID_TYPE)
                     turns = []
                     break
                 turns.append({"role": "user" if j % 2 == 0 else "assistant", "text": stmt})
@@ -68,7 +71,7 @@ def chatterbot(arg: str, quarantine: list[dict], source: str) -> Iterator[Conver
 
 # ------------------------------------------------------------------ one record
 
-def _content(value) -> str | None:
+def _content(value, i: int, key: str) -> str:
     """Message content as text: a string, or OpenAI's list of typed parts (text parts joined)."""
     if isinstance(value, str):
         return value
@@ -76,120 +79,146 @@ def _content(value) -> str | None:
         texts = [p.get("text") for p in value if p.get("type", "text") == "text"]
         if texts and all(isinstance(t, str) for t in texts):
             return "\n".join(texts)
-    return None
+        raise RecordError(Reason.INVALID_TYPE, f"message {i}: '{key}' parts hold no text")
+    raise RecordError(Reason.INVALID_TYPE, f"message {i}: '{key}' is a JSON {json_type(value)}, not a string")
 
 
-def _feedback(fb) -> tuple[dict, str | None]:
+def _feedback(fb, i: int) -> dict:
     if fb is None:
-        return {}, None
+        return {}
     if not isinstance(fb, dict):
-        return {}, f"'feedback' must be an object with rating/thumb, got {type(fb).__name__}"
+        raise RecordError(Reason.INVALID_TYPE, f"message {i}: 'feedback' is a JSON {json_type(fb)}, not an object "
+                                               "with rating/thumb")
     out = {}
     rating = fb.get("rating")
     if rating is not None:
-        if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not 1 <= rating <= 5:
-            return {}, f"feedback rating {rating!r} is not a number from 1 to 5"
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)):
+            raise RecordError(Reason.INVALID_TYPE, f"message {i}: feedback rating {rating!r} is a JSON "
+                                                   f"{json_type(rating)}, not a number from 1 to 5")
+        if not 1 <= rating <= 5:
+            raise RecordError(Reason.INVALID_VALUE, f"message {i}: feedback rating {rating!r} is not from 1 to 5")
         out["feedback_rating"] = float(rating)
     thumb = fb.get("thumb")
     if thumb is not None:
-        t = _THUMBS.get(str(thumb).strip().lower())
+        t = THUMBS.get(str(thumb).strip().lower())
         if t is None:
-            return {}, f"feedback thumb {thumb!r} is not up/down"
+            raise RecordError(Reason.INVALID_VALUE, f"message {i}: feedback thumb {thumb!r} is not up/down")
         out["feedback_thumb"] = t
-    return out, None
+    return out
 
 
-def _labels(m: dict) -> tuple[dict, str | None]:
+def _labels(m: dict, i: int) -> dict:
     out = {}
     emo = m.get("emotion")
     if emo not in (None, ""):
         mapped = map_emotion(emo)
         if mapped is None:
-            return {}, f"unknown emotion label {emo!r}"
+            raise RecordError(Reason.INVALID_VALUE, f"message {i}: unknown emotion label {emo!r}")
         out["emotion"] = mapped
         if str(emo).strip().lower() != mapped:
             out["emotion_fine"] = str(emo).strip().lower()
     act = m.get("act")
     if act not in (None, ""):
         if normalise_act(act) is None:
-            return {}, f"unknown dialogue act {act!r} (allowed: inform, question, directive, commissive)"
+            raise RecordError(Reason.INVALID_VALUE, f"message {i}: unknown dialogue act {act!r} "
+                                                    "(allowed: inform, question, directive, commissive)")
         out["act"] = normalise_act(act)
-    return out, None
+    return out
 
 
-def parse_record(obj, roles: dict[str, str]) -> tuple[list[dict] | None, str]:
-    """Turns of one OpenAI or ShareGPT record, or ``(None, reason)``."""
+def parse_record(obj, roles: dict[str, str]) -> tuple[list[dict], str]:
+    """Turns of one OpenAI or ShareGPT record and its shape ("OpenAI"/"ShareGPT"); raises :class:`RecordError`."""
     if not isinstance(obj, dict):
-        return None, f"record is a JSON {type(obj).__name__}, not an object"
+        raise RecordError(Reason.NOT_AN_OBJECT, f"record is a JSON {json_type(obj)}, not an object")
     if "messages" in obj:
-        msgs, role_key, text_key, shape = obj["messages"], "role", "content", "OpenAI"
+        key, role_key, text_key, shape = "messages", "role", "content", "OpenAI"
     elif "conversations" in obj:
-        msgs, role_key, text_key, shape = obj["conversations"], "from", "value", "ShareGPT"
+        key, role_key, text_key, shape = "conversations", "from", "value", "ShareGPT"
     else:
-        return None, "no 'messages' (OpenAI) or 'conversations' (ShareGPT) list"
-    if not isinstance(msgs, list) or not msgs:
-        return None, f"missing or empty '{'messages' if shape == 'OpenAI' else 'conversations'}' list"
+        keys = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
+        raise RecordError(Reason.MISSING_FIELD, f"no 'messages' (OpenAI) or 'conversations' (ShareGPT) key "
+                                                f"(keys: {keys})")
+    msgs = obj[key]
+    if not isinstance(msgs, list):
+        raise RecordError(Reason.INVALID_TYPE, f"'{key}' is a JSON {json_type(msgs)}, not an array of messages")
+    if not msgs:
+        raise RecordError(Reason.EMPTY_CONVERSATION, f"'{key}' is an empty array")
     turns = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            return None, f"message {i} is not an object"
-        text = _content(m.get(text_key))
-        if text is None:
-            return None, f"message {i} lacks string '{text_key}'"
-        role = roles.get(str(m.get(role_key)).strip().lower()) if isinstance(m.get(role_key), str) else None
+            raise RecordError(Reason.INVALID_TYPE, f"message {i} is a JSON {json_type(m)}, not an object")
+        for k in (role_key, text_key):
+            if k not in m:
+                raise RecordError(Reason.MISSING_FIELD, f"message {i} has no '{k}'")
+        text = _content(m[text_key], i, text_key)
+        raw_role = m[role_key]
+        if not isinstance(raw_role, str):
+            raise RecordError(Reason.INVALID_TYPE, f"message {i}: '{role_key}' is a JSON {json_type(raw_role)}, "
+                                                   "not a string")
+        role = roles.get(raw_role.strip().lower())
         if role is None:
-            return None, (f"unknown role {m.get(role_key)!r} in message {i} "
-                          f"(allowed: user, assistant, system and aliases such as human, gpt, bot)")
-        fb, bad = _feedback(m.get("feedback"))
-        if bad:
-            return None, f"message {i}: {bad}"
-        labels, bad = _labels(m)
-        if bad:
-            return None, f"message {i}: {bad}"
-        turns.append({"role": role, "text": text, **fb, **labels})
+            raise RecordError(Reason.UNKNOWN_ROLE, f"unknown role {raw_role!r} in message {i} "
+                                                   "(allowed: user, assistant, system and aliases such as human, "
+                                                   "gpt, bot; map others with roles=NAME:user)")
+        turns.append({"role": role, "text": text, **_feedback(m.get("feedback"), i), **_labels(m, i)})
     return turns, shape
 
 
+def _record_id(obj) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    cid = obj.get("id") if obj.get("id") not in (None, "") else obj.get("conversation_id")
+    if cid is None or cid == "":
+        return None
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
+        raise RecordError(Reason.INVALID_TYPE, f"'id' is a JSON {json_type(cid)}, not a string")
+    return str(cid)
+
+
 def record_conversation(obj, roles, stem: str, n: int, loc: str, quarantine, source) -> Conversation | None:
-    raw = obj
-    turns, info = parse_record(obj, roles)
-    if turns is None:
-        q(quarantine, source, loc, raw, info)
+    """The conversation of one chat record, or None after quarantining it (the whole record) with the reason."""
+    prefix = "sharegpt" if isinstance(obj, dict) and "conversations" in obj and "messages" not in obj else "jsonl"
+    cid = None
+    try:
+        rid = _record_id(obj)
+        cid = f"{prefix}-{rid if rid is not None else f'{stem}-{n}'}"
+        turns, _ = parse_record(obj, roles)
+        persona_id, persona = obj.get("persona"), None
+        if isinstance(persona_id, dict):
+            try:
+                card = persona_from_dict(persona_id, loc)
+            except PersonaError as exc:
+                raise RecordError(Reason.INVALID_VALUE, f"bad persona card: {exc}") from None
+            persona_id, persona = card.persona_id, card.to_row()
+        elif persona_id is not None and not isinstance(persona_id, str):
+            raise RecordError(Reason.INVALID_TYPE, f"'persona' is a JSON {json_type(persona_id)}: it must be a "
+                                                   "persona id (string) or a persona card (object)")
+    except RecordError as exc:
+        q(quarantine, source, loc, obj, exc.detail, exc.category, conversation_id=cid)
         return None
-    persona_id, persona = obj.get("persona"), None
-    if isinstance(persona_id, dict):
-        try:
-            card = persona_from_dict(persona_id, loc)
-        except PersonaError as exc:
-            q(quarantine, source, loc, raw, f"bad persona card: {exc}")
-            return None
-        persona_id, persona = card.persona_id, card.to_row()
-    elif persona_id is not None and not isinstance(persona_id, str):
-        q(quarantine, source, loc, raw, "'persona' must be a persona id (string) or a persona card (object)")
-        return None
-    cid = obj.get("id") or obj.get("conversation_id") or f"{stem}-{n}"
-    prefix = "jsonl" if info == "OpenAI" else "sharegpt"
-    return Conversation(f"{prefix}-{cid}", turns, persona_id=persona_id or None, persona=persona, location=loc)
+    return Conversation(cid, turns, persona_id=persona_id or None, persona=persona, location=loc)
 
 
 # ------------------------------------------------------------------ files
 
-def _chat_file(path: Path, opts, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    if refuse_binary(path, quarantine, source, "JSON lines"):
-        return
+def chat_file(path: Path, opts, quarantine: list[dict], source: str) -> Iterator[Conversation | Skipped]:
     encoding = opts.get("encoding", "utf-8")
+    if (empty := empty_file(path)) is not None:
+        yield empty
+        return
+    if refuse_binary(path, quarantine, source, "JSON lines", encoding):
+        return
     roles = parse_role_map(opts.get("roles"), source)
     max_bytes = opts.integer("max_line_bytes", MAX_LINE_BYTES)
-    with path.open("rb") as fh:
-        first = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if path.suffix.lower() == ".json" or first.startswith(b"["):
+    first = first_char(path, encoding)
+    if path.suffix.lower() == ".json" or first.startswith("["):
         # One JSON document: a list of records (how ShareGPT dumps and many exports are saved), a single
         # record, or {"data": [...]}. A .json file that does not parse is one quarantine row; a .jsonl
         # file that merely starts with "[" falls back to reading lines, so its good lines still arrive.
         is_json = path.suffix.lower() == ".json"
         problems: list[dict] = []
         doc = read_json_document(path, problems, source, encoding)
-        if doc is None and is_json and any("Extra data" in p["reason"] for p in problems):
+        if doc is None and is_json and any("Extra data" in p["detail"] for p in problems):
             is_json = False  # JSON lines saved as .json: read it line by line
         elif is_json:
             quarantine.extend(problems)
@@ -206,26 +235,26 @@ def _chat_file(path: Path, opts, quarantine: list[dict], source: str) -> Iterato
             return
         if is_json:
             if doc is not None:
-                q(quarantine, source, path.name, doc, "expected a JSON list of conversations")
+                q(quarantine, source, path.name, doc, f"expected a JSON array of conversations, found a JSON "
+                                                      f"{json_type(doc)}", Reason.INVALID_TYPE)
             return
-    for n, raw, total in iter_lines(path, max_bytes):
+    for n, line, raw, total in read_lines(path, encoding, quarantine, source, max_bytes):
         loc = f"{path.name}:{n}"
         if total > max_bytes:
             q(quarantine, source, loc, raw, f"line of {total:,} bytes exceeds the {max_bytes:,}-byte limit "
-                                            "(option max_line_bytes)")
+                                            "(option max_line_bytes)", Reason.OVERSIZE)
             continue
-        line = decode(raw, encoding)
         if line is None:
-            q(quarantine, source, loc, raw.decode("latin-1"), f"not {encoding.upper()} text (pass ?encoding=...)")
+            q(quarantine, source, loc, raw.decode("latin-1"), f"line is not {encoding.upper()} text (pass "
+                                                              "?encoding=...)", Reason.ENCODING)
             continue
-        if n == 1:
-            line = line.lstrip("\ufeff")
         if not line.strip():
+            yield Skipped("blank line")
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            q(quarantine, source, loc, line, f"malformed JSON: {exc.msg}")
+            q(quarantine, source, loc, line, f"malformed JSON: {exc.msg} (column {exc.colno})", Reason.INVALID_JSON)
             continue
         conv = record_conversation(obj, roles, path.stem, n, loc, quarantine, source)
         if conv:
@@ -242,34 +271,7 @@ def jsonl(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversatio
     if not files:
         raise IngestError(f"{source}: no .jsonl or .json files in {path}")
     for f in files:
-        yield from _chat_file(f, opts, quarantine, source)
+        yield from chat_file(f, opts, quarantine, source)
 
 
 sharegpt = jsonl  # same reader: each record says which shape it is
-
-
-def folder(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    """Every file of a folder by its extension: .jsonl/.json chat records, .csv/.tsv and .parquet turn rows.
-
-    Files with other extensions are quarantined (one row each) rather than skipped unseen.
-    """
-    from convrl.data.sources.tabular import TABLE_OPTIONS, csv_file, parquet_file
-
-    path, opts = open_source(arg, source, tuple(sorted(set(CHAT_OPTIONS) | set(TABLE_OPTIONS))))
-    if not path.is_dir():
-        raise IngestError(f"{source}: {path} is not a folder")
-    chat_opts = type(opts)(source, {k: v for k, v in opts.values.items() if k in CHAT_OPTIONS}, CHAT_OPTIONS)
-    table_opts = type(opts)(source, {k: v for k, v in opts.values.items() if k in TABLE_OPTIONS}, TABLE_OPTIONS)
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        ext = f.suffix.lower()
-        if f.name.startswith("."):
-            continue
-        if ext in (".jsonl", ".json"):
-            yield from _chat_file(f, chat_opts, quarantine, source)
-        elif ext in (".csv", ".tsv"):
-            yield from csv_file(f, table_opts, quarantine, source)
-        elif ext == ".parquet":
-            yield from parquet_file(f, table_opts, quarantine, source)
-        else:
-            q(quarantine, source, str(f.relative_to(path)), "", f"unsupported file type '{ext or f.name}' "
-              "(dir: reads .jsonl, .json, .csv, .tsv, .parquet)")

@@ -31,8 +31,9 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from convrl.data.sources.base import (Conversation, IngestError, Skipped, decode, fact_persona, files_in,
-                                      iter_lines, json_list, open_source, q, refuse_binary)
+from convrl.data.schema import Reason
+from convrl.data.sources.base import Conversation, IngestError, Skipped, fact_persona, files_in, open_source, q
+from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary
 from convrl.data.sources.labels import (DAILYDIALOG_ACT_IDS, DAILYDIALOG_EMOTION_IDS, map_emotion,
                                         normalise_act)
 
@@ -67,13 +68,13 @@ def _dd_convlab(path: Path, keep: set, quarantine, source) -> Iterator[Conversat
         try:
             dialogues = json.loads(zf.read(name))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            q(quarantine, source, f"{path.name}/{name}", "", f"malformed JSON: {exc}")
+            q(quarantine, source, f"{path.name}/{name}", "", f"malformed JSON: {exc}", Reason.INVALID_JSON)
             return
     speakers = {"user": "user", "system": "assistant"}
     for i, d in enumerate(dialogues):
         loc = f"{path.name}/{name}:dialogue {i}"
         if not isinstance(d, dict) or not isinstance(d.get("turns"), list):
-            q(quarantine, source, loc, d, "dialogue lacks a 'turns' list")
+            q(quarantine, source, loc, d, "dialogue lacks a 'turns' list", Reason.MISSING_FIELD)
             continue
         split = _SPLITS.get(str(d.get("data_split")))
         if keep and split not in keep:
@@ -82,14 +83,16 @@ def _dd_convlab(path: Path, keep: set, quarantine, source) -> Iterator[Conversat
         for t in d["turns"]:
             role = speakers.get(t.get("speaker")) if isinstance(t, dict) else None
             if role is None or not isinstance(t.get("utterance"), str):
-                bad = f"turn {len(turns)} lacks a user/system speaker or a text utterance"
+                bad = (f"turn {len(turns)} lacks a user/system speaker or a text utterance",
+                       Reason.UNKNOWN_ROLE if isinstance(t, dict) and "speaker" in t and role is None
+                       else Reason.MISSING_FIELD)
                 break
             emo = t.get("emotion")
             acts = [a.get("intent") for a in (t.get("dialogue_acts") or {}).get("binary") or [] if isinstance(a, dict)]
             turns.append({"role": role, "text": t["utterance"], "emotion": map_emotion(emo) if emo else None,
                           "act": next((normalise_act(a) for a in acts if normalise_act(a)), None)})
         if bad:
-            q(quarantine, source, loc, d, bad)
+            q(quarantine, source, loc, d, *bad)
             continue
         cid = str(d.get("dialogue_id") or f"dailydialog-{i}")
         yield Conversation(cid if cid.startswith("dailydialog") else f"dailydialog-{cid}", turns,
@@ -127,12 +130,12 @@ def _dd_original(root: Path, keep: set, quarantine, source) -> Iterator[Conversa
             loc = f"{tp.parent.name}/{tp.name}:{n}"
             line = decode(raw)
             if line is None:
-                q(quarantine, source, loc, raw, "not UTF-8 text")
+                q(quarantine, source, loc, raw, "not UTF-8 text", Reason.ENCODING)
                 continue
             utts = [u.strip() for u in line.split("__eou__")]
             utts = [u for u in utts if u] if utts and not utts[-1] else [u for u in utts if u]
             if not utts:
-                q(quarantine, source, loc, line, "empty dialogue line")
+                q(quarantine, source, loc, line, "empty dialogue line", Reason.EMPTY_CONVERSATION)
                 continue
             turns = _alternate([detokenise(u) for u in utts])
             for labels, key, table in ((emotions, "emotion", DAILYDIALOG_EMOTION_IDS),
@@ -141,7 +144,8 @@ def _dd_original(root: Path, keep: set, quarantine, source) -> Iterator[Conversa
                     continue
                 ids = labels[n - 1] if n - 1 < len(labels) else []
                 if len(ids) != len(turns) or any(i not in table for i in ids):
-                    q(quarantine, source, loc, line, f"{len(turns)} turns but {key} labels {ids}")
+                    q(quarantine, source, loc, line, f"{len(turns)} turns but {key} labels {ids}",
+                      Reason.INVALID_VALUE)
                     turns = []
                     break
                 for t, i in zip(turns, ids):
@@ -178,12 +182,14 @@ def empatheticdialogues(arg: str, quarantine: list[dict], source: str) -> Iterat
         for loc, rec in records:
             utts = rec.get("utterence", rec.get("utterance")) if isinstance(rec, dict) else None
             if not isinstance(utts, list) or not utts or not all(isinstance(u, str) for u in utts):
-                q(quarantine, source, loc, rec, "record lacks a list of utterances ('utterence')")
+                q(quarantine, source, loc, rec, "record lacks a list of utterances ('utterence')",
+                  Reason.MISSING_FIELD)
                 continue
             label = str(rec.get("label") or rec.get("context") or "").strip().lower()
             emo = map_emotion(label)
             if label and emo is None:
-                q(quarantine, source, loc, rec, f"unknown EmpatheticDialogues emotion {label!r}")
+                q(quarantine, source, loc, rec, f"unknown EmpatheticDialogues emotion {label!r}",
+                  Reason.INVALID_VALUE)
                 continue
             turns = _alternate([u.replace("_comma_", ",") for u in utts])
             if label:
@@ -192,7 +198,7 @@ def empatheticdialogues(arg: str, quarantine: list[dict], source: str) -> Iterat
             if situation == "system" and prompt:
                 turns.insert(0, {"role": "system", "text": f"Situation: {prompt}"})
             cid = str(rec.get("conv_id") or loc).replace(":", "_")
-            yield Conversation(f"ed-{cid}", turns, split=_split_from_name(f.stem), location=loc)
+            yield Conversation(f"ed-{cid}", turns, split=split_from_name(f.stem), location=loc)
 
 
 def _ed_csv(path: Path, quarantine, source) -> Iterator[tuple[str, dict]]:
@@ -201,20 +207,22 @@ def _ed_csv(path: Path, quarantine, source) -> Iterator[tuple[str, dict]]:
         return
     text = decode(path.read_bytes())
     if text is None:
-        q(quarantine, source, path.name, "", "file is not UTF-8 text")
+        q(quarantine, source, path.name, "", "file is not UTF-8 text", Reason.ENCODING)
         return
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     need = ("conv_id", "utterance_idx", "context", "prompt", "utterance")
     if not all(c in header for c in need):
-        q(quarantine, source, path.name, ",".join(header), f"EmpatheticDialogues CSV needs columns {need}")
+        q(quarantine, source, path.name, ",".join(header), f"EmpatheticDialogues CSV needs columns {need}",
+          Reason.MISSING_FIELD)
         return
     col = {c: header.index(c) for c in need}
     current, start = None, 0
     for row in reader:
         loc = f"{path.name}:{reader.line_num}"
         if len(row) < len(header):
-            q(quarantine, source, loc, ",".join(row), f"row has {len(row)} fields, the header has {len(header)}")
+            q(quarantine, source, loc, ",".join(row), f"row has {len(row)} fields, the header has {len(header)}",
+              Reason.MALFORMED_ROW)
             continue
         cid = row[col["conv_id"]]
         if current is None or current["conv_id"] != cid:
@@ -227,7 +235,7 @@ def _ed_csv(path: Path, quarantine, source) -> Iterator[tuple[str, dict]]:
         yield start, current
 
 
-def _split_from_name(stem: str) -> str | None:
+def split_from_name(stem: str) -> str | None:
     return next((v for k, v in _SPLITS.items() if re.search(rf"(^|[_\-.]){k}($|[_\-.])", stem.lower())), None)
 
 
@@ -264,7 +272,8 @@ def _persona_json(path: Path, prefix: str, label: str, quarantine, source) -> It
             # ParlAI BST: [[speaker_idx, text], ...]; the second speaker (index 1) is the assistant.
             pairs = rec["dialog"]
             if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
-                q(quarantine, source, loc, rec, "'dialog' entries must be [speaker_index, text] pairs")
+                q(quarantine, source, loc, rec, "'dialog' entries must be [speaker_index, text] pairs",
+                  Reason.INVALID_TYPE)
                 continue
             utts = [p[1] for p in pairs]
             personas = rec.get("personas") or [[], []]
@@ -272,15 +281,16 @@ def _persona_json(path: Path, prefix: str, label: str, quarantine, source) -> It
             if pairs and pairs[0][0] == 1:
                 utts = [None] + utts  # the assistant speaks first: keep roles aligned
         else:
-            q(quarantine, source, loc, rec, "record lacks a 'dialogue' (or 'dialog') list")
+            q(quarantine, source, loc, rec, "record lacks a 'dialogue' (or 'dialog') list", Reason.MISSING_FIELD)
             continue
         if not all(u is None or isinstance(u, str) for u in utts) or not any(utts):
-            q(quarantine, source, loc, rec, "utterances must be a non-empty list of strings")
+            q(quarantine, source, loc, rec, "utterances must be a non-empty list of strings",
+              Reason.INVALID_TYPE if utts else Reason.EMPTY_CONVERSATION)
             continue
         turns = [t for t in _alternate(utts) if t["text"] is not None]
         card = fact_persona(prefix, facts if isinstance(facts, list) else [], label)
         yield Conversation(f"{prefix}-{path.stem}-{i}", turns, persona_id=card and card.persona_id,
-                           persona=card and card.to_row(), split=_split_from_name(path.stem), location=loc)
+                           persona=card and card.to_row(), split=split_from_name(path.stem), location=loc)
 
 
 def _parlai_text(path: Path, quarantine, source) -> Iterator[Conversation]:
@@ -292,16 +302,17 @@ def _parlai_text(path: Path, quarantine, source) -> Iterator[Conversation]:
 
     def finish(ep):
         if ep["bad"]:
-            q(quarantine, source, ep["loc"], ep["raw"], ep["bad"])
+            q(quarantine, source, ep["loc"], ep["raw"], *ep["bad"])
             return None
         if not any(ep["texts"]):
-            q(quarantine, source, ep["loc"], ep["raw"], "episode has persona lines but no dialogue")
+            q(quarantine, source, ep["loc"], ep["raw"], "episode has persona lines but no dialogue",
+              Reason.EMPTY_CONVERSATION)
             return None
         card = fact_persona("personachat", ep["facts"], "PersonaChat")
         # A silent partner (__SILENCE__, kept as None) means the assistant opens: roles stay aligned.
         turns = [t for t in _alternate(ep["texts"]) if t["text"] is not None]
         return Conversation(f"personachat-{path.stem}-{count}", turns, persona_id=card and card.persona_id,
-                            persona=card and card.to_row(), split=_split_from_name(path.stem), location=ep["loc"])
+                            persona=card and card.to_row(), split=split_from_name(path.stem), location=ep["loc"])
 
     for n, raw, _total in iter_lines(path):
         line = decode(raw)
@@ -310,8 +321,9 @@ def _parlai_text(path: Path, quarantine, source) -> Iterator[Conversation]:
         if line is None or not num.isdigit():
             if episode is None:
                 episode = {"loc": loc, "raw": "", "texts": [], "facts": [], "bad": None}
-            episode["bad"] = episode["bad"] or (f"line {n}: not UTF-8 text" if line is None
-                                                else f"line {n} does not start with a line number")
+            episode["bad"] = episode["bad"] or ((f"line {n}: not UTF-8 text", Reason.ENCODING) if line is None
+                                                else (f"line {n} does not start with a line number",
+                                                      Reason.MALFORMED_ROW))
             episode["raw"] = episode["raw"] or (line or raw.decode("latin-1"))[:500]
             continue
         if num == "1" and episode is not None:
@@ -350,7 +362,7 @@ def synthetic_persona_chat(arg: str, quarantine: list[dict], source: str) -> Ite
             continue
         text = decode(f.read_bytes(), "utf-8-sig")
         if text is None:
-            q(quarantine, source, f.name, "", "file is not UTF-8 text")
+            q(quarantine, source, f.name, "", "file is not UTF-8 text", Reason.ENCODING)
             continue
         reader = csv.DictReader(io.StringIO(text))
         for i, row in enumerate(reader):
@@ -370,8 +382,9 @@ def synthetic_persona_chat(arg: str, quarantine: list[dict], source: str) -> Ite
                     bad = f"line {line[:60]!r} has no 'User 1:'/'User 2:' prefix"
                     break
             if bad or not turns:
-                q(quarantine, source, loc, row, bad or "no conversation text")
+                q(quarantine, source, loc, row, bad or "no conversation text",
+                  Reason.MALFORMED_ROW if bad else Reason.EMPTY_CONVERSATION)
                 continue
             card = fact_persona("spc", (row.get("user 2 personas") or "").splitlines(), "Synthetic-Persona-Chat")
             yield Conversation(f"spc-{f.stem}-{i}", turns, persona_id=card and card.persona_id,
-                               persona=card and card.to_row(), split=_split_from_name(f.stem), location=loc)
+                               persona=card and card.to_row(), split=split_from_name(f.stem), location=loc)

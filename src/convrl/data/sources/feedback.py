@@ -31,9 +31,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from convrl.data.sources.base import (Conversation, IngestError, Skipped, decode, fact_persona, files_in,
-                                      iter_lines, json_list, open_source, q, refuse_binary)
-from convrl.data.sources.corpora import _split_from_name
+from convrl.data.schema import Reason
+from convrl.data.sources.base import Conversation, IngestError, Skipped, fact_persona, files_in, open_source, q
+from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary
+from convrl.data.sources.corpora import split_from_name
 from convrl.data.sources.labels import map_emotion
 
 # ------------------------------------------------------------------ ConvAI2 human evaluation
@@ -62,11 +63,11 @@ def _bot_sender(rec: dict) -> str:
 
 def _convai2_dialogue(rec, f: Path, i: int, loc: str, rated_only: bool, quarantine, source):
     if not isinstance(rec, dict) or not isinstance(rec.get("dialog"), list):
-        q(quarantine, source, loc, rec, "dialogue lacks a 'dialog' list")
+        q(quarantine, source, loc, rec, "dialogue lacks a 'dialog' list", Reason.MISSING_FIELD)
         return None
     score = rec.get("eval_score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 1 <= score <= 5):
-        q(quarantine, source, loc, rec, f"eval_score {score!r} is not a 1-5 rating")
+        q(quarantine, source, loc, rec, f"eval_score {score!r} is not a 1-5 rating", Reason.INVALID_VALUE)
         return None
     if rated_only and score is None:
         return Skipped("unrated (rated=1)")
@@ -74,12 +75,12 @@ def _convai2_dialogue(rec, f: Path, i: int, loc: str, rated_only: bool, quaranti
     turns = []
     for m in rec["dialog"]:
         if not isinstance(m, dict) or not isinstance(m.get("text"), str):
-            q(quarantine, source, loc, rec, "a message lacks string 'text'")
+            q(quarantine, source, loc, rec, "a message lacks string 'text'", Reason.MISSING_FIELD)
             return None
         cls = str(m.get("sender_class") or "").lower()
         if cls not in ("bot", "human"):
             if m.get("sender") not in ("participant1", "participant2"):
-                q(quarantine, source, loc, rec, f"unknown sender {m.get('sender')!r}")
+                q(quarantine, source, loc, rec, f"unknown sender {m.get('sender')!r}", Reason.UNKNOWN_ROLE)
                 return None
             cls = "bot" if m["sender"] == bot else "human"
         turn = {"role": "assistant" if cls == "bot" else "user", "text": m["text"]}
@@ -147,17 +148,18 @@ def _session(f: Path, k: int, lines: list[tuple[int, str | None]], quarantine, s
     turns: list[dict] = []
     for n, line in lines:
         if line is None:
-            q(quarantine, source, loc, raw, f"line {n} is not UTF-8 text")
+            q(quarantine, source, loc, raw, f"line {n} is not UTF-8 text", Reason.ENCODING)
             return None
         fields = line.split("\t")
         role = {"USER": "user", "SYSTEM": "assistant"}.get(fields[0].strip().upper())
         if role is None or len(fields) < 2:
-            q(quarantine, source, loc, raw, f"line {n}: expected USER|SYSTEM<TAB>text<TAB>action<TAB>scores")
+            q(quarantine, source, loc, raw, f"line {n}: expected USER|SYSTEM<TAB>text<TAB>action<TAB>scores",
+              Reason.MALFORMED_ROW)
             return None
         try:
             score = _scores(fields[3]) if len(fields) > 3 else None
         except ValueError as exc:
-            q(quarantine, source, loc, raw, f"line {n}: bad satisfaction scores ({exc})")
+            q(quarantine, source, loc, raw, f"line {n}: bad satisfaction scores ({exc})", Reason.INVALID_VALUE)
             return None
         if role == "user" and fields[1].strip() == "OVERALL":
             continue
@@ -166,7 +168,7 @@ def _session(f: Path, k: int, lines: list[tuple[int, str | None]], quarantine, s
             turns[-1]["feedback_rating"] = score
         turns.append({"role": role, "text": fields[1]})
     if not turns:
-        q(quarantine, source, loc, raw, "session has no turns")
+        q(quarantine, source, loc, raw, "session has no turns", Reason.EMPTY_CONVERSATION)
         return None
     return Conversation(f"satisfaction-{f.stem}-{k}", turns, location=loc)
 
@@ -191,12 +193,12 @@ def goemotions(arg: str, quarantine: list[dict], source: str) -> Iterator[Conver
     for f in files:
         if refuse_binary(f, quarantine, source, "TSV text"):
             continue
-        split = _split_from_name(f.stem)
+        split = split_from_name(f.stem)
         for n, raw, total in iter_lines(f):
             loc = f"{f.name}:{n}"
             line = decode(raw)
             if line is None:
-                q(quarantine, source, loc, raw, "not UTF-8 text")
+                q(quarantine, source, loc, raw, "not UTF-8 text", Reason.ENCODING)
                 continue
             fields = line.rstrip("\r\n").split("\t")
             if fields == [""]:
@@ -207,7 +209,8 @@ def goemotions(arg: str, quarantine: list[dict], source: str) -> Iterator[Conver
                 ids = None
             if ids is None or not ids or any(not 0 <= i < len(names) for i in ids):
                 q(quarantine, source, loc, line, "expected text<TAB>label ids (comma-separated, "
-                                                 f"0-{len(names) - 1})<TAB>comment id")
+                                                 f"0-{len(names) - 1})<TAB>comment id",
+                  Reason.MALFORMED_ROW)
                 continue
             fine = [names[i] for i in ids]
             mapped = list(dict.fromkeys(map_emotion(x) for x in fine))

@@ -19,8 +19,12 @@ mapping:
 
 from __future__ import annotations
 
-EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
-ACTS = ("inform", "question", "directive", "commissive")
+from convrl.data.schema import ACTS, EMOTIONS
+
+__all__ = ["ACTS", "ALL_EMOTIONS", "EMOTIONS", "THUMBS", "map_emotion", "normalise_act"]
+
+# Thumbs feedback spellings -> 1 (up) / 0 (down), shared by the chat-record and table readers.
+THUMBS = {"up": 1.0, "down": 0.0, "1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "+1": 1.0, "-1": 0.0}
 
 _EKMAN = {"neutral": "neutral", "joy": "happy", "happiness": "happy", "sadness": "sad", "anger": "angry",
           "fear": "fearful", "surprise": "surprised", "disgust": "disgusted", "no emotion": "neutral",
