@@ -22,7 +22,6 @@ convai2_eval:PATH        ConvAI2 human-evaluation JSON (ratings, thumbs, bot per
 user_satisfaction:PATH   MWOZ/SGD/ReDial/CCPE satisfaction sessions
 goemotions:PATH          GoEmotions TSV (single-turn, emotion labels)
 mlflow-traces:EXPERIMENT served sessions with thumbs/ratings and arena choices (``?since=7d``)
-mlflow-traces:EXPERIMENT served sessions with thumbs/ratings and arena choices (``?since=7d``)
 =======================  ======================================================
 """
 
@@ -33,7 +32,6 @@ from convrl.data.sources.chat import chatterbot, jsonl, sharegpt
 from convrl.data.sources.corpora import (blended_skill_talk, dailydialog, empatheticdialogues, personachat,
                                          synthetic_persona_chat)
 from convrl.data.sources.feedback import convai2_eval, goemotions, user_satisfaction
-from convrl.data.sources.mlflow_traces import mlflow_traces
 from convrl.data.sources.mlflow_traces import mlflow_traces
 from convrl.data.sources.folder import folder
 from convrl.data.sources.hf import hf_source
@@ -46,7 +44,6 @@ SOURCE_LOADERS = {
     "synthetic_persona_chat": synthetic_persona_chat, "convai2_eval": convai2_eval,
     "user_satisfaction": user_satisfaction, "goemotions": goemotions,
 }
-SOURCE_LOADERS["mlflow-traces"] = mlflow_traces  # served conversations + arena choices (convrl serve)
 SOURCE_LOADERS["mlflow-traces"] = mlflow_traces  # served conversations + arena choices (convrl serve)
 
 __all__ = ["SOURCE_LOADERS", "Conversation", "IngestError", "Skipped"]
