@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from convrl.config import Config, ConfigError, RLConfig
+from convrl.config.rl import DPOSection, LoraSection, MultiTurnSection
 from convrl.data.prompts import build_prompts
 from convrl.rewards.heads import HEADS, RewardScorer
 from convrl.rl.generation import Generator
 from convrl.rl.grpo import train_grpo
-from convrl.rl.multiturn import (ConversationScores, MultiTurnRollout, SimulatedUser, TurnTemplate, aggregate_turns,
-                                 consistency, conversation_reward_funcs, self_repetition)
+from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser, TurnTemplate
+from convrl.rl.turn_rewards import aggregate_turns, consistency, conversation_reward_funcs, self_repetition
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +105,20 @@ def test_config_validates_multiturn_and_algorithms():
     Config(rl=RLConfig(algorithm="dpo")).validate_values()
     Config(rl=RLConfig(turns=3)).validate_values()
     for bad, match in [(RLConfig(algorithm="ppo"), "grpo, rloo or dpo"), (RLConfig(turns=2, algorithm="rloo"),
-                       "rollout_func"), (RLConfig(turns=0), "turns"), (RLConfig(turn_reward="max"), "turn_reward"),
-                       (RLConfig(user_simulator="human"), "user_simulator")]:
+                       "rollout_func"), (RLConfig(turns=0), "turns"),
+                       (RLConfig(multiturn=MultiTurnSection(turn_reward="max")), "rl.multiturn.turn_reward"),
+                       (RLConfig(multiturn=MultiTurnSection(user_simulator="human")), "rl.multiturn.user_simulator"),
+                       (RLConfig(multiturn=MultiTurnSection(turn_credit=2.0)), "turn_credit"),
+                       (RLConfig(lora=LoraSection(r=0)), "rl.lora.r"), (RLConfig(dpo=DPOSection(candidates=1)),
+                                                                       "rl.dpo.candidates"),
+                       (RLConfig(multi_objective_aggregation="max"), "multi_objective_aggregation")]:
         with pytest.raises(ConfigError, match=match):
             Config(rl=bad).validate_values()
 
 
 def test_multiturn_grpo_masks_user_turns_and_trains(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path):
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, save_steps=1,
-                  precision="fp32", turns=3, turn_reward="mean")
+                  precision="fp32", turns=3)
     funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
     rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=5), tok, "model")
     outputs = []
@@ -177,7 +183,7 @@ def test_dpo_from_reward_ranked_pairs_and_from_ratings(scorer, prompts, personas
     from convrl.rl.dpo import rated_pairs, train_dpo
 
     cfg = Config(rl=RLConfig(algorithm="dpo", max_steps=2, prompts_per_step=2, max_completion_length=6,
-                             save_steps=1, precision="fp32", dpo_candidates=3, dpo_min_margin=0.0))
+                             save_steps=1, precision="fp32", dpo=DPOSection(candidates=3, min_margin=0.0)))
     by_id = {p.persona_id: p for p in personas}
     res = train_dpo(cfg, tiny_policy_dir, prompts[:4], scorer, tmp_path, personas_by_id=by_id)
     assert res.steps == 2 and (tmp_path / "preference_pairs.jsonl").exists()
@@ -219,62 +225,47 @@ def test_trainer_args_follow_the_config(tmp_path, monkeypatch):
 def test_rollout_weights_sync_once_per_optimizer_step(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path,
                                                       monkeypatch):
     """Multi-turn rollouts generate rl.turns times per step; the merged rollout copy is refreshed once per step."""
-    from convrl.rl import grpo
+    from convrl.rl.rollout_model import RolloutModel
 
-    real = grpo.make_trainer_class
+    real = RolloutModel.copy_weights
     synced_at: list[int] = []
 
-    def counting(algorithm="grpo"):
-        cls = real(algorithm)
+    def counting(self, peft_model):
+        synced_at.append(len(synced_at))
+        return real(self, peft_model)
 
-        class Counting(cls):
-            def _copy_policy_weights(self):
-                synced_at.append(self.state.global_step)
-                return super()._copy_policy_weights()
-
-        return Counting
-
-    monkeypatch.setattr(grpo, "make_trainer_class", counting)
+    monkeypatch.setattr(RolloutModel, "copy_weights", counting)
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
                   precision="fp32", turns=3)
     funcs, weights, _ = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
     rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=3), tok, "model")
     train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout)
-    assert synced_at == [0, 1]  # not [0, 0, 0, 1, 1, 1]: one refresh per step, after each update
+    assert synced_at == [0, 1]  # not six refreshes (3 turns x 2 steps): one per step, after each update
 
 
 def test_rollout_copy_holds_the_merged_policy_after_updates(scorer, prompts, personas, tiny_policy_dir, tmp_path,
                                                             monkeypatch):
     """The per-step refresh updates only LoRA-adapted weights; the copy must still equal the merged policy."""
-    import torch
+    from convrl.rl.rollout_model import RolloutModel
 
-    from convrl.rl import grpo
+    real = RolloutModel.copy_weights
+    checked: list[tuple[int, float, float]] = []
 
-    real = grpo.make_trainer_class
-    checked: list[tuple[int, float]] = []
+    def checking(self, peft_model):
+        real(self, peft_model)
+        peft_model.merge_adapter()
+        try:
+            merged = {k.replace(".base_layer", ""): v.clone() for k, v in
+                      peft_model.get_base_model().state_dict().items() if "lora_" not in k}
+        finally:
+            peft_model.unmerge_adapter()
+        copy = self.model.state_dict()
+        worst = max((copy[k].float() - v.float()).abs().max().item() for k, v in merged.items() if k in copy)
+        moved = max((m.lora_B["default"].weight.abs().max().item() for m in peft_model.modules()
+                     if hasattr(m, "lora_B") and "default" in m.lora_B), default=0.0)
+        checked.append((len(checked), worst, moved))
 
-    def checking(algorithm="grpo"):
-        cls = real(algorithm)
-
-        class Checking(cls):
-            def _copy_policy_weights(self):
-                super()._copy_policy_weights()
-                peft_model = self.accelerator.unwrap_model(self.model)
-                peft_model.merge_adapter()
-                try:
-                    merged = {k.replace(".base_layer", ""): v.clone() for k, v in
-                              peft_model.get_base_model().state_dict().items() if "lora_" not in k}
-                finally:
-                    peft_model.unmerge_adapter()
-                copy = self._gen_model.state_dict()
-                worst = max((copy[k].float() - v.float()).abs().max().item() for k, v in merged.items() if k in copy)
-                moved = max((m.lora_B["default"].weight.abs().max().item() for m in peft_model.modules()
-                             if hasattr(m, "lora_B") and "default" in m.lora_B), default=0.0)
-                checked.append((self.state.global_step, worst, moved))
-
-        return Checking
-
-    monkeypatch.setattr(grpo, "make_trainer_class", checking)
+    monkeypatch.setattr(RolloutModel, "copy_weights", checking)
     # Unmasked truncated completions: a random tiny model rarely ends in 4 tokens, and masked rows give no gradient.
     rl = RLConfig(max_steps=3, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
                   precision="fp32", learning_rate=0.05, mask_truncated_completions=False)

@@ -8,32 +8,46 @@ from convrl.config.base import ConfigError
 
 
 @dataclass
+class SelfPlaySection:
+    """Self-play settings (``eval.selfplay.*``; ``convrl.eval.selfplay``)."""
+    conversations: int = field(
+        default=2, metadata={"help": "Self-play conversations per model with a simulated user (0 = skip self-play)."})
+    turns: int = field(default=10, metadata={"help": "Assistant turns per self-play conversation."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Tokens per self-play message (both sides)."})
+    context_turns: int = field(
+        default=6, metadata={"help": "Messages of history each side sees verbatim (the context manager's window; "
+                             "older turns reach the assistant as the context manager's memory line)."})
+    user_model: str = field(
+        default="", metadata={"help": "Simulated user model (name or path); empty = the frozen base policy."})
+    recall_probes: bool = field(
+        default=True, metadata={"help": "The simulated user states facts (name, preference, plan) early and asks "
+                                "for them again later; the report shows the share recalled."})
+
+    def validate(self) -> None:
+        if self.conversations < 0 or self.turns < 1 or self.context_turns < 1 or self.max_new_tokens < 1:
+            raise ConfigError("eval.selfplay.conversations must be >= 0 and eval.selfplay.turns, "
+                              "eval.selfplay.context_turns, eval.selfplay.max_new_tokens >= 1")
+
+
+@dataclass
 class EvalConfig:
     num_prompts: int = field(default=24, metadata={"help": "Held-out prompts (test split) per model."})
-    max_new_tokens: int = 48
-    batch_size: int = 8
-    seed: int = 13
+    max_new_tokens: int = field(default=48, metadata={
+        "help": "Token budget of each evaluated reply (greedy decoding, as convrl chat decodes)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
+    seed: int = field(default=13, metadata={"help": "Seed of prompt sampling, bootstrap and self-play users."})
     rate_threshold: float = field(
         default=0.5, metadata={"help": "A reply counts towards engagement/relevance/personality/emotion rates "
                                        "when its held-out judge score reaches this."})
     gap_margin: float = field(
         default=0.0, metadata={"help": "Flag a reward-judge gap only when the head's gain CI lower bound exceeds this."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the report's 95% CIs."})
-    selfplay_conversations: int = field(
-        default=2, metadata={"help": "Self-play conversations per model with a simulated user (0 = skip self-play)."})
-    selfplay_turns: int = field(default=10, metadata={"help": "Assistant turns per self-play conversation."})
-    selfplay_max_new_tokens: int = field(default=32, metadata={"help": "Tokens per self-play message (both sides)."})
-    selfplay_context_turns: int = field(
-        default=6, metadata={"help": "Messages of history each side sees in self-play (the context window)."})
-    selfplay_user_model: str = field(
-        default="", metadata={"help": "Simulated user model (name or path); empty = the frozen base policy."})
+    selfplay: SelfPlaySection = field(default_factory=SelfPlaySection, metadata={
+        "help": "Multi-turn self-play against a simulated user (eval.selfplay.*)."})
 
     def validate(self) -> None:
         if not 0.0 <= self.rate_threshold <= 1.0:
             raise ConfigError(f"eval.rate_threshold must lie in [0, 1] (judge scores do), got {self.rate_threshold}")
-        if self.selfplay_conversations < 0 or self.selfplay_turns < 1 or self.selfplay_context_turns < 1:
-            raise ConfigError("eval.selfplay_conversations must be >= 0 and eval.selfplay_turns, "
-                              "eval.selfplay_context_turns >= 1")
 
 
 @dataclass

@@ -8,14 +8,41 @@ from convrl.config.base import ConfigError
 
 
 @dataclass
-class RLConfig:
-    algorithm: str = field(default="grpo", metadata={
-        "help": "grpo (TRL GRPOTrainer, single- or multi-turn), rloo (TRL RLOOTrainer, single-turn) or dpo "
-                "(TRL DPOTrainer on preference pairs: rated replies in the data, else base-model candidates "
-                "ranked by the composite reward)."})
-    turns: int = field(default=1, metadata={
-        "help": "Policy turns per rollout (grpo). 1 = single-turn; K > 1 = K policy turns with simulated user "
-                "turns in between, through TRL's rollout_func; user tokens are masked out of the loss."})
+class LoraSection:
+    """LoRA adapters of the policy (``rl.lora.*``)."""
+    enabled: bool = field(default=True, metadata={"help": "Train LoRA adapters (default); false = full fine-tuning."})
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+
+    def validate(self) -> None:
+        if self.r < 1 or self.alpha <= 0:
+            raise ConfigError(f"rl.lora.r must be >= 1 and rl.lora.alpha > 0, got r={self.r}, alpha={self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"rl.lora.dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DPOSection:
+    """DPO settings (``rl.dpo.*``, used with ``rl.algorithm: dpo``)."""
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature."})
+    candidates: int = field(default=4, metadata={
+        "help": "Without rated pairs: base-model replies sampled per prompt; best vs worst by composite reward."})
+    min_margin: float = field(default=0.02, metadata={
+        "help": "Minimum composite-reward gap between chosen and rejected (reward-ranked pairs)."})
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"rl.dpo.beta must be > 0, got {self.beta}")
+        if self.candidates < 2:
+            raise ConfigError("rl.dpo.candidates must be >= 2 to rank replies into pairs")
+        if self.min_margin < 0:
+            raise ConfigError("rl.dpo.min_margin must be >= 0")
+
+
+@dataclass
+class MultiTurnSection:
+    """Multi-turn rollouts (``rl.multiturn.*``, used when ``rl.turns > 1``)."""
     user_simulator: str = field(default="model", metadata={
         "help": "Who answers between policy turns: model (the frozen base model role-playing the user, with a "
                 "profile from the conversation) or logged (the data's next user turns; the model fills the gaps)."})
@@ -24,29 +51,88 @@ class RLConfig:
         "help": "How per-turn rewards aggregate over a rollout: mean, discounted (early turns weigh more) or final."})
     turn_discount: float = field(default=0.9, metadata={"help": "Discount of turn_reward: discounted."})
     consistency_weight: float = field(default=0.1, metadata={
-        "help": "Weight of the whole-conversation consistency reward (multi-turn only; the head weights stay)."})
+        "help": "Weight of the whole-conversation consistency reward (the head weights stay)."})
+    turn_credit: float = field(default=0.0, metadata={
+        "help": "Turn-level credit (MT-GRPO): weight in [0, 1] of each policy turn's own group-normalised reward "
+                "in its tokens' advantage; the rest is the whole-rollout advantage. 0 = one advantage per rollout."})
+
+    def validate(self) -> None:
+        if self.user_simulator not in ("model", "logged"):
+            raise ConfigError(f"rl.multiturn.user_simulator={self.user_simulator!r}: use 'model' or 'logged'")
+        if self.turn_reward not in ("mean", "discounted", "final"):
+            raise ConfigError(f"rl.multiturn.turn_reward={self.turn_reward!r}: use mean, discounted or final")
+        if not 0 < self.turn_discount <= 1:
+            raise ConfigError("rl.multiturn.turn_discount must lie in (0, 1]")
+        if not 0.0 <= self.turn_credit <= 1.0:
+            raise ConfigError(f"rl.multiturn.turn_credit must lie in [0, 1], got {self.turn_credit}")
+        if self.user_max_new_tokens < 1 or self.consistency_weight < 0:
+            raise ConfigError("rl.multiturn.user_max_new_tokens must be >= 1 and consistency_weight >= 0")
+
+
+@dataclass
+class ShapingSection:
+    """Reward shaping beside the heads (``rl.shaping.*``; ``convrl.rl.shaping``)."""
+    ending_weight: float = field(default=0.15, metadata={
+        "help": "Weight of the 'ending' reward: 1 when a reply stops on its end-of-turn token within "
+                "max_completion_length, 0 when cut off (0 = off)."})
+    repetition_weight: float = field(default=0.1, metadata={
+        "help": "Weight of the 'non_repetition' reward: 1 minus repeated 3-grams inside the reply or word overlap "
+                "with an earlier own reply (0 = off)."})
+
+    def validate(self) -> None:
+        if self.ending_weight < 0 or self.repetition_weight < 0:
+            raise ConfigError("rl.shaping weights must be >= 0")
+
+
+@dataclass
+class SpeedSection:
+    """convrl's speed levers on TRL's trainer (``rl.speed.*``; ``convrl.rl.trainer.ConvRLTrainerConfig``)."""
+    fast_rollouts: bool = field(default=True, metadata={
+        "help": "Rollouts from a merged bf16/fp32 inference copy with convrl's CPU decoding; false = TRL's "
+                "generation with the training model."})
+    share_prompt_prefix: bool = field(default=True, metadata={
+        "help": "Prefill and forward each distinct prompt once per GRPO group (rollouts, log-prob passes)."})
+    carry_kv_cache: bool = field(default=True, metadata={
+        "help": "Multi-turn rollouts keep each conversation's KV cache across turns (needs fast_rollouts)."})
+    reference_fluency: bool = field(default=True, metadata={
+        "help": "The KL reference pass hands its log-probs to the fluency head (no separate fluency LM pass)."})
+    vllm: bool = field(default=True, metadata={
+        "help": "On a CUDA device with vLLM installed, generate with vLLM colocated in the training process."})
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = field(default="grpo", metadata={
+        "help": "grpo (TRL GRPOTrainer, single- or multi-turn), rloo (TRL RLOOTrainer, single-turn) or dpo "
+                "(TRL DPOTrainer on preference pairs: rated replies in the data, else base-model candidates "
+                "ranked by the composite reward)."})
+    turns: int = field(default=1, metadata={
+        "help": "Policy turns per rollout (grpo). 1 = single-turn; K > 1 = K policy turns with simulated user "
+                "turns in between, through TRL's rollout_func; user tokens are masked out of the loss."})
     mask_truncated_completions: bool = field(default=True, metadata={
         "help": "Drop completions cut at max_completion_length from the loss (they have no ending to judge)."})
-    lora: bool = field(default=True, metadata={"help": "LoRA adapters (default); false = full fine-tuning."})
-    dpo_beta: float = field(default=0.1, metadata={"help": "DPO temperature (rl.algorithm: dpo)."})
-    dpo_candidates: int = field(default=4, metadata={
-        "help": "DPO without rated pairs: base-model replies sampled per prompt; best vs worst by composite reward."})
-    dpo_min_margin: float = field(default=0.02, metadata={
-        "help": "Minimum composite-reward gap between chosen and rejected (reward-ranked pairs)."})
-    max_steps: int = 20
+    lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "LoRA adapters (rl.lora.*)."})
+    dpo: DPOSection = field(default_factory=DPOSection, metadata={"help": "DPO settings (rl.dpo.*)."})
+    multiturn: MultiTurnSection = field(default_factory=MultiTurnSection, metadata={
+        "help": "Multi-turn rollouts (rl.multiturn.*)."})
+    shaping: ShapingSection = field(default_factory=ShapingSection, metadata={
+        "help": "Ending / repetition rewards beside the heads (rl.shaping.*)."})
+    speed: SpeedSection = field(default_factory=SpeedSection, metadata={"help": "Speed levers (rl.speed.*)."})
+    multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
+        "help": "How GRPO combines the rewards: sum_then_normalize (weighted sum, then normalised per group) or "
+                "normalize_then_sum (each reward normalised per group first, then weighted; GDPO)."})
+    max_steps: int = field(default=20, metadata={"help": "Optimizer steps of RL."})
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
     prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts per optimisation step."})
-    max_completion_length: int = 48
+    max_completion_length: int = field(default=48, metadata={
+        "help": "Token budget of one policy reply (per turn in multi-turn rollouts)."})
     max_prompt_turns: int = field(default=4, metadata={
         "help": "Context turns kept verbatim in each prompt (the context manager's window); older turns are "
                 "compressed into a memory line of topics and user preferences in the system prompt."})
     prompt_token_budget: int = field(default=512, metadata={"help": "Token budget of a prompt's context."})
-    learning_rate: float = 2e-4
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (LoRA parameters)."})
     beta: float = field(default=0.04, metadata={"help": "KL coefficient to the reference policy (> 0)."})
-    temperature: float = 0.9
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the rollouts."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps."})
     launcher: str = field(
         default="inline", metadata={"help": "inline (train inside the pipeline step) or trainjob (a Kubeflow "
@@ -54,8 +140,8 @@ class RLConfig:
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 where the CPU/GPU has bf16 units, else fp32), bf16 or fp32: "
                                   "autocast for training and the dtype of the rollout model."})
-    logging_steps: int = 1
-    seed: int = 13
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
+    seed: int = field(default=13, metadata={"help": "Seed of RL (prompt order, sampling, LoRA init)."})
 
     def validate(self) -> None:
         if self.launcher not in ("inline", "trainjob"):
@@ -67,12 +153,9 @@ class RLConfig:
         if self.turns > 1 and self.algorithm != "grpo":
             raise ConfigError(f"rl.turns={self.turns} needs rl.algorithm=grpo: multi-turn rollouts go through "
                               f"GRPOTrainer's rollout_func, which TRL's {self.algorithm.upper()} trainer lacks")
-        if self.user_simulator not in ("model", "logged"):
-            raise ConfigError(f"rl.user_simulator={self.user_simulator!r}: use 'model' or 'logged'")
-        if self.turn_reward not in ("mean", "discounted", "final"):
-            raise ConfigError(f"rl.turn_reward={self.turn_reward!r}: use mean, discounted or final")
-        if not 0 < self.turn_discount <= 1:
-            raise ConfigError("rl.turn_discount must lie in (0, 1]")
+        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+            raise ConfigError(f"rl.multi_objective_aggregation={self.multi_objective_aggregation!r}: use "
+                              "sum_then_normalize or normalize_then_sum")
         if self.beta <= 0:
             raise ConfigError("rl.beta must be > 0: without a KL term the policy drifts freely "
                               "and learns to hack the reward")

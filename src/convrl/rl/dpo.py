@@ -3,9 +3,9 @@
 Pairs come from human ratings when the data has them (``feedback_rating`` /
 thumbs, ``convrl.data.preferences``: two replies to the same prompt, one rated
 at least a point better). Without enough rated pairs, they are built the RLAIF
-way: the frozen base model samples ``rl.dpo_candidates`` replies to each
+way: the frozen base model samples ``rl.dpo.candidates`` replies to each
 persona-conditioned training prompt, the composite reward ranks them, and the
-best and worst form a pair when they differ by ``rl.dpo_min_margin``. The
+best and worst form a pair when they differ by ``rl.dpo.min_margin``. The
 persona system prompt stays in the pair's prompt, so DPO learns persona-
 conditioned preferences. Checkpoints, resume and the exported merged policy
 work as for GRPO::
@@ -41,7 +41,7 @@ def reward_ranked_pairs(prompts: list[dict], scorer, personas_by_id: dict, base_
     from convrl.runtime import bf16_supported
 
     if candidates < 2:
-        raise ValueError("rl.dpo_candidates must be >= 2 to rank replies into pairs")
+        raise ValueError("rl.dpo.candidates must be >= 2 to rank replies into pairs")
     gen = Generator(base_dir, dtype=torch.bfloat16 if bf16_supported() else torch.float32)
     convs = [p["prompt"] for p in prompts for _ in range(candidates)]
     replies = gen.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
@@ -66,12 +66,12 @@ def preference_data(cfg, base_dir: str, prompts: list[dict], scorer, personas_by
     pairs = rated_pairs(turns)
     if len(pairs) >= MIN_RATED_PAIRS:
         return pairs, "ratings"
-    pairs = reward_ranked_pairs(prompts, scorer, personas_by_id, base_dir, cfg.rl.dpo_candidates,
-                                cfg.rl.max_completion_length, cfg.rl.dpo_min_margin, cfg.rl.seed)
+    pairs = reward_ranked_pairs(prompts, scorer, personas_by_id, base_dir, cfg.rl.dpo.candidates,
+                                cfg.rl.max_completion_length, cfg.rl.dpo.min_margin, cfg.rl.seed)
     if not pairs:
         raise ValueError(f"DPO found no preference pairs: no rated replies in the data and no prompt whose "
-                         f"{cfg.rl.dpo_candidates} candidates differ by rl.dpo_min_margin={cfg.rl.dpo_min_margin}; "
-                         "lower rl.dpo_min_margin or raise rl.dpo_candidates")
+                         f"{cfg.rl.dpo.candidates} candidates differ by rl.dpo.min_margin={cfg.rl.dpo.min_margin}; "
+                         "lower rl.dpo.min_margin or raise rl.dpo.candidates")
     return pairs, "reward_ranked"
 
 
@@ -100,7 +100,7 @@ def train_dpo(cfg, base_dir: str, prompts: list[dict], scorer, out_dir: str | Pa
         on_log(summary, 0)
     model, tok, peft_config = load_policy(rl, base_dir)
     args = DPOConfig(output_dir=str(out / "checkpoints"), max_steps=rl.max_steps, learning_rate=rl.learning_rate,
-                     beta=rl.dpo_beta, per_device_train_batch_size=max(2, rl.prompts_per_step),
+                     beta=rl.dpo.beta, per_device_train_batch_size=max(2, rl.prompts_per_step),
                      gradient_accumulation_steps=1, logging_steps=rl.logging_steps, save_strategy="steps",
                      save_steps=rl.save_steps, save_total_limit=2, seed=rl.seed, report_to="none",
                      use_cpu=not torch.cuda.is_available(), bf16=resolve_precision(rl.precision) == "bf16",

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 
 class Generator:
-    def __init__(self, model_dir: str, dtype: torch.dtype = torch.float32):
+    """A chat model for batched replies; ``fast=False`` uses transformers' defaults (benchmark baselines)."""
+
+    def __init__(self, model_dir: str, dtype: torch.dtype = torch.float32, fast: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_dir = model_dir
@@ -25,7 +27,8 @@ class Generator:
         from convrl.rl.decoding import gqa_attention
 
         # GQA-grouped eager attention + a preallocated cache decode ~25% faster than the defaults on a CPU.
-        attn = gqa_attention() if not torch.cuda.is_available() else None
+        self.fast = fast
+        attn = gqa_attention() if fast and not torch.cuda.is_available() else None
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).eval()
 
     @torch.inference_mode()
@@ -48,9 +51,12 @@ class Generator:
             config.update(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id)
             if do_sample:
                 config.update(temperature=temperature, top_p=0.95)
-            config, processors = sampling_setup(config)
-            cache = preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
-            out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
+            if self.fast:
+                config, processors = sampling_setup(config)
+                cache = preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
+                out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
+            else:
+                out = self.model.generate(**enc, generation_config=config)
             for j, i in enumerate(idx):
                 outputs[i] = self.tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         return outputs
@@ -68,12 +74,13 @@ class InverseCDFSampler:
     finite, so ``do_sample=False`` decoding picks it. Use ``sampling_setup``.
     """
 
-    def __init__(self, generation_config):
+    def __init__(self, generation_config, generator: torch.Generator | None = None):
         from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
                                                             TemperatureLogitsWarper, TopKLogitsWarper,
                                                             TopPLogitsWarper)
 
         gc = generation_config
+        self.generator = generator  # its own random stream (e.g. the simulated user's), else torch's global one
         self.warpers = LogitsProcessorList()
         if gc.temperature is not None and gc.temperature != 1.0:
             self.warpers.append(TemperatureLogitsWarper(gc.temperature))
@@ -87,16 +94,20 @@ class InverseCDFSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = self.warpers(input_ids, scores)
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)
-        u = torch.rand(cdf.size(0), 1, device=cdf.device) * cdf[:, -1:]
+        if self.generator is None:
+            u = torch.rand(cdf.size(0), 1, device=cdf.device)
+        else:
+            u = torch.rand(cdf.size(0), 1, generator=self.generator, device=self.generator.device).to(cdf.device)
+        u = u * cdf[:, -1:]
         token = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
-def sampling_setup(generation_config):
+def sampling_setup(generation_config, generator: torch.Generator | None = None):
     """(greedy config, [sampler]) that sample like ``generation_config`` but faster on a CPU; unchanged if greedy."""
     if not generation_config.do_sample or (generation_config.num_beams or 1) > 1:
         return generation_config, []
-    sampler = InverseCDFSampler(generation_config)
+    sampler = InverseCDFSampler(generation_config, generator)
     greedy = copy.deepcopy(generation_config)
     greedy.do_sample = False
     greedy.temperature, greedy.top_k, greedy.top_p, greedy.min_p = None, None, None, None

@@ -35,202 +35,6 @@ class RLResult:
     seconds: float = 0.0
 
 
-def make_trainer_class(algorithm: str = "grpo"):
-    """TRL's GRPOTrainer (or RLOOTrainer) with convrl's CPU speed levers; same results, faster steps.
-
-    * Rollouts come from a separate inference copy of the policy. TRL generates
-      with the training model: fp32 weights plus unmerged LoRA, i.e. two extra
-      matmuls per adapted projection at every decoding step. The copy (bf16
-      where the CPU has bf16 units, else fp32) holds the merged weights; once
-      per optimizer step its LoRA-adapted projections are refreshed.
-    * Each distinct prompt is prefilled once per group (``rl.prefix``), and the
-      policy/reference log-prob passes run each prompt once per group too.
-    * Tokens are drawn by inverse-CDF sampling (``rl.generation.sampling_setup``).
-    * On a CPU, rollouts use GQA-grouped eager attention and a preallocated KV
-      cache (``rl.decoding``): no per-step copies of the cache.
-    * With ``reference_logprobs`` set, the KL reference pass also hands the
-      base model's temperature-1 log-probs to the fluency head, which then
-      needs no LM pass of its own.
-    """
-    import time
-
-    from trl import GRPOTrainer, RLOOTrainer
-    from trl.trainer.utils import pad
-
-    from convrl.rl.decoding import gqa_attention, preallocated_cache
-    from convrl.rl.generation import sampling_setup
-    from convrl.rl.prefix import (plain_lm_head, prefill_shared, prefix_groups, shared_prefix_logps,
-                                  shared_prefix_ref_logps)
-
-    base_cls = {"grpo": GRPOTrainer, "rloo": RLOOTrainer}[algorithm]
-
-    class ConvRLTrainer(base_cls):
-        generation_dtype: torch.dtype | None = torch.float32
-        share_prompt_prefix: bool = True
-        # rewards.fluency.ReferenceLogprobs shared with the reward functions, when the fluency LM is the base model.
-        reference_logprobs = None
-        _gen_model = None
-        _gen_step: int | None = None
-
-        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
-                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
-                                               **multimodal):
-            # The policy (with grad) and reference (KL) passes dominate a CPU step after generation; most of their
-            # tokens are the prompt, repeated num_generations times. Multimodal/MoE inputs take TRL's own path.
-            if self.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
-                groups = prefix_groups(input_ids, attention_mask, logits_to_keep)
-                if len(groups) < input_ids.size(0):
-                    if self.reference_logprobs is not None and not compute_entropy and self._is_reference_pass(model):
-                        # The KL reference pass also yields the fluency head's log-probs (same frozen base model).
-                        # mask_truncated_completions zeroes a truncated row's completion mask, which would leave
-                        # its tokens unattended: they still need true log-probs (their rewards set the group
-                        # baseline), and their KL terms are masked out of the loss whatever we return.
-                        am = attention_mask
-                        truncated = am[:, -logits_to_keep:].sum(1) == 0
-                        if truncated.any():
-                            am = am.clone()
-                            am[truncated, -logits_to_keep:] = 1
-                        logps, plain = shared_prefix_ref_logps(model, input_ids, am, logits_to_keep,
-                                                               self.temperature, self.accelerator.autocast, groups)
-                        completion = input_ids[:, -logits_to_keep:].tolist()
-                        self.reference_logprobs.put(completion, list(plain.cpu().numpy()))
-                        return logps, None, None
-                    logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                                           compute_entropy, self.accelerator.autocast, groups,
-                                                           temperature=self.temperature)
-                    return logps, entropies, None
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
-
-        def _is_reference_pass(self, model) -> bool:
-            # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, no grad.
-            if torch.is_grad_enabled() or not plain_lm_head(model.config):
-                return False
-            if self.ref_model is not None:
-                return model is self.ref_model
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            layers = [m for m in self.accelerator.unwrap_model(model).modules() if isinstance(m, BaseTunerLayer)]
-            return bool(layers) and all(m.disable_adapters for m in layers)
-
-        def _sync_generation_model(self):
-            # Weights change only at optimizer steps; a multi-turn rollout generates rl.turns times per step.
-            if self._gen_model is None or self._gen_step != self.state.global_step:
-                self._copy_policy_weights()
-                self._gen_step = self.state.global_step
-            return self._gen_model
-
-        def _copy_policy_weights(self):
-            from transformers import AutoModelForCausalLM
-
-            peft_model = self.accelerator.unwrap_model(self.model)
-            base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-            first = self._gen_model is None
-            if first:
-                # Eager-style attention decodes faster than SDPA at batch <= 16 on a CPU (measured: 3.3 s vs 4.9 s
-                # for 8 x 64 tokens on SmolLM2-135M, bf16, one core), and the GQA variant skips repeat_kv's copies
-                # (rl.decoding); SDPA/flash win on GPUs.
-                attn = gqa_attention() if self.accelerator.device.type == "cpu" else None
-                self._gen_model = AutoModelForCausalLM.from_config(base.config, dtype=self.generation_dtype,
-                                                                   attn_implementation=attn).eval()
-                # The training model runs with use_cache=False; rollouts need the KV cache.
-                self._gen_model.config.use_cache = True
-                self._gen_model.to(self.accelerator.device)
-            layers = self._plain_lora_layers(base)
-            if layers is None:
-                # Full fine-tuning or other adapter types: merge into the training model, copy, unmerge.
-                merge = hasattr(peft_model, "merge_adapter")
-                if merge:
-                    peft_model.merge_adapter()
-                try:
-                    self._load_weights(base)
-                finally:
-                    if merge:
-                        peft_model.unmerge_adapter()
-                return
-            # Plain LoRA: W + B @ A * scale computed out of place. Merging in place would round the frozen base
-            # weights (bf16, see frozen_linears_to_bf16) on every merge/unmerge round trip.
-            if first or any(p.requires_grad for n, p in base.named_parameters() if "lora_" not in n):
-                self._load_weights(base)  # everything else; only the adapted projections change per step
-            self._refresh_adapted_weights(layers)
-
-        @torch.no_grad()
-        def _load_weights(self, base):
-            state = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
-            missing, _ = self._gen_model.load_state_dict(state, strict=False)
-            if [m for m in missing if "lm_head" not in m]:
-                raise RuntimeError(f"generation model is missing weights: {missing[:5]}")
-            self._gen_model.tie_weights()
-
-        @staticmethod
-        def _plain_lora_layers(base):
-            """[(module name, LoRA linear)] when every adapter is plain (unmerged, non-DoRA) LoRA, else None."""
-            from peft.tuners.lora import Linear as LoraLinear
-
-            layers = [(n, m) for n, m in base.named_modules() if isinstance(m, LoraLinear)]
-            if not layers or any(m.merged or any(m.use_dora.get(a, False) for a in m.active_adapters)
-                                 for _, m in layers):
-                return None
-            return layers
-
-        @torch.no_grad()
-        def _refresh_adapted_weights(self, layers) -> None:
-            """Set the rollout copy's LoRA-adapted projections to W + B @ A * scale.
-
-            With plain LoRA nothing else trains, so after the first full copy a
-            refresh touches ~20% of the weights (0.07 s -> 0.02 s per step on
-            SmolLM2-135M, against a full merged copy).
-            """
-            for name, m in layers:
-                w = m.base_layer.weight
-                for a in m.active_adapters:
-                    if a in m.lora_A:
-                        w = w + m.get_delta_weight(a)
-                self._gen_model.get_submodule(name).weight.copy_(w)
-
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
-            # GRPOTrainer passes num_generations (and returns (ids, logprobs)); RLOOTrainer neither.
-            t0 = time.perf_counter()
-            try:
-                if (self.generation_dtype is None or self.use_vllm
-                        or getattr(self, "use_transformers_continuous_batching", False)
-                        or images is not None and any(images) or multimodal_fields):
-                    return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
-                model = self._sync_generation_model()
-                device = self.accelerator.device
-                tensors = [torch.tensor(ids) for ids in prompt_ids]
-                ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-                mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
-                with torch.inference_mode():
-                    # One prefill per distinct prompt; the group's rows start from copies of its KV cache.
-                    config, processors = sampling_setup(self.generation_config)
-                    cache = None
-                    if device.type == "cpu" and config.max_new_tokens:
-                        cache = preallocated_cache(model.config, ids.size(1) + config.max_new_tokens)
-                    shared = prefill_shared(model, ids, mask, cache) if self.share_prompt_prefix else None
-                    cache = shared if shared is not None else cache
-                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                         logits_processor=processors, use_cache=True, cache=cache)
-                completion = out[:, ids.size(1):].cpu()
-                eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
-                first = torch.where(eos.any(1), eos.int().argmax(1), torch.full((eos.size(0),), eos.size(1)))
-                keep = torch.arange(eos.size(1)).expand(eos.size(0), -1) <= first.unsqueeze(1)
-                ids_out = [c[m].tolist() for c, m in zip(completion, keep)]
-                return (ids_out, None) if isinstance(self, GRPOTrainer) else ids_out
-            finally:
-                self._convrl_gen_s = getattr(self, "_convrl_gen_s", 0.0) + time.perf_counter() - t0
-
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs or "reward" in logs:
-                logs["timing/generate_s"] = getattr(self, "_convrl_gen_s", 0.0)
-                self._convrl_gen_s = 0.0
-            return super().log(logs, *args, **kwargs)
-
-    ConvRLTrainer.__name__ = f"ConvRL{base_cls.__name__}"
-    return ConvRLTrainer
-
-
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
     if not ckpt_dir.exists():
         return None
@@ -270,7 +74,9 @@ def grpo_args(rl, out_dir: Path, algorithm: str = "grpo", **overrides):
         log_completions=False,
         dataloader_num_workers=0,
     )
-    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+    if algorithm == "grpo":
+        kwargs["multi_objective_aggregation"] = rl.multi_objective_aggregation  # RLOO has no such option
+    if rl.speed.vllm and torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
         # On a GPU node with vLLM, TRL generates with it inside the training process (no extra server).
         kwargs.update(use_vllm=True, vllm_mode="colocate")
     kwargs.update(overrides)
@@ -317,10 +123,10 @@ def load_policy(rl, base_dir: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_config = LoraConfig(r=rl.lora_r, lora_alpha=rl.lora_alpha, lora_dropout=rl.lora_dropout,
+    peft_config = LoraConfig(r=rl.lora.r, lora_alpha=rl.lora.alpha, lora_dropout=rl.lora.dropout,
                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                             task_type="CAUSAL_LM") if rl.lora else None
-    if rl.lora and resolve_precision(rl.precision) == "bf16":
+                             task_type="CAUSAL_LM") if rl.lora.enabled else None
+    if rl.lora.enabled and resolve_precision(rl.precision) == "bf16":
         frozen_linears_to_bf16(model)
     return model, tok, peft_config
 
@@ -394,14 +200,31 @@ def fluency_from_reference(scorer, base_dir: str, rl, tok):
     return ReferenceLogprobs(tok.all_special_ids)
 
 
+def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
+    """The ``ConvRLTrainerConfig`` for ``rl``: its speed levers, precision and multi-turn credit."""
+    from convrl.rl.trainer import ConvRLTrainerConfig
+
+    s = rl.speed
+    ref = fluency_from_reference(scorer, base_dir, rl, tok) if scorer is not None and s.reference_fluency else None
+    return ConvRLTrainerConfig(
+        fast_rollouts=s.fast_rollouts, share_prompt_prefix=s.share_prompt_prefix, carry_kv_cache=s.carry_kv_cache,
+        generation_dtype=torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32,
+        reference_logprobs=ref, turn_credit=rl.multiturn.turn_credit if rl.turns > 1 else 0.0,
+        turn_rewards=turn_rewards)
+
+
 def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callable], reward_weights: list[float],
                out_dir: str | Path, on_log: Callable[[dict, int], None] | None = None, rollout=None,
-               scorer=None) -> RLResult:
+               scorer=None, turn_rewards=None) -> RLResult:
     """GRPO (single- or multi-turn: pass a ``MultiTurnRollout``) or RLOO, resuming from the last checkpoint.
 
     ``scorer`` (the ``RewardScorer`` behind ``reward_funcs``) lets the KL
-    reference pass supply its fluency log-probs (``fluency_from_reference``).
+    reference pass supply its fluency log-probs (``fluency_from_reference``);
+    ``turn_rewards`` (``ConversationScores.turn_rewards``) feeds turn-level
+    credit when ``rl.multiturn.turn_credit > 0``.
     """
+    from convrl.rl.trainer import ConvRLGRPOTrainer, ConvRLRLOOTrainer
+
     import time
 
     from datasets import Dataset
@@ -414,11 +237,10 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
     model, tok, peft_config = load_policy(rl, base_dir)
     history: list[dict] = []
     algorithm = rl.algorithm if rl.algorithm in ("grpo", "rloo") else "grpo"
-    trainer_cls = make_trainer_class(algorithm)
-    trainer_cls.generation_dtype = torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32
-    trainer_cls.reference_logprobs = fluency_from_reference(scorer, base_dir, rl, tok) if scorer is not None else None
+    trainer_cls = ConvRLRLOOTrainer if algorithm == "rloo" else ConvRLGRPOTrainer
+    convrl_args = trainer_config(rl, base_dir, tok, scorer, turn_rewards)
     if scorer is not None:
-        scorer.reference_logprobs = trainer_cls.reference_logprobs
+        scorer.reference_logprobs = convrl_args.reference_logprobs
     extra = {}
     if rollout is not None:
         if algorithm != "grpo":
@@ -429,7 +251,7 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
     trainer = trainer_cls(model=model, reward_funcs=reward_funcs,
                           args=grpo_args(rl, out, algorithm, reward_weights=reward_weights),
                           train_dataset=ds, processing_class=tok, peft_config=peft_config,
-                          callbacks=[history_callback(history, on_log)], **extra)
+                          callbacks=[history_callback(history, on_log)], convrl_args=convrl_args, **extra)
     resume = _last_checkpoint(out / "checkpoints")
     t0 = time.time()
     try:

@@ -3,7 +3,7 @@
 One rollout is ``rl.turns`` policy turns. After each policy turn but the last,
 the user answers: the frozen base model role-playing the user (a profile built
 from the conversation: who opened it, how they feel, what they want), or, with
-``rl.user_simulator: logged``, the next user turn logged in the data (the
+``rl.multiturn.user_simulator: logged``, the next user turn logged in the data (the
 simulator fills in where the log ends). The training sequence is the prompt
 followed by every turn; user turns and chat-template glue carry ``env_mask``
 0, so only the policy's own tokens enter the loss::
@@ -11,10 +11,15 @@ followed by every turn; user turns and chat-template glue carry ``env_mask``
     prompt | a1 <end> <user> u1 <end> <assistant> a2 <end> ...
              111 00000000000000000000000000000000 111 ...
 
-Each assistant turn is scored by every reward head with the context it was
-written in; ``conversation_reward_funcs`` aggregates the per-turn scores
-(``mean``, ``discounted`` or ``final``) and adds a whole-conversation
-``consistency`` term (stable persona score across turns, no repeating oneself).
+With ``ConvRLGRPOTrainer`` (``rl.trainer``) both sides decode on
+``rl.conversation_decoder.CachedDecoder``: each conversation keeps its KV cache
+across turns, so turn t+1 prefills only the new glue and user tokens, and each
+group's shared prompt is prefilled once; the simulated user has its own cache
+(kept across its turns while its view only grows). With the lever off (or a
+stock TRL trainer) every policy turn goes through the trainer's
+``_generate_single_turn`` from the start of the conversation.
+
+Each assistant turn is scored in its own context (``convrl.rl.turn_rewards``)::
 
     rollout = MultiTurnRollout(turns=2, user=SimulatedUser(base_dir), tokenizer=tok)
     GRPOTrainer(..., rollout_func=rollout, reward_funcs=conversation_reward_funcs(scorer, personas, ...)[0])
@@ -22,13 +27,9 @@ written in; ``conversation_reward_funcs`` aggregates the per-turn scores
 
 from __future__ import annotations
 
-import re
+import time
 
-import numpy as np
-
-from convrl.data.personas import Persona
-from convrl.eval.selfplay import UserProfile, _clean_user, user_system_prompt, user_view
-from convrl.rewards.heads import HEADS
+from convrl.data.usersim import UserProfile, clean_user, user_system_prompt, user_view
 
 A_MARK, U_MARK = "ASSISTANTTURNMARK", "USERTURNMARK"
 FALLBACK_USER = "Tell me more."
@@ -72,29 +73,72 @@ def user_profile(prompt: list[dict], emotion: str = "neutral") -> UserProfile:
 
 
 class SimulatedUser:
-    """The frozen base model playing the user (``eval.selfplay``'s prompt and role swap), batched."""
+    """The frozen base model playing the user (``eval.selfplay``'s prompt and role swap), batched.
+
+    ``cached`` (default) decodes on a ``CachedDecoder`` with its own random
+    stream; otherwise plain ``Generator.generate`` (``fast=False``: transformers'
+    default attention, cache and sampling; the benchmark's baseline).
+    """
 
     def __init__(self, model_dir: str, max_new_tokens: int = 32, context_messages: int = 6,
-                 temperature: float = 0.8, dtype=None, seed: int = 0):
+                 temperature: float = 0.8, dtype=None, seed: int = 0, cached: bool = True, fast: bool = True):
         import torch
 
         from convrl.rl.generation import Generator
         from convrl.runtime import bf16_supported
 
         if dtype is None:
-            dtype = torch.bfloat16 if bf16_supported() else torch.float32
-        self.gen = Generator(model_dir, dtype=dtype)
+            dtype = torch.bfloat16 if bf16_supported() and fast else torch.float32
+        self.gen = Generator(model_dir, dtype=dtype, fast=fast)
         self.max_new_tokens, self.context_messages = max_new_tokens, context_messages
         self.temperature, self.seed, self.calls = temperature, seed, 0
+        self.cached = cached and fast
+        self._decoder = None
 
-    def reply(self, histories: list[list[dict]], profiles: list[UserProfile]) -> list[str]:
+    def start(self) -> None:
+        """A new batch of conversations: forget the cache of the last one."""
+        self._decoder = None
+
+    def reply(self, histories: list[list[dict]], profiles: list[UserProfile],
+              groups: list[list[int]] | None = None) -> list[str]:
         views = [[{"role": "system", "content": user_system_prompt(p)}]
                  + user_view([m for m in h if m["role"] != "system"], self.context_messages)
                  for h, p in zip(histories, profiles)]
         self.calls += 1
-        said = self.gen.generate(views, max_new_tokens=self.max_new_tokens, batch_size=max(1, len(views)),
-                                 do_sample=True, temperature=self.temperature, seed=self.seed + 7919 * self.calls)
-        return [_clean_user(s, FALLBACK_USER) for s in said]
+        seed = self.seed + 7919 * self.calls
+        if not self.cached:
+            said = self.gen.generate(views, max_new_tokens=self.max_new_tokens, batch_size=max(1, len(views)),
+                                     do_sample=True, temperature=self.temperature, seed=seed)
+        else:
+            said = self._reply_cached(views, groups, seed)
+        return [clean_user(s, FALLBACK_USER) for s in said]
+
+    def _reply_cached(self, views, groups, seed: int) -> list[str]:
+        import copy
+
+        import torch
+
+        from convrl.rl.conversation_decoder import CachedDecoder
+        from convrl.rl.generation import sampling_setup
+
+        tok = self.gen.tok
+        ids = [tok(tok.apply_chat_template(v, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"] for v in views]
+        dec = self._decoder
+        # Carry the cache while every row's view only grew (the window has not slid, its text re-renders the same).
+        if dec is not None and dec.rows == len(ids) and all(
+                len(x) > len(dec.tokens(i)) and x[:len(dec.tokens(i))] == dec.tokens(i) for i, x in enumerate(ids)):
+            dec.extend([x[len(dec.tokens(i)):] for i, x in enumerate(ids)])
+        else:
+            eos = self.gen.model.generation_config.eos_token_id
+            eos = eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id]
+            dec = self._decoder = CachedDecoder(self.gen.model, tok.pad_token_id, eos)
+            dec.prefill(ids, groups)
+        config = copy.deepcopy(self.gen.model.generation_config)
+        config.update(do_sample=True, temperature=self.temperature, top_p=0.95)
+        _, processors = sampling_setup(config, torch.Generator().manual_seed(seed))
+        out = dec.generate(self.max_new_tokens, processors)
+        return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
 
 
 class MultiTurnRollout:
@@ -104,9 +148,9 @@ class MultiTurnRollout:
         if turns < 2:
             raise ValueError("MultiTurnRollout is for rl.turns >= 2; single-turn GRPO needs no rollout_func")
         if user_simulator not in ("model", "logged"):
-            raise ValueError(f"rl.user_simulator must be 'model' or 'logged', got {user_simulator!r}")
+            raise ValueError(f"rl.multiturn.user_simulator must be 'model' or 'logged', got {user_simulator!r}")
         if user is None and user_simulator == "model":
-            raise ValueError("rl.user_simulator 'model' needs a SimulatedUser")
+            raise ValueError("rl.multiturn.user_simulator 'model' needs a SimulatedUser")
         self.turns, self.user, self.mode = turns, user, user_simulator
         self.template = TurnTemplate(tokenizer)
         self.tok = tokenizer
@@ -126,10 +170,24 @@ class MultiTurnRollout:
         histories = [[dict(m) for m in p] for p in prompts]
         turns = [[] for _ in range(n)]
         infos = [self.row_info.get(_prompt_key(p), {}) for p in prompts]
+        groups = _groups(prompt_ids)
+        # ConvRLGRPOTrainer with carry_kv_cache: one cache per conversation for the whole rollout.
+        decoder = trainer.conversation_decoder() if hasattr(trainer, "conversation_decoder") else None
+        timing = getattr(trainer, "add_timing", lambda name, s: None)
+        if decoder is not None:
+            decoder.prefill(prompt_ids, groups)
+            processors = trainer.sampling_processors()
+        if self.user is not None:
+            self.user.start()
         for t in range(self.turns):
-            ids = [p + c for p, c in zip(prompt_ids, completion)]
-            generated = trainer._generate_single_turn(ids, None, {}, trainer.num_generations)
-            generated = generated[0] if isinstance(generated, tuple) else generated
+            t0 = time.perf_counter()
+            if decoder is not None:
+                generated = decoder.generate(trainer.max_completion_length, processors)
+                timing("policy_decode_s", time.perf_counter() - t0)
+            else:
+                ids = [p + c for p, c in zip(prompt_ids, completion)]
+                generated = trainer._generate_single_turn(ids, None, {}, trainer.num_generations)
+                generated = generated[0] if isinstance(generated, tuple) else generated
             texts = self.tok.batch_decode(generated, skip_special_tokens=True)
             for i, (g, text) in enumerate(zip(generated, texts)):
                 span = [len(completion[i]), len(completion[i]) + len(g)]  # where the turn's tokens sit
@@ -139,16 +197,21 @@ class MultiTurnRollout:
                 env_mask[i] += [1] * len(g)
             if t == self.turns - 1:
                 break
-            user_texts = self._user_turns(histories, infos, t)
-            for i, (g, u) in enumerate(zip(generated, user_texts)):
-                glue = self.template.between(g[-1] if g and g[-1] in trainer.eos_token_ids else None, u)
+            t0 = time.perf_counter()
+            user_texts = self._user_turns(histories, infos, t, groups)
+            timing("user_decode_s", time.perf_counter() - t0)
+            glues = [self.template.between(g[-1] if g and g[-1] in trainer.eos_token_ids else None, u)
+                     for g, u in zip(generated, user_texts)]
+            for i, (glue, u) in enumerate(zip(glues, user_texts)):
                 completion[i] += glue
                 env_mask[i] += [0] * len(glue)
                 histories[i].append({"role": "user", "content": u})
+            if decoder is not None:
+                decoder.extend(glues)
         return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": None, "env_mask": env_mask,
                 "turns": turns}
 
-    def _user_turns(self, histories, infos, t: int) -> list[str]:
+    def _user_turns(self, histories, infos, t: int, groups: list[list[int]] | None = None) -> list[str]:
         out: list[str | None] = [None] * len(histories)
         if self.mode == "logged":
             for i, info in enumerate(infos):
@@ -160,124 +223,23 @@ class MultiTurnRollout:
             if self.user is None:
                 out = [u if u is not None else FALLBACK_USER for u in out]
             else:
+                pos = {i: k for k, i in enumerate(todo)}
+                sub_groups = [[pos[i] for i in g if i in pos] for g in (groups or [[i] for i in todo])]
                 said = self.user.reply([histories[i] for i in todo],
                                        [user_profile(histories[i], infos[i].get("user_emotion", "neutral"))
-                                        for i in todo])
+                                        for i in todo], [g for g in sub_groups if g])
                 for i, s in zip(todo, said):
                     out[i] = s
         return out
 
 
+def _groups(prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Rows with identical prompts (a GRPO group), in first-seen order."""
+    seen: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompt_ids):
+        seen.setdefault(tuple(p), []).append(i)
+    return list(seen.values())
+
+
 def _prompt_key(prompt) -> str:
     return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in prompt) if isinstance(prompt, list) else str(prompt)
-
-
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z']+", text.lower()))
-
-
-def self_repetition(responses: list[str], threshold: float = 0.6) -> float:
-    """Share of turns after the first whose word set overlaps an earlier own turn by >= ``threshold`` (Jaccard)."""
-    if len(responses) < 2:
-        return 0.0
-    seen, repeated = [_words(responses[0])], 0
-    for r in responses[1:]:
-        w = _words(r)
-        if w and any(len(w & s) / max(1, len(w | s)) >= threshold for s in seen):
-            repeated += 1
-        seen.append(w)
-    return repeated / (len(responses) - 1)
-
-
-def aggregate_turns(per_turn: np.ndarray, how: str, discount: float = 0.9) -> float:
-    """Per-turn scores -> one conversation score: mean, discounted (normalised, early turns weigh more) or final."""
-    if how == "mean":
-        return float(np.mean(per_turn))
-    if how == "final":
-        return float(per_turn[-1])
-    if how == "discounted":
-        w = discount ** np.arange(len(per_turn))
-        return float((w * per_turn).sum() / w.sum())
-    raise ValueError(f"rl.turn_reward must be mean, discounted or final, got {how!r}")
-
-
-def consistency(personality: np.ndarray, responses: list[str]) -> float:
-    """Whole-conversation consistency in [0, 1]: persona score stable across turns, no repeating oneself."""
-    spread = float(personality.max() - personality.min()) if len(personality) else 0.0
-    return 0.5 * (1.0 - min(1.0, spread / 0.5)) + 0.5 * (1.0 - self_repetition(responses))
-
-
-class ConversationScores:
-    """Scores every assistant turn of a batch of rollouts in one ``RewardScorer.score`` call; cached per batch."""
-
-    def __init__(self, scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
-                 discount: float = 0.9):
-        aggregate_turns(np.zeros(1), aggregation, discount)  # validate early
-        self.scorer, self.personas_by_id = scorer, personas_by_id
-        self.aggregation, self.discount = aggregation, discount
-        self._key, self._value, self.last_table = None, None, []
-
-    def __call__(self, turns: list[list[dict]], persona_ids: list[str | None],
-                 completion_ids=None) -> dict[str, np.ndarray]:
-        key = tuple(tuple(t["response"] for t in row) for row in turns), tuple(persona_ids)
-        if key == self._key:
-            return self._value
-        contexts, responses, personas, owner = [], [], [], []
-        for i, (row, pid) in enumerate(zip(turns, persona_ids)):
-            for t in row:
-                contexts.append(t["context"])
-                responses.append(t["response"])
-                personas.append(self.personas_by_id.get(pid) if pid else None)
-                owner.append(i)
-        batch = self.scorer.score(contexts, responses, personas, self._reference_fluency(turns, completion_ids))
-        owner = np.array(owner)
-        out = {h: np.zeros(len(turns), dtype=np.float32) for h in HEADS}
-        out["consistency"] = np.zeros(len(turns), dtype=np.float32)
-        table = []
-        for i, row in enumerate(turns):
-            idx = np.flatnonzero(owner == i)
-            for h in HEADS:
-                out[h][i] = aggregate_turns(batch.heads[h][idx], self.aggregation, self.discount)
-            out["consistency"][i] = consistency(batch.heads["personality"][idx], [t["response"] for t in row])
-            convo = "\n".join(f"{m['role']}: {m['content']}" for m in row[0]["context"] if m["role"] != "system")
-            for k, (t, j) in enumerate(zip(row, idx)):
-                convo += f"\nassistant [{float(batch.composite[j]):.3f}]: {t['response']}"
-                if k + 1 < len(row):  # the user turn that followed ends the next turn's context
-                    convo += f"\nuser: {row[k + 1]['context'][-1]['content']}"
-            table.append({"persona": persona_ids[i] or "", "conversation": convo,
-                          "consistency": float(out["consistency"][i]),
-                          **{h: float(out[h][i]) for h in HEADS}})
-        self.last_table = table
-        self._key, self._value = key, out
-        return out
-
-
-    def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
-        """Each turn's fluency from the RL reference pass (the turn's span of the completion), when handed over."""
-        if any("span" not in t for row in turns for t in row):
-            return None
-        return self.scorer.reference_fluency(completion_ids, [[t["span"] for t in row] for row in turns])
-
-
-def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
-                              discount: float = 0.9, consistency_weight: float = 0.1):
-    """TRL reward callables for multi-turn rollouts: one per head (aggregated over turns) plus ``consistency``.
-
-    Returns ``(funcs, weights, scores)``; ``scores.last_table`` holds the last
-    batch's conversations for sample tables. Each callable needs the ``turns``
-    column ``MultiTurnRollout`` returns and fails clearly without it.
-    """
-    scores = ConversationScores(scorer, personas_by_id, aggregation, discount)
-    funcs = []
-    for head in (*HEADS, "consistency"):
-        def f(prompts, completions, head=head, **kwargs):
-            if "turns" not in kwargs:
-                raise ValueError(f"reward '{head}': multi-turn rewards need the 'turns' column of MultiTurnRollout; "
-                                 "with rl.turns: 1 use RewardScorer.trl_reward_funcs")
-            pids = kwargs.get("persona_id") or [None] * len(completions)
-            return [float(x) for x in scores(kwargs["turns"], pids, kwargs.get("completion_ids"))[head]]
-
-        f.__name__ = head
-        funcs.append(f)
-    weights = [scorer.weights.get(h, 0.0) for h in HEADS] + [consistency_weight]
-    return funcs, weights, scores

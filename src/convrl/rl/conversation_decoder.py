@@ -1,0 +1,186 @@
+"""Batched decoding that keeps each conversation's KV cache across turns (multi-turn rollouts, self-play).
+
+``model.generate`` starts from scratch on every call: in a multi-turn rollout,
+turn t+1 would prefill the prompt, every earlier turn and the user's reply
+again. ``CachedDecoder`` keeps one cache for a batch of conversations and only
+ever feeds tokens it has not seen: the prompt once (once per group of rows that
+share it, the longest common prefix of the group), then per turn the new user
+tokens and the generated ones. Rows are ragged: a block of new tokens is left
+padded inside the block, padding slots are masked out of attention for good,
+and each row carries its own position counter, so a row's logits are those of
+its unpadded sequence (RoPE depends only on relative positions; tests compare
+against full-sequence forwards).
+
+    dec = CachedDecoder(model, pad_id, eos_ids)
+    dec.prefill(prompt_token_lists, groups=[[0, 1, 2, 3], [4, 5, 6, 7]])
+    turn1 = dec.generate(48, processors)            # token lists, each ending with EOS unless cut
+    dec.extend([glue_and_user_tokens(row) for row in ...])
+    turn2 = dec.generate(48, processors)
+
+Sampling goes through ``processors`` (``rl.generation.sampling_setup``): the
+last one leaves only the drawn token finite, so decoding takes the argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CachedDecoder:
+    """One KV cache for a batch of conversations; ``prefill`` once, then ``generate`` / ``extend`` per turn."""
+
+    def __init__(self, model, pad_id: int, eos_ids, capacity_hint: int = 256):
+        from convrl.rl.decoding import preallocated_cache
+
+        self.model, self.pad_id = model, int(pad_id)
+        self.eos = torch.tensor(sorted({int(e) for e in eos_ids}), dtype=torch.long)
+        self.device = next(model.parameters()).device
+        # A preallocated buffer (grown on demand) on CPUs; transformers' DynamicCache elsewhere.
+        self.cache = preallocated_cache(model.config, capacity_hint) if self.device.type == "cpu" else None
+        if self.cache is None:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=model.config)
+        self.slot_mask: torch.Tensor | None = None  # [B, slots]: which cache slots hold real tokens
+        self.pos: torch.Tensor | None = None        # [B]: real tokens per row so far (the next position id)
+        self.pending: list[list[int]] = []          # sampled, not yet fed (the last token of a turn)
+        self.fed: list[list[int]] = []              # every token each row's cache holds, in order
+        self.prefill_tokens = 0                     # tokens run through the model outside decoding (for stats)
+
+    @property
+    def rows(self) -> int:
+        return len(self.fed)
+
+    def tokens(self, i: int) -> list[int]:
+        """Row ``i``'s whole sequence so far (fed and pending)."""
+        return self.fed[i] + self.pending[i]
+
+    @torch.inference_mode()
+    def prefill(self, token_lists: list[list[int]], groups: list[list[int]] | None = None) -> None:
+        """Start every row; each group's longest common prefix is computed once and shared by its rows."""
+        if any(len(t) < 1 for t in token_lists):
+            raise ValueError("every row needs at least one token to start decoding from")
+        n = len(token_lists)
+        groups = groups or [[i] for i in range(n)]
+        if sorted(i for g in groups for i in g) != list(range(n)):
+            raise ValueError("groups must cover every row exactly once")
+        heads, owner = [], [0] * n
+        for gi, g in enumerate(groups):
+            k = _common_prefix([token_lists[i] for i in g])
+            k = min(k, min(len(token_lists[i]) for i in g) - 1)  # each row keeps >= 1 token to produce logits
+            heads.append(token_lists[g[0]][:k])
+            for i in g:
+                owner[i] = gi
+        self.fed, self.pending = [[] for _ in range(len(groups))], [[] for _ in range(len(groups))]
+        self.slot_mask = torch.zeros(len(groups), 0, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(len(groups), dtype=torch.long, device=self.device)
+        if max(len(h) for h in heads) > 0:
+            self._feed(heads)
+        index = torch.tensor(owner, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.slot_mask, self.pos = self.slot_mask[index], self.pos[index]
+        self.fed = [list(self.fed[owner[i]]) for i in range(n)]
+        self.pending = [list(token_lists[i][len(heads[owner[i]]):]) for i in range(n)]
+
+    def extend(self, new_tokens: list[list[int]]) -> None:
+        """Queue tokens after each row's sequence (user turn, template glue); fed with the next ``generate``."""
+        if len(new_tokens) != self.rows:
+            raise ValueError(f"extend got {len(new_tokens)} rows for a batch of {self.rows}")
+        for p, t in zip(self.pending, new_tokens):
+            p.extend(int(x) for x in t)
+
+    @torch.inference_mode()
+    def generate(self, max_new_tokens: int, processors=(), active: list[bool] | None = None) -> list[list[int]]:
+        """Decode up to ``max_new_tokens`` per row, stopping a row at its first EOS (kept in its tokens).
+
+        ``active`` rows generate; the others only take in their pending tokens.
+        Returns the generated ids per row (empty for inactive rows).
+        """
+        if any(not p for p in self.pending):
+            raise ValueError("every row needs a pending token (prefill or extend first)")
+        active = [True] * self.rows if active is None else list(active)
+        logits = self._feed(self.pending)
+        self.pending = [[] for _ in range(self.rows)]
+        out: list[list[int]] = [[] for _ in range(self.rows)]
+        done = torch.tensor([not a for a in active], device=self.device)
+        eos = self.eos.to(self.device)
+        # Processors see each row's ids so far (a repetition penalty would need them; the sampler does not).
+        history = [torch.tensor(self.fed[i], dtype=torch.long, device=self.device) for i in range(self.rows)]
+        for step in range(max_new_tokens):
+            scores = logits.float()
+            if processors:
+                ids = _left_pad(history, self.pad_id, self.device)
+                for proc in processors:
+                    scores = proc(ids, scores)
+            token = scores.argmax(-1)
+            token = torch.where(done, torch.full_like(token, self.pad_id), token)
+            for i in torch.nonzero(~done).flatten().tolist():
+                out[i].append(int(token[i]))
+            done = done | torch.isin(token, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            # A row that just drew EOS keeps it pending (fed with the next block); finished rows feed masked pads.
+            logits = self._feed([[int(t)] for t in token.tolist()], real=(~done).tolist())
+            history = [torch.cat([h, token[i:i + 1]]) for i, h in enumerate(history)]
+        for i, o in enumerate(out):
+            if o:
+                # The last sampled token is not in the cache yet: it goes in with the next block.
+                self.pending[i] = [o[-1]]
+        return out
+
+    def _feed(self, blocks: list[list[int]], real: list[bool] | None = None) -> torch.Tensor:
+        """Run one left-padded block of new tokens per row through the model; logits at each row's last token."""
+        width = max(1, max(len(b) for b in blocks))
+        ids = torch.full((len(blocks), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(blocks), width, dtype=torch.long)
+        for i, b in enumerate(blocks):
+            if b and (real is None or real[i]):
+                ids[i, width - len(b):] = torch.tensor(b)
+                mask[i, width - len(b):] = 1
+                self.fed[i].extend(b)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        self._ensure_capacity(self.slot_mask.size(1) + width)
+        positions = (self.pos[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        self.slot_mask = torch.cat([self.slot_mask, mask], dim=1)
+        self.pos = self.pos + mask.sum(-1)
+        if width > 1:
+            self.prefill_tokens += int(mask.sum())
+        out = self.model(input_ids=ids, attention_mask=self.slot_mask, position_ids=positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def _ensure_capacity(self, needed: int) -> None:
+        """Grow preallocated cache buffers (doubling) so ``needed`` slots fit; a no-op for other caches."""
+        for layer in self.cache.layers:
+            cap = getattr(layer, "capacity", None)
+            if cap is None or cap >= needed:
+                continue
+            new_cap = max(needed, 2 * cap)
+            if layer.is_initialized:
+                for name in ("keys", "values"):
+                    old = getattr(layer, name)
+                    grown = old.new_zeros(*old.shape[:2], new_cap, old.shape[-1])
+                    grown[:, :, :cap] = old
+                    setattr(layer, name, grown)
+            layer.capacity = new_cap
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    k = len(first)
+    for s in seqs[1:]:
+        k = min(k, len(s))
+        for j in range(k):
+            if s[j] != first[j]:
+                k = j
+                break
+    return k
+
+
+def _left_pad(rows: list[torch.Tensor], pad_id: int, device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, width - len(r):] = r
+    return out

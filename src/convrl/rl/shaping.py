@@ -1,0 +1,74 @@
+"""Reward shaping for RL on chat replies: end within the budget, do not loop.
+
+Two terms beside the reward heads, both in [0, 1] and measured on the tokens
+and text the policy produced:
+
+* ``ending``: 1 when the reply stopped on an end-of-turn token within its
+  token budget, 0 when it was cut off. Replies that run into the cap end
+  mid-sentence in every conversation the model has after training.
+* ``non_repetition``: 1 minus degenerate repetition, the larger of the share
+  of repeated word 3-grams inside the reply (``"I'm so sorry ... I'm so
+  sorry ..."``) and its word overlap (Jaccard) with the most similar earlier
+  reply of the same conversation.
+
+``shaping_reward_funcs`` returns them as TRL reward callables for single-turn
+GRPO/RLOO (they read ``completion_ids``, which TRL passes); multi-turn rollouts
+score them per turn in ``convrl.rl.turn_rewards``::
+
+    funcs, weights = shaping_reward_funcs(eos_ids, ending_weight=0.15, repetition_weight=0.1)
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def ngram_repetition(text: str, n: int = 3) -> float:
+    """Share of the reply's word ``n``-grams that already occurred earlier in the reply (0 = none repeated)."""
+    w = words(text)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def overlap_with_earlier(text: str, earlier: list[str]) -> float:
+    """Highest word-set Jaccard overlap of ``text`` with any earlier reply (0 without earlier replies)."""
+    w = set(words(text))
+    if not w:
+        return 0.0
+    return max((len(w & s) / len(w | s) for s in (set(words(e)) for e in earlier) if s), default=0.0)
+
+
+def repetition(text: str, earlier: list[str] = ()) -> float:
+    """Degenerate repetition in [0, 1]: within the reply (3-grams) or against earlier own replies (word overlap)."""
+    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)))
+
+
+def ended(turn_ids: list[int], eos_ids) -> bool:
+    """The turn's last token is an end-of-turn token (it stopped by itself, not at the cap)."""
+    return bool(turn_ids) and int(turn_ids[-1]) in set(int(e) for e in eos_ids)
+
+
+def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float):
+    """``([ending, non_repetition], weights)`` for single-turn TRL trainers; terms with weight 0 are left out."""
+    eos = [int(e) for e in eos_ids]
+
+    def ending(prompts, completions, completion_ids=None, **kwargs):
+        if completion_ids is None:
+            raise ValueError("reward 'ending' needs the completion_ids TRL passes to reward functions")
+        return [1.0 if ended(ids, eos) else 0.0 for ids in completion_ids]
+
+    def non_repetition(prompts, completions, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        return [1.0 - repetition(t) for t in texts]
+
+    pairs = [(ending, ending_weight), (non_repetition, repetition_weight)]
+    pairs = [(f, w) for f, w in pairs if w > 0]
+    return [f for f, _ in pairs], [float(w) for _, w in pairs]

@@ -1,0 +1,263 @@
+"""``ConvRLGRPOTrainer``: TRL's GRPOTrainer with convrl's speed levers and multi-turn credit, each switchable.
+
+Configured like TRL's own trainers, by a dataclass beside the trainer
+(``ConvRLTrainerConfig``), passed as ``convrl_args``; every lever off
+(``ConvRLTrainerConfig.stock()``) is TRL's behaviour::
+
+    trainer = ConvRLGRPOTrainer(model=model, args=GRPOConfig(...), reward_funcs=funcs, processing_class=tok,
+                                convrl_args=ConvRLTrainerConfig(generation_dtype=torch.bfloat16))
+
+Levers (results are the same computation, tests compare each against the plain one):
+
+* ``fast_rollouts``: rollouts from a merged inference copy of the policy
+  (``rl.rollout_model``), inverse-CDF sampling (``rl.generation``), on a CPU
+  GQA-grouped eager attention and a preallocated KV cache (``rl.decoding``).
+* ``share_prompt_prefix``: each distinct prompt is prefilled once per group,
+  and the policy/reference log-prob passes run it once per group
+  (``rl.prefix``), single- and multi-turn alike (the prompt is the shared part).
+* ``carry_kv_cache``: multi-turn rollouts keep each conversation's cache
+  across turns (``rl.conversation_decoder``; ``MultiTurnRollout`` asks
+  ``conversation_decoder()``).
+* ``reference_logprobs``: the KL reference pass also hands the base model's
+  temperature-1 log-probs to the fluency head (``rewards.fluency``).
+
+Learning options: ``turn_credit`` (MT-GRPO-style turn-level advantages for
+multi-turn rollouts, from ``turn_rewards``) and per-head advantage logging
+(``advantages/<head>/...``: how much each reward head moves the update).
+
+The overridden TRL methods are private; ``OVERRIDES`` records their signatures
+as checked against ``TRL_CHECKED_VERSION`` and a test fails when an upgrade
+changes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from trl import GRPOTrainer, RLOOTrainer
+from trl.trainer.utils import pad
+
+from convrl.rl.advantages import group_advantages, turn_level_advantages
+from convrl.rl.decoding import preallocated_cache
+from convrl.rl.generation import sampling_setup
+from convrl.rl.prefix import (plain_lm_head, prefill_shared, prefix_groups, shared_prefix_logps,
+                              shared_prefix_ref_logps)
+from convrl.rl.rollout_model import RolloutModel
+
+TRL_CHECKED_VERSION = "1.16.0"
+
+
+@dataclass
+class ConvRLTrainerConfig:
+    """What ``ConvRLGRPOTrainer`` / ``ConvRLRLOOTrainer`` change about TRL's trainer (all on by default)."""
+
+    fast_rollouts: bool = field(default=True, metadata={
+        "help": "Generate from a merged inference copy (bf16 where fast) with convrl's CPU decoding; "
+                "False = TRL's own generation with the training model."})
+    generation_dtype: torch.dtype = field(default=torch.float32, metadata={
+        "help": "dtype of the rollout copy (fast_rollouts)."})
+    share_prompt_prefix: bool = field(default=True, metadata={
+        "help": "Prefill / forward each distinct prompt once per GRPO group (rollouts and log-prob passes)."})
+    carry_kv_cache: bool = field(default=True, metadata={
+        "help": "Multi-turn rollouts keep each conversation's KV cache across turns (needs fast_rollouts)."})
+    reference_logprobs: object = field(default=None, metadata={
+        "help": "rewards.fluency.ReferenceLogprobs filled by the KL reference pass for the fluency head, or None."})
+    turn_credit: float = field(default=0.0, metadata={
+        "help": "Multi-turn: weight in [0, 1] of each policy turn's own (group-normalised) reward in the "
+                "advantage of its tokens; the rest is the whole-rollout advantage. 0 = TRL's one advantage."})
+    turn_rewards: object = field(default=None, metadata={
+        "help": "Callable () -> [rows, turns] per-turn rewards of the last scored batch (turn_credit > 0)."})
+    log_head_advantages: bool = field(default=True, metadata={
+        "help": "Log per reward head its group-normalised advantage spread and correlation with the advantage."})
+
+    @classmethod
+    def stock(cls) -> "ConvRLTrainerConfig":
+        """Every lever off: TRL's computation, for comparisons and as a fallback."""
+        return cls(fast_rollouts=False, share_prompt_prefix=False, carry_kv_cache=False, log_head_advantages=False)
+
+
+class ConvRLTrainerMixin:
+    """The overrides shared by the GRPO and RLOO trainers below (see the module docstring)."""
+
+    def __init__(self, *args, convrl_args: ConvRLTrainerConfig | None = None, **kwargs):
+        self.convrl = convrl_args or ConvRLTrainerConfig()
+        if not 0.0 <= self.convrl.turn_credit <= 1.0:
+            raise ValueError(f"turn_credit must lie in [0, 1], got {self.convrl.turn_credit}")
+        self._rollout_copy: RolloutModel | None = None
+        self._timing: dict[str, float] = {}
+        self._last_rewards_per_func = None
+        super().__init__(*args, **kwargs)
+
+    # ---- log-prob passes -------------------------------------------------------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **multimodal):
+        # The policy (with grad) and reference (KL) passes dominate a CPU step after generation; most of their
+        # tokens are the prompt, repeated num_generations times. Multimodal/MoE inputs take TRL's own path.
+        if self.convrl.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
+            groups = prefix_groups(input_ids, attention_mask, logits_to_keep)
+            if len(groups) < input_ids.size(0):
+                ref = self.convrl.reference_logprobs
+                if ref is not None and not compute_entropy and self._is_reference_pass(model):
+                    # The KL reference pass also yields the fluency head's log-probs (same frozen base model).
+                    # mask_truncated_completions zeroes a truncated row's completion mask, which would leave its
+                    # tokens unattended: they still need true log-probs (their rewards set the group baseline).
+                    am = attention_mask
+                    truncated = am[:, -logits_to_keep:].sum(1) == 0
+                    if truncated.any():
+                        am = am.clone()
+                        am[truncated, -logits_to_keep:] = 1
+                    logps, plain = shared_prefix_ref_logps(model, input_ids, am, logits_to_keep, self.temperature,
+                                                           self.accelerator.autocast, groups)
+                    ref.put(input_ids[:, -logits_to_keep:].tolist(), list(plain.cpu().numpy()))
+                    return logps, None, None
+                logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                       compute_entropy, self.accelerator.autocast, groups,
+                                                       temperature=self.temperature)
+                return logps, entropies, None
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+            compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+
+    def _is_reference_pass(self, model) -> bool:
+        # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, no grad.
+        if torch.is_grad_enabled() or not plain_lm_head(model.config):
+            return False
+        if self.ref_model is not None:
+            return model is self.ref_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.accelerator.unwrap_model(model).modules() if isinstance(m, BaseTunerLayer)]
+        return bool(layers) and all(m.disable_adapters for m in layers)
+
+    # ---- rollouts --------------------------------------------------------------------------------------------
+    def _fast_generation_ok(self) -> bool:
+        return (self.convrl.fast_rollouts and not self.use_vllm
+                and not getattr(self, "use_transformers_continuous_batching", False))
+
+    def rollout_model(self):
+        """The merged inference copy of the policy, refreshed once per optimizer step."""
+        if self._rollout_copy is None:
+            self._rollout_copy = RolloutModel(self.convrl.generation_dtype, self.accelerator.device)
+        return self._rollout_copy.sync(self.accelerator.unwrap_model(self.model), self.state.global_step)
+
+    def conversation_decoder(self):
+        """A ``CachedDecoder`` on the rollout copy for multi-turn rollouts, or None (lever off: per-turn path)."""
+        if not (self.convrl.carry_kv_cache and self._fast_generation_ok()):
+            return None
+        from convrl.rl.conversation_decoder import CachedDecoder
+
+        return CachedDecoder(self.rollout_model(), self._tokenizer.pad_token_id, self.eos_token_ids)
+
+    def sampling_processors(self):
+        """Logits processors that sample like the trainer's generation config (inverse-CDF; greedy -> [])."""
+        return sampling_setup(self.generation_config)[1]
+
+    def add_timing(self, name: str, seconds: float) -> None:
+        self._timing[name] = self._timing.get(name, 0.0) + seconds
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        # GRPOTrainer passes num_generations (and returns (ids, logprobs)); RLOOTrainer neither.
+        t0 = time.perf_counter()
+        try:
+            if not self._fast_generation_ok() or images is not None and any(images) or multimodal_fields:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+            model = self.rollout_model()
+            device = self.accelerator.device
+            tensors = [torch.tensor(ids) for ids in prompt_ids]
+            ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+            mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+            with torch.inference_mode():
+                # One prefill per distinct prompt; the group's rows start from copies of its KV cache.
+                config, processors = sampling_setup(self.generation_config)
+                cache = None
+                if device.type == "cpu" and config.max_new_tokens:
+                    cache = preallocated_cache(model.config, ids.size(1) + config.max_new_tokens)
+                shared = prefill_shared(model, ids, mask, cache) if self.convrl.share_prompt_prefix else None
+                cache = shared if shared is not None else cache
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                     logits_processor=processors, use_cache=True, cache=cache)
+            completion = out[:, ids.size(1):].cpu()
+            eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
+            first = torch.where(eos.any(1), eos.int().argmax(1), torch.full((eos.size(0),), eos.size(1)))
+            keep = torch.arange(eos.size(1)).expand(eos.size(0), -1) <= first.unsqueeze(1)
+            ids_out = [c[m].tolist() for c, m in zip(completion, keep)]
+            return (ids_out, None) if isinstance(self, GRPOTrainer) else ids_out
+        finally:
+            self.add_timing("generate_s", time.perf_counter() - t0)
+
+    # ---- rewards and advantages ------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        for name, secs in self._timing.items():
+            self._metrics[mode][f"timing/{name}"].append(secs)
+        self._timing = {}
+        rewards = self._last_rewards_per_func
+        if rewards is None:
+            return output
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.detach().cpu().numpy()
+        per_func = rewards.detach().float().cpu().numpy()
+        aggregation = getattr(self, "multi_objective_aggregation", "sum_then_normalize")
+        if self.convrl.log_head_advantages and per_func.shape[0] % G == 0:
+            self._log_head_advantages(mode, per_func, weights, G, aggregation)
+        if self.convrl.turn_credit > 0 and self.convrl.turn_rewards is not None and "turns" in inputs[0]:
+            output["advantages"] = self._turn_credit_advantages(output, inputs, G)
+        return output
+
+    def _log_head_advantages(self, mode, per_func, weights, G, aggregation) -> None:
+        total = group_advantages(per_func, weights, G, aggregation)
+        for k, name in enumerate(self.reward_func_names):
+            z = group_advantages(per_func[:, k:k + 1], np.ones(1), G, "sum_then_normalize")
+            self._metrics[mode][f"advantages/{name}/abs_mean"].append(float(np.abs(z).mean()))
+            if total.std() > 0 and z.std() > 0:
+                self._metrics[mode][f"advantages/{name}/corr"].append(float(np.corrcoef(total, z)[0, 1]))
+
+    def _turn_credit_advantages(self, output, inputs, G) -> torch.Tensor:
+        if self.accelerator.num_processes > 1:
+            raise ValueError("turn-level credit (rl.multiturn.turn_credit > 0) runs on one process; "
+                             "set it to 0 for multi-process training")
+        per_turn = np.asarray(self.convrl.turn_rewards(), dtype=np.float64)
+        seq_adv = output["advantages"]
+        spans = [[t["span"] for t in row["turns"]] for row in inputs]
+        adv = turn_level_advantages(seq_adv.detach().cpu().numpy(), per_turn, spans, G,
+                                    output["completion_ids"].size(1), self.convrl.turn_credit)
+        return torch.as_tensor(adv, dtype=seq_adv.dtype, device=seq_adv.device)
+
+
+class ConvRLGRPOTrainer(ConvRLTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer (single- or multi-turn via ``rollout_func``) with convrl's levers."""
+
+
+class ConvRLRLOOTrainer(ConvRLTrainerMixin, RLOOTrainer):
+    """TRL's RLOOTrainer (single-turn) with convrl's levers; turn credit does not apply."""
+
+
+# Signatures of the TRL methods overridden above, as checked against TRL_CHECKED_VERSION
+# (tests/test_rl_trainer.py compares them with the installed TRL).
+_LOGPS = ("(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, "
+          "compute_aux_loss=False, pixel_values=None, image_grid_thw=None, num_images=None, pixel_attention_mask=None, "
+          "spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None, mm_token_type_ids=None, "
+          "image_position_ids=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]")
+_REWARDS = "(self, inputs, prompts, completions, completion_ids_list)"
+_SCORE = "(self, inputs: list[dict[str, torch.Tensor | typing.Any]]) -> dict[str, torch.Tensor | typing.Any]"
+OVERRIDES: dict[tuple[type, str], str] = {
+    (GRPOTrainer, "_get_per_token_logps_and_entropies"): _LOGPS,
+    (GRPOTrainer, "_generate_single_turn"):
+        "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)",
+    (GRPOTrainer, "_calculate_rewards"): _REWARDS,
+    (GRPOTrainer, "_generate_and_score_completions"): _SCORE,
+    (RLOOTrainer, "_get_per_token_logps_and_entropies"): _LOGPS,
+    (RLOOTrainer, "_generate_single_turn"): "(self, prompt_ids, images, multimodal_fields)",
+    (RLOOTrainer, "_calculate_rewards"): _REWARDS,
+    (RLOOTrainer, "_generate_and_score_completions"): _SCORE,
+}
