@@ -1,207 +1,52 @@
-"""convrl.cluster against a stub KFP v2beta1 API server.
+"""convrl.cluster through the real ``kfp.Client`` against a loopback KFP v2beta1 API (tests/kfp_fakes.StubKFP).
 
-The stub runs on 127.0.0.1 in a thread and checks every request body (and its
-own canned answers) against the field names of ``kfp_server_api``'s models, so
-a misspelt field fails here rather than being silently ignored by a real cluster.
+The stub answers like the KFP API server (name conflicts, unknown ids, multi-user
+refusals without an experiment, a namespace or an allowed identity) and checks
+every body against ``kfp_server_api``'s models.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import itertools
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
-import kfp_server_api.models as kfp_models
 import pytest
 import yaml
 
 from convrl import cluster
 from convrl.cluster import ClusterError
+from tests.kfp_fakes import StubKFP, serve
 
-API = "/apis/v2beta1"
-PIPELINE_YAML = "pipelineInfo:\n  name: conversational-rl\nroot: {}\nschemaVersion: 2.1.0\n"
-
-
-def model_problems(obj, model: str, where: str = "$") -> list[str]:
-    """Keys or enum values in ``obj`` that the kfp_server_api model ``model`` does not define."""
-    cls = getattr(kfp_models, model)
-    if hasattr(cls, "allowable_values"):  # an enum
-        return [] if obj in cls.allowable_values else [f"{where}={obj!r} not in {cls.allowable_values}"]
-    if not isinstance(obj, dict):
-        return [f"{where}: expected a {model} object, got {type(obj).__name__}"]
-    by_json = {json_key: attr for attr, json_key in cls.attribute_map.items()}
-    problems = []
-    for key, value in obj.items():
-        attr = by_json.get(key)
-        if attr is None:
-            problems.append(f"{where}.{key}: not a field of {model}")
-            continue
-        typ = cls.openapi_types[attr]
-        if typ.startswith("list["):
-            inner = typ[5:-1]
-            if hasattr(kfp_models, inner):
-                for i, item in enumerate(value):
-                    problems += model_problems(item, inner, f"{where}.{key}[{i}]")
-        elif hasattr(kfp_models, typ):
-            problems += model_problems(value, typ, f"{where}.{key}")
-        elif typ == "str" and not isinstance(value, str):
-            problems.append(f"{where}.{key}: {typ} field holds {value!r}")
-        elif typ == "bool" and not isinstance(value, bool):
-            problems.append(f"{where}.{key}: bool field holds {value!r}")
-    return problems
+PIPELINE_YAML = "pipelineInfo:\n  name: convrl-conversational-rl\nroot: {}\nschemaVersion: 2.1.0\n"
 
 
-class StubKFP:
-    """In-memory KFP: pipelines, versions, runs and recurring runs."""
+def _start(monkeypatch, tmp_path, multi_user: bool):
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    import kfp
 
-    def __init__(self):
-        self.ids = itertools.count(1)
-        self.pipelines: dict[str, dict] = {}
-        self.versions: dict[str, list[dict]] = {}
-        self.runs: list[dict] = []
-        self.recurring: list[dict] = []
-        self.seen: list[dict] = []           # every request: method, path, query, body, headers
-        self.problems: list[str] = []        # schema violations found in requests or answers
-        self.token: str | None = None        # when set, requests need "Bearer <token>"
-        self.redirect_to: str | None = None  # when set, answer 302 like an auth proxy
-
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}-{next(self.ids):04d}"
-
-    def stamp(self) -> str:
-        return f"2025-01-01T00:00:{len(self.seen):02d}Z"
-
-    def handle(self, method: str, path: str, query: dict, body, headers) -> tuple[int, dict]:
-        self.seen.append({"method": method, "path": path, "query": query, "body": body,
-                          "headers": dict(headers)})
-        if self.redirect_to:
-            return 302, {"Location": self.redirect_to}
-        if self.token and headers.get("Authorization") != f"Bearer {self.token}":
-            return 401, {"code": 16, "message": "Unauthenticated: missing or bad bearer token"}
-        route = (method, path)
-        if route == ("GET", f"{API}/pipelines"):
-            predicates = []
-            if "filter" in query:
-                flt = json.loads(query["filter"])
-                self.check(flt, "V2beta1Filter", "filter")
-                predicates = flt.get("predicates", [])
-            found = [p for p in self.pipelines.values()
-                     if all(p.get(pr["key"]) == pr["string_value"] for pr in predicates)]
-            return 200, self.answer({"pipelines": found, "total_size": len(found)} if found else {},
-                                    "V2beta1ListPipelinesResponse")
-        if route == ("POST", f"{API}/pipelines/upload"):
-            list(yaml.safe_load_all(body["uploadfile"]))  # a pipeline spec plus its platform spec
-            pid = self.new_id("pipeline")
-            self.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"],
-                                   "name": query["name"], "description": query.get("description", ""),
-                                   "created_at": self.stamp()}
-            self.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
-                                   "display_name": query["name"], "created_at": self.stamp()}]
-            return 200, self.answer(self.pipelines[pid], "V2beta1Pipeline")
-        if route == ("POST", f"{API}/pipelines/upload_version"):
-            list(yaml.safe_load_all(body["uploadfile"]))  # a pipeline spec plus its platform spec
-            pid = query["pipelineid"]
-            if pid not in self.pipelines:
-                return 404, {"code": 5, "message": f"pipeline {pid} not found"}
-            if any(v["display_name"] == query["name"] for v in self.versions[pid]):
-                return 409, {"code": 6, "message": "version name already exists"}
-            version = {"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
-                       "display_name": query["name"], "name": query["name"],
-                       "created_at": self.stamp()}
-            self.versions[pid].append(version)
-            return 200, self.answer(version, "V2beta1PipelineVersion")
-        if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
-            pid = path.split("/")[-2]
-            versions = sorted(self.versions.get(pid, []), key=lambda v: v["created_at"],
-                              reverse=query.get("sort_by") == "created_at desc")
-            versions = versions[: int(query.get("page_size", 100))]
-            return 200, self.answer({"pipeline_versions": versions}, "V2beta1ListPipelineVersionsResponse")
-        if route == ("POST", f"{API}/runs"):
-            self.check(body, "V2beta1Run", "run")
-            ref = body["pipeline_version_reference"]
-            if not any(v["pipeline_version_id"] == ref["pipeline_version_id"]
-                       for v in self.versions.get(ref["pipeline_id"], [])):
-                return 404, {"code": 5, "message": f"pipeline version {ref['pipeline_version_id']} not found"}
-            run = dict(body, run_id=self.new_id("run"), state="PENDING", created_at=self.stamp())
-            self.runs.append(run)
-            return 200, self.answer(run, "V2beta1Run")
-        if route == ("GET", f"{API}/runs"):
-            runs = sorted(self.runs, key=lambda r: r["created_at"],
-                          reverse=query.get("sort_by") == "created_at desc")
-            runs = runs[: int(query.get("page_size", 100))]
-            return 200, self.answer({"runs": runs, "total_size": len(self.runs)} if runs else {},
-                                    "V2beta1ListRunsResponse")
-        if route == ("POST", f"{API}/recurringruns"):
-            self.check(body, "V2beta1RecurringRun", "recurring_run")
-            rec = dict(body, recurring_run_id=self.new_id("recurring"), status="ENABLED",
-                       created_at=self.stamp())
-            self.recurring.append(rec)
-            return 200, self.answer(rec, "V2beta1RecurringRun")
-        return 404, {"code": 5, "message": f"no route {method} {path}"}
-
-    def check(self, obj, model: str, where: str) -> None:
-        self.problems += model_problems(obj, model, where)
-
-    def answer(self, obj: dict, model: str) -> dict:
-        self.check(obj, model, f"answer:{model}")
-        return obj
-
-
-def _parse_multipart(content_type: str, raw: bytes) -> dict[str, str]:
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
-    return {part.get_param("name", header="content-disposition"):
-            part.get_payload(decode=True).decode() for part in msg.iter_parts()}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _serve(self):
-        stub: StubKFP = self.server.stub
-        url = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        ctype = self.headers.get("Content-Type", "")
-        body = None
-        if ctype.startswith("multipart/form-data"):
-            body = _parse_multipart(ctype, raw)
-        elif raw:
-            body = json.loads(raw)
-        status, payload = stub.handle(self.command, url.path, query, body, self.headers)
-        self.send_response(status)
-        if status == 302:
-            self.send_header("Location", payload["Location"])
-            payload = {}
-        data = json.dumps(payload).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _serve
+    # kfp.Client reads a per-user context file; keep a developer's own out of the tests.
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    stub = StubKFP(multi_user=multi_user)
+    stub.host, stop = serve(stub)
+    return stub, stop
 
 
 @pytest.fixture
-def kfp(monkeypatch):
-    monkeypatch.delenv("KFP_TOKEN", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.stub = StubKFP()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    server.stub.host = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server.stub
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-    assert not server.stub.problems, server.stub.problems
+def kfp(monkeypatch, tmp_path):
+    stub, stop = _start(monkeypatch, tmp_path, multi_user=False)
+    yield stub
+    stop()
+    assert not stub.problems, stub.problems
+
+
+@pytest.fixture
+def kubeflow(monkeypatch, tmp_path):
+    """Multi-user Kubeflow: token "alice" may use namespace team-a only."""
+    stub, stop = _start(monkeypatch, tmp_path, multi_user=True)
+    stub.users = {"alice": {"team-a"}}
+    yield stub
+    stop()
+    assert not stub.problems, stub.problems
 
 
 @pytest.fixture
@@ -211,84 +56,89 @@ def package(tmp_path):
     return path
 
 
-def test_upload_creates_pipeline_then_adds_versions(kfp, package):
-    first = cluster.upload_pipeline(kfp.host, package, "conversational-rl", description="RL chat")
-    assert first == {"pipeline_id": "pipeline-0001", "pipeline_version_id": "version-0002"}
+def test_publish_reuses_a_version_with_the_same_content(kfp, package):
+    conn = cluster.connect(kfp.host)
+    assert not conn.multi_user and conn.namespace == ""
+    first = cluster.publish(conn, package, description="RL chat")
+    assert first["uploaded"] and first["version_name"] == f"convrl-conversational-rl-{cluster.package_digest(package)}"
+    again = cluster.publish(conn, package)
+    assert again == {**first, "uploaded": False}  # submit twice: no new version
+    package.write_text(PIPELINE_YAML + "# changed\n")
+    changed = cluster.publish(conn, package)
+    assert changed["uploaded"] and changed["pipeline_id"] == first["pipeline_id"]
+    assert changed["pipeline_version_id"] != first["pipeline_version_id"]
+    assert len(kfp.pipelines) == 1
     upload = next(r for r in kfp.seen if r["path"].endswith("/pipelines/upload"))
-    assert upload["query"]["name"] == "conversational-rl"
-    assert upload["query"]["description"] == "RL chat"
-    assert set(upload["body"]) == {"uploadfile"}
-    assert yaml.safe_load(upload["body"]["uploadfile"])["pipelineInfo"]["name"] == "conversational-rl"
-    lookup = kfp.seen[0]
-    assert json.loads(lookup["query"]["filter"]) == {"predicates": [
-        {"key": "display_name", "operation": "EQUALS", "string_value": "conversational-rl"}]}
-
-    second = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    third = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    assert second["pipeline_id"] == third["pipeline_id"] == first["pipeline_id"]
-    assert len({first["pipeline_version_id"], second["pipeline_version_id"],
-                third["pipeline_version_id"]}) == 3
-    uploads = [r for r in kfp.seen if r["path"].endswith("/upload_version")]
-    assert [u["query"]["pipelineid"] for u in uploads] == ["pipeline-0001"] * 2
-    assert all(u["query"]["name"].startswith("conversational-rl-20") for u in uploads)
-    assert len(kfp.pipelines) == 1 and len(kfp.versions["pipeline-0001"]) == 3
+    assert upload["query"]["name"] == "convrl-conversational-rl" and upload["query"]["description"] == "RL chat"
 
 
-def test_upload_missing_package(kfp, tmp_path):
-    with pytest.raises(ClusterError, match="not found: compile the pipeline first"):
-        cluster.upload_pipeline(kfp.host, tmp_path / "nope.yaml", "x")
+def test_publish_missing_package(kfp, tmp_path):
+    with pytest.raises(ClusterError, match="not found: run `convrl compile"):
+        cluster.publish(cluster.connect(kfp.host), tmp_path / "nope.yaml")
 
 
-def test_find_pipeline(kfp, package):
-    assert cluster.find_pipeline(kfp.host, "conversational-rl") is None
-    ids = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    assert cluster.find_pipeline(kfp.host, "conversational-rl")["pipeline_id"] == ids["pipeline_id"]
-    assert cluster.find_pipeline(kfp.host, "other") is None
+def test_submit_creates_the_experiment_once_and_runs_in_it(kfp, package):
+    conn = cluster.connect(kfp.host)
+    ids = cluster.publish(conn, package)
+    params = {"config_name": "cluster", "overrides": "rl.max_steps=5", "rl_max_steps": 0}
+    out = cluster.submit(conn, ids, params, "try-1", service_account="convrl-pipeline-runner")
+    assert out["url"] == f"{kfp.host}/#/runs/details/{out['run_id']}"
+    cluster.submit(conn, ids, {}, "try-2")
+    assert [e["display_name"] for e in kfp.experiments.values()] == ["convrl"]
+    run = kfp.runs[0]
+    assert run["experiment_id"] == next(iter(kfp.experiments))
+    assert run["runtime_config"]["parameters"] == params and run["service_account"] == "convrl-pipeline-runner"
+    assert run["pipeline_version_reference"] == {"pipeline_id": ids["pipeline_id"],
+                                                 "pipeline_version_id": ids["pipeline_version_id"]}
+    rows = cluster.list_runs(conn, page_size=1)
+    assert [r["display_name"] for r in rows] == ["try-2"] and rows[0]["state"] == "PENDING"
 
 
-def test_submit_run_body(kfp, package):
-    ids = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    params = {"config": "default", "steps": 10, "promote": False, "weights": {"emotion": 0.5}}
-    run = cluster.submit_run(kfp.host, ids["pipeline_id"], ids["pipeline_version_id"], params,
-                             run_name="try-1", experiment_id="exp-1",
-                             service_account="convrl-pipeline-runner")
-    assert run["run_id"] and run["state"] == "PENDING"
-    assert kfp.seen[-1]["body"] == {
-        "display_name": "try-1",
-        "pipeline_version_reference": {"pipeline_id": ids["pipeline_id"],
-                                       "pipeline_version_id": ids["pipeline_version_id"]},
-        "runtime_config": {"parameters": params},
-        "experiment_id": "exp-1",
-        "service_account": "convrl-pipeline-runner",
-    }
-    cluster.submit_run(kfp.host, ids["pipeline_id"], ids["pipeline_version_id"], {}, "try-2")
-    assert "experiment_id" not in kfp.seen[-1]["body"]
-    assert cluster.run_url(kfp.host, run["run_id"]).endswith(f"/#/runs/details/{run['run_id']}")
-
-
-def test_submit_run_rejects_non_json_params(kfp):
+def test_submit_rejects_non_json_params(kfp, package):
+    conn = cluster.connect(kfp.host)
+    ids = cluster.publish(conn, package)
     with pytest.raises(ClusterError, match="'when'.*not JSON"):
-        cluster.submit_run(kfp.host, "p", "v", {"when": object()}, "bad")
-    assert kfp.seen == []
+        cluster.submit(conn, ids, {"when": object()}, "bad")
+    assert not kfp.runs
 
 
-def test_server_error_carries_status_and_message(kfp):
-    with pytest.raises(ClusterError) as err:
-        cluster.submit_run(kfp.host, "pipeline-9", "version-9", {}, "orphan")
-    assert "HTTP 404" in str(err.value) and "pipeline version version-9 not found" in str(err.value)
+def test_server_refusal_carries_status_and_message(kfp):
+    conn = cluster.connect(kfp.host)
+    with pytest.raises(ClusterError, match=r"HTTP 404: Pipeline version not found"):
+        cluster.submit(conn, {"pipeline_id": "pipeline-9", "pipeline_version_id": "version-9"}, {}, "orphan")
 
 
-def test_schedule_body(kfp, package):
-    ids = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    rec = cluster.schedule(kfp.host, ids["pipeline_id"], ids["pipeline_version_id"], "0 0 3 * * 0",
-                           {"config": "default"}, name="weekly-retrain")
-    assert rec["recurring_run_id"]
-    body = kfp.seen[-1]["body"]
-    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}
-    assert body["max_concurrency"] == "1" and body["no_catchup"] is True
-    assert body["mode"] == "ENABLE" and body["display_name"] == "weekly-retrain"
-    assert body["runtime_config"] == {"parameters": {"config": "default"}}
-    assert body["pipeline_version_reference"]["pipeline_version_id"] == ids["pipeline_version_id"]
+def test_wait_returns_the_final_state(kfp, package):
+    conn = cluster.connect(kfp.host)
+    out = cluster.submit(conn, cluster.publish(conn, package), {}, "w")
+    kfp.runs[0]["state"] = "SUCCEEDED"
+    assert cluster.wait(conn, out["run_id"], 30) == "SUCCEEDED"
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_schedule_is_idempotent_by_name_and_unschedule_stops_it(kfp, package):
+    conn = cluster.connect(kfp.host)
+    ids = cluster.publish(conn, package)
+    first = cluster.schedule(conn, ids, "0 0 3 * * 0", {"config_name": "cluster"}, "weekly")
+    assert first["action"] == "created"
+    rec = kfp.recurring[first["recurring_run_id"]]
+    assert rec["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}
+    assert rec["max_concurrency"] == "1" and rec["no_catchup"] is True and rec["mode"] == "ENABLE"
+    same = cluster.schedule(conn, ids, "0 0 3 * * 0", {"config_name": "cluster"}, "weekly")
+    assert same == {"recurring_run_id": first["recurring_run_id"], "action": "unchanged"}
+    moved = cluster.schedule(conn, ids, "0 0 4 * * 0", {"config_name": "cluster"}, "weekly")
+    assert moved["action"] == "replaced" and list(kfp.recurring) == [moved["recurring_run_id"]]
+    cluster.schedule(conn, ids, "@daily", {}, "nightly")
+    assert {r["display_name"] for r in cluster.list_schedules(conn)} == {"weekly", "nightly"}
+
+    assert cluster.unschedule(conn, "weekly", delete=False) == [moved["recurring_run_id"]]
+    assert kfp.recurring[moved["recurring_run_id"]]["mode"] == "DISABLE"
+    assert cluster.unschedule(conn, "weekly") == [moved["recurring_run_id"]]
+    assert [r["display_name"] for r in kfp.recurring.values()] == ["nightly"]
+    with pytest.raises(ClusterError, match="no recurring run called 'weekly'.*convrl schedules"):
+        cluster.unschedule(conn, "weekly")
 
 
 @pytest.mark.parametrize("cron", ["0 0 3 * * 0", "0 */15 * * * *", "30 0 2 1-7 * MON",
@@ -297,12 +147,15 @@ def test_valid_crons(cron):
     assert cluster.validate_cron(cron) == cron
 
 
-def test_five_field_cron_rejected_with_six_field_suggestion(kfp):
+def test_five_field_cron_rejected_with_six_field_suggestion(kfp, package):
+    conn = cluster.connect(kfp.host)
+    ids = cluster.publish(conn, package)
+    before = len(kfp.seen)
     with pytest.raises(ClusterError) as err:
-        cluster.schedule(kfp.host, "p", "v", "0 3 * * 0", {}, name="weekly")
+        cluster.schedule(conn, ids, "0 3 * * 0", {}, "weekly")
     msg = str(err.value)
     assert "5 fields" in msg and "seconds first" in msg and "'0 0 3 * * 0'" in msg
-    assert kfp.seen == []  # rejected before any request
+    assert len(kfp.seen) == before  # rejected before any request
 
 
 @pytest.mark.parametrize("cron,needle", [("0 0 25 * * *", "hour"), ("0 61 * * * *", "minute"),
@@ -312,20 +165,59 @@ def test_bad_crons(cron, needle):
         cluster.validate_cron(cron)
 
 
-def test_schedule_rejects_bad_concurrency(kfp):
+def test_schedule_rejects_bad_concurrency(kfp, package):
+    conn = cluster.connect(kfp.host)
     with pytest.raises(ClusterError, match="between 1 and 10"):
-        cluster.schedule(kfp.host, "p", "v", "0 0 3 * * 0", {}, name="x", max_concurrency=0)
+        cluster.schedule(conn, cluster.publish(conn, package), "0 0 3 * * 0", {}, "x", max_concurrency=0)
 
 
-def test_list_runs_newest_first(kfp, package):
-    assert cluster.list_runs(kfp.host) == []  # KFP omits the empty list
-    ids = cluster.upload_pipeline(kfp.host, package, "conversational-rl")
-    for i in range(3):
-        cluster.submit_run(kfp.host, ids["pipeline_id"], ids["pipeline_version_id"], {}, f"run-{i}")
-    rows = cluster.list_runs(kfp.host, page_size=2)
-    assert [r["display_name"] for r in rows] == ["run-2", "run-1"]
-    assert set(rows[0]) == {"run_id", "display_name", "state", "created_at"}
-    assert kfp.seen[-1]["query"] == {"page_size": "2", "sort_by": "created_at desc"}
+# --------------------------------------------------------------------------- multi-user Kubeflow
+
+
+def test_multi_user_needs_a_namespace(kubeflow):
+    with pytest.raises(ClusterError, match="multi-user Kubeflow: pass --namespace"):
+        cluster.connect(kubeflow.host, token="alice")
+
+
+def test_multi_user_runs_and_schedules_live_in_the_profile(kubeflow, package):
+    conn = cluster.connect(kubeflow.host, namespace="team-a", token="alice")
+    assert conn.multi_user and conn.namespace == "team-a"
+    ids = cluster.publish(conn, package)
+    cluster.submit(conn, ids, {}, "mu-1")
+    (exp,) = kubeflow.experiments.values()
+    assert exp["namespace"] == "team-a" and kubeflow.namespace_of[kubeflow.runs[0]["run_id"]] == "team-a"
+    assert [r["display_name"] for r in cluster.list_runs(conn)] == ["mu-1"]
+    cluster.schedule(conn, ids, "@weekly", {}, "weekly")
+    assert cluster.schedule(conn, ids, "@weekly", {}, "weekly")["action"] == "unchanged"
+    assert [r["path"] for r in kubeflow.seen if r["headers"].get("authorization") != "Bearer alice"] == []
+
+
+def test_multi_user_refusals_name_the_fix(kubeflow, package):
+    conn = cluster.connect(kubeflow.host, namespace="team-b", token="alice")
+    ids = cluster.publish(conn, package)
+    with pytest.raises(ClusterError) as err:
+        cluster.submit(conn, ids, {}, "not-mine")
+    assert "HTTP 403" in str(err.value) and "edit access to the profile namespace" in str(err.value)
+    # The server refuses a run without an experiment in multi-user mode; the client always sends one.
+    import kfp
+
+    raw = conn.client
+    with pytest.raises(kfp.client.client.kfp_server_api.ApiException) as api_err:
+        raw.run_pipeline(experiment_id="", job_name="bare", pipeline_id=ids["pipeline_id"],
+                         version_id=ids["pipeline_version_id"])
+    assert api_err.value.status == 400 and "Experiment id can not be empty" in api_err.value.body
+    with pytest.raises(ClusterError, match="multi-user: pass --namespace"):
+        cluster._call(conn, "list runs", raw._run_api.run_service_list_runs)  # no namespace, no experiment
+
+
+def test_multi_user_without_identity(kubeflow, package):
+    conn = cluster.connect(kubeflow.host, namespace="team-a", token="alice")
+    conn.client._existing_config.api_key.pop("authorization")
+    with pytest.raises(ClusterError, match="HTTP 401.*--token"):
+        cluster.publish(conn, package)
+
+
+# --------------------------------------------------------------------------- connecting
 
 
 def test_unreachable_host():
@@ -333,39 +225,51 @@ def test_unreachable_host():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(ClusterError) as err:
-        cluster.list_runs(f"http://127.0.0.1:{port}")
+        cluster.connect(f"http://127.0.0.1:{port}")
     msg = str(err.value)
     assert f"cannot reach KFP at http://127.0.0.1:{port}" in msg
     assert "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80" in msg
 
 
-def test_401_says_how_to_authenticate(kfp):
+def test_bad_token_says_how_to_authenticate(kfp):
     kfp.token = "s3cret"
     with pytest.raises(ClusterError) as err:
-        cluster.list_runs(kfp.host)
+        cluster.connect(kfp.host)
     msg = str(err.value)
-    assert "authentication failed" in msg and "HTTP 401" in msg
-    assert "--token" in msg and "KFP_TOKEN" in msg
-    assert cluster.list_runs(kfp.host, token="s3cret") == []
-    assert kfp.seen[-1]["headers"]["Authorization"] == "Bearer s3cret"
+    assert "authentication failed" in msg and "HTTP 401" in msg and "--token" in msg and "KFP_TOKEN" in msg
+    conn = cluster.connect(kfp.host, token="s3cret")
+    assert cluster.list_runs(conn) == []
+    assert kfp.seen[-1]["headers"]["authorization"] == "Bearer s3cret"
 
 
-def test_token_from_env(kfp, monkeypatch):
+def test_token_from_env_and_cookie(kfp, monkeypatch, package):
     kfp.token = "from-env"
     monkeypatch.setenv("KFP_TOKEN", "from-env")
-    assert cluster.list_runs(kfp.host) == []
+    conn = cluster.connect(kfp.host, cookie="authservice_session=abc")
+    cluster.publish(conn, package)
+    assert kfp.seen[-1]["headers"]["cookie"] == "authservice_session=abc"
 
 
 def test_login_redirect_is_an_auth_error(kfp):
     kfp.redirect_to = "https://kubeflow.example.com/dex/auth?client_id=kubeflow"
-    with pytest.raises(ClusterError, match=r"authentication failed \(HTTP 302.*dex/auth"):
-        cluster.list_runs(kfp.host)
+    with pytest.raises(ClusterError, match=r"authentication failed \(HTTP 302.*dex/auth.*a login page answered"):
+        cluster.connect(kfp.host)
 
 
 def test_host_without_scheme(kfp):
-    assert cluster.list_runs(kfp.host.removeprefix("http://") + "/") == []
+    conn = cluster.connect(kfp.host.removeprefix("http://") + "/")
+    assert conn.host == kfp.host and cluster.list_runs(conn) == []
 
 
-def test_empty_host():
+def test_no_host_outside_a_pod():
     with pytest.raises(ClusterError, match="--host"):
-        cluster.list_runs("")
+        cluster.connect("")
+
+
+def test_request_bodies_match_kfp_server_api(kfp, package):
+    """The stub's schema check is live: an unknown field in a body is reported."""
+    kfp.check({"display_name": "x", "max_concurency": "1"}, "V2beta1RecurringRun", "probe")
+    assert kfp.problems == ["probe.max_concurency: not a field of V2beta1RecurringRun"]
+    kfp.problems.clear()
+    doc = yaml.safe_load(PIPELINE_YAML)
+    assert doc["schemaVersion"] == "2.1.0" and json.dumps(doc)

@@ -1,57 +1,93 @@
-"""`convrl upload|submit|schedule|runs` end to end against the stub KFP API (tests/test_cluster.py)."""
+"""`convrl compile|upload|submit|schedule|unschedule|runs` end to end against the loopback KFP API (tests/kfp_fakes)."""
 
 import json
 
 import pytest
+import yaml
 
 from convrl.cli import main
-from tests.test_cluster import kfp  # noqa: F401 - the stub server fixture
+from tests.test_cluster import kfp, kubeflow  # noqa: F401 - the stub server fixtures
+
+IMAGE = "registry.example.com/team/convrl:7"
 
 
 def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_upload_twice_makes_a_new_version(kfp, capsys):  # noqa: F811
-    assert main(["upload", "--host", kfp.host]) == 0
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pkg") / "convrl.yaml"
+    assert main(["compile", "--config", "cluster-cpu", "--image", IMAGE, "--output", str(path)]) == 0
+    return path
+
+
+def _uploaded_spec(stub) -> dict:
+    upload = [r for r in stub.seen if r["path"].endswith(("/upload", "/upload_version"))][-1]
+    return next(yaml.safe_load_all(upload["body"]["uploadfile"]))
+
+
+def test_upload_sends_the_package_as_compiled(kfp, package, capsys):  # noqa: F811
+    # `convrl compile --image X --config Y` then `convrl upload`: X and Y reach the cluster (issue 15, item 1).
+    assert main(["upload", "--host", kfp.host, "--package", str(package)]) == 0
     first = _last_json(capsys.readouterr().out)
-    assert main(["upload", "--host", kfp.host]) == 0
-    second = _last_json(capsys.readouterr().out)
-    assert first["pipeline_id"] == second["pipeline_id"]
-    assert first["pipeline_version_id"] != second["pipeline_version_id"]
+    spec = _uploaded_spec(kfp)
+    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} == {IMAGE}
+    assert spec["root"]["inputDefinitions"]["parameters"]["config_name"]["defaultValue"] == "cluster-cpu"
+    assert main(["upload", "--host", kfp.host, "--package", str(package)]) == 0
+    again = _last_json(capsys.readouterr().out)
+    assert again["pipeline_version_id"] == first["pipeline_version_id"] and again["uploaded"] is False
 
 
-def test_submit_passes_ui_parameters(kfp, capsys):  # noqa: F811
-    assert main(["submit", "--host", kfp.host, "--config", "cluster", "rl.max_steps=50",
+def test_submit_runs_the_compiled_preset_with_overrides(kfp, package, capsys):  # noqa: F811
+    assert main(["submit", "--host", kfp.host, "--package", str(package), "rl.max_steps=3",
                  "rewards.weights.quality=0.5"]) == 0
     out = _last_json(capsys.readouterr().out)
     assert out["run_id"] and out["url"].startswith(kfp.host)
-    body = next(r["body"] for r in kfp.seen if r["path"].endswith("/runs") and r["method"] == "POST")
-    params = body["runtime_config"]["parameters"]
-    assert params["config_name"] == "cluster"
-    assert params["overrides"] == "rl.max_steps=50;rewards.weights.quality=0.5"
+    body = kfp.runs[0]
+    assert body["runtime_config"]["parameters"] == {
+        "config_name": "cluster-cpu", "overrides": "rl.max_steps=3;rewards.weights.quality=0.5", "run_name": ""}
     assert body["service_account"] == "convrl-pipeline-runner"
+    assert main(["submit", "--host", kfp.host, "--package", str(package)]) == 0
+    assert sum(len(v) for v in kfp.versions.values()) == 2  # the pipeline's first version + one content version
 
 
-def test_submit_rejects_a_bad_config_before_calling_the_cluster(kfp, capsys):  # noqa: F811
-    assert main(["submit", "--host", kfp.host, "rl.max_stepz=5"]) == 2
+def test_submit_wait_exits_nonzero_unless_the_run_succeeds(kfp, package, capsys, monkeypatch):  # noqa: F811
+    from convrl import cluster
+
+    monkeypatch.setattr(cluster, "wait", lambda conn, run_id, timeout_s: "FAILED")
+    assert main(["submit", "--host", kfp.host, "--package", str(package), "--wait", "5"]) == 1
+    assert _last_json(capsys.readouterr().out)["state"] == "FAILED"
+
+
+def test_submit_rejects_a_bad_config_before_starting_a_run(kfp, package, capsys):  # noqa: F811
+    assert main(["submit", "--host", kfp.host, "--package", str(package), "rl.max_stepz=5"]) == 2
     assert "max_steps" in capsys.readouterr().err
-    assert not kfp.seen
+    assert not kfp.runs
 
 
-def test_schedule_weekly(kfp, capsys):  # noqa: F811
-    assert main(["schedule", "--host", kfp.host, "--cron", "0 0 3 * * 0"]) == 0
-    body = kfp.recurring[0]
-    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 0"
-    assert body["max_concurrency"] == "1" and body["no_catchup"] is True
-    assert main(["schedule", "--host", kfp.host, "--cron", "0 3 * * 0"]) == 2
+def test_schedule_twice_keeps_one_and_unschedule_stops_it(kfp, package, capsys):  # noqa: F811
+    args = ["schedule", "--host", kfp.host, "--package", str(package), "--cron", "0 0 3 * * 0"]
+    assert main(args) == 0 and _last_json(capsys.readouterr().out)["action"] == "created"
+    assert main(args) == 0 and _last_json(capsys.readouterr().out)["action"] == "unchanged"
+    (rec,) = kfp.recurring.values()
+    assert rec["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 0" and rec["no_catchup"] is True
+    assert main(["schedules", "--host", kfp.host]) == 0
+    assert "convrl-weekly-retraining" in capsys.readouterr().out
+    assert main(["unschedule", "--host", kfp.host]) == 0
+    assert not kfp.recurring
+    assert main(["schedule", "--host", kfp.host, "--package", str(package), "--cron", "0 3 * * 0"]) == 2
     assert "Did you mean '0 0 3 * * 0'" in capsys.readouterr().err
 
 
-def test_runs_lists_states(kfp, capsys):  # noqa: F811
-    main(["submit", "--host", kfp.host])
-    capsys.readouterr()
-    assert main(["runs", "--host", kfp.host]) == 0
+def test_multi_user_needs_namespace_and_identity(kubeflow, package, capsys, monkeypatch):  # noqa: F811
+    assert main(["submit", "--host", kubeflow.host, "--package", str(package), "--token", "alice"]) == 2
+    assert "--namespace" in capsys.readouterr().err
+    monkeypatch.setenv("KFP_TOKEN", "alice")
+    assert main(["submit", "--host", kubeflow.host, "--namespace", "team-a", "--package", str(package),
+                 "--service-account", "default-editor"]) == 0
+    assert kubeflow.runs[0]["service_account"] == "default-editor"
+    assert main(["runs", "--host", kubeflow.host, "--namespace", "team-a"]) == 0
     assert "PENDING" in capsys.readouterr().out
 
 

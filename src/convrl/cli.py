@@ -1,7 +1,7 @@
 """The ``convrl`` command line.
 
     convrl run --config demo [rl.max_steps=40 ...]   the whole pipeline locally (kfp.local)
-    convrl compile                                    write pipelines/compiled/conversational_rl.yaml
+    convrl compile --config cluster --image IMG       compile the pipeline for a cluster (docs/cluster.md)
     convrl ui                                         MLflow UI on 127.0.0.1 over the same store
     convrl chat [--model models:/convrl-policy@champion] [--persona empathetic_coach]
     convrl provision                                  convert/cache the default models once
@@ -9,7 +9,7 @@
     convrl promote --version N --reason "..."         move the champion alias by hand
     convrl rollback --reason "..."                    back to the previous champion
     convrl registry                                   aliases and tags of the policy model
-    convrl upload|submit|schedule|runs --host URL     a KFP cluster (see manifests/README.md)
+    convrl upload|submit|schedule|unschedule|runs     a KFP cluster (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -136,15 +136,6 @@ def print_summary(con, s: dict, seconds: float, root: Path) -> None:
 
 # ---------------------------------------------------------------- other commands
 
-def cmd_compile(args) -> int:
-    if args.image:
-        os.environ["CONVRL_IMAGE"] = args.image  # read when the components module is imported
-    from convrl.pipelines.conversational_rl import COMPILED, compile_pipeline
-
-    print(compile_pipeline(args.output or COMPILED, config=args.config))
-    return 0
-
-
 def cmd_ui(args) -> int:
     from convrl import tracking
 
@@ -172,7 +163,7 @@ def cmd_chat(args) -> int:
     offline_defaults()
     persona = load_persona(args.persona)
     model_dir = resolve_chat_model(args.model)
-    from convrl.rl.context import ConversationContextManager
+    from convrl.data.context import ConversationContextManager
 
     gen = Generator(model_dir)
     ctx = ConversationContextManager(max_context_length=args.context_turns, token_budget=args.token_budget)
@@ -255,12 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-name", default="")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.max_steps=40")
     r.set_defaults(fn=cmd_run)
-
-    c = sub.add_parser("compile", help="compile the KFP pipeline to YAML")
-    c.add_argument("--output", default="")
-    c.add_argument("--config", default="cluster", help="preset whose `cluster` section sets resources")
-    c.add_argument("--image", default="", help="project image for every component (default $CONVRL_IMAGE)")
-    c.set_defaults(fn=cmd_compile)
 
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)

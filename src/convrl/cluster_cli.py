@@ -1,92 +1,188 @@
-"""``convrl upload | submit | schedule | runs``: the pipeline on a Kubeflow Pipelines cluster.
+"""``convrl compile | upload | submit | schedule | unschedule | schedules | runs``: the pipeline on Kubeflow Pipelines.
 
-    convrl upload   --host http://localhost:8080                 # pipeline + a new version each time
-    convrl submit   --host URL --config cluster rl.max_steps=800 # one run with parameters
-    convrl schedule --host URL --cron "0 0 3 * * 0"              # weekly retraining, Sundays 03:00
-    convrl runs     --host URL                                   # recent runs and their states
+    convrl compile --config cluster --image ghcr.io/<you>/convrl:0.1.0 --output build/convrl.yaml
+    convrl upload   --host URL --package build/convrl.yaml         # a new version only when the content is new
+    convrl submit   --host URL --package build/convrl.yaml rl.max_steps=800 [--wait 7200]
+    convrl schedule --host URL --package build/convrl.yaml --cron "0 0 3 * * 0"   # idempotent by --name
+    convrl unschedule --host URL --name convrl-weekly-retraining    # stop it (--disable-only keeps it, paused)
+    convrl schedules --host URL ; convrl runs --host URL
 
-The token comes from ``--token`` or ``$KFP_TOKEN``. Parameters map onto the
-pipeline's inputs: ``config_name`` and ``overrides`` (dotted settings joined by ';').
+The package is used exactly as compiled: its image, its cluster settings and its
+default preset (``config_name``). Multi-user Kubeflow needs ``--namespace`` (your
+profile) and a credential: ``--token``/``$KFP_TOKEN`` or ``--cookie``. Parameters
+map onto the pipeline's inputs: ``config_name`` (``--config``, default the one the
+package was compiled with) and ``overrides`` (dotted settings joined by ';').
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from pathlib import Path
+
+import yaml
 
 from convrl import cluster
 from convrl.config import load_config
+from convrl.config.cluster import DEFAULT_IMAGE, PIPELINE_NAME
 
-PIPELINE_DISPLAY_NAME = "convrl-conversational-rl"
-
-
-def _params(args) -> dict:
-    load_config(args.config, args.overrides)  # fail here, not in the cluster, on a bad config
-    return {"config_name": args.config, "overrides": ";".join(args.overrides), "run_name": args.run_name or ""}
+DESCRIPTION = "convrl: RL fine-tuning of persona-conditioned chat models"
 
 
-def _ids(args) -> dict:
+def package_info(path: str | os.PathLike) -> dict:
+    """What a compiled package runs: its images and its default ``config_name``."""
+    p = Path(path)
+    if not p.is_file():
+        raise cluster.ClusterError(f"pipeline package {p} not found: run `convrl compile --config <preset> "
+                                   f"--image <your image> --output {p}` first")
+    spec = next(yaml.safe_load_all(p.read_text()))
+    images = sorted({ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()})
+    param = spec["root"]["inputDefinitions"]["parameters"].get("config_name", {})
+    return {"images": images, "config_name": param.get("defaultValue", "")}
+
+
+def cmd_compile(args) -> int:
     from convrl.pipelines.conversational_rl import COMPILED, compile_pipeline
 
-    path = compile_pipeline(COMPILED)
-    return cluster.upload_pipeline(args.host, path, PIPELINE_DISPLAY_NAME,
-                                   "convrl: RL fine-tuning of persona-conditioned chat models", token=args.token)
+    cfg = load_config(args.config)
+    image = args.image or cfg.cluster.image
+    print(compile_pipeline(cfg.cluster, image, args.output or COMPILED, config_name=args.config))
+    if image == DEFAULT_IMAGE:
+        print(f"note: compiled with the default image {image}; pass --image with the tag you pushed",
+              file=sys.stderr)
+    return 0
+
+
+def _connect(args) -> cluster.Connection:
+    return cluster.connect(args.host, namespace=args.namespace, token=args.token, cookie=args.cookie,
+                           ssl_ca_cert=args.ca_cert, verify_ssl=False if args.insecure else None,
+                           experiment=args.experiment)
+
+
+def _publish(args, conn: cluster.Connection) -> tuple[dict, dict]:
+    info = package_info(args.package)
+    if DEFAULT_IMAGE in info["images"]:
+        print(f"warning: {args.package} runs on the default image {DEFAULT_IMAGE}; unless you pushed that tag, "
+              "recompile with `convrl compile --image <your image>`", file=sys.stderr)
+    return cluster.publish(conn, args.package, PIPELINE_NAME, DESCRIPTION), info
+
+
+def _params(args, info: dict) -> dict:
+    config_name = args.config or info["config_name"] or "cluster"
+    if args.check_config:
+        load_config(config_name, args.overrides)  # fail here, not in the cluster, on a bad config
+    return {"config_name": config_name, "overrides": ";".join(args.overrides), "run_name": args.run_name or ""}
 
 
 def cmd_upload(args) -> int:
-    print(json.dumps(_ids(args)))
+    ids, _ = _publish(args, _connect(args))
+    print(json.dumps(ids))
     return 0
 
 
 def cmd_submit(args) -> int:
-    params = _params(args)
-    ids = _ids(args)
-    name = args.run_name or f"convrl-{args.config}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = cluster.submit_run(args.host, ids["pipeline_id"], ids["pipeline_version_id"], params, name,
-                             token=args.token, service_account=args.service_account)
-    rid = run.get("run_id", "")
-    print(json.dumps({"run_id": rid, "url": cluster.run_url(args.host, rid) if rid else ""}))
+    conn = _connect(args)
+    ids, info = _publish(args, conn)
+    params = _params(args, info)
+    name = args.run_name or f"convrl-{Path(params['config_name']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = cluster.submit(conn, ids, params, name, service_account=args.service_account)
+    print(json.dumps(out), flush=True)
+    if args.wait:
+        state = cluster.wait(conn, out["run_id"], args.wait)
+        print(json.dumps({"run_id": out["run_id"], "state": state}))
+        return 0 if state.upper() == "SUCCEEDED" else 1
     return 0
 
 
 def cmd_schedule(args) -> int:
-    params = _params(args)
-    ids = _ids(args)
-    out = cluster.schedule(args.host, ids["pipeline_id"], ids["pipeline_version_id"], args.cron, params,
-                           args.name, max_concurrency=1, no_catchup=True, token=args.token,
+    conn = _connect(args)
+    ids, info = _publish(args, conn)
+    out = cluster.schedule(conn, ids, args.cron, _params(args, info), args.name,
+                           max_concurrency=args.max_concurrency, no_catchup=True,
                            service_account=args.service_account)
-    print(json.dumps({"recurring_run_id": out.get("recurring_run_id", ""), "cron": args.cron}))
+    print(json.dumps({**out, "name": args.name, "cron": args.cron}))
+    return 0
+
+
+def cmd_unschedule(args) -> int:
+    ids = cluster.unschedule(_connect(args), args.name, delete=not args.disable_only)
+    print(json.dumps({"name": args.name, "disabled" if args.disable_only else "deleted": ids}))
+    return 0
+
+
+def cmd_schedules(args) -> int:
+    for r in cluster.list_schedules(_connect(args)):
+        print(f"{r['mode']:8s} {r['cron']:16s} {r['recurring_run_id']:38s} {r['display_name']}")
     return 0
 
 
 def cmd_runs(args) -> int:
-    for r in cluster.list_runs(args.host, page_size=args.limit, token=args.token):
-        print(f"{r.get('created_at', ''):25s} {r.get('state', ''):12s} {r.get('run_id', ''):38s} {r.get('display_name', '')}")
+    for r in cluster.list_runs(_connect(args), page_size=args.limit):
+        print(f"{r['created_at']:25s} {str(r['state']):12s} {r['run_id']:38s} {r['display_name']}")
     return 0
 
 
-def add_commands(sub) -> None:
-    def common(p, with_config: bool = True):
-        p.add_argument("--host", required=True, help="KFP UI/API URL, e.g. http://localhost:8080")
-        p.add_argument("--token", default=None, help="bearer token (default: $KFP_TOKEN)")
-        if with_config:
-            p.add_argument("--config", default="cluster")
-            p.add_argument("--run-name", default="")
-            p.add_argument("--service-account", default="convrl-pipeline-runner")
-            p.add_argument("overrides", nargs="*")
+def _connection_args(p) -> None:
+    p.add_argument("--host", default=os.environ.get("KFP_HOST", ""),
+                   help="KFP UI/API URL, e.g. http://localhost:8080 (default $KFP_HOST; inside a pod: in-cluster)")
+    p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""),
+                   help="Kubeflow profile namespace (multi-user Kubeflow; default $KFP_NAMESPACE)")
+    p.add_argument("--token", default=None, help="bearer token (default $KFP_TOKEN)")
+    p.add_argument("--cookie", default=None, help="session cookie, e.g. 'authservice_session=...' (Kubeflow + Dex)")
+    p.add_argument("--ca-cert", default=None, help="CA bundle for a TLS endpoint with a private CA")
+    p.add_argument("--insecure", action="store_true", help="skip TLS verification (test clusters only)")
+    p.add_argument("--experiment", default=cluster.DEFAULT_EXPERIMENT, help="KFP experiment runs go into")
 
-    up = sub.add_parser("upload", help="upload the compiled pipeline (a new version each time)")
-    common(up, with_config=False)
+
+def _run_args(p) -> None:
+    from convrl.pipelines.conversational_rl import COMPILED
+
+    p.add_argument("--package", default=str(COMPILED), help="compiled pipeline (convrl compile --output)")
+    p.add_argument("--config", default="", help="preset for the run (default: the one the package was compiled with)")
+    p.add_argument("--no-check-config", dest="check_config", action="store_false",
+                   help="do not load the preset locally first (a YAML path that exists only inside the image)")
+    p.add_argument("--run-name", default="")
+    p.add_argument("--service-account", default="convrl-pipeline-runner",
+                   help="Kubernetes service account the run's pods use (multi-user Kubeflow: default-editor)")
+    p.add_argument("overrides", nargs="*")
+
+
+def add_commands(sub) -> None:
+    from convrl.pipelines.conversational_rl import COMPILED
+
+    c = sub.add_parser("compile", help="compile the KFP pipeline for a cluster")
+    c.add_argument("--config", default="cluster", help="preset whose `cluster` section sets resources (and the "
+                                                        "default preset of runs)")
+    c.add_argument("--image", default="", help="project image every step runs on (default: cluster.image)")
+    c.add_argument("--output", default="", help=f"default {COMPILED}")
+    c.set_defaults(fn=cmd_compile)
+    up = sub.add_parser("upload", help="upload the compiled pipeline (a new version only when it changed)")
+    _connection_args(up)
+    up.add_argument("--package", default=str(COMPILED))
     up.set_defaults(fn=cmd_upload)
     sb = sub.add_parser("submit", help="start one pipeline run on the cluster")
-    common(sb)
+    _connection_args(sb)
+    _run_args(sb)
+    sb.add_argument("--wait", type=float, default=0, help="wait up to this many seconds; exit 1 unless it succeeds")
     sb.set_defaults(fn=cmd_submit)
-    sc = sub.add_parser("schedule", help="recurring retraining (6-field cron, seconds first)")
-    common(sc)
+    sc = sub.add_parser("schedule", help="recurring retraining (6-field cron, seconds first), idempotent by --name")
+    _connection_args(sc)
+    _run_args(sc)
     sc.add_argument("--cron", required=True, help='e.g. "0 0 3 * * 0" = Sundays 03:00')
     sc.add_argument("--name", default="convrl-weekly-retraining")
+    sc.add_argument("--max-concurrency", type=int, default=1)
     sc.set_defaults(fn=cmd_schedule)
+    us = sub.add_parser("unschedule", help="stop a recurring run by name")
+    _connection_args(us)
+    us.add_argument("--name", default="convrl-weekly-retraining")
+    us.add_argument("--disable-only", action="store_true", help="pause it instead of deleting it")
+    us.set_defaults(fn=cmd_unschedule)
+    ls = sub.add_parser("schedules", help="recurring runs in the experiment")
+    _connection_args(ls)
+    ls.set_defaults(fn=cmd_schedules)
     rn = sub.add_parser("runs", help="recent runs and their states")
-    common(rn, with_config=False)
+    _connection_args(rn)
     rn.add_argument("--limit", type=int, default=20)
     rn.set_defaults(fn=cmd_runs)
