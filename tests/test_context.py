@@ -1,4 +1,4 @@
-from convrl.rl.context import ConversationContextManager, extract_preferences, keywords
+from convrl.data.context import ConversationContextManager, extract_preferences, keywords
 
 
 def _long_chat(n=30):

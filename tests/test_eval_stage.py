@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from convrl import tracking
-from convrl.config import load_config
+from convrl.config import DEFAULT_WEIGHTS, load_config
 from convrl.data.personas import personas_table
+from convrl.rewards.bundle import RewardBundle
 from convrl.rewards.emotion import train_emotion_head
+from convrl.rl.artifact import PolicyArtifact
 
 
 @pytest.fixture
@@ -34,20 +36,19 @@ def stage_inputs(tmp_path, ingested, personas, tiny_encoder, tiny_policy_dir):
     labels = ["happy", "sad", "angry", "neutral"] * 3
     clf, _ = train_emotion_head(tiny_encoder, texts, labels, texts[:4], labels[:4], epochs=3, lr=1e-2, hidden=8, seed=0)
     clf.save(reward_dir / "emotion")
-    (reward_dir / "reward_config.json").write_text(json.dumps(
-        {"encoder": "tiny-bert", "weights": {"quality": 0.4, "personality": 0.25, "engagement": 0.2, "relevance": 0.15},
-         "max_length": 64, "batch_size": 16, "fluency_model": "tiny-llama"}))
+    RewardBundle(encoder="tiny-bert", weights=dict(DEFAULT_WEIGHTS), max_length=64, batch_size=16,
+                 fluency_model="tiny-llama").save(reward_dir)
     policy_dir = tmp_path / "policy"
     policy_dir.mkdir()
     os.symlink(tiny_policy_dir, policy_dir / "policy")
-    (policy_dir / "policy_meta.json").write_text(json.dumps({"policy_subdir": "policy"}))
+    PolicyArtifact(policy_subdir="policy", base_model="tiny-llama").save(policy_dir)
     return str(turns_path), str(personas_path), str(reward_dir), str(policy_dir)
 
 
 def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_thread):
     from convrl.stages.evaluation import ab_stage, evaluate_stage
 
-    cfg = load_config("tiny", ["eval.num_prompts=6", "eval.selfplay_max_new_tokens=4", "eval.n_bootstrap=100",
+    cfg = load_config("tiny", ["eval.num_prompts=6", "eval.selfplay.max_new_tokens=4", "eval.n_bootstrap=100",
                                "ab.min_samples=3"])
     parent = tracking.start_pipeline_run(cfg.tracking.experiment, "eval-test", {}, {})
     scores_path, report_dir = str(tmp_path / "scores.parquet"), str(tmp_path / "report")

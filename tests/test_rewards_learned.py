@@ -123,9 +123,10 @@ def test_learned_heads_in_the_scorer_and_stage_roundtrip(tiny_encoder, tiny_cfg,
     # What load_scorer rebuilds from a reward dir written by the stage.
     for name, h in heads.items():
         h.save(tmp_path / "learned" / name)
-    (tmp_path / "reward_config.json").write_text(json.dumps({
-        "encoder": "tiny-bert", "weights": sc.weights, "max_length": 128, "batch_size": 64, "fluency_model": None,
-        "encoder_precision": "fp32", "learned": sorted(heads)}))
+    from convrl.rewards.bundle import RewardBundle
+
+    RewardBundle(encoder="tiny-bert", weights=sc.weights, max_length=128, batch_size=64, fluency_model=None,
+                 encoder_precision="fp32", learned=sorted(heads)).save(tmp_path)
     from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, EmotionHead
 
     EmotionClassifier(tiny_encoder, EmotionHead(tiny_encoder.dim, len(EMOTIONS), 8), EMOTIONS, 8).save(tmp_path / "emotion")

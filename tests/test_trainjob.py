@@ -10,8 +10,8 @@ from kubernetes.client.exceptions import ApiException
 
 from convrl import stages, tracking
 from convrl.config import load_config
-from convrl.rl import distributed_train as dt
-from convrl.rl import trainjob as tj
+from convrl.stages import distributed_train as dt
+from convrl.stages import trainjob as tj
 
 WORKDIR = "/mnt/model-cache/convrl-trainjobs/convrl-rl-0123456789ab"
 
@@ -42,7 +42,7 @@ def test_manifest_fields(big_cfg):
     assert t["resourcesPerNode"]["requests"]["cpu"] == big_cfg.cluster.gpu_cpu_request
     assert "numProcPerNode" not in t  # "auto": one process per GPU
     # The node runs the distributed entry point on the staged directory, under torchrun.
-    assert t["command"][0] == "torchrun" and "convrl.rl.distributed_train" in t["command"]
+    assert t["command"][0] == "torchrun" and "convrl.stages.distributed_train" in t["command"]
     assert t["args"] == ["--workdir", WORKDIR]
     # MLflow settings come from the secret, never as literal values.
     env = {e["name"]: e for e in t["env"]}
@@ -267,15 +267,15 @@ def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
     out.mkdir()
     meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
 
-    assert len(api.created) == 1 and meta["rl/steps"] == 1 and meta["policy_subdir"] == "policy"
+    assert len(api.created) == 1 and meta.summary["rl/steps"] == 1 and meta.policy_subdir == "policy"
     assert (out / "policy" / "config.json").exists() and (out / "policy" / "convrl_training.json").exists()
     assert list((tmp_path / "pvc" / "convrl-trainjobs").iterdir()) == []  # staging removed after success
-    run = tracking.get_run(meta["stage_run_id"])
+    run = tracking.get_run(meta.stage_run_id)
     assert run.data.params["rl.launcher"] == "trainjob" and run.data.params["rl.world_size"] == "1"
     assert "rewards/quality/mean" in run.data.metrics and "kl" in run.data.metrics
-    artifacts = {a.path for a in tracking.client().list_artifacts(meta["stage_run_id"], "samples")}
+    artifacts = {a.path for a in tracking.client().list_artifacts(meta.stage_run_id, "samples")}
     assert "samples/step_00001.json" in artifacts
-    assert meta["logged_model"].startswith("models:/")
+    assert meta.logged_model.startswith("models:/")
 
 
 @pytest.mark.parametrize("algorithm", ["dpo", "rloo"])
@@ -285,14 +285,14 @@ def test_inline_rl_stage_with_each_algorithm(staged, tmp_path, algorithm):
 
     parent, d = staged
     cfg = load_config("tiny", [f"rl.algorithm={algorithm}", "rl.turns=1", "rl.max_steps=1", "rl.precision=fp32",
-                               "rl.dpo_min_margin=0.0"])
+                               "rl.dpo.min_margin=0.0"])
     out = tmp_path / "policy-artifact"
     out.mkdir()
     meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
-    assert meta["rl/steps"] == 1 and (out / "policy" / "config.json").exists()
+    assert meta.summary["rl/steps"] == 1 and (out / "policy" / "config.json").exists()
     info = json.loads((out / "policy" / "convrl_training.json").read_text())
     assert info["algorithm"] == algorithm
-    run = tracking.get_run(meta["stage_run_id"])
+    run = tracking.get_run(meta.stage_run_id)
     assert run.data.params["rl.algorithm"] == algorithm
     if algorithm == "dpo":
         assert (out / "preference_pairs.jsonl").exists() and "dpo/pairs" in run.data.metrics

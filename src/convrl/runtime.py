@@ -29,3 +29,17 @@ def resolve_precision(precision: str) -> str:
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     return precision
+
+
+def offline_defaults() -> None:
+    """Never reach the HF hub at run time unless asked: a cluster sets HF_HUB_OFFLINE=0 explicitly to allow it.
+
+    Also quiets telemetry and progress bars that would otherwise flood the pipeline logs.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

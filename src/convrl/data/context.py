@@ -34,6 +34,7 @@ _PREFERENCE_PATTERNS = [
     (re.compile(r"\bi have (?:a|an|two|three) ([^.,;!?]{2,40})", re.I), "has {0}"),
     (re.compile(r"\bi live in ([^.,;!?]{2,40})", re.I), "lives in {0}"),
     (re.compile(r"\bi work (?:as|at|in) ([^.,;!?]{2,40})", re.I), "works {0}"),
+    (re.compile(r"\b(?:i(?:'m| am) (?:going|planning)|my plan is|i plan) to ([^.,;!?]{2,50})", re.I), "plans to {0}"),
 ]
 
 

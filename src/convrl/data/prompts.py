@@ -5,7 +5,7 @@ persona's system prompt: exactly the conversational format TRL trainers take
 (``[{"role": "system", ...}, {"role": "user", ...}, ...]``). The logged
 assistant reply, when there is one, travels along as ``reference``, and the
 user turns that followed it as ``next_user_turns`` (replayed by multi-turn
-rollouts with ``rl.user_simulator: logged``).
+rollouts with ``rl.multiturn.user_simulator: logged``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def build_prompts(turns: pd.DataFrame, personas: list[Persona], split: str, n: i
     ``max_turns`` turns within ``token_budget``, older turns folded into a
     memory line (topics, what the user said about themself) in the system prompt.
     """
-    from convrl.rl.context import ConversationContextManager
+    from convrl.data.context import ConversationContextManager
 
     prefixes = conversation_prefixes(turns, split, max_turns)
     if not prefixes:

@@ -24,18 +24,13 @@ from importlib import resources
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
+
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
 def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
-
-
-def is_degenerate(text: str) -> bool:
-    """No judge scores empty text, punctuation soup or token salad above 0."""
-    s = text.strip()
-    letters = sum(ch.isalpha() for ch in s)
-    return letters < 2 or (len(s) > 20 and letters / len(s) < 0.4)
 
 
 @lru_cache(maxsize=1)

@@ -47,6 +47,7 @@ import pandas as pd
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
+from convrl.config import DEFAULT_WEIGHTS
 from convrl.data.personas import DEFAULT_EMOTION_MAP, Persona
 from convrl.eval.fluency import FluencyJudge, is_degenerate, reference_conversations, tokens, vader
 
@@ -54,7 +55,6 @@ JUDGE_FOR_HEAD = {"quality": "judge_quality", "personality": "judge_personality"
                   "engagement": "judge_engagement", "relevance": "judge_relevance"}
 JUDGE_COLUMNS = ("judge_composite", "judge_quality", "judge_personality", "judge_engagement",
                  "judge_relevance", "judge_emotion", "judge_fluency")
-DEFAULT_WEIGHTS = {"quality": 0.4, "personality": 0.25, "engagement": 0.2, "relevance": 0.15}
 
 _SENT = re.compile(r"[^.!?\n]+[.!?]*")
 # Cards name emotions beyond the default map (fearful, surprised, ...); without a card

@@ -1,8 +1,10 @@
 """Multi-turn self-play: the policy talks with a simulated user for N turns; coherence metrics.
 
 The simulated user is the frozen base model prompted with a user profile
-(who they are, their goal, how they feel). Both sides see only the last
-``context_turns`` messages, as a deployed chat service would. Halfway through,
+(who they are, their goal, how they feel). The simulator sees the last
+``context_turns`` messages; the assistant sees what ``convrl chat`` shows it:
+the context manager's window of ``context_turns`` messages and its memory line
+(``convrl.data.context``). Halfway through,
 the user changes the subject with a scripted message (the profile's ``pivot``)
 so every conversation has one known topic transition to handle::
 
@@ -27,6 +29,10 @@ models meet the same users with the same randomness. Per conversation:
   previous reply; ``pivot_followed``: after the scripted topic change, the reply
   is closer to the new topic than to the opening one;
 * ``degenerate_rate``: empty or garbled assistant turns;
+* ``fact_recall``: share of the user's scripted questions about facts they gave
+  earlier (name, preference, plan; ``eval.recall``) whose answer names the fact,
+  asked after the facts left the verbatim window (the assistant sees them only
+  through the context manager's memory line, as in ``convrl chat``);
 * ``coherence``: mean over turns of 0.3 persona score + 0.25 (no contradiction)
   + 0.2 (no self-repetition) + 0.25 relevance to the user turn; a degenerate
   turn scores 0.
@@ -41,37 +47,9 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from convrl.data.personas import Persona
+from convrl.data.usersim import GREETING, USER_PROFILES, UserProfile, clean_user, user_system_prompt, user_view  # noqa: F401
 from convrl.eval.fluency import is_degenerate
 from convrl.eval.judges import contradictions, judge_user_emotion
-
-
-@dataclass
-class UserProfile:
-    user_id: str
-    description: str
-    goal: str
-    opener: str
-    pivot: str
-
-
-USER_PROFILES = (
-    UserProfile("stressed_student", "Jamie, a university student who feels anxious about exams next week",
-                "get practical advice to calm down and plan revision",
-                "I have three exams next week and I can't stop panicking.",
-                "Can I ask something different? What is a good hobby to relax on weekends?"),
-    UserProfile("excited_mover", "Priya, who just got a new job abroad and is thrilled",
-                "share the news and get ideas for settling into a new city",
-                "Guess what, I got the job in Lisbon! I'm moving there next month!",
-                "By the way, do you have any favourite food you would recommend trying?"),
-    UserProfile("frustrated_customer", "Mark, whose laptop keeps crashing and who is annoyed",
-                "get the laptop working again without losing files",
-                "My laptop crashed again and I lost an hour of work. This is ridiculous.",
-                "Anyway, forget the laptop. Do you know any good books about chess?"),
-    UserProfile("lonely_retiree", "Margaret, a retired teacher who feels lonely since moving towns",
-                "have a friendly chat and find ways to meet people",
-                "I moved to a new town last month and I don't know anyone here. It's been lonely.",
-                "Let me change the subject. Do you like music? I used to play the piano."),
-)
 
 
 @dataclass
@@ -82,12 +60,8 @@ class SelfPlaySettings:
     context_turns: int = 6
     seed: int = 13
     user_temperature: float = 0.8
-
-
-def user_system_prompt(profile: UserProfile) -> str:
-    return (f"You are role-playing a human user chatting with an assistant. You are {profile.description}. "
-            f"Your goal: {profile.goal}. Reply as the user in one or two short sentences. "
-            "Never act as the assistant and never say you are an AI.")
+    recall_probes: bool = True
+    token_budget: int = 1024
 
 
 def window(history: list[dict], k: int) -> list[dict]:
@@ -98,32 +72,6 @@ def window(history: list[dict], k: int) -> list[dict]:
     return w
 
 
-GREETING = "Hi! What would you like to talk about today?"
-
-
-def user_view(history: list[dict], k: int) -> list[dict]:
-    """The simulator's side of the last ``k`` messages: roles swapped, so its own lines are "assistant".
-
-    When the window starts with the simulator's own line, a greeting from the
-    assistant goes first, because chat templates expect a user turn first and the
-    simulator should still see what it said.
-    """
-    w = history[-k:] if k > 0 else list(history)
-    swapped = [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in w]
-    if swapped and swapped[0]["role"] == "assistant":
-        swapped = [{"role": "user", "content": GREETING}] + swapped
-    return swapped
-
-
-def _clean_user(text: str, fallback: str) -> str:
-    # Small simulators sometimes answer as the assistant or prefix a speaker label.
-    t = text.strip()
-    for prefix in ("User:", "user:", "Me:", "Human:"):
-        if t.startswith(prefix):
-            t = t[len(prefix):].strip()
-    return t[:400] if t else fallback
-
-
 def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
              profiles: tuple[UserProfile, ...] = USER_PROFILES) -> pd.DataFrame:
     """Run ``settings.conversations`` conversations in lockstep (one batched generate per side per turn).
@@ -131,42 +79,59 @@ def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
     ``policy`` and ``user`` are ``convrl.rl.generation.Generator`` objects (they may be the same).
     Returns one row per message: conversation, turn, role, text, persona_id, user_id, scripted.
     """
+    from convrl.data.context import ConversationContextManager
+    from convrl.eval.recall import recall_script
+
     n = settings.conversations
     convs = [(personas[c % len(personas)], profiles[c % len(profiles)]) for c in range(n)]
     histories = [[{"role": "user", "content": prof.opener}] for _, prof in convs]
+    # What the assistant sees: the context manager's window plus its memory line, as in `convrl chat`.
+    contexts = [ConversationContextManager(max_context_length=settings.context_turns,
+                                           token_budget=settings.token_budget) for _ in range(n)]
+    for ctx, h in zip(contexts, histories):
+        ctx.add("user", h[0]["content"])
     scripted = [[True] for _ in range(n)]
+    probes: list[list[str]] = [[""] for _ in range(n)]  # per user message: the recall answers it asks for
+    scripts = [recall_script(prof, settings.turns) if settings.recall_probes else {} for _, prof in convs]
     pivot_turn = settings.turns // 2
     for t in range(settings.turns):
         views = []
-        for (persona, _), h in zip(convs, histories):
+        for (persona, _), h, ctx in zip(convs, histories, contexts):
             emotion = judge_user_emotion(h[-1]["content"])
-            views.append([{"role": "system", "content": persona.system_prompt(emotion)}]
-                         + window(h, settings.context_turns))
+            views.append(ctx.messages(persona.system_prompt(emotion)))
         replies = policy.generate(views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
                                   do_sample=False, seed=settings.seed + t)
-        for h, r in zip(histories, replies):
+        for h, ctx, r in zip(histories, contexts, replies):
             h.append({"role": "assistant", "content": r})
+            ctx.add("assistant", r)
         if t == settings.turns - 1:
             break
-        if t + 1 == pivot_turn:
-            for (_, prof), h, s in zip(convs, histories, scripted):
-                h.append({"role": "user", "content": prof.pivot})
-                s.append(True)
-            continue
-        sim_views = [[{"role": "system", "content": user_system_prompt(prof)}] + user_view(h, settings.context_turns)
-                     for (_, prof), h in zip(convs, histories)]
-        said = user.generate(sim_views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
-                             do_sample=True, temperature=settings.user_temperature, seed=settings.seed + 1000 + t)
-        for h, s, u in zip(histories, scripted, said):
-            h.append({"role": "user", "content": _clean_user(u, "Tell me more.")})
-            s.append(False)
+        said = [None] * n
+        if t + 1 != pivot_turn and not all(t in sc for sc in scripts):
+            sim_views = [[{"role": "system", "content": user_system_prompt(prof)}]
+                         + user_view(h, settings.context_turns) for (_, prof), h in zip(convs, histories)]
+            said = user.generate(sim_views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
+                                 do_sample=True, temperature=settings.user_temperature, seed=settings.seed + 1000 + t)
+        for c, ((_, prof), h, ctx) in enumerate(zip(convs, histories, contexts)):
+            line = scripts[c].get(t)
+            if line is not None:
+                text, is_scripted = line.text, True
+            elif t + 1 == pivot_turn:
+                text, is_scripted = prof.pivot, True
+            else:
+                text, is_scripted = clean_user(said[c], "Tell me more."), False
+            h.append({"role": "user", "content": text})
+            ctx.add("user", text)
+            scripted[c].append(is_scripted)
+            probes[c].append("|".join(line.fact.answers) if line is not None and line.kind == "probe" else "")
     rows = []
     for c, ((persona, prof), h) in enumerate(zip(convs, histories)):
         turn, k = 0, 0
         for m in h:
             rows.append({"conversation": c, "turn": turn, "role": m["role"], "text": m["content"],
                          "persona_id": persona.persona_id, "user_id": prof.user_id,
-                         "scripted": m["role"] == "user" and scripted[c][k]})
+                         "scripted": m["role"] == "user" and scripted[c][k],
+                         "recall_probe": probes[c][k] if m["role"] == "user" else ""})
             if m["role"] == "user":
                 k += 1
             else:
@@ -259,11 +224,27 @@ def selfplay_metrics(transcripts: pd.DataFrame, personas_by_id: dict[str, Person
                "engagement": float(judged["judge_engagement"].mean()) if len(p) else 0.0,
                "persona_embed_sim": float(emb_sim.mean()) if emb_sim is not None else float("nan"),
                "persona_embed_std": float(emb_sim.std()) if emb_sim is not None else float("nan")}
+        row["fact_recall"] = _fact_recall(conv, a_idx)
         mine = turn_rows[-len(a_idx):] if a_idx else []
         row["coherence"] = float(np.mean([r["coherence"] for r in mine])) if mine else 0.0
         row["degenerate_rate"] = float(np.mean([r["degenerate"] for r in mine])) if mine else 0.0
         conv_rows.append(row)
     return pd.DataFrame(turn_rows), pd.DataFrame(conv_rows)
+
+
+def _fact_recall(conv: pd.DataFrame, a_idx: list[int]) -> float:
+    """Share of the user's recall probes whose next assistant reply names the fact; NaN without probes."""
+    from convrl.eval.recall import recalled
+
+    if "recall_probe" not in conv:
+        return float("nan")
+    hits = []
+    for i in range(len(conv)):
+        answers = conv["recall_probe"][i]
+        if conv["role"][i] == "user" and isinstance(answers, str) and answers:
+            nxt = [a for a in a_idx if a > i]
+            hits.append(bool(nxt) and recalled(conv["text"][nxt[0]], tuple(answers.split("|"))))
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def _pivot_followed(conv: pd.DataFrame, a_idx: list[int], sim: np.ndarray) -> float:
@@ -277,7 +258,7 @@ def _pivot_followed(conv: pd.DataFrame, a_idx: list[int], sim: np.ndarray) -> fl
 
 SUMMARY_METRICS = ("coherence", "persona_consistency", "persona_drift", "contradiction_rate", "self_repetition",
                    "degenerate_rate", "user_following", "unprompted_shift_rate", "pivot_followed", "engagement",
-                   "persona_embed_sim", "persona_embed_std")
+                   "persona_embed_sim", "persona_embed_std", "fact_recall")
 
 
 def summarize(per_conv: pd.DataFrame) -> dict[str, float]:

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convrl.config import WEIGHTED_HEADS
 from convrl.data.personas import TONES, Persona
+from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
 
-HEADS = ("quality", "personality", "engagement", "relevance")
+HEADS = WEIGHTED_HEADS
 
 TONE_PROTOTYPES = {
     "enthusiastic": ["That's wonderful news! I'm so excited for you!",
@@ -69,14 +71,6 @@ def repetition_rate(text: str) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
-
-
-def is_degenerate(text: str) -> bool:
-    stripped = text.strip()
-    if not stripped:
-        return True
-    letters = sum(ch.isalpha() for ch in stripped)
-    return letters < 2 or (len(stripped) > 20 and letters / len(stripped) < 0.3)
 
 
 def length_sanity(text: str, lo: int = 3, hi: int = 60) -> float:
@@ -148,9 +142,9 @@ class RewardScorer:
         self.weights = dict(weights or {"quality": 0.4, "personality": 0.25, "engagement": 0.2,
                                         "relevance": 0.15})
         self.learned = dict(learned or {})
-        unknown = set(self.learned) - {"relevance", "personality", "engagement"}
+        unknown = set(self.learned) - set(HEADS)
         if unknown:
-            raise ValueError(f"learned heads {sorted(unknown)}: only relevance, personality, engagement are learned")
+            raise ValueError(f"learned heads {sorted(unknown)}: only {', '.join(HEADS)} can be learned")
         protos = np.stack([encoder.encode(TONE_PROTOTYPES[t]).mean(0) for t in TONES])
         self._tone_protos = protos / (np.linalg.norm(protos, axis=1, keepdims=True) + 1e-8)
         self._last_key: tuple | None = None
@@ -232,7 +226,7 @@ class RewardScorer:
                                                    fluency_logprob)
         if self.learned:
             inputs = {"context": c_emb, "response": r_emb, "persona": p_emb, "responses": responses,
-                      "no_persona": no_persona}
+                      "no_persona": no_persona, "context_text": recent, "persona_text": cards}
             for name, model in self.learned.items():
                 details[f"{name}_untrained"] = heads[name].astype(np.float32)
                 heads[name] = self._run(name, model.score, inputs)
@@ -252,20 +246,23 @@ class RewardScorer:
         responses = self._clean(contexts, responses, personas)
         if head == "engagement" and "engagement" not in self.learned:
             return self._run(head, engagement_signals, responses)
-        if head == "quality":
+        if head == "quality" and head not in self.learned:
             last_user = [last_user_text(c) for c in contexts]
             r_emb = self._run("encoder", self.encoder.encode, responses)
             approp, _ = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
             return self._run(head, self._quality, responses, contexts, approp, fluency_logprob)[0]
         needs_context = head != "personality" or head in self.learned
         needs_persona = head == "personality"
+        recent = [recent_context(c) for c in contexts]
+        cards = [persona_text(p) for p in personas]
         r_emb = self._run("encoder", self.encoder.encode, responses)
-        c_emb = self._run("encoder", self.encoder.encode, [recent_context(c) for c in contexts]) if needs_context else None
-        p_emb = self._run("encoder", self.encoder.encode, [persona_text(p) for p in personas]) if needs_persona else None
+        c_emb = self._run("encoder", self.encoder.encode, recent) if needs_context else None
+        p_emb = self._run("encoder", self.encoder.encode, cards) if needs_persona else None
         no_persona = np.array([p is None for p in personas], dtype=bool)
         if head in self.learned:
             return self._run(head, self.learned[head].score, {"context": c_emb, "response": r_emb, "persona": p_emb,
-                                                              "responses": responses, "no_persona": no_persona})
+                                                              "responses": responses, "no_persona": no_persona,
+                                                              "context_text": recent, "persona_text": cards})
         if head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
         return np.where(no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)).astype(np.float32)

@@ -11,19 +11,9 @@ here, so every stage can be run and tested without Kubeflow::
 
 from __future__ import annotations
 
-import os
-
 from convrl import tracking
 from convrl.config import Config
-
-
-def offline_defaults() -> None:
-    """Never reach the HF hub at run time; on a cluster, set HF_HUB_OFFLINE=0 explicitly to allow it."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from convrl.runtime import offline_defaults  # noqa: F401 - components call it from here
 
 
 def begin(cfg: Config, run_name: str, parent_run_id: str = "", kfp_run_id: str = "") -> str:
@@ -51,3 +41,14 @@ def finish(parent_run_id: str, kfp_run_id: str, state: str, error: str = "") -> 
     ok = state.upper() in ("SUCCEEDED", "SUCCESS", "FINISHED")
     tracking.finish_pipeline_run(parent_run_id, ok=ok, message=error,
                                  failed_stage=None if ok else "pipeline")
+
+
+def kfp_metrics(values: dict) -> dict[str, float]:
+    """The KFP ``Metrics`` view of a stage's result: finite numbers only, ``/`` -> ``_`` (KFP's UI splits on ``/``).
+
+    One rule for every component, so the KFP UI and MLflow show the same set.
+    """
+    import math
+
+    return {k.replace("/", "_"): float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

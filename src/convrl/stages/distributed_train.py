@@ -2,8 +2,8 @@
 
 ::
 
-    torchrun --module convrl.rl.distributed_train --workdir DIR   # each TrainJob node
-    python -m convrl.rl.distributed_train --workdir DIR           # one process (tests, debugging)
+    torchrun --module convrl.stages.distributed_train --workdir DIR   # each TrainJob node
+    python -m convrl.stages.distributed_train --workdir DIR           # one process (tests, debugging)
 
 ``DIR`` lives on the shared ReadWriteMany PVC; ``stage_inputs`` (called by the
 RL pipeline step) fills it, the job writes ``out/``::
@@ -39,8 +39,9 @@ from convrl.config import Config, config_from_json
 from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
 from convrl.rl.grpo import train_grpo
-from convrl.stages import offline_defaults
-from convrl.stages.rewards import load_scorer
+from convrl.rl.reward_setup import reward_setup
+from convrl.rewards.bundle import load_scorer
+from convrl.runtime import offline_defaults
 
 TURNS, PERSONAS, REWARDS, OUT = "turns.parquet", "personas.parquet", "reward_models", "out"
 
@@ -95,17 +96,9 @@ def training_inputs(cfg: Config, turns_path: str | Path, personas_path: str | Pa
                             user_emotion=lambda s: scorer.emotion.predict([s])[0],
                             token_budget=cfg.rl.prompt_token_budget)
     by_id = {p.persona_id: p for p in personas}
-    if cfg.rl.turns > 1:
-        from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser, conversation_reward_funcs
-
-        funcs, weights, conv = conversation_reward_funcs(scorer, by_id, cfg.rl.turn_reward, cfg.rl.turn_discount,
-                                                         cfg.rl.consistency_weight)
-        base_dir = models.resolve_policy(cfg.models.policy)
-        user = SimulatedUser(base_dir, max_new_tokens=cfg.rl.user_max_new_tokens, seed=cfg.rl.seed)
-        rollout = MultiTurnRollout(cfg.rl.turns, user, user.gen.tok, cfg.rl.user_simulator)
-        return TrainingInputs(prompts, funcs, weights, scorer, rollout, conv, turns, by_id)
-    funcs, weights = scorer.trl_reward_funcs(by_id)
-    return TrainingInputs(prompts, funcs, weights, scorer, turns=turns, personas_by_id=by_id)
+    setup = reward_setup(cfg.rl, scorer, by_id, models.resolve_policy(cfg.models.policy))
+    return TrainingInputs(prompts, setup.funcs, setup.weights, scorer, setup.rollout, setup.conversation_scores,
+                          turns, by_id)
 
 
 def train_policy(cfg: Config, inputs: TrainingInputs, out_dir: str | Path, on_log=None):
@@ -116,8 +109,9 @@ def train_policy(cfg: Config, inputs: TrainingInputs, out_dir: str | Path, on_lo
 
         return train_dpo(cfg, base_dir, inputs.prompts, inputs.scorer, out_dir, on_log=on_log, turns=inputs.turns,
                          personas_by_id=inputs.personas_by_id)
+    turn_rewards = inputs.conversation_scores.turn_rewards if inputs.conversation_scores is not None else None
     return train_grpo(cfg.rl, base_dir, inputs.prompts, inputs.funcs, inputs.weights, out_dir, on_log=on_log,
-                      rollout=inputs.rollout, scorer=inputs.scorer)
+                      rollout=inputs.rollout, scorer=inputs.scorer, turn_rewards=turn_rewards)
 
 
 class Rank0Logger:
@@ -176,7 +170,7 @@ def load_result(workdir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convrl.rl.distributed_train",
+    parser = argparse.ArgumentParser(prog="python -m convrl.stages.distributed_train",
                                      description="GRPO on inputs staged by the RL step (one TrainJob node).")
     parser.add_argument("--workdir", required=True, help="directory filled by stage_inputs (on the shared PVC)")
     args = parser.parse_args(argv)

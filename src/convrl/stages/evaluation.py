@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pandas as pd
 
@@ -11,9 +9,11 @@ from convrl import models, registry, tracking
 from convrl.config import Config
 from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
+from convrl.eval.artifacts import DecisionRecord, EvaluationScores
 from convrl.eval.evaluate import evaluate_models
 from convrl.eval.report import build_report
-from convrl.stages.rewards import load_scorer
+from convrl.rewards.bundle import load_scorer
+from convrl.rl.artifact import PolicyArtifact
 
 
 def baseline_model(cfg: Config) -> tuple[str, str]:
@@ -45,21 +45,20 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
                                 e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0],
                                 token_budget=cfg.rl.prompt_token_budget)
         base_dir, base_desc = baseline_model(cfg)
-        meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
-        model_dirs = {"candidate": str(Path(policy_dir) / meta["policy_subdir"]), "baseline": base_dir}
+        policy = PolicyArtifact.load(policy_dir)
+        model_dirs = {"candidate": str(policy.weights_dir(policy_dir)), "baseline": base_dir}
         # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
         panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights)
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
                                  judges=panel)
-        Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(scores_path, index=False)
 
         selfplay = None
-        if e.selfplay_conversations > 0:
-            user_dir = models.resolve_policy(e.selfplay_user_model or cfg.models.policy)
-            settings = SelfPlaySettings(conversations=e.selfplay_conversations, turns=e.selfplay_turns,
-                                        max_new_tokens=e.selfplay_max_new_tokens,
-                                        context_turns=e.selfplay_context_turns, seed=e.seed)
+        sp = e.selfplay
+        if sp.conversations > 0:
+            user_dir = models.resolve_policy(sp.user_model or cfg.models.policy)
+            settings = SelfPlaySettings(conversations=sp.conversations, turns=sp.turns,
+                                        max_new_tokens=sp.max_new_tokens, context_turns=sp.context_turns,
+                                        seed=e.seed, recall_probes=sp.recall_probes)
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder)
             run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
             run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")
@@ -73,8 +72,9 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
         run.log_dict(a.headline, "eval/headline.json")
         # The candidate's LoggedModel carries its own evaluation, visible wherever the model is.
-        if meta.get("logged_model"):
-            tracking.log_model_metrics(meta["logged_model"], a.headline, run.run_id)
+        if policy.logged_model:
+            tracking.log_model_metrics(policy.logged_model, a.headline, run.run_id)
+        EvaluationScores(scores, a.headline, base_desc).save(scores_path)
 
         report = build_report(a, base_desc, selfplay=selfplay)
         write_report(report, report_dir)
@@ -89,7 +89,8 @@ def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: s
     from convrl.eval.ab import ABSettings, compare
 
     with tracking.stage_run(parent_run_id, "ab_compare", cfg.tracking.experiment) as run:
-        scores = pd.read_parquet(scores_path)
+        evaluation = EvaluationScores.load(scores_path)
+        scores = evaluation.scores
         # Held-out judges are guardrails too: a reward head that improves while its judge regresses
         # is reward hacking, and must not promote.
         judges = [c for c in scores.columns if c.startswith("judge_") and pd.api.types.is_numeric_dtype(scores[c])]
@@ -101,11 +102,10 @@ def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: s
                               min_samples=a.min_samples, min_improvement=a.min_improvement,
                               guardrail_margin=a.guardrail_margin, seed=a.seed)
         decision = compare(cand, base, settings, key="prompt_id")
-        d = decision.to_dict()
-        d["summary"] = decision.summary()
-        Path(decision_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(decision_path).write_text(json.dumps(d, indent=2, default=str))
-        run.log_dict(d, "ab/decision.json")
+        record = DecisionRecord(**decision.to_dict(), summary=decision.summary(), headline=evaluation.headline,
+                                baseline=evaluation.baseline)
+        record.save(decision_path)
+        run.log_dict(record.to_dict(), "ab/decision.json")
         prim = decision.metrics.get("composite", {})
         run.log_metrics({f"ab/{k}": v for k, v in prim.items() if isinstance(v, (int, float))}, parent=True)
         run.set_tags({"convrl.decision": decision.outcome, "convrl.decision_summary": decision.summary()}, parent=True)
@@ -114,18 +114,19 @@ def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: s
 
 def register_stage(cfg: Config, parent_run_id: str, policy_dir: str, decision_path: str) -> str:
     with tracking.stage_run(parent_run_id, "register", cfg.tracking.experiment) as run:
-        meta = json.loads((Path(policy_dir) / "policy_meta.json").read_text())
-        decision = json.loads(Path(decision_path).read_text())
+        policy = PolicyArtifact.load(policy_dir)
+        decision = DecisionRecord.load(decision_path)
         parent = tracking.get_run(parent_run_id)
-        prim = decision["metrics"].get("composite", {})
+        prim = decision.primary()
+        # The evaluation headline comes from the decision artifact, i.e. from what evaluate measured.
         tags = {"convrl.data_fingerprint": parent.data.tags.get("convrl.data_fingerprint", ""),
-                "convrl.config_hash": cfg.fingerprint(), "convrl.decision": decision["outcome"],
+                "convrl.config_hash": cfg.fingerprint(), "convrl.decision": decision.outcome,
                 "convrl.composite_candidate": f"{prim.get('mean_candidate', float('nan')):.4f}",
                 "convrl.composite_baseline": f"{prim.get('mean_baseline', float('nan')):.4f}",
                 "convrl.composite_diff_ci": f"[{prim.get('ci_low', float('nan')):.4f}, {prim.get('ci_high', float('nan')):.4f}]",
-                **{f"convrl.eval.{k[len('candidate_'):]}": f"{v:.4f}" for k, v in sorted(parent.data.metrics.items())
-                   if k.startswith("candidate_") and "selfplay" not in k}}
-        version, created = registry.register_candidate(meta["logged_model"], cfg.registry.model_name,
+                **{f"convrl.eval.{k}": f"{v:.4f}" for k, v in sorted(decision.headline.items())
+                   if isinstance(v, (int, float))}}
+        version, created = registry.register_candidate(policy.logged_model, cfg.registry.model_name,
                                                       parent_run_id, tags)
         run.set_tags({"convrl.registered_version": version, "convrl.registered_new": str(created)}, parent=True)
         return version
@@ -133,10 +134,10 @@ def register_stage(cfg: Config, parent_run_id: str, policy_dir: str, decision_pa
 
 def promote_stage(cfg: Config, parent_run_id: str, version: str, decision_path: str) -> dict:
     with tracking.stage_run(parent_run_id, "promote", cfg.tracking.experiment) as run:
-        decision = json.loads(Path(decision_path).read_text())
-        if decision.get("outcome") != "promote":
-            raise registry.RegistryError(f"refusing to promote: decision is {decision.get('outcome')!r}")
-        result = registry.promote(cfg.registry.model_name, version, decision.get("summary", "A/B promote"))
+        decision = DecisionRecord.load(decision_path)
+        if decision.outcome != "promote":
+            raise registry.RegistryError(f"refusing to promote: decision is {decision.outcome!r}")
+        result = registry.promote(cfg.registry.model_name, version, decision.summary or "A/B promote")
         run.set_tags({"convrl.champion": result["champion"], "convrl.previous_champion": result["previous"] or ""},
                      parent=True)
         return result

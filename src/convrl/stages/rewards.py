@@ -1,7 +1,7 @@
 """Reward-model stage: train the emotion head (and the learned heads the config asks for), measure
 each on held-out data, package every head.
 
-The output directory is self-describing (``reward_config.json``, ``emotion/``,
+The output directory is a reward bundle (``reward_bundle.json``, ``emotion/``,
 ``emotion_finetuned/`` with ``rewards.emotion.finetune_data``, ``learned/<head>/``)
 so later stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
 the default pipeline trains only the emotion head.
@@ -18,8 +18,9 @@ import pandas as pd
 from convrl import models, tracking
 from convrl.config import Config
 from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
+from convrl.rewards.bundle import RewardBundle, load_scorer  # noqa: F401 - load_scorer: stage API
 from convrl.rewards.encoder import SentenceEncoder
-from convrl.rewards.heads import FluencyScorer, RewardScorer
+from convrl.rewards.heads import RewardScorer
 from convrl.tracking.pyfunc import EmotionHeadModel
 
 
@@ -93,11 +94,10 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
             learned, learned_metrics = train_configured_heads(cfg.rewards, encoder, turns, personas, seed=e.seed)
             for name, head in learned.items():
                 head.save(out / "learned" / name)
-        conf = {"encoder": cfg.models.encoder, "weights": cfg.rewards.weights, "max_length": cfg.rewards.max_length,
-                "batch_size": cfg.rewards.batch_size, "fluency_model": cfg.models.policy if cfg.rewards.fluency else None,
-                "emotion_label_kind": kind, "encoder_precision": cfg.rewards.encoder_precision,
-                "learned": sorted(learned), "emotion_finetuned": bool(e.finetune_data)}
-        (out / "reward_config.json").write_text(json.dumps(conf, indent=2))
+        RewardBundle(encoder=cfg.models.encoder, weights=dict(cfg.rewards.weights), max_length=cfg.rewards.max_length,
+                     batch_size=cfg.rewards.batch_size, encoder_precision=cfg.rewards.encoder_precision,
+                     fluency_model=cfg.models.policy if cfg.rewards.fluency else None, emotion_label_kind=kind,
+                     emotion_finetuned=bool(e.finetune_data), learned=sorted(learned)).save(out)
         curve = metrics.pop("loss_curve")
         for i, loss in enumerate(curve):
             run.log_metrics({"emotion/train_loss_epoch": loss}, step=i)
@@ -113,27 +113,4 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
         run.log_dict({"train_label_distribution": dist, "metrics": head_metrics}, "emotion/summary.json")
         uri = run.log_pyfunc("emotion_head", EmotionHeadModel(), {"head_dir": str(out / "emotion")},
                              metrics={k: v for k, v in head_metrics.items() if v == v})
-        (out / "logged_model_uri.txt").write_text(uri)
         return {**head_metrics, "label_kind": kind, "logged_model": uri, "learned_heads": sorted(learned)}
-
-
-def load_scorer(reward_dir: str, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
-    """The scorer ``rewards_stage`` packaged; ``learned=False`` leaves out the optional learned heads."""
-    conf = json.loads((Path(reward_dir) / "reward_config.json").read_text())
-    # Reward dirs written before encoder_precision existed were scored in fp32.
-    encoder = SentenceEncoder(models.resolve_encoder(conf["encoder"]), max_length=conf["max_length"],
-                              batch_size=conf["batch_size"], precision=conf.get("encoder_precision", "fp32"))
-    clf = EmotionClassifier.load(Path(reward_dir) / "emotion", encoder=encoder)
-    if conf.get("emotion_finetuned"):  # the fine-tuned GoEmotions classifier detects the user's emotion
-        from convrl.rewards.emotion_finetune import FinetunedEmotionClassifier
-
-        clf = FinetunedEmotionClassifier.load(Path(reward_dir) / "emotion_finetuned").as_emotion_head()
-    fluency = None
-    if with_fluency and conf.get("fluency_model"):
-        fluency = FluencyScorer(models.resolve_policy(conf["fluency_model"]))
-    heads = {}
-    if learned:
-        from convrl.rewards.learned import load_learned
-
-        heads = {name: load_learned(Path(reward_dir) / "learned" / name) for name in conf.get("learned", [])}
-    return RewardScorer(encoder, clf, fluency, conf["weights"], learned=heads)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from convrl import tracking
 from convrl.config import Config
-from convrl.rl.distributed_train import train_policy, training_inputs
+from convrl.rl.artifact import PolicyArtifact
+from convrl.stages.distributed_train import train_policy, training_inputs
 from convrl.tracking.pyfunc import HFDirModel
 
 
@@ -40,7 +40,7 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
         if cfg.rl.launcher == "trainjob":
             # Training runs in a Kubeflow Trainer TrainJob (multi-GPU / multi-node); this step stages its inputs on
             # the shared PVC, waits, copies the policy back, then logs exactly like the inline path below.
-            from convrl.rl.trainjob import train_on_cluster
+            from convrl.stages.trainjob import train_on_cluster
 
             run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy})
             result = train_on_cluster(cfg, run, turns_path, personas_path, reward_dir, out_dir)
@@ -72,7 +72,8 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
         run.log_metrics(summary, parent=True)
         uri = run.log_pyfunc("policy", HFDirModel(), {"hf_dir": result.policy_dir},
                              params={"base_model": cfg.models.policy, "algorithm": cfg.rl.algorithm})
-        meta = {"policy_subdir": Path(result.policy_dir).name, "logged_model": uri, "stage_run_id": run.run_id,
-                "resumed_from": result.resumed_from, **summary}
-        (Path(out_dir) / "policy_meta.json").write_text(json.dumps(meta, indent=2))
-        return meta
+        art = PolicyArtifact(policy_subdir=Path(result.policy_dir).name, base_model=cfg.models.policy,
+                             algorithm=cfg.rl.algorithm, logged_model=uri, stage_run_id=run.run_id,
+                             resumed_from=result.resumed_from, summary=summary)
+        art.save(out_dir)
+        return art

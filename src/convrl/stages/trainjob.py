@@ -2,46 +2,50 @@
 
 With ``rl.launcher=trainjob`` the RL pipeline step does not train itself. It
 stages its inputs on the shared ReadWriteMany model-cache PVC
-(``convrl.rl.distributed_train.stage_inputs``), creates a TrainJob on the
+(``convrl.stages.distributed_train.stage_inputs``), creates a TrainJob on the
 ``torch-distributed`` ClusterTrainingRuntime whose nodes run
-``torchrun --module convrl.rl.distributed_train --workdir DIR`` on the project
+``torchrun --module convrl.stages.distributed_train --workdir DIR`` on the project
 image, waits for it, logs what the job produced to the stage run and copies the
 merged policy back::
 
     result = train_on_cluster(cfg, stage_run, turns_path, personas_path, reward_dir, out_dir)   # an RLResult
 
-``build_trainjob`` is a pure function (the manifest as a dict); ``submit`` and
+The manifest (``trainjob_spec.build_trainjob``) follows the installed Trainer
+release (``cluster.trainjob.trainer_version``: v2.0, v2.1, v2.2, v2.3); after
+creating it the step checks that the API server kept the pod overrides and
+otherwise deletes the job and names the right release. The job is owned by the
+step's pod (cancelling or deleting the KFP run garbage-collects it), deleted when
+the step gets SIGTERM (KFP terminating the run), and deleted once it succeeded;
+a failed job stays for ``kubectl logs`` until its owner pod goes. ``submit`` and
 ``wait`` talk to the API server through ``kubernetes.client.CustomObjectsApi``
-(in-cluster config, else ``~/.kube/config``), or through any object with the
-same three methods (tests pass a fake).
-
-The manifest targets Kubeflow Trainer v2.0/v2.1 (``trainer.kubeflow.org/v1alpha1``,
-checked against pkg/apis/trainer/v1alpha1/trainjob_types.go of v2.1): volumes go
-through ``spec.podTemplateOverrides``, which v2.2 replaced with ``runtimePatches``.
+(in-cluster config, else ``~/.kube/config``), or any object with the same
+methods (tests pass a fake).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from convrl.config import Config
+from convrl.stages.trainjob_spec import (GROUP, OVERRIDE_FIELD, PLURAL, VERSION, TrainJobSpecError, build_trainjob,
+                                         job_name, kept_overrides)
 
-GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
-TRAINER_VERSION = "v2.1.0"
-DEFAULT_IMAGE = "ghcr.io/convrl/convrl:0.1.0"
-# The replicated job and its container in the torch-distributed runtime are both called "node".
-NODE = "node"
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+__all__ = ["TrainJobError", "TrainJobTimeout", "build_trainjob", "job_name", "submit", "wait", "train_on_cluster"]
+
+TRAINER_VERSION = "v2.3.0"  # the release the install hint points at
 _REPO = "https://github.com/kubeflow/trainer.git/manifests/overlays"
 INSTALL_HINT = (
     "install Kubeflow Trainer v2 and its runtimes, then rerun:\n"
     f'  kubectl apply --server-side -k "{_REPO}/manager?ref={TRAINER_VERSION}"\n'
     f'  kubectl apply --server-side -k "{_REPO}/runtimes?ref={TRAINER_VERSION}"\n'
     "  kubectl get clustertrainingruntimes   # torch-distributed must be listed")
+SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class TrainJobError(RuntimeError):
@@ -52,93 +56,39 @@ class TrainJobTimeout(TrainJobError, TimeoutError):
     """The TrainJob did not finish within cluster.trainjob.timeout_s (it has been deleted)."""
 
 
-def job_name(stage_run_id: str) -> str:
-    """A DNS-1035 name unique per RL stage run (MLflow run ids are hex)."""
-    return f"convrl-rl-{stage_run_id[:12].lower()}"
+@dataclass
+class StepPod:
+    """The pipeline step's own pod: where the TrainJob goes, what owns it, which image it runs."""
+    namespace: str
+    name: str
+    uid: str
+    image: str
+
+    def owner_reference(self) -> dict:
+        return {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}
 
 
-def project_image(core_api: Any = None) -> str:
-    """``$CONVRL_IMAGE``, else the image of the pipeline step's own pod, else the default tag.
+def step_pod(core_api: Any = None, hostname: str | None = None) -> StepPod | None:
+    """Read the step's own pod (``pods get``, which the runner role has); None outside a pod."""
+    import os
 
-    The step pod runs the image the pipeline was compiled with, which need not be
-    the default tag, and the TrainJob must run the same code; reading the own pod
-    needs only the ``pods get`` the runner role already has.
-    """
-    if os.environ.get("CONVRL_IMAGE"):
-        return os.environ["CONVRL_IMAGE"]
-    ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    if os.environ.get("HOSTNAME") and (core_api is not None or ns_file.exists()):
-        try:
-            if core_api is None:
-                from kubernetes import client, config
+    hostname = hostname or os.environ.get("HOSTNAME")
+    if not hostname or (core_api is None and not SA_NAMESPACE.exists()):
+        return None
+    ns = SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "kubeflow"
+    try:
+        if core_api is None:
+            from kubernetes import client, config
 
-                config.load_incluster_config()
-                core_api = client.CoreV1Api()
-            ns = ns_file.read_text().strip() if ns_file.exists() else "kubeflow"
-            pod = core_api.read_namespaced_pod(os.environ["HOSTNAME"], ns)
-            containers = pod.spec.containers
-            return next((c.image for c in containers if c.name == "main"), containers[0].image)
-        except Exception:  # noqa: BLE001 - any failure falls back to the documented default
-            pass
-    return DEFAULT_IMAGE
-
-
-def _toleration(spec: str) -> dict:
-    key_value, _, effect = spec.rpartition(":")
-    if key_value.endswith(":Exists"):
-        return {"key": key_value[:-7], "operator": "Exists", "effect": effect}
-    key, _, value = key_value.partition("=")
-    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
-
-
-def build_trainjob(name: str, cfg: Config, workdir: str, image: str) -> dict:
-    """The TrainJob manifest: ``cluster.trainjob.num_nodes`` nodes x ``cluster.trainjob.gpus_per_node`` GPUs, PVC mounted."""
-    rl, cl = cfg.rl, cfg.cluster
-    gpus = cl.trainjob.gpus_per_node
-    limits: dict[str, str] = {"memory": cl.gpu_memory_limit}
-    requests: dict[str, str] = {"cpu": cl.gpu_cpu_request, "memory": cl.gpu_memory_request}
-    if gpus:
-        limits[cl.accelerator_type] = requests[cl.accelerator_type] = str(gpus)
-    # Credentials stay in the Secret; optional so a cluster without it still trains (metrics then come back
-    # through result.json and the pipeline step logs them).
-    env = [{"name": k, "valueFrom": {"secretKeyRef": {"name": cl.mlflow_secret, "key": k, "optional": True}}}
-           for k in MLFLOW_KEYS]
-    env += [{"name": "HF_HOME", "value": cl.model_cache_mount}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
-    trainer: dict[str, Any] = {
-        "image": image,
-        # The runtime sets PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK/PET_MASTER_ADDR/PET_MASTER_PORT, which
-        # torchrun reads; nproc per node is "auto" = the GPUs in resourcesPerNode.
-        "command": ["torchrun", "--module", "convrl.rl.distributed_train"],
-        "args": ["--workdir", workdir],
-        "env": env,
-        "numNodes": cl.trainjob.num_nodes,
-        "resourcesPerNode": {"limits": limits, "requests": requests},
-    }
-    if not gpus:
-        trainer["numProcPerNode"] = 1  # CPU dry runs: "auto" would start one process per CPU
-    pod_spec: dict[str, Any] = {
-        "volumes": [{"name": "model-cache", "persistentVolumeClaim": {"claimName": cl.model_cache_pvc}},
-                    # NCCL exchanges tensors through /dev/shm; the container default of 64 MiB stalls it.
-                    {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-        "containers": [{"name": NODE, "volumeMounts": [{"name": "model-cache", "mountPath": cl.model_cache_mount},
-                                                       {"name": "dshm", "mountPath": "/dev/shm"}]}],
-    }
-    if gpus:
-        if cl.node_selector:
-            pod_spec["nodeSelector"] = dict(s.partition("=")[::2] for s in cl.node_selector)
-        if cl.tolerations:
-            pod_spec["tolerations"] = [_toleration(t) for t in cl.tolerations]
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": cl.trainjob.namespace,
-                     "labels": {"app.kubernetes.io/part-of": "convrl", "app.kubernetes.io/component": "rl-finetune"}},
-        "spec": {
-            "runtimeRef": {"name": cl.trainjob.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
-            "trainer": trainer,
-            "podTemplateOverrides": [{"targetJobs": [{"name": NODE}], "spec": pod_spec}],
-        },
-    }
+            config.load_incluster_config()
+            core_api = client.CoreV1Api()
+        pod = core_api.read_namespaced_pod(hostname, ns)
+    except Exception as exc:  # noqa: BLE001 - any failure: no owner, image from the config
+        print(f"[trainjob] cannot read the step's pod {ns}/{hostname} ({exc}); the TrainJob gets no owner")
+        return None
+    containers = pod.spec.containers
+    image = next((c.image for c in containers if c.name == "main"), containers[0].image)
+    return StepPod(ns, hostname, pod.metadata.uid, image)
 
 
 def custom_objects_api():
@@ -160,11 +110,15 @@ def _status(exc: Exception) -> int | None:
 
 
 def submit(manifest: dict, api: Any = None, log: Callable[[str], None] = print) -> str:
-    """Create the TrainJob; returns its name. An existing job of the same name is attached to, not replaced."""
+    """Create the TrainJob; returns its name. An existing job of the same name is attached to, not replaced.
+
+    The API server prunes fields its TrainJob CRD does not know: when the pod
+    overrides did not survive, the job is deleted and the error names the setting.
+    """
     api = api or custom_objects_api()
     name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     try:
-        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
+        stored = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
     except Exception as exc:  # noqa: BLE001 - ApiException without importing kubernetes here
         status, body = _status(exc), str(getattr(exc, "body", "") or exc)
         if status == 409:
@@ -179,11 +133,22 @@ def submit(manifest: dict, api: Any = None, log: Callable[[str], None] = print) 
             raise TrainJobError(f"not allowed to create {PLURAL}.{GROUP} in {ns!r}: grant the pipeline runner "
                                 "create/get/list/watch/delete on trainjobs (manifests/base/rbac.yaml) and run "
                                 "the pipeline as convrl-pipeline-runner") from exc
+        if status == 422 or (status == 400 and "unknown field" in body):
+            raise TrainJobError(f"the API server rejected TrainJob {ns}/{name} ({status}): {body[:500]}; "
+                                "is cluster.trainjob.trainer_version the installed Trainer release?") from exc
         if status is not None:
             raise TrainJobError(f"creating TrainJob {ns}/{name} failed ({status}): {body}; is the "
                                 f"ClusterTrainingRuntime {manifest['spec']['runtimeRef']['name']!r} installed? "
                                 f"{INSTALL_HINT}") from exc
         raise TrainJobError(f"cannot reach the Kubernetes API server to create {ns}/{name}: {exc}") from exc
+    if isinstance(stored, dict) and not kept_overrides(manifest, stored):
+        field = next(f for f in set(OVERRIDE_FIELD.values()) if f in manifest["spec"])
+        delete(name, ns, api)
+        versions = ", ".join(f"{v}: {f}" for v, f in OVERRIDE_FIELD.items())
+        raise TrainJobError(f"the cluster's TrainJob CRD dropped spec.{field} (the PVC would not be mounted), so "
+                            f"TrainJob {ns}/{name} was deleted: set cluster.trainjob.trainer_version to the installed "
+                            f"Kubeflow Trainer release ({versions}); `kubectl get crd trainjobs.trainer.kubeflow.org "
+                            "-o yaml | grep -E 'podSpecOverrides|podTemplateOverrides|runtimePatches'` shows it")
     log(f"[trainjob] created {ns}/{name} ({manifest['spec']['trainer']['numNodes']} node(s)); "
         f"kubectl -n {ns} get trainjob {name}")
     return name
@@ -265,27 +230,57 @@ def _log_job_outputs(run: Any, info: dict, workdir: Path) -> None:
         run.log_table(pd.read_json(path, orient="records"), f"samples/{path.name}")
 
 
+@contextlib.contextmanager
+def _delete_on_sigterm(name: str, namespace: str, api: Any, log: Callable[[str], None] = print):
+    """KFP terminates a run by sending SIGTERM to its pods: take the GPUs of the TrainJob down with the step."""
+    def handler(signum, frame):
+        log(f"[trainjob] step terminated (signal {signum}); deleting TrainJob {namespace}/{name}")
+        with contextlib.suppress(Exception):
+            delete(name, namespace, api)
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a test runner's worker): the owner reference still applies
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_on_cluster(cfg: Config, run: Any, turns_path: str, personas_path: str, reward_dir: str, out_dir: str,
-                     api: Any = None, poll_s: float = 30.0):
+                     api: Any = None, poll_s: float = 30.0, pod: StepPod | None = None):
     """Stage inputs on the PVC, run the TrainJob, log what it produced to ``run``, copy the policy into ``out_dir``.
 
-    ``run`` is the RL stage's ``tracking.StageRun``. Returns an ``RLResult``
-    like ``train_grpo``. The staging dir is removed on success and kept
-    (inputs, checkpoints) on failure, for inspection.
+    ``run`` is the RL stage's ``tracking.StageRun``; ``pod`` the step's own pod
+    (read from the API when None). Returns an ``RLResult`` like ``train_grpo``.
+    The staging dir and the job are removed on success; on failure both stay
+    (inputs, checkpoints, logs) for inspection, until the step's pod is removed.
     """
-    from convrl.rl import distributed_train as dt
     from convrl.rl.grpo import RLResult
+    from convrl.stages import distributed_train as dt
 
+    pod = pod or step_pod()
+    namespace = cfg.cluster.trainjob.namespace or (pod.namespace if pod else "kubeflow")
+    # An owner must live in the same namespace as what it owns.
+    owner = pod.owner_reference() if pod and pod.namespace == namespace else None
     name = job_name(run.run_id)
     workdir = Path(cfg.cluster.model_cache_mount) / "convrl-trainjobs" / name
+    try:
+        manifest = build_trainjob(name, cfg, str(workdir), pod.image if pod else cfg.cluster.image, namespace, owner)
+    except TrainJobSpecError as exc:
+        raise TrainJobError(str(exc)) from exc
     dt.stage_inputs(workdir, cfg, turns_path, personas_path, reward_dir, run.run_id, run.parent_run_id)
     api = api or custom_objects_api()
-    submit(build_trainjob(name, cfg, str(workdir), project_image()), api)
-    try:
-        wait(name, cfg.cluster.trainjob.namespace, cfg.cluster.trainjob.timeout_s, api, poll_s=poll_s)
-    except TrainJobError as exc:
-        raise TrainJobError(f"{exc}\n(staged inputs and checkpoints kept in {workdir} on PVC "
-                            f"{cfg.cluster.model_cache_pvc})") from exc
+    with _delete_on_sigterm(name, namespace, api):
+        submit(manifest, api)
+        try:
+            wait(name, namespace, cfg.cluster.trainjob.timeout_s, api, poll_s=poll_s)
+        except TrainJobError as exc:
+            raise TrainJobError(f"{exc}\n(staged inputs and checkpoints kept in {workdir} on PVC "
+                                f"{cfg.cluster.model_cache_pvc})") from exc
     info = dt.load_result(workdir)
     _log_job_outputs(run, info, workdir)
     policy_dir = Path(out_dir) / "policy"
@@ -293,4 +288,5 @@ def train_on_cluster(cfg: Config, run: Any, turns_path: str, personas_path: str,
         shutil.rmtree(policy_dir)
     shutil.copytree(workdir / "out" / info.get("policy_subdir", "policy"), policy_dir)
     shutil.rmtree(workdir, ignore_errors=True)
+    delete(name, namespace, api)  # finished: free the JobSet and its pods
     return RLResult(str(policy_dir), info["history"], info["steps"], info.get("resumed_from"), info["seconds"])

@@ -1,0 +1,80 @@
+"""The reward bundle: everything a later stage needs to rebuild the reward model the reward stage trained.
+
+A bundle directory holds ``reward_bundle.json`` (this dataclass) beside the trained heads
+(``emotion/``, ``emotion_finetuned/``, ``learned/<head>/``). The reward stage writes it; RL,
+evaluation, meta-eval and monitoring read it back::
+
+    bundle = RewardBundle.load(reward_dir)
+    scorer = bundle.scorer(reward_dir)          # or load_scorer(reward_dir)
+    bundle.weights["quality"], bundle.learned   # what the composite is made of
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convrl import models
+from convrl.rewards.emotion import EmotionClassifier
+from convrl.rewards.encoder import SentenceEncoder
+from convrl.rewards.heads import FluencyScorer, RewardScorer
+
+BUNDLE_FILE = "reward_bundle.json"
+LEGACY_FILE = "reward_config.json"  # bundles written before the typed artifact existed
+
+
+@dataclass
+class RewardBundle:
+    encoder: str
+    weights: dict[str, float]
+    max_length: int = 128
+    batch_size: int = 64
+    # Bundles written before encoder_precision existed were scored in fp32.
+    encoder_precision: str = "fp32"
+    fluency_model: str | None = None
+    emotion_label_kind: str = ""
+    emotion_finetuned: bool = False
+    learned: list[str] = field(default_factory=list)
+
+    def save(self, reward_dir: str | Path) -> Path:
+        path = Path(reward_dir) / BUNDLE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, reward_dir: str | Path) -> RewardBundle:
+        root = Path(reward_dir)
+        path = root / BUNDLE_FILE if (root / BUNDLE_FILE).exists() else root / LEGACY_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{root} is not a reward bundle (no {BUNDLE_FILE}): pass the reward_models "
+                                    "output of the reward stage (`convrl run` writes it under the run's outputs)")
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def scorer(self, reward_dir: str | Path, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
+        """The ``RewardScorer`` the reward stage packaged; ``learned=False`` leaves out the learned heads."""
+        root = Path(reward_dir)
+        encoder = SentenceEncoder(models.resolve_encoder(self.encoder), max_length=self.max_length,
+                                  batch_size=self.batch_size, precision=self.encoder_precision)
+        clf = EmotionClassifier.load(root / "emotion", encoder=encoder)
+        if self.emotion_finetuned:  # the fine-tuned GoEmotions classifier detects the user's emotion
+            from convrl.rewards.emotion_finetune import FinetunedEmotionClassifier
+
+            clf = FinetunedEmotionClassifier.load(root / "emotion_finetuned").as_emotion_head()
+        fluency = FluencyScorer(models.resolve_policy(self.fluency_model)) if with_fluency and self.fluency_model \
+            else None
+        heads = {}
+        if learned:
+            from convrl.rewards.learned import load_learned
+
+            heads = {name: load_learned(root / "learned" / name) for name in self.learned}
+        return RewardScorer(encoder, clf, fluency, self.weights, learned=heads)
+
+
+def load_scorer(reward_dir: str | Path, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
+    """The scorer a reward bundle directory describes (see ``RewardBundle.scorer``)."""
+    return RewardBundle.load(reward_dir).scorer(reward_dir, with_fluency=with_fluency, learned=learned)
