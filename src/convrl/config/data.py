@@ -47,7 +47,7 @@ class DataConfig:
                                    "(also personas brought by sources such as PersonaChat)."})
     quarantine_threshold: float = field(
         default=0.05, metadata={"help": "Fail ingest when more than this share of rows is quarantined."})
-    seed: int = 13
+    seed: int = field(default=13, metadata={"help": "Seed of the conversation split and near-duplicate hashing."})
 
     def validate(self) -> None:
         if not 0 < self.val_fraction + self.test_fraction < 1:

@@ -52,11 +52,11 @@ class EvalConfig:
 
 @dataclass
 class ABConfig:
-    n_bootstrap: int = 2000
-    confidence: float = 0.95
+    n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples for the A/B confidence intervals."})
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the A/B intervals."})
     min_samples: int = field(default=10, metadata={"help": "Fewer paired prompts than this is inconclusive."})
     min_improvement: float = field(
         default=0.0, metadata={"help": "Promote only if the CI lower bound of the mean gain exceeds this."})
     guardrail_margin: float = field(
         default=0.05, metadata={"help": "A non-primary metric may not regress by more than this (CI upper bound)."})
-    seed: int = 13
+    seed: int = field(default=13, metadata={"help": "Seed of the A/B bootstrap."})

@@ -36,18 +36,20 @@ from convrl.config.serving import ServeConfig
 
 @dataclass
 class RegistryConfig:
-    model_name: str = "convrl-policy"
-    reward_model_name: str = "convrl-emotion-head"
+    model_name: str = field(default="convrl-policy", metadata={
+        "help": "Registered model of the policy (aliases champion/challenger live on it)."})
+    reward_model_name: str = field(default="convrl-emotion-head", metadata={
+        "help": "Registered model of the emotion head."})
 
 
 @dataclass
 class TrackingConfig:
-    experiment: str = "convrl"
+    experiment: str = field(default="convrl", metadata={"help": "MLflow experiment every run logs to."})
 
 
 @dataclass
 class Config:
-    name: str = "default"
+    name: str = field(default="default", metadata={"help": "The preset's name (set from the preset file)."})
     models: ModelsConfig = field(default_factory=ModelsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)

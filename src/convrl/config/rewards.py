@@ -14,10 +14,10 @@ WEIGHTED_HEADS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 @dataclass
 class EmotionHeadConfig:
     epochs: int = field(default=30, metadata={"help": "Epochs of the classification head over cached embeddings."})
-    learning_rate: float = 5e-3
+    learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of the emotion head."})
     hidden_size: int = field(default=128, metadata={"help": "Hidden units of the MLP head (0 = linear)."})
     max_texts: int = field(default=0, metadata={"help": "Cap on training texts (0 = all)."})
-    seed: int = 13
+    seed: int = field(default=13, metadata={"help": "Seed of reward-head training."})
     finetune_data: str = field(
         default="", metadata={"help": "A GoEmotions folder (28 labels, e.g. ../shared/data/goemotions/original; "
                               "CC BY 4.0): fine-tune the encoder end to end on it and use that classifier for the "
@@ -39,7 +39,7 @@ class RewardsConfig:
     fluency: bool = field(
         default=True, metadata={"help": "Score fluency with the frozen base policy (log-likelihood)."})
     max_length: int = field(default=128, metadata={"help": "Encoder max tokens per text."})
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch when scoring."})
     encoder_precision: str = field(
         default="auto", metadata={"help": "Reward encoder precision: auto (bf16 where the CPU/GPU has bf16 units, "
                                   "~1.7x faster, cosine > 0.9999 with fp32), bf16 or fp32."})
