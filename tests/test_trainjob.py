@@ -1,38 +1,136 @@
 """rl.launcher=trainjob: the TrainJob manifest, submit/wait against a fake API, and the node entry point end to end."""
 
+import functools
 import json
 import os
 import re
+from pathlib import Path
 
+import jsonschema
 import pandas as pd
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from convrl import stages, tracking
 from convrl.config import load_config
 from convrl.stages import distributed_train as dt
 from convrl.stages import trainjob as tj
+from convrl.stages import trainjob_spec as spec
 
 WORKDIR = "/mnt/model-cache/convrl-trainjobs/convrl-rl-0123456789ab"
 
 
+CRDS = Path(__file__).parent / "data" / "trainer_crds"
+# cluster.trainjob.trainer_version -> the vendored upstream CRD it is checked against (tests/data/trainer_crds/README.md)
+RELEASES = {"v2.0": "v2.0.1", "v2.1": "v2.1.0", "v2.2": "v2.2.1", "v2.3": "v2.3.0"}
+
+
+@functools.lru_cache(maxsize=None)
+def crd_schema(tag: str) -> dict:
+    crd = yaml.safe_load((CRDS / f"{tag}.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def prune(obj, schema: dict, dropped: list[str], path: str = ""):
+    """What the API server stores: ``obj`` without the fields a structural schema does not know (listed in dropped)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return obj
+    if isinstance(obj, dict):
+        props, extra, kept = schema.get("properties"), schema.get("additionalProperties"), {}
+        for key, value in obj.items():
+            if path == "" and key == "metadata":
+                kept[key] = value  # ObjectMeta is the API server's own, not the CRD's
+            elif props is not None and key in props:
+                kept[key] = prune(value, props[key], dropped, f"{path}.{key}")
+            elif isinstance(extra, dict):
+                kept[key] = prune(value, extra, dropped, f"{path}.{key}")
+            elif props is None and extra is not None:
+                kept[key] = value
+            else:
+                dropped.append(f"{path}.{key}")
+        return kept
+    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [prune(item, schema["items"], dropped, f"{path}[{i}]") for i, item in enumerate(obj)]
+    return obj
+
+
+def pruned(obj, schema: dict) -> list[str]:
+    dropped: list[str] = []
+    prune(obj, schema, dropped)
+    return dropped
+
+
+def crd_problems(manifest: dict, tag: str) -> list[str]:
+    schema = crd_schema(tag)
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                for e in jsonschema.Draft7Validator(schema).iter_errors(manifest)]
+    problems += [f"pruned {p}" for p in pruned(manifest, schema)]
+    name = manifest["metadata"]["name"]  # the CRD's CEL rules on the name (v2.1+)
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        problems.append(f"metadata.name {name!r} is not an RFC 1035 label")
+    return problems
+
+
+OWNER = {"apiVersion": "v1", "kind": "Pod", "name": "convrl-rl-step-pod", "uid": "0b5c-uid"}
+
+
 @pytest.fixture
 def big_cfg():
-    return load_config("cluster", ["rl.launcher=trainjob", "cluster.trainjob.num_nodes=2", "cluster.trainjob.gpus_per_node=8"])
+    return load_config("cluster", ["rl.launcher=trainjob", "cluster.trainjob.num_nodes=2",
+                                   "cluster.trainjob.gpus_per_node=8",
+                                   "cluster.node_selector={cloud.google.com/gke-accelerator: nvidia-h100-80gb}",
+                                   "cluster.image_pull_secrets=[regcred]", "cluster.hf_token_secret=hf-token"])
 
 
-def node_pod(manifest):
-    (override,) = manifest["spec"]["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    return override["spec"]
+def build(cfg, version: str, owner=OWNER):
+    cfg.cluster.trainjob.trainer_version = version
+    return tj.build_trainjob("convrl-rl-0123456789ab", cfg, WORKDIR, "registry.example/convrl:7", "team-a", owner)
 
 
-def test_manifest_fields(big_cfg):
-    m = tj.build_trainjob("convrl-rl-0123456789ab", big_cfg, WORKDIR, "registry.example/convrl:7")
+def node_pod(manifest) -> dict:
+    """The pod patch, wherever this release's schema carries it."""
+    spec = manifest["spec"]
+    if "podSpecOverrides" in spec:
+        (override,) = spec["podSpecOverrides"]
+        assert override["targetJobs"] == [{"name": "node"}]
+        return {k: v for k, v in override.items() if k != "targetJobs"}
+    if "podTemplateOverrides" in spec:
+        (override,) = spec["podTemplateOverrides"]
+        assert override["targetJobs"] == [{"name": "node"}]
+        return override["spec"]
+    (patch,) = spec["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node" and patch["manager"]
+    return job["template"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v2.2", "v2.3"])
+def test_manifest_validates_against_the_upstream_crd(big_cfg, version):
+    m = build(big_cfg, version)
+    assert crd_problems(m, RELEASES[version]) == []
+    for other, tag in RELEASES.items():
+        if spec.OVERRIDE_FIELD[other] != spec.OVERRIDE_FIELD[version]:
+            # The same job on another release loses its pod overrides: exactly what the step detects.
+            assert any(p.startswith("pruned .spec.") for p in crd_problems(m, tag)), (version, tag)
+
+
+def test_v2_0_has_no_image_pull_secrets(big_cfg):
+    with pytest.raises(spec.TrainJobSpecError, match="v2.0 cannot set imagePullSecrets"):
+        build(big_cfg, "v2.0")
+    big_cfg.cluster.image_pull_secrets = []
+    m = build(big_cfg, "v2.0")
+    assert crd_problems(m, "v2.0.1") == [] and "podSpecOverrides" in m["spec"]
+
+
+@pytest.mark.parametrize("version", list(RELEASES))
+def test_manifest_fields(big_cfg, version):
+    big_cfg.cluster.image_pull_secrets = [] if version == "v2.0" else ["regcred"]
+    m = build(big_cfg, version)
     assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
-    assert m["metadata"] == {"name": "convrl-rl-0123456789ab", "namespace": "kubeflow",
-                             "labels": {"app.kubernetes.io/part-of": "convrl",
-                                        "app.kubernetes.io/component": "rl-finetune"}}
+    assert m["metadata"]["namespace"] == "team-a"
+    assert m["metadata"]["ownerReferences"] == [{**OWNER, "blockOwnerDeletion": False, "controller": False}]
     assert m["spec"]["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
                                        "apiGroup": "trainer.kubeflow.org"}
     t = m["spec"]["trainer"]
@@ -40,36 +138,41 @@ def test_manifest_fields(big_cfg):
     assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert t["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "8"
     assert t["resourcesPerNode"]["requests"]["cpu"] == big_cfg.cluster.gpu_cpu_request
-    assert "numProcPerNode" not in t  # "auto": one process per GPU
-    # The node runs the distributed entry point on the staged directory, under torchrun.
+    assert "numProcPerNode" not in t  # the runtime's default: one process per GPU
     assert t["command"][0] == "torchrun" and "convrl.stages.distributed_train" in t["command"]
     assert t["args"] == ["--workdir", WORKDIR]
-    # MLflow settings come from the secret, never as literal values.
+    # Secrets by reference and required: a missing one stops the pod instead of losing the tracking.
     env = {e["name"]: e for e in t["env"]}
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        assert "value" not in env[key]
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": big_cfg.cluster.mlflow_secret, "key": key,
-                                                         "optional": True}
-    assert env["HF_HOME"]["value"] == big_cfg.cluster.model_cache_mount
+    assert env["MLFLOW_TRACKING_URI"] == {"name": "MLFLOW_TRACKING_URI", "valueFrom": {"secretKeyRef": {
+        "name": big_cfg.cluster.mlflow_secret, "key": "MLFLOW_TRACKING_URI"}}}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
+    assert "MLFLOW_TRACKING_PASSWORD" not in env  # only the keys the documented secret holds
+    assert env["HF_HOME"]["value"] == big_cfg.cluster.model_cache_mount and env["HF_HUB_OFFLINE"]["value"] == "0"
     # The shared PVC is mounted where the pipeline step mounts it, so paths mean the same in both.
     pod = node_pod(m)
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["model-cache"]["persistentVolumeClaim"] == {"claimName": big_cfg.cluster.model_cache_pvc}
     (node,) = pod["containers"]
-    assert node["name"] == "node"
     mounts = {v["name"]: v["mountPath"] for v in node["volumeMounts"]}
-    assert mounts["model-cache"] == big_cfg.cluster.model_cache_mount and WORKDIR.startswith(mounts["model-cache"])
+    assert node["name"] == "node" and mounts["model-cache"] == big_cfg.cluster.model_cache_mount
     assert mounts["dshm"] == "/dev/shm" and vols["dshm"]["emptyDir"] == {"medium": "Memory"}
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod.get("imagePullSecrets", []) == [{"name": s} for s in big_cfg.cluster.image_pull_secrets]
+    if version in ("v2.2", "v2.3"):
+        assert m["spec"]["activeDeadlineSeconds"] == big_cfg.cluster.trainjob.timeout_s
     json.dumps(m)  # what the API server receives
 
 
-def test_cpu_manifest_runs_one_process_per_node(tiny_cfg):
-    cfg = load_config("tiny", ["cluster.trainjob.gpus_per_node=0"])
-    t = tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img")["spec"]["trainer"]
+def test_cpu_manifest_runs_one_process_per_node():
+    cfg = load_config("cluster-cpu", ["cluster.trainjob.gpus_per_node=0", "cluster.model_cache_pvc=rwx-cache"])
+    m = build(cfg, "v2.3", owner=None)
+    assert crd_problems(m, "v2.3.0") == [] and "ownerReferences" not in m["metadata"]
+    t = m["spec"]["trainer"]
     assert "nvidia.com/gpu" not in t["resourcesPerNode"]["limits"] and t["numProcPerNode"] == 1
-    assert "nodeSelector" not in node_pod(tj.build_trainjob("convrl-rl-x", cfg, WORKDIR, "img"))
+    assert "nodeSelector" not in node_pod(m) and "tolerations" not in node_pod(m)
+    with pytest.raises(spec.TrainJobSpecError, match="model_cache_pvc"):
+        build(load_config("cluster-cpu"), "v2.3")
 
 
 def test_job_name_is_a_dns_label():
@@ -82,9 +185,10 @@ def test_job_name_is_a_dns_label():
 class FakeApi:
     """The three CustomObjectsApi methods the launcher uses; `states` are the successive condition lists."""
 
-    def __init__(self, states=((),), create_error=None, get_errors=(), on_create=None):
+    def __init__(self, states=((),), create_error=None, get_errors=(), on_create=None, crd: str | None = None):
         self.states, self.create_error, self.get_errors = list(states), create_error, list(get_errors)
         self.on_create, self.created, self.deleted, self.gets = on_create, [], [], 0
+        self.crd = crd  # a vendored CRD tag: answer like an API server with that CRD installed (pruning)
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
@@ -93,7 +197,7 @@ class FakeApi:
         self.created.append(body)
         if self.on_create:
             self.on_create(body)
-        return body
+        return prune(body, crd_schema(self.crd), []) if self.crd else body
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.gets += 1
@@ -115,7 +219,31 @@ def quiet(_):
 
 
 def manifest(tiny_cfg):
-    return tj.build_trainjob("convrl-rl-test", tiny_cfg, WORKDIR, "img")
+    return tj.build_trainjob("convrl-rl-test", tiny_cfg, WORKDIR, "img", "kubeflow")
+
+
+def test_pruned_overrides_are_caught_and_the_job_deleted(tiny_cfg):
+    tiny_cfg.cluster.trainjob.trainer_version = "v2.1"
+    api = FakeApi(crd="v2.3.0")  # a cluster on Trainer v2.3 prunes podTemplateOverrides
+    with pytest.raises(tj.TrainJobError) as err:
+        tj.submit(manifest(tiny_cfg), api, log=quiet)
+    msg = str(err.value)
+    assert "dropped spec.podTemplateOverrides" in msg and "cluster.trainjob.trainer_version" in msg
+    assert "v2.3: runtimePatches" in msg and api.deleted == ["convrl-rl-test"]
+    tiny_cfg.cluster.trainjob.trainer_version = "v2.3"
+    assert tj.submit(manifest(tiny_cfg), FakeApi(crd="v2.3.0"), log=quiet) == "convrl-rl-test"
+
+
+def test_sigterm_deletes_the_job_and_restores_the_handler():
+    import signal
+
+    api = FakeApi()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        with tj._delete_on_sigterm("convrl-rl-test", "kubeflow", api, log=quiet):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert exit_.value.code == 128 + signal.SIGTERM and api.deleted == ["convrl-rl-test"]
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 @pytest.mark.parametrize("done", ["Complete", "Succeeded"])
@@ -140,7 +268,7 @@ def test_missing_crd_says_how_to_install_trainer(tiny_cfg):
     msg = str(err.value)
     assert "Kubeflow Trainer" in msg and "not installed" in msg
     manager = 'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref='
-    assert manager + 'v2.1.0"' in msg
+    assert manager + 'v2.3.0"' in msg
     assert "overlays/runtimes" in msg
 
 
@@ -188,19 +316,18 @@ def test_kubeconfig_fallback(monkeypatch):
     assert tj.custom_objects_api() is not None and calls == ["kubeconfig"]
 
 
-def test_image_comes_from_env_or_the_step_pod(monkeypatch):
+def test_step_pod_gives_namespace_owner_and_image(monkeypatch):
     class Core:
         def read_namespaced_pod(self, name, ns):
             c = lambda n, i: type("C", (), {"name": n, "image": i})  # noqa: E731
-            return type("P", (), {"spec": type("S", (), {"containers": [c("wait", "argo"), c("main", "mine:3")]})})
+            return type("P", (), {"metadata": type("M", (), {"uid": "uid-1"}),
+                                  "spec": type("S", (), {"containers": [c("wait", "argo"), c("main", "mine:3")]})})
 
-    monkeypatch.setenv("CONVRL_IMAGE", "from-env:1")
-    assert tj.project_image(Core()) == "from-env:1"
-    monkeypatch.delenv("CONVRL_IMAGE")
-    monkeypatch.setenv("HOSTNAME", "convrl-rl-step-pod")
-    assert tj.project_image(Core()) == "mine:3"
-    monkeypatch.delenv("HOSTNAME")
-    assert tj.project_image() == tj.DEFAULT_IMAGE
+    pod = tj.step_pod(Core(), hostname="convrl-rl-step-pod")
+    assert (pod.name, pod.uid, pod.image) == ("convrl-rl-step-pod", "uid-1", "mine:3")
+    assert pod.owner_reference() == {"apiVersion": "v1", "kind": "Pod", "name": "convrl-rl-step-pod", "uid": "uid-1"}
+    monkeypatch.delenv("HOSTNAME", raising=False)
+    assert tj.step_pod() is None  # not in a pod: no owner, the image from cluster.image
 
 
 # --------------------------------------------------------------------------- the node entry point
@@ -253,7 +380,7 @@ def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
     def run_job(body):
         workdir = body["spec"]["trainer"]["args"][1]
         assert workdir.startswith(str(tmp_path / "pvc")) and os.path.exists(os.path.join(workdir, "config.json"))
-        # A pod without the optional MLflow secret: metrics come back through result.json.
+        # A node that cannot reach MLflow: metrics come back through result.json.
         uri = os.environ.pop("MLFLOW_TRACKING_URI")
         try:
             assert dt.main(["--workdir", workdir]) == 0
@@ -268,6 +395,7 @@ def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
     meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
 
     assert len(api.created) == 1 and meta.summary["rl/steps"] == 1 and meta.policy_subdir == "policy"
+    assert api.deleted == [api.created[0]["metadata"]["name"]]  # a finished job does not stay
     assert (out / "policy" / "config.json").exists() and (out / "policy" / "convrl_training.json").exists()
     assert list((tmp_path / "pvc" / "convrl-trainjobs").iterdir()) == []  # staging removed after success
     run = tracking.get_run(meta.stage_run_id)

@@ -32,8 +32,9 @@ class TrainJobConfig:
     runtime: str = field(default="torch-distributed", metadata=_help("ClusterTrainingRuntime name."))
     num_nodes: int = field(default=1, metadata=_help("Nodes of the TrainJob."))
     gpus_per_node: int = field(default=1, metadata=_help("GPUs per TrainJob node."))
-    namespace: str = field(default="kubeflow", metadata=_help(
-        "Namespace the TrainJob is created in: the pipeline's own (PVC, secrets, and the step pod that owns it)."))
+    namespace: str = field(default="", metadata=_help(
+        "Namespace the TrainJob is created in; empty: the RL step's own (where the PVC and secrets are, and the "
+        "step's pod can own the job, so cancelling the run removes it)."))
     timeout_s: int = field(default=6 * 3600, metadata=_help(
         "Seconds the pipeline step waits for the TrainJob before deleting it and failing."))
     trainer_version: str = field(default="v2.3", metadata=_help(
