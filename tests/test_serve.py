@@ -1,0 +1,203 @@
+"""``convrl serve`` end to end on 127.0.0.1 with the official ``openai`` client, over two tiny models."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+
+from tests.serve_support import live_server, tiny_serve_config
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def live(mlflow_store, tiny_policy_dir, tmp_path_factory):
+    cfg = tiny_serve_config(tiny_policy_dir, tmp_path_factory.mktemp("serve"))
+    with live_server(cfg) as (url, server):
+        yield url, server
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=live[0] + "/v1", api_key="unused-on-loopback", max_retries=0)
+
+
+def _chat(client, text: str, session: str, **kw):
+    return client.chat.completions.with_raw_response.create(
+        model="convrl-policy", messages=[{"role": "user", "content": text}], max_tokens=6,
+        extra_headers={"X-Session-Id": session}, **kw)
+
+
+def test_models_and_a_completion(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["convrl-policy", "convrl-policy@champion", "convrl-policy@challenger"]
+    raw = _chat(client, "Hello, how are you today?", "s-basic")
+    resp = raw.parse()
+    assert resp.id.startswith("chatcmpl-") and resp.object == "chat.completion"
+    assert resp.choices[0].message.role == "assistant" and isinstance(resp.choices[0].message.content, str)
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert 0 < resp.usage.completion_tokens <= 7 and resp.usage.prompt_tokens > 10  # persona prompt included
+    assert raw.headers["x-session-id"] == "s-basic"
+    assert raw.headers["x-convrl-variant"] in ("champion", "challenger")
+    assert resp.model == "convrl-policy@" + raw.headers["x-convrl-variant"]
+
+
+def test_streaming_matches_usage_and_ends(client):
+    stream = client.chat.completions.create(
+        model="convrl-policy@champion", messages=[{"role": "user", "content": "Tell me something nice."}],
+        max_tokens=8, stream=True, stream_options={"include_usage": True}, temperature=0)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert len({c.id for c in chunks}) == 1
+    # Greedy: the same request without streaming gives the same text.
+    plain = client.chat.completions.create(
+        model="convrl-policy@champion", messages=[{"role": "user", "content": "Tell me something nice."}],
+        max_tokens=8, temperature=0)
+    assert plain.choices[0].message.content == text.strip()
+
+
+def test_a_session_stays_on_its_variant_and_both_get_traffic(client):
+    seen = {}
+    for i in range(12):
+        variants = {_chat(client, f"hi {j}", f"route-{i}").headers["x-convrl-variant"] for j in range(2)}
+        assert len(variants) == 1, f"session route-{i} moved between variants"
+        seen[i] = variants.pop()
+    assert set(seen.values()) == {"champion", "challenger"}
+
+
+def test_concurrent_requests_are_batched(live, client):
+    server = live[1]
+    before = (server.engine.batches, server.engine.rows)
+    errors = []
+
+    def one(i):
+        try:
+            _chat(client, f"message number {i}", f"batch-{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    batches, rows = server.engine.batches - before[0], server.engine.rows - before[1]
+    assert rows == 8 and batches < 8, f"{rows} requests took {batches} generate calls"
+
+
+def test_feedback_lands_on_the_trace_and_history_is_kept(live, client):
+    from convrl.tracking import traces
+
+    url, server = live
+    first = _chat(client, "My name is Ada and I love chess.", "s-feedback").parse()
+    # Only the new message: the server keeps the session's history.
+    second = _chat(client, "What do I love?", "s-feedback").parse()
+    r = requests.post(url + "/v1/feedback", json={"id": second.id, "thumbs": True, "rating": 4, "comment": "ok"})
+    assert r.status_code == 202, r.text
+    assert server.writer.flush(60)
+    turns = traces.search_turns("serve-test").set_index("turn_id")
+    row = turns.loc[second.id]
+    assert row.session_id == "s-feedback" and row.thumbs and row.rating == 4
+    prompt = [m["content"] for m in row.messages]
+    assert "My name is Ada and I love chess." in prompt and first.choices[0].message.content in prompt
+    assert prompt[0].startswith("You are ")  # the persona card's system prompt
+    assert row.model_version == "base" and row.variant in ("champion", "challenger")
+    assert row.latency_s > 0 and row.completion_tokens >= 1
+
+
+def test_pii_never_reaches_the_journal_or_mlflow(live, client):
+    from convrl.tracking import traces
+
+    url, server = live
+    resp = _chat(client, "write to grace@example.org please", "s-pii").parse()
+    assert "grace@example.org" not in server.writer.journal.read_text()
+    assert server.writer.flush(60)
+    row = traces.search_turns("serve-test").set_index("turn_id").loc[resp.id]
+    assert "grace@example.org" not in json.dumps(row.messages) and "[EMAIL]" in json.dumps(row.messages)
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
+    (json.dumps({"model": "convrl-policy"}), 400, "messages: required field is missing"),
+    (json.dumps({"model": "convrl-policy", "messages": []}), 400, "messages"),
+    (json.dumps({"model": "convrl-policy", "messages": [{"role": "wizard", "content": "hi"}]}), 400,
+     "allowed roles"),
+    (json.dumps({"model": "convrl-policy", "messages": [{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "yo"}]}), 400,
+     "last message must be a non-empty user message"),
+    (json.dumps({"model": "convrl-policy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9999}),
+     400, "over this server's limit"),
+    (json.dumps({"model": "convrl-policy", "messages": [{"role": "user", "content": "hi"}], "persona": "../x"}),
+     400, "unknown persona"),
+    (json.dumps({"model": "convrl-policy", "messages": [{"role": "user", "content": "x" * 20000}]}), 413,
+     "too large"),
+])
+def test_bad_requests_get_clear_4xx(live, body, status, needle):
+    url = live[0]
+    r = requests.post(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert requests.get(url + "/healthz").json()["status"] == "ok"
+
+
+def test_chunked_huge_body_is_refused(live):
+    def body():
+        for _ in range(20):
+            yield b"x" * 1000
+
+    r = requests.post(live[0] + "/v1/chat/completions", data=body(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_bad_feedback(live, client):
+    url = live[0]
+    ok = _chat(client, "hello", "s-badfb").parse()
+    cases = [({"id": "chatcmpl-nope", "thumbs": True}, 404), ({"id": ok.id, "rating": 9}, 400),
+             ({"id": ok.id, "thumbs": "yes"}, 400), ({"id": ok.id}, 400), ({"thumbs": True}, 400)]
+    for payload, status in cases:
+        r = requests.post(url + "/v1/feedback", json=payload)
+        assert r.status_code == status, (payload, r.text)
+        assert r.json()["error"]["message"]
+
+
+def test_api_key_when_set(live):
+    url, server = live
+    server.api_key = "s3cret"
+    try:
+        assert requests.get(url + "/v1/models").status_code == 401
+        assert requests.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert requests.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert requests.get(url + "/healthz").status_code == 200
+    finally:
+        server.api_key = ""
+
+
+def test_binding_beyond_loopback_needs_a_key(tiny_policy_dir, tmp_path):
+    from convrl.serving.server import Server
+    from convrl.serving.variants import ServeError, resolve_variants
+
+    cfg = tiny_serve_config(tiny_policy_dir, tmp_path, "serve.host=0.0.0.0")
+    assert cfg.serve.host == "0.0.0.0"
+    with pytest.raises(ServeError, match="API key"):
+        Server(cfg, resolve_variants(cfg.serve, cfg.registry.model_name), api_key="")
+    from convrl.config import load_config
+
+    assert load_config("tiny").serve.host == "127.0.0.1"
+
+
+def test_routing_is_stable_and_follows_the_fraction():
+    from convrl.serving.sessions import route
+
+    ids = [f"user-{i}" for i in range(4000)]
+    share = sum(route(s, 0.2, True) == "challenger" for s in ids) / len(ids)
+    assert 0.17 < share < 0.23
+    assert all(route(s, 0.2, True) == route(s, 0.2, True) for s in ids[:100])
+    assert {route(s, 0.2, False) for s in ids} == {"champion"}
