@@ -44,7 +44,7 @@ def test_window_keeps_the_last_k_messages_and_starts_on_a_user_turn():
 
 
 def test_simulate_runs_n_turns_with_a_scripted_topic_change(personas):
-    st = SelfPlaySettings(conversations=2, turns=10, context_turns=4)
+    st = SelfPlaySettings(conversations=2, turns=10, context_turns=4, recall_probes=False)
     policy, user = ScriptedGenerator(_echo), ScriptedGenerator(_user)
     tr = simulate(policy, user, personas, st)
     for c in (0, 1):
@@ -68,8 +68,38 @@ def test_simulate_runs_n_turns_with_a_scripted_topic_change(personas):
     assert len(policy.calls) == 10 and len(user.calls) == 8  # no simulator call after the last turn or at the pivot
 
 
+def test_recall_probes_ask_for_facts_after_they_left_the_window(personas, panel):
+    """Facts stated early reach the assistant only through the context manager's memory line."""
+    from convrl.eval.recall import FACTS
+
+    def from_memory(conv):
+        # A bot that answers from the memory line in its system prompt, and one that cannot remember.
+        return conv[0]["content"].split("about the user:")[-1] if "about the user:" in conv[0]["content"] else "Hm."
+
+    st = SelfPlaySettings(conversations=1, turns=10, context_turns=4)
+    frames = []
+    for name, bot in {"remembers": from_memory, "forgets": lambda c: "I'm not sure, tell me again?"}.items():
+        policy = ScriptedGenerator(bot)
+        t = simulate(policy, ScriptedGenerator(_user), personas, st)
+        t.insert(0, "model", name)
+        frames.append(t)
+    tr = pd.concat(frames, ignore_index=True)
+    conv = tr[tr["model"] == "remembers"]
+    facts = FACTS[USER_PROFILES[0].user_id]
+    users = conv[conv["role"] == "user"]["text"].tolist()
+    assert users[1:4] == [f.statement for f in facts] and users[7:10] == [f.probe for f in facts]
+    assert (conv[conv["role"] == "user"]["recall_probe"] != "").sum() == 3
+    # When the first probe is answered, its statement is out of the verbatim window but in the memory line.
+    view = policy.calls[7][0]
+    assert all(facts[0].statement not in m["content"] for m in view[1:]) and "name: Jamie" in view[0]["content"]
+    _, per_conv = selfplay_metrics(tr, {p.persona_id: p for p in personas}, panel)
+    pc = per_conv.set_index("model")
+    assert pc.loc["remembers", "fact_recall"] == 1.0 and pc.loc["forgets", "fact_recall"] == 0.0
+    assert "remembers/fact_recall" in summarize(per_conv)
+
+
 def _transcripts(personas, bots: dict) -> pd.DataFrame:
-    st = SelfPlaySettings(conversations=1, turns=10, context_turns=6)
+    st = SelfPlaySettings(conversations=1, turns=10, context_turns=6, recall_probes=False)
     frames = []
     for name, reply in bots.items():
         t = simulate(ScriptedGenerator(reply), ScriptedGenerator(_user), personas, st)
