@@ -1,0 +1,69 @@
+"""The scheduled monitoring pipeline: ``convrl monitor`` on the cluster, then optionally the online A/B.
+
+Compile it for a cluster (``python -m convrl.pipelines.monitoring`` writes
+``pipelines/compiled/monitoring.yaml`` with the ``cluster`` preset's settings and
+image), upload it in the KFP UI (or with ``kfp.Client().upload_pipeline``) and
+create a recurring run, e.g. hourly (``0 0 * * * *``). The steps run on CPU with the
+same MLflow secret, image and model cache as the training pipeline's steps.
+
+Run parameters: ``config_name`` (preset; its ``monitor`` section applies),
+``overrides`` (``monitor.window_days=2; monitor.rollback=true``), ``run_online_ab``
+(also compare champion and challenger on the sessions ``ab_since`` back, e.g.
+``7d``) and ``promote`` (let a promote decision move the ``champion`` alias).
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from convrl.components.monitoring import monitor, online_ab
+from convrl.config import ClusterConfig
+from convrl.pipelines.conversational_rl import on_cluster
+
+PIPELINE_NAME = "convrl-monitoring"
+COMPILED = Path(__file__).parent / "compiled" / "monitoring.yaml"
+DESCRIPTION = ("Score served conversations (MLflow traces) with the reward heads and held-out judges, compare "
+               "windows, alert and optionally roll back; optionally run the online champion/challenger A/B.")
+
+
+def place(task, cluster: ClusterConfig | None, image: str):
+    task.set_caching_options(False)  # each run reads new traces
+    if cluster is None:
+        return task
+    on_cluster(task, "monitor", cluster, image)
+    # Scoring loads the encoder (and the base LM with monitor.fluency) like the GPU steps do, on CPU.
+    if cluster.model_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=cluster.model_cache_pvc, mount_path=cluster.model_cache_mount)
+        task.set_env_variable("HF_HOME", cluster.model_cache_mount)
+    return task
+
+
+def build_pipeline(cluster: ClusterConfig | None = None, image: str = "", default_config: str = "demo"):
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    def monitoring(config_name: str = default_config, overrides: str = "", run_online_ab: bool = False,
+                   ab_since: str = "7d", promote: bool = False):
+        place(monitor(config_name=config_name, overrides=overrides).set_display_name("monitor"), cluster, image)
+        with dsl.If(run_online_ab == True, name="online-ab-requested"):  # noqa: E712 - a KFP condition
+            place(online_ab(config_name=config_name, overrides=overrides, since=ab_since, promote=promote)
+                  .set_display_name("online A/B"), cluster, image)
+
+    return monitoring
+
+
+monitoring = build_pipeline()
+
+
+def compile_pipeline(cluster: ClusterConfig, image: str, path=COMPILED, config_name: str = "cluster") -> Path:
+    if not image:
+        raise ValueError("compile_pipeline needs the project image, e.g. ghcr.io/<you>/convrl:0.1.0")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cluster, image, config_name), str(path))
+    return path
+
+
+if __name__ == "__main__":
+    from convrl.config import load_config
+
+    cl = load_config("cluster").cluster
+    print(compile_pipeline(cl, cl.image))
