@@ -7,6 +7,8 @@ import time
 import pandas as pd
 import pytest
 
+import convrl.tracking.trace_source  # noqa: F401 - the MLflow reader behind mlflow-traces:
+
 from convrl.data.ingest import IngestError, ingest
 from convrl.data.preferences import preference_pairs
 from convrl.data.sources.mlflow_traces import arena_conversations, parse_time, session_conversations

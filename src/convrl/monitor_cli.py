@@ -82,6 +82,9 @@ def cmd_ab_online(args) -> int:
 
 
 def add_commands(sub) -> None:
+    # Every `convrl` command line, `convrl data ingest mlflow-traces:...` included, gets the trace reader.
+    import convrl.tracking.trace_source  # noqa: F401
+
     m = sub.add_parser("monitor", help="score served traffic, compare windows, alert (and optionally roll back)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("--config", default="demo", help="preset name or YAML path (its monitor section applies)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from convrl import tracking
 from convrl.config import Config
 from convrl.runtime import offline_defaults  # noqa: F401 - components call it from here
+from convrl.tracking import trace_source  # noqa: F401 - plugs the MLflow reader into the mlflow-traces: source
 
 
 def begin(cfg: Config, run_name: str, parent_run_id: str = "", kfp_run_id: str = "") -> str:

@@ -36,6 +36,10 @@ deterministic split by session id (70/10/20); ingest uses them with the generic
 it the halves are split independently and a pair can be lost across splits).
 
 The source reads MLflow through :mod:`convrl.tracking.traces` (``MLFLOW_TRACKING_URI``).
+The data layer may not import the tracking layer, so the reader is plugged in from
+above: importing :mod:`convrl.tracking.trace_source` registers it, and
+``convrl.stages`` (every pipeline step) and the ``convrl`` command line do so.
+Library code calling ``ingest`` directly imports that module first.
 """
 
 from __future__ import annotations
@@ -43,11 +47,22 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 
 from convrl.data.sources.base import Conversation, IngestError, Options, Skipped, split_query
+
+# (experiment, since, until, with_arena) -> (served turns, arena preferences or None); see use_reader.
+TraceReader = Callable[[str, "pd.Timestamp | None", "pd.Timestamp | None", bool],
+                       "tuple[pd.DataFrame, pd.DataFrame | None]"]
+READER: dict[str, TraceReader] = {}
+
+
+def use_reader(reader: TraceReader) -> None:
+    """Plug in what reads the traces (``convrl.tracking.trace_source`` registers the MLflow one)."""
+    READER["mlflow"] = reader
+
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -143,12 +158,11 @@ def mlflow_traces(arg: str, quarantine: list[dict], source: str) -> Iterator[Con
         raise IngestError(f"{source}: since ({since}) must be before until ({until})")
     if opts.get("arena", "1") not in ("0", "1") or opts.get("feedback", "any") not in ("any", "only"):
         raise IngestError(f"{source}: arena takes 0 or 1, feedback takes any or only")
-    from convrl.tracking import traces
-
+    if "mlflow" not in READER:
+        raise IngestError(f"{source}: no trace reader is registered; `import convrl.tracking.trace_source` "
+                          "before calling ingest (convrl's stages and command line do)")
     try:
-        turns = traces.search_turns(experiment, since=since, until=until)
-        prefs = (traces.search_preferences(experiment, since=since, until=until)
-                 if opts.get("arena", "1") == "1" else None)
+        turns, prefs = READER["mlflow"](experiment, since, until, opts.get("arena", "1") == "1")
     except Exception as exc:  # noqa: BLE001 - any store failure means the same to the user
         raise IngestError(f"{source}: cannot read traces of MLflow experiment {experiment!r}: "
                           f"{type(exc).__name__}: {str(exc)[:300]}") from exc
