@@ -57,3 +57,19 @@ def test_bf16_encoder_matches_fp32():
 def test_unknown_learned_head_is_refused(tiny_encoder):
     with pytest.raises(ValueError, match="learned heads"):
         RewardScorer(tiny_encoder, learned={"quality": object()})
+
+
+def test_encoder_call_larger_than_its_cache():
+    """One call with more distinct texts than the cache holds (the reward-stage KeyError of issue 17)."""
+    enc = SentenceEncoder(models.resolve_encoder("tiny-bert"), cache_size=3, batch_size=2)
+    texts = ["Hello.", "how are you", "fine thanks", "and you?", "Hello.", "great", "bye", "how are you"]
+    small = enc.encode(texts[:2])  # cached, then must survive as hits while the call below evicts
+    big = enc.encode(texts)
+    assert big.shape == (len(texts), enc.dim) and len(enc._cache) <= 3
+    assert np.allclose(big[0], small[0]) and np.allclose(big[0], big[4]) and np.allclose(big[1], big[7])
+    enc.clear_cache()
+    assert np.allclose(enc.encode(texts), big, atol=1e-6)
+    enc.encode(["a", "b", "c"])
+    enc.encode(["a"])  # a hit is refreshed: "b" is now the oldest and leaves first
+    enc.encode(["d"])
+    assert "a" in enc._cache and "b" not in enc._cache
