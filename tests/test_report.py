@@ -85,3 +85,21 @@ def test_write_report_files(tmp_path, personas, panel, selfplay):
         assert (tmp_path / "report" / "figures" / f"{name}.png").stat().st_size > 1000
         assert f"(figures/{name}.png)" in md
     r.close()
+
+
+def test_headline_shows_each_use_case_rate_beside_its_expected_range(personas, panel, selfplay):
+    from convrl.eval.metrics import LABELS, TARGETS, target_gap
+
+    assert target_gap("engagement_rate", 29.0) == -41.0 and target_gap("relevance_rate", 85.0) == 0.0
+    assert target_gap("satisfaction", 4.7) == pytest.approx(0.2) and target_gap("composite", 0.5) is None
+    r = _report(personas, panel, selfplay)
+    glance = r.markdown.split("## At a glance")[1].split("##")[0]
+    for metric, (lo, hi) in TARGETS.items():
+        line = next(x for x in glance.splitlines() if x.startswith(f"- {LABELS[metric]}"))
+        assert f"expected {lo:g}-{hi:g}" in line and ("gap" in line or "within the expected range" in line), line
+    assert "expected 70-85%" in r.html
+    # Self-play's fact recall is a headline figure too, for both models.
+    assert "Facts recalled later in self-play" in r.html
+    a = analyze(synthetic_scores(18, personas=personas, judges=panel), n_boot=100, selfplay=selfplay.summary)
+    assert "engagement_rate_target_gap" in a.headline and "selfplay_fact_recall" in a.headline
+    r.close()

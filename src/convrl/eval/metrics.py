@@ -45,6 +45,20 @@ LABELS = {"engagement_rate": "Engagement rate (%)", "relevance_rate": "Response 
           "emotional_appropriateness": "Emotional appropriateness (%)",
           "satisfaction": "Predicted user satisfaction (1-5)"}
 USE_CASE = tuple(RATES) + ("satisfaction",)
+# The use case's expected ranges (the product brief): what "done" looks like, shown beside every headline rate.
+TARGETS = {"engagement_rate": (70.0, 85.0), "relevance_rate": (80.0, 90.0), "personality_consistency": (85.0, 95.0),
+           "satisfaction": (4.0, 4.5)}
+
+
+def target_gap(metric: str, value: float) -> float | None:
+    """How far ``value`` is outside ``metric``'s expected range: negative below it, positive above, 0 inside.
+
+    None for metrics without a target.
+    """
+    if metric not in TARGETS or value is None or not np.isfinite(value):
+        return None
+    lo, hi = TARGETS[metric]
+    return float(value - lo) if value < lo else float(value - hi) if value > hi else 0.0
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -197,7 +211,11 @@ def analyze(scores: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000, se
             headline[f"{k}_delta"] = summary[f"candidate/{k}"] - summary[f"baseline/{k}"]
     if len(gaps):
         headline["reward_judge_gaps"] = float(gaps["flagged"].sum())
-    for k in ("coherence", "persona_consistency", "contradiction_rate"):
+    for k, v in list(headline.items()):
+        gap = target_gap(HEADLINE.get(k, k), v)
+        if gap is not None:
+            headline[f"{k}_target_gap"] = gap
+    for k in ("coherence", "persona_consistency", "contradiction_rate", "self_repetition", "fact_recall"):
         if f"candidate/{k}" in selfplay:
             headline[f"selfplay_{k}"] = selfplay[f"candidate/{k}"]
     return Analysis(df, summary, ci, gaps, per_persona(scores, threshold), selfplay, headline, threshold)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from convrl.eval import plots
-from convrl.eval.metrics import LABELS, USE_CASE, Analysis
+from convrl.eval.metrics import LABELS, TARGETS, USE_CASE, Analysis, target_gap
 from convrl.eval.selfplay import SUMMARY_METRICS
 
 LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
@@ -35,7 +35,8 @@ SELFPLAY_LABELS = {
     "self_repetition": "Turns repeating an earlier turn", "degenerate_rate": "Empty or garbled turns", "user_following": "Relevance to the user's turn",
     "unprompted_shift_rate": "Unprompted topic shifts", "pivot_followed": "Followed the scripted topic change",
     "engagement": "Engagement judge", "persona_embed_sim": "Encoder similarity to persona card",
-    "persona_embed_std": "Spread of that similarity (lower = steadier)"}
+    "persona_embed_std": "Spread of that similarity (lower = steadier)",
+    "fact_recall": "Facts recalled later in self-play (name, preference, plan)"}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:24px auto;padding:0 20px;
 color:#202124;line-height:1.45}
@@ -99,6 +100,20 @@ def _delta(metric: str, d: float) -> tuple[str, str]:
         cls = "same"
     unit = " pp" if metric in USE_CASE and metric != "satisfaction" else ""
     return (f"{d:+.1f}{unit}" if unit else f"{d:+.3f}"), cls
+
+
+def _target(metric: str, value: float) -> tuple[str, str]:
+    """(markdown, html) of the use case's expected range and the gap to it, or empty strings without a target."""
+    gap = target_gap(metric, value)
+    if gap is None:
+        return "", ""
+    lo, hi = TARGETS[metric]
+    unit, gap_unit = ("", "") if metric == "satisfaction" else ("%", " pp")
+    rng = f"{lo:g}-{hi:g}{unit}"
+    status = "within the expected range" if gap == 0 else f"gap {gap:+.1f}{gap_unit}"
+    cls = "good" if gap >= 0 else "bad"
+    return (f"; expected {rng}, {status}",
+            f"<div class='b'>expected {rng} &middot; <span class='{cls}'>{status}</span></div>")
 
 
 def _e(x) -> str:
@@ -190,17 +205,19 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     # Headline cards: the candidate's number large, the baseline's and the difference below it.
     n_gaps = int(a.gaps["flagged"].sum()) if len(a.gaps) else 0
     cards, glance, sp = [], [], (selfplay.summary if selfplay is not None else {})
-    for m in USE_CASE + ("coherence",):
-        src = sp if m == "coherence" else s
+    for m in USE_CASE + ("coherence", "fact_recall", "self_repetition"):
+        src = sp if m in SELFPLAY_LABELS else s
         c, b = src.get(f"candidate/{m}"), src.get(f"baseline/{m}")
         if c is None:
             continue
-        label = SELFPLAY_LABELS["coherence"] if m == "coherence" else LABELS[m]
+        label = SELFPLAY_LABELS[m] if m in SELFPLAY_LABELS else LABELS[m]
         dt, cls = _delta(m, c - b) if b is not None else ("", "same")
-        glance.append(f"- {label}: **{_fmt(m, c)}** (baseline {_fmt(m, b) if b is not None else 'n/a'}, {dt})")
+        target_md, target_html = _target(m, c)
+        glance.append(f"- {label}: **{_fmt(m, c)}** (baseline {_fmt(m, b) if b is not None else 'n/a'}, {dt})"
+                      + target_md)
         cards.append(f"<div class='card'><div class='k'>{_e(label)}</div><div class='v'>{_fmt(m, c)}</div>"
                      f"<div class='b'>baseline {_fmt(m, b) if b is not None else 'n/a'} &middot; "
-                     f"<span class='{cls}'>{dt}</span></div></div>")
+                     f"<span class='{cls}'>{dt}</span></div>{target_html}</div>")
     gap_badge = (f"<span class='badge bad'>{n_gaps} reward-judge gap{'s' * (n_gaps != 1)}</span>" if n_gaps
                  else "<span class='badge good'>no reward-judge gap</span>")
     cards.append(f"<div class='card'><div class='k'>Reward hacking check</div><div class='v'>{gap_badge}</div>"
