@@ -157,3 +157,12 @@ def test_ingest_stage_merges_source_personas(mlflow_store, tmp_path):
     assert personas_from_table(personas)[3].facts == ["has a ship"]
     report = run_checks(pd.read_parquet(out["turns"]), personas, min_conversations_per_split=3)
     assert report.success, report.to_markdown()
+
+
+@pytest.mark.parametrize("override", ["data.quarantine_threshold=1.5", "data.near_duplicate_threshold=-0.1",
+                                      "data.max_turn_chars=-1"])
+def test_data_config_rejects_out_of_range_ingest_settings(override):
+    from convrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        load_config("tiny", [override])

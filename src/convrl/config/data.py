@@ -46,14 +46,22 @@ class DataConfig:
         default="cards", metadata={"help": "Personas for RL/eval prompts: 'cards' (data.personas) or 'all' "
                                    "(also personas brought by sources such as PersonaChat)."})
     quarantine_threshold: float = field(
-        default=0.05, metadata={"help": "Fail ingest when more than this share of rows is quarantined."})
-    seed: int = field(default=13, metadata={"help": "Seed of the conversation split and near-duplicate hashing."})
+        default=0.05, metadata={"help": "Fail ingest when more than this share of records is quarantined as bad "
+                                "(duplicates are listed in the quarantine table but not counted)."})
+    seed: int = field(default=13, metadata={"help": "Seed of the conversation split and of weight= sampling."})
 
     def validate(self) -> None:
         if not 0 < self.val_fraction + self.test_fraction < 1:
             raise ConfigError("data.val_fraction + data.test_fraction must lie between 0 and 1")
         if not self.sources:
             raise ConfigError("data.sources is empty; name at least one source, e.g. 'chatterbot:english'")
+        for name in ("quarantine_threshold", "near_duplicate_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must lie in [0, 1] (a share / a Jaccard "
+                                  "similarity; near_duplicate_threshold 0 turns near-duplicate removal off)")
+        if min(self.max_turn_chars, self.max_turn_tokens, self.max_conversations) < 0:
+            raise ConfigError("data.max_turn_chars, data.max_turn_tokens and data.max_conversations must be >= 0 "
+                              "(0 = no limit)")
 
 
 @dataclass
