@@ -94,3 +94,38 @@ def test_multi_user_needs_namespace_and_identity(kubeflow, package, capsys, monk
 def test_unreachable_host_is_a_clear_error(capsys):
     assert main(["runs", "--host", "http://127.0.0.1:9"]) == 2
     assert "cannot reach KFP" in capsys.readouterr().err
+
+
+def _doc_commands(path) -> list[str]:
+    """Shell lines inside ```bash blocks, backslash continuations joined, comments dropped."""
+    lines, block, out = path.read_text().splitlines(), False, []
+    for line in lines:
+        if line.strip().startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if block:
+            out.append(line)
+    joined = "\n".join(out).replace("\\\n", " ")
+    return [ln.split(" #")[0].strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_docs_commands_parse_and_paths_exist():
+    """docs/cluster.md: every `convrl` command is one the CLI accepts; every applied overlay and preset exists."""
+    import shlex
+    from pathlib import Path
+
+    from convrl.cli import build_parser
+    from convrl.config import preset_names
+
+    root = Path(__file__).resolve().parents[1]
+    commands = _doc_commands(root / "docs" / "cluster.md")
+    convrl = [c for c in commands if c.startswith("convrl ")]
+    assert len(convrl) >= 10
+    parser = build_parser()
+    for command in convrl:
+        args = parser.parse_args(shlex.split(command)[1:])
+        if getattr(args, "config", ""):
+            assert args.config in preset_names(), command
+    for command in commands:
+        for path in (w for w in command.split() if w.startswith("manifests/")):
+            assert (root / path).exists(), command
