@@ -68,13 +68,20 @@ def cmd_run(args) -> int:
     root = convrl_home() / "runs" / run_name
     root.mkdir(parents=True, exist_ok=True)
     con.print(f"MLflow parent run [cyan]{parent}[/] ({run_name}); outputs under {root}")
-    ok = run_local(args.config, args.overrides, run_name, parent, root)
+    ok = run_local(cfg, run_name, parent, root)
     summary = run_summary(parent, cfg)
     print_summary(con, summary, time.time() - t0, root)
     return 0 if ok else 1
 
 
-def run_local(config: str, overrides: list[str], run_name: str, parent: str, root: Path) -> bool:
+def run_local(cfg, run_name: str, parent: str, root: Path) -> bool:
+    """Run the pipeline on kfp.local with the config resolved here, once.
+
+    The resolved config is written to the run's folder and handed to the pipeline as its preset with no
+    overrides, so ``start_tracking`` reads exactly what was validated and logged here instead of
+    resolving preset + overrides a second time.
+    """
+    import yaml
     from kfp import local
 
     from convrl import tracking
@@ -83,8 +90,9 @@ def run_local(config: str, overrides: list[str], run_name: str, parent: str, roo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline_root"),
                raise_on_error=False)
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
-    conversational_rl(config_name=str(config), overrides=";".join(overrides), run_name=run_name,
-                      parent_run_id=parent)
+    resolved = root / "config.yaml"
+    resolved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    conversational_rl(config_name=str(resolved), overrides="", run_name=run_name, parent_run_id=parent)
     # The exit handler closes the parent run FINISHED only when every task succeeded.
     return tracking.get_run(parent).info.status == "FINISHED"
 
