@@ -9,7 +9,8 @@ Layers, lowest first (README, "Layout"):
     rl       convrl.rl.*
     eval     convrl.eval.*, convrl.meta_eval*
     stages   convrl.stages.*, convrl.tracking.*, convrl.registry, convrl.serving.*, convrl.monitoring.*
-    entry    convrl.components.*, convrl.pipelines.*, convrl.cli, convrl.*_cli, convrl.cluster
+    entry    convrl.components.*, convrl.pipelines.*, convrl.cluster, and every command line
+             (convrl.cli, convrl.*_cli, any *.cli or __main__ module)
 
 A module may import its own layer and those below it, never one above. The test reads
 every import statement, function-level ones included, so a lazy import cannot hide a cycle.
@@ -35,6 +36,8 @@ def layer_of(module: str) -> str:
     if parts[0] != "convrl":
         raise ValueError(module)
     sub = parts[1] if len(parts) > 1 else ""
+    if parts[-1] in ("cli", "__main__") or parts[-1].endswith("_cli"):
+        return "entry"  # a command line is an entry point wherever it lives (e.g. convrl.meta_eval.cli)
     if module == "convrl" or sub in ("config", "runtime", "home", "models") or module == "convrl.data.schema":
         return "core"
     if sub in ("data", "data_checks"):
