@@ -116,6 +116,17 @@ def files_in(path: Path, patterns: tuple[str, ...]) -> list[Path]:
     return found
 
 
+def each_file(arg: str, quarantine: list[dict], source: str, allowed: tuple[str, ...], patterns: tuple[str, ...],
+              read) -> Iterator:
+    """``read(file, options, quarantine, source)`` over the spec's file, or the matching files of its folder."""
+    path, opts = open_source(arg, source, allowed)
+    files = files_in(path, patterns)
+    if not files:
+        raise IngestError(f"{source}: no {' or '.join(p.lstrip('*') for p in patterns)} files in {path}")
+    for f in files:
+        yield from read(f, opts, quarantine, source)
+
+
 def q(quarantine: list[dict], source: str, location: str, raw, detail: str, category: Reason, *,
       conversation_id: str | None = None, duplicate_of: str | None = None) -> None:
     """Append one quarantine row (see :mod:`convrl.data.schema` for the columns)."""

@@ -30,8 +30,8 @@ import yaml
 
 from convrl.data.personas import PersonaError, persona_from_dict
 from convrl.data.schema import Reason
-from convrl.data.sources.base import (MAX_LINE_BYTES, Conversation, IngestError, RecordError, Skipped, files_in,
-                                      json_type, open_source, parse_role_map, q)
+from convrl.data.sources.base import (MAX_LINE_BYTES, Conversation, IngestError, RecordError, Skipped, each_file,
+                                      json_type, parse_role_map, q)
 from convrl.data.sources.files import empty_file, first_char, read_json_document, read_lines, refuse_binary
 from convrl.data.sources.labels import THUMBS, map_emotion, normalise_act
 
@@ -266,12 +266,7 @@ CHAT_OPTIONS = ("encoding", "roles", "max_line_bytes")
 
 def jsonl(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
     """OpenAI ``messages`` or ShareGPT ``conversations`` records, JSON lines or a JSON list."""
-    path, opts = open_source(arg, source, CHAT_OPTIONS)
-    files = files_in(path, ("*.jsonl", "*.json"))
-    if not files:
-        raise IngestError(f"{source}: no .jsonl or .json files in {path}")
-    for f in files:
-        yield from chat_file(f, opts, quarantine, source)
+    yield from each_file(arg, quarantine, source, CHAT_OPTIONS, ("*.jsonl", "*.json"), chat_file)
 
 
 sharegpt = jsonl  # same reader: each record says which shape it is

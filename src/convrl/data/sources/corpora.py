@@ -33,7 +33,7 @@ from typing import Iterator
 
 from convrl.data.schema import Reason
 from convrl.data.sources.base import Conversation, IngestError, Skipped, fact_persona, files_in, open_source, q
-from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary
+from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary, text_lines
 from convrl.data.sources.labels import (DAILYDIALOG_ACT_IDS, DAILYDIALOG_EMOTION_IDS, map_emotion,
                                         normalise_act)
 
@@ -126,15 +126,11 @@ def _dd_original(root: Path, keep: set, quarantine, source) -> Iterator[Conversa
         acts = _label_lines(tp.parent / f"dialogues_act{suffix}.txt")
         if refuse_binary(tp, quarantine, source, "text"):
             continue
-        for n, raw, _total in iter_lines(tp):
-            loc = f"{tp.parent.name}/{tp.name}:{n}"
-            line = decode(raw)
-            if line is None:
-                q(quarantine, source, loc, raw, "not UTF-8 text", Reason.ENCODING)
-                continue
+        for n, loc, line in text_lines(tp, quarantine, source, f"{tp.parent.name}/{tp.name}"):
             utts = [u.strip() for u in line.split("__eou__")]
-            utts = [u for u in utts if u] if utts and not utts[-1] else [u for u in utts if u]
-            if not utts:
+            if utts and not utts[-1]:
+                utts = utts[:-1]  # the text after the last __eou__; an empty turn elsewhere is a hole: empty_text
+            if not any(utts):
                 q(quarantine, source, loc, line, "empty dialogue line", Reason.EMPTY_CONVERSATION)
                 continue
             turns = _alternate([detokenise(u) for u in utts])

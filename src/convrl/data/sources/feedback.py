@@ -33,7 +33,7 @@ from typing import Iterator
 
 from convrl.data.schema import Reason
 from convrl.data.sources.base import Conversation, IngestError, Skipped, fact_persona, files_in, open_source, q
-from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary
+from convrl.data.sources.files import decode, iter_lines, json_list, refuse_binary, text_lines
 from convrl.data.sources.corpora import split_from_name
 from convrl.data.sources.labels import map_emotion
 
@@ -194,14 +194,10 @@ def goemotions(arg: str, quarantine: list[dict], source: str) -> Iterator[Conver
         if refuse_binary(f, quarantine, source, "TSV text"):
             continue
         split = split_from_name(f.stem)
-        for n, raw, total in iter_lines(f):
-            loc = f"{f.name}:{n}"
-            line = decode(raw)
-            if line is None:
-                q(quarantine, source, loc, raw, "not UTF-8 text", Reason.ENCODING)
-                continue
+        for n, loc, line in text_lines(f, quarantine, source):
             fields = line.rstrip("\r\n").split("\t")
             if fields == [""]:
+                yield Skipped("blank line")
                 continue
             try:
                 ids = [int(x) for x in fields[1].split(",")] if len(fields) == 3 else None

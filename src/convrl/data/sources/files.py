@@ -123,24 +123,34 @@ def file_encoding(path: Path, requested: str, quarantine: list[dict], source: st
             offset += len(chunk)
 
 
+def _capped_lines(fh, max_len: int, newline, size) -> Iterator[tuple[int, bytes | str, int]]:
+    """``(line_number, line, total_size)`` from an open file; a line over ``max_len`` comes back cut,
+    and the rest of it is skipped (its size counted) without being held in memory."""
+    n = 0
+    while True:
+        line = fh.readline(max_len + 1)
+        if not line:
+            return
+        n += 1
+        total = size(line)
+        if total > max_len and not line.endswith(newline):
+            while True:
+                chunk = fh.readline(1 << 20)
+                total += size(chunk)
+                if not chunk or chunk.endswith(newline):
+                    break
+        yield n, line, total
+
+
 def iter_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, int]]:
     """``(line_number, raw_bytes, total_length)``; a line over ``max_bytes`` comes back cut,
     with its full length, and the rest of it is skipped without being held in memory."""
     with path.open("rb") as fh:
-        n = 0
-        while True:
-            line = fh.readline(max_bytes + 1)
-            if not line:
-                return
-            n += 1
-            total = len(line)
-            if total > max_bytes and not line.endswith(b"\n"):
-                while True:
-                    chunk = fh.readline(1 << 20)
-                    total += len(chunk)
-                    if not chunk or chunk.endswith(b"\n"):
-                        break
-            yield n, line, total
+        yield from _capped_lines(fh, max_bytes, b"\n", len)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def decode(raw: bytes, encoding: str = "utf-8") -> str | None:
@@ -167,19 +177,23 @@ def read_lines(path: Path, encoding: str, quarantine: list[dict], source: str,
             text = decode(raw, line_enc)
             yield n, (text.lstrip("\ufeff") if n == 1 and text else text), raw, total
         return
+    # A UTF-16/32 file was checked whole, so decoding cannot fail here; sizes are counted in UTF-8 bytes.
     with path.open("r", encoding=enc, newline="") as fh:
-        n = 0
-        while True:
-            line = fh.readline(max_bytes + 1)
-            if not line:
-                return
-            n += 1
-            total = len(line.encode("utf-8", "surrogatepass"))
-            if total > max_bytes and not line.endswith("\n"):
-                while (rest := fh.readline(1 << 20)) and not rest.endswith("\n"):
-                    total += len(rest.encode("utf-8", "surrogatepass"))
-                total += len(rest.encode("utf-8", "surrogatepass"))
+        for n, line, total in _capped_lines(fh, max_bytes, "\n", _utf8_size):
             yield n, line.lstrip("\ufeff") if n == 1 else line, line.encode("utf-8", "surrogatepass"), total
+
+
+def text_lines(path: Path, quarantine: list[dict], source: str, label: str | None = None
+               ) -> Iterator[tuple[int, str, str]]:
+    """``(line_number, location, text)`` of each UTF-8 line; a line that does not decode is quarantined
+    (``encoding``) and the others still come."""
+    for n, raw, _total in iter_lines(path):
+        loc = f"{label or path.name}:{n}"
+        line = decode(raw)
+        if line is None:
+            q(quarantine, source, loc, raw, "line is not UTF-8 text", Reason.ENCODING)
+            continue
+        yield n, loc, line
 
 
 def read_json_document(path: Path, quarantine: list[dict], source: str, encoding: str = "utf-8"):

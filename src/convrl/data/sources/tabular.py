@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 from convrl.data.schema import Reason
 from convrl.data.sources.base import (MAX_LINE_BYTES, Conversation, IngestError, Options, RecordError, Skipped,
-                                      files_in, open_source, parse_role_map, q, role_of, span)
+                                      each_file, parse_role_map, q, role_of, span)
 from convrl.data.sources.files import ascii_compatible, empty_file, file_encoding, first_char, refuse_binary
 from convrl.data.sources.labels import THUMBS, map_emotion, normalise_act
 
@@ -299,12 +299,7 @@ def _chain(first, rest):
 
 
 def csv_source(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    path, opts = open_source(arg, source, TABLE_OPTIONS)
-    files = files_in(path, ("*.csv", "*.tsv"))
-    if not files:
-        raise IngestError(f"{source}: no .csv or .tsv files in {path}")
-    for f in files:
-        yield from csv_file(f, opts, quarantine, source)
+    yield from each_file(arg, quarantine, source, TABLE_OPTIONS, ("*.csv", "*.tsv"), csv_file)
 
 
 # ------------------------------------------------------------------ Parquet
@@ -338,12 +333,7 @@ def parquet_file(path: Path, opts: Options, quarantine: list[dict], source: str)
 
 
 def parquet_source(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
-    path, opts = open_source(arg, source, TABLE_OPTIONS)
-    files = files_in(path, ("*.parquet",))
-    if not files:
-        raise IngestError(f"{source}: no .parquet files in {path}")
-    for f in files:
-        yield from parquet_file(f, opts, quarantine, source)
+    yield from each_file(arg, quarantine, source, TABLE_OPTIONS, ("*.parquet",), parquet_file)
 
 
 __all__ = ["csv_source", "parquet_source", "csv_file", "parquet_file", "column_map", "rows_to_conversations",
