@@ -214,7 +214,7 @@ def test_trainer_args_follow_the_config(tmp_path, monkeypatch):
     assert isinstance(grpo_args(rl, tmp_path, "rloo"), RLOOConfig)
     # A CUDA node with vLLM installed generates with vLLM, colocated with training.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "vllm" else None)
+    monkeypatch.setattr("convrl.rl.grpo.vllm_installed", lambda: True)
     kwargs = {}
     monkeypatch.setattr("trl.GRPOConfig", lambda **kw: kwargs.update(kw) or kw)
     rl.precision = "fp32"

@@ -30,6 +30,9 @@ class Generator:
         self.fast = fast
         attn = gqa_attention() if fast and not torch.cuda.is_available() else None
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).eval()
+        # Evaluation, self-play and the simulated user run where training runs: on the GPU when there is one.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
 
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 8,
@@ -44,7 +47,7 @@ class Generator:
             texts = [self.tok.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
                      for i in idx]
             enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                           truncation=True, max_length=1024)
+                           truncation=True, max_length=1024).to(self.device)
             torch.manual_seed(seed + b)
             # The checkpoint's own generation config (EOS ids etc.) with this call's settings on top.
             config = copy.deepcopy(self.model.generation_config)
@@ -53,7 +56,8 @@ class Generator:
                 config.update(temperature=temperature, top_p=0.95)
             if self.fast:
                 config, processors = sampling_setup(config)
-                cache = preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
+                cache = (preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
+                         if self.device.type == "cpu" else None)
                 out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
             else:
                 out = self.model.generate(**enc, generation_config=config)

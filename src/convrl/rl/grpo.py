@@ -43,6 +43,10 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
 def grpo_args(rl, out_dir: Path, algorithm: str = "grpo", **overrides):
     """GRPOConfig (or RLOOConfig: same fields here) for ``rl``, checkpoints under ``out_dir/checkpoints``."""
     from trl import GRPOConfig, RLOOConfig
@@ -76,7 +80,7 @@ def grpo_args(rl, out_dir: Path, algorithm: str = "grpo", **overrides):
     )
     if algorithm == "grpo":
         kwargs["multi_objective_aggregation"] = rl.multi_objective_aggregation  # RLOO has no such option
-    if rl.speed.vllm and torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+    if rl.speed.vllm and torch.cuda.is_available() and vllm_installed():
         # On a GPU node with vLLM, TRL generates with it inside the training process (no extra server).
         kwargs.update(use_vllm=True, vllm_mode="colocate")
     kwargs.update(overrides)

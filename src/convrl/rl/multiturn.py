@@ -186,7 +186,8 @@ class MultiTurnRollout:
                 timing("policy_decode_s", time.perf_counter() - t0)
             else:
                 ids = [p + c for p, c in zip(prompt_ids, completion)]
-                generated = trainer._generate_single_turn(ids, None, {}, trainer.num_generations)
+                # Later turns differ per row: one completion each (vLLM server mode dedupes by num_generations).
+                generated = trainer._generate_single_turn(ids, None, {}, trainer.num_generations if t == 0 else 1)
                 generated = generated[0] if isinstance(generated, tuple) else generated
             texts = self.tok.batch_decode(generated, skip_special_tokens=True)
             for i, (g, text) in enumerate(zip(generated, texts)):
