@@ -115,13 +115,18 @@ def build_pipeline(cluster: ClusterConfig | None = None, image: str = "", defaul
 conversational_rl = build_pipeline()
 
 
-def compile_pipeline(cluster: ClusterConfig, image: str, path=COMPILED, config_name: str = "cluster") -> Path:
-    """Compile for a cluster: ``cluster`` settings and ``image`` on every task, ``config_name`` the default preset."""
+def compile_pipeline(cluster: ClusterConfig, image: str, path=COMPILED, config_name: str = "cluster",
+                     build=build_pipeline) -> Path:
+    """Compile for a cluster: ``cluster`` settings and ``image`` on every task, ``config_name`` the default preset.
+
+    ``build`` is the pipeline factory (``build(cluster, image, default_config)``); other
+    pipelines (e.g. ``pipelines/monitoring.py``) compile through here with their own.
+    """
     if not image:
         raise ValueError("compile_pipeline needs the project image, e.g. ghcr.io/<you>/convrl:0.1.0")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cluster, image, config_name), str(path))
+    compiler.Compiler().compile(build(cluster, image, config_name), str(path))
     return path
 
 

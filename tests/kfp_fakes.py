@@ -125,6 +125,20 @@ class StubKFP:
             return self.error(404, f"Failed to fetch namespace for experiment {exp_id}: NotFoundError")
         return exp_id, self.experiments[exp_id].get("namespace", "")
 
+    def creation_scope(self, body: dict, headers, kind: str, empty_name: str):
+        """Checks a new run or recurring run shares: a name, an experiment/namespace, access, the version."""
+        if not body.get("display_name"):
+            return self.error(400, f"{empty_name}. Please specify a valid name")
+        pair = self.experiment_namespace(body, kind)
+        if isinstance(pair[0], int):
+            return pair
+        denied = self.authorize(headers, pair[1])
+        if denied:
+            return denied
+        if not self.version_exists(body.get("pipeline_version_reference")):
+            return self.error(404, "Pipeline version not found")
+        return pair
+
     def add_experiment(self, name: str, namespace: str) -> dict:
         exp = {"experiment_id": self.new_id("experiment"), "display_name": name, "created_at": self.stamp(),
                "storage_state": "AVAILABLE"}
@@ -224,17 +238,10 @@ class StubKFP:
 
     def post_runs(self, rest, query, body, headers):
         self.check(body, "V2beta1Run", "run")
-        if not body.get("display_name"):
-            return self.error(400, "The run name is empty. Please specify a valid name")
-        pair = self.experiment_namespace(body, "run")
-        if isinstance(pair[0], int):
-            return pair
-        exp_id, ns = pair
-        denied = self.authorize(headers, ns)
-        if denied:
-            return denied
-        if not self.version_exists(body.get("pipeline_version_reference")):
-            return self.error(404, "Pipeline version not found")
+        scope = self.creation_scope(body, headers, "run", "The run name is empty")
+        if isinstance(scope[0], int):
+            return scope
+        exp_id, ns = scope
         run = dict(body, run_id=self.new_id("run"), experiment_id=exp_id, state="PENDING", created_at=self.stamp())
         self.namespace_of[run["run_id"]] = ns
         self.runs.append(run)
@@ -274,19 +281,12 @@ class StubKFP:
         if isinstance(body.get("max_concurrency"), int):  # protojson takes int64 as a number or a string
             body["max_concurrency"] = str(body["max_concurrency"])
         self.check(body, "V2beta1RecurringRun", "recurring_run")
-        if not body.get("display_name"):
-            return self.error(400, "Recurring run name is empty. Please specify a valid name")
-        pair = self.experiment_namespace(body, "recurring run")
-        if isinstance(pair[0], int):
-            return pair
-        exp_id, ns = pair
-        denied = self.authorize(headers, ns)
-        if denied:
-            return denied
         if not 1 <= int(body.get("max_concurrency") or 1) <= 10:
             return self.error(400, "max concurrency of the recurring run should be in the range of [1,10]")
-        if not self.version_exists(body.get("pipeline_version_reference")):
-            return self.error(404, "Pipeline version not found")
+        scope = self.creation_scope(body, headers, "recurring run", "Recurring run name is empty")
+        if isinstance(scope[0], int):
+            return scope
+        exp_id, ns = scope
         rec = dict(body, recurring_run_id=self.new_id("recurring"), experiment_id=exp_id,
                    status="ENABLED" if body.get("mode") == "ENABLE" else "DISABLED", created_at=self.stamp())
         if ns:
