@@ -34,6 +34,11 @@ def plot_reward_curves(history: list[dict]):
     return fig
 
 
+def rl_params(cfg: Config) -> dict:
+    """Every ``rl.*`` setting as a flat MLflow param (nested sections as ``rl.lora.r`` ...)."""
+    return {k: v for k, v in cfg.flat().items() if k.startswith("rl.")}
+
+
 def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
              out_dir: str) -> dict:
     with tracking.stage_run(parent_run_id, "rl_finetune", cfg.tracking.experiment) as run:
@@ -42,12 +47,12 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             # the shared PVC, waits, copies the policy back, then logs exactly like the inline path below.
             from convrl.stages.trainjob import train_on_cluster
 
-            run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy})
+            run.log_params(rl_params(cfg) | {"rl.base_model": cfg.models.policy})
             result = train_on_cluster(cfg, run, turns_path, personas_path, reward_dir, out_dir)
         else:
             # The same inputs a TrainJob node builds, so the two launchers cannot drift apart.
             inputs = training_inputs(cfg, turns_path, personas_path, reward_dir)
-            run.log_params({f"rl.{k}": v for k, v in vars(cfg.rl).items()} | {"rl.base_model": cfg.models.policy,
+            run.log_params(rl_params(cfg) | {"rl.base_model": cfg.models.policy,
                                                                                "rl.num_prompts": len(inputs.prompts)})
 
             def on_log(row: dict, step: int) -> None:
@@ -69,6 +74,9 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             k = max(1, len(final) // 4)
             summary["rl/reward_first_quarter"] = sum(h["reward"] for h in final[:k]) / k
             summary["rl/reward_last_quarter"] = sum(h["reward"] for h in final[-k:]) / k
+            clipped = [h["completions/clipped_ratio"] for h in final[-k:] if "completions/clipped_ratio" in h]
+            if clipped:  # replies cut at the token budget at the end of training (the ending reward lowers it)
+                summary["rl/clipped_ratio_last_quarter"] = sum(clipped) / len(clipped)
         run.log_metrics(summary, parent=True)
         uri = run.log_pyfunc("policy", HFDirModel(), {"hf_dir": result.policy_dir},
                              params={"base_model": cfg.models.policy, "algorithm": cfg.rl.algorithm})
