@@ -273,3 +273,31 @@ def test_request_bodies_match_kfp_server_api(kfp, package):
     kfp.problems.clear()
     doc = yaml.safe_load(PIPELINE_YAML)
     assert doc["schemaVersion"] == "2.1.0" and json.dumps(doc)
+
+
+def test_inside_a_pod_without_host_uses_the_pods_kfp_token(kfp, monkeypatch, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("pod-token\n")
+    kfp.token = "pod-token"
+    monkeypatch.setattr(cluster, "SA_TOKEN_PATH", token)
+    monkeypatch.setattr(cluster, "IN_CLUSTER_HOST", kfp.host)
+    conn = cluster.connect(None)
+    assert conn.host == kfp.host and cluster.list_runs(conn) == []
+    assert kfp.seen[-1]["headers"]["authorization"] == "Bearer pod-token"
+
+
+def test_cluster_steps_refuse_to_run_without_a_tracking_server(monkeypatch):
+    from convrl.pipelines import step_env
+
+    monkeypatch.setenv("CONVRL_ON_CLUSTER", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(step_env.TrackingNotConfigured, match="convrl-mlflow-client"):
+        step_env.prepare()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db")  # dies with the pod
+    with pytest.raises(step_env.TrackingNotConfigured, match="sqlite"):
+        step_env.prepare()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://convrl-mlflow.kubeflow.svc.cluster.local:5000")
+    step_env.prepare()
+    monkeypatch.delenv("CONVRL_ON_CLUSTER")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    step_env.prepare()  # a laptop (kfp.local): the local SQLite store is the point
