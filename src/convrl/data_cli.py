@@ -26,15 +26,23 @@ from pathlib import Path
 
 
 def _ingest(args, threshold: float):
-    from convrl.data.ingest import ingest
+    from convrl.data.ingest import IngestError, ingest
 
-    result = ingest(args.specs, seed=args.seed, max_conversations=args.max_conversations,
-                    max_turn_chars=args.max_turn_chars, max_turn_tokens=args.max_turn_tokens,
-                    quarantine_threshold=threshold, near_duplicate_threshold=args.near_duplicate_threshold,
-                    allow_empty=True)
-    for w in result.stats.get("warnings") or []:
-        print(f"convrl data: warning: {w}", file=sys.stderr)
+    try:
+        result = ingest(args.specs, seed=args.seed, max_conversations=args.max_conversations,
+                        max_turn_chars=args.max_turn_chars, max_turn_tokens=args.max_turn_tokens,
+                        quarantine_threshold=threshold, near_duplicate_threshold=args.near_duplicate_threshold,
+                        allow_empty=True)
+    except IngestError as exc:
+        _warn(getattr(exc, "result", None))
+        raise
+    _warn(result)
     return result
+
+
+def _warn(result) -> None:
+    for w in (result.stats.get("warnings") or []) if result is not None else []:
+        print(f"convrl data: warning: {w}", file=sys.stderr)
 
 
 def _save_quarantine(result, path: Path) -> None:

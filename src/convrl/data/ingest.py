@@ -13,7 +13,8 @@ is dropped silently. Every record is either in the turn table or in the
 quarantine table with a :class:`~convrl.data.schema.Reason` category, a detail
 naming the bad message or row, and its location; records left out on purpose
 (blank lines, empty files, ``weight``/``min_turns`` filters) are counted in
-``stats["skipped"]``, and empty inputs are reported in ``stats["warnings"]``.
+``stats["skipped"]``, and empty inputs are reported in ``stats["warnings"]`` (which
+``convrl data`` prints and the data card lists).
 
 Each turn is Unicode-normalised, whitespace-cleaned, PII-redacted and cut to a
 character and, optionally, a token budget (flagged ``truncated``, not dropped):
@@ -30,7 +31,6 @@ and stratified by source (:mod:`convrl.data.split`)::
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -49,9 +49,6 @@ from convrl.data.text import clean_text, truncate
 
 __all__ = ["Conversation", "IngestError", "IngestResult", "LOADERS", "assign_splits", "clean_text", "ingest",
            "parse_spec", "redact_pii", "truncate"]
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class IngestResult:
@@ -235,7 +232,6 @@ def ingest(sources: list[str], seed: int = 13, val_fraction: float = 0.1, test_f
                     run.skip(conv.reason, ps, conv.count)
                     if conv.warning:
                         run.warnings.append(f"{spec}: {conv.warning}")
-                        log.warning("%s: %s", spec, conv.warning)
                     continue
                 if gen["weight"] < 1 and bucket(f"w:{conv.conversation_id}", seed) >= gen["weight"]:
                     run.skip("not sampled (weight)", ps)
@@ -299,7 +295,6 @@ def _nothing_arrived(run: _Run, stats: dict, sources: list[str], n_bad: int, cat
     if n_bad == 0 and allow_empty:
         msg = f"no conversations in sources {sources}" + (f"; skipped: {run.skipped}" if run.skipped else "")
         run.warnings.append(msg)
-        log.warning(msg)
         return result
     if n_bad:
         first = next(r for r in result.quarantine.itertuples() if r.category != Reason.DUPLICATE.value)

@@ -175,9 +175,14 @@ def _record_id(obj) -> str | None:
     return str(cid)
 
 
-def record_conversation(obj, roles, stem: str, n: int, loc: str, quarantine, source) -> Conversation | None:
-    """The conversation of one chat record, or None after quarantining it (the whole record) with the reason."""
-    prefix = "sharegpt" if isinstance(obj, dict) and "conversations" in obj and "messages" not in obj else "jsonl"
+def record_conversation(obj, roles, stem: str, n: int, loc: str, quarantine, source,
+                        prefix: str | None = None) -> Conversation | None:
+    """The conversation of one chat record, or None after quarantining it (the whole record) with the reason.
+
+    Its id is ``PREFIX-<record id>`` (or ``PREFIX-<stem>-<n>``); the prefix defaults to the record's shape.
+    """
+    if prefix is None:
+        prefix = "sharegpt" if isinstance(obj, dict) and "conversations" in obj and "messages" not in obj else "jsonl"
     cid = None
     try:
         rid = _record_id(obj)

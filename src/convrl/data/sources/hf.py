@@ -56,9 +56,9 @@ def _hf_split(ds, split: str, label: str, opts: Options, quarantine, source) -> 
     if "messages" in ds.column_names or "conversations" in ds.column_names:
         roles = parse_role_map(opts.get("roles"), source)
         for n, rec in enumerate(ds):
-            conv = record_conversation(rec, roles, stem, n, f"{label}[{split or 'all'}]:{n}", quarantine, source)
+            conv = record_conversation(rec, roles, stem, n, f"{label}[{split or 'all'}]:{n}", quarantine, source,
+                                       prefix="hf")
             if conv:
-                conv.conversation_id = f"hf-{conv.conversation_id.split('-', 1)[1]}"
                 conv.split = original
                 yield conv
         return
