@@ -15,7 +15,7 @@ def test_weighted_midranks_equal_ranks_of_the_expanded_sample():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 5, size=30).astype(float)  # many ties
     w = rng.integers(0, 3, size=(4, 30)).astype(float)
-    got = meta_eval._weighted_midranks(x, w)
+    got = meta_eval.weighted_midranks(x, w)
     for b in range(4):
         expanded = np.repeat(x, w[b].astype(int))
         ranks = stats.rankdata(expanded)

@@ -60,6 +60,29 @@ class RewardsConfig:
     learned_max_pairs: int = field(
         default=20000, metadata={"help": "Cap on training pairs/items per learned head (encoding dominates cost)."})
     learned_epochs: int = field(default=8, metadata={"help": "Epochs of the learned pair heads (early-stopped)."})
+    cross_heads: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Heads served by one cross-encoder fine-tuned end to end on human ratings and negatives "
+                  "(any of relevance, personality, engagement, quality; [] = none). Trained on "
+                  "rewards.engagement_data (rated dialogues), relevance_data (DailyDialog train) and "
+                  "personality_data (PersonaChat); overrides learned_heads for the heads it serves."})
+    cross_max_examples: int = field(default=12000, metadata={"help": "Cap on cross-encoder training examples."})
+    cross_steps: int = field(
+        default=400, metadata={"help": "Cross-encoder optimisation steps (batch 16; ~0.4 s a step on 2 free cores)."})
+    cross_max_length: int = field(default=96, metadata={"help": "Cross-encoder max tokens per (context, reply)."})
+    dialogue_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "ConvAI2 human-eval / user-satisfaction folders: train the dialogue-level judge (a whole "
+                  "conversation's rating from all its turns and the user's reactions); [] = none."})
+    dialogue_max_per_source: int = field(
+        default=300, metadata={"help": "Rated dialogues per source for the dialogue judge (embedding dominates cost)."})
+    safety_data: str = field(
+        default="", metadata={"help": "ToxiChat folder: train the safety judge (judge_safety, an A/B guardrail) on "
+                              "its crowd-labelled offensive / safe turns; empty = no safety judge."})
+    calibrate: bool = field(
+        default=False, metadata={"help": "Fit non-negative composite weights on the human ratings of "
+                                 "rewards.engagement_data (training-side dialogues) and use them instead of "
+                                 "rewards.weights; both are reported."})
 
     def validate(self) -> None:
         unknown = set(self.weights) - set(WEIGHTED_HEADS)
@@ -68,3 +91,13 @@ class RewardsConfig:
                               f"valid heads: {', '.join(WEIGHTED_HEADS)}")
         if any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ConfigError("rewards.weights must be non-negative and sum to more than 0")
+        bad = set(self.cross_heads) - set(WEIGHTED_HEADS)
+        if bad:
+            raise ConfigError(f"rewards.cross_heads has unknown heads {sorted(bad)}; valid: {', '.join(WEIGHTED_HEADS)}")
+        if self.cross_heads and not (self.engagement_data or self.relevance_data or self.personality_data):
+            raise ConfigError("rewards.cross_heads needs training data: set rewards.engagement_data, relevance_data "
+                              "and/or personality_data")
+        if self.calibrate and not self.engagement_data:
+            raise ConfigError("rewards.calibrate fits weights on human ratings: set rewards.engagement_data")
+        if self.cross_steps < 1 or self.cross_max_length < 16:
+            raise ConfigError("rewards.cross_steps must be >= 1 and rewards.cross_max_length >= 16")

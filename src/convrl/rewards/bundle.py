@@ -1,7 +1,7 @@
 """The reward bundle: everything a later stage needs to rebuild the reward model the reward stage trained.
 
 A bundle directory holds ``reward_bundle.json`` (this dataclass) beside the trained heads
-(``emotion/``, ``emotion_finetuned/``, ``learned/<head>/``). The reward stage writes it; RL,
+(``emotion/``, ``emotion_finetuned/``, ``learned/<head>/``, ``cross/``, ``dialogue/``, ``safety/``). The reward stage writes it; RL,
 evaluation, meta-eval and monitoring read it back::
 
     bundle = RewardBundle.load(reward_dir)
@@ -37,6 +37,13 @@ class RewardBundle:
     emotion_label_kind: str = ""
     emotion_finetuned: bool = False
     learned: list[str] = field(default_factory=list)
+    # Trained on human judgement (rewards.judgement): heads served by the cross-encoder in cross/, the
+    # dialogue judge in dialogue/, the safety judge in safety/, and composite weights fitted on ratings.
+    cross: list[str] = field(default_factory=list)
+    dialogue_judge: bool = False
+    safety_judge: bool = False
+    calibrated_weights: dict[str, float] = field(default_factory=dict)
+    use_calibrated: bool = False
 
     def save(self, reward_dir: str | Path) -> Path:
         path = Path(reward_dir) / BUNDLE_FILE
@@ -72,7 +79,25 @@ class RewardBundle:
             from convrl.rewards.learned import load_learned
 
             heads = {name: load_learned(root / "learned" / name) for name in self.learned}
-        return RewardScorer(encoder, clf, fluency, self.weights, learned=heads)
+            if self.cross:
+                from convrl.rewards.cross_encoder import CrossEncoderHeads
+
+                heads.update({h: v for h, v in CrossEncoderHeads.load(root / "cross").as_heads().items()
+                              if h in self.cross})
+        weights = self.calibrated_weights if self.use_calibrated and self.calibrated_weights else self.weights
+        return RewardScorer(encoder, clf, fluency, weights, learned=heads)
+
+    def safety(self, reward_dir: str | Path):
+        """The safety judge the stage trained (``rewards.safety_data``), else None."""
+        from convrl.rewards.safety import SafetyJudge
+
+        return SafetyJudge.load(Path(reward_dir) / "safety") if self.safety_judge else None
+
+    def dialogue(self, reward_dir: str | Path):
+        """The dialogue-level judge the stage trained (``rewards.dialogue_data``), else None."""
+        from convrl.rewards.dialogue import DialogueJudge
+
+        return DialogueJudge.load(Path(reward_dir) / "dialogue") if self.dialogue_judge else None
 
 
 def load_scorer(reward_dir: str | Path, with_fluency: bool = True, learned: bool = True) -> RewardScorer:

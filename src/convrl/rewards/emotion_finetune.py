@@ -118,7 +118,7 @@ def group_probabilities(probs: np.ndarray, labels: list[str],
     return out.astype(np.float32), list(groups)
 
 
-def _autocast_dtype(precision: str) -> torch.dtype | None:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision == "auto":
         from convrl.runtime import bf16_supported
 
@@ -151,7 +151,7 @@ class FinetunedEmotionClassifier:
         self.thresholds = np.asarray(thresholds, dtype=np.float32)
         self.max_length = max_length
         self.precision = precision
-        self._dtype = _autocast_dtype(precision)
+        self._dtype = autocast_dtype(precision)
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -221,7 +221,7 @@ class _EmotionHeadAdapter:
         return self.clf.predict_emotions(texts)
 
 
-def _length_grouped_batches(lengths: np.ndarray, batch_size: int, gen: torch.Generator,
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, gen: torch.Generator,
                             mega: int = 50) -> list[np.ndarray]:
     """Shuffle, sort inside mega-batches of ``mega * batch_size`` by length, cut batches, shuffle the batches."""
     perm = torch.randperm(len(lengths), generator=gen).numpy()
@@ -248,7 +248,7 @@ def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], de
     torch.manual_seed(s.seed)
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
     model = _Model(AutoModel.from_pretrained(str(encoder_dir)), len(labels), s.dropout)
-    dtype = _autocast_dtype(s.precision)
+    dtype = autocast_dtype(s.precision)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     enc_params = list(model.encoder.named_parameters())
     opt = torch.optim.AdamW([
@@ -270,7 +270,7 @@ def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], de
     t0, step, losses = time.time(), 0, []
     model.train()
     while step < steps:
-        for idx in _length_grouped_batches(lengths, min(s.batch_size, len(texts)), gen):
+        for idx in length_grouped_batches(lengths, min(s.batch_size, len(texts)), gen):
             b = tok.pad({"input_ids": [enc_ids[j] for j in idx]}, return_tensors="pt")
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(**b)

@@ -33,6 +33,8 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
 
 class RatedDataError(ValueError):
     """A rated-items file or folder cannot be read; the message says where and why."""
@@ -256,6 +258,35 @@ def satisfaction_items(folder: str | Path, max_items: int = 0, context_messages:
     random.Random(seed).shuffle(dialogues)
     items = _items_from(dialogues, context_messages, max_items, per_dialogue)
     return items, {**stats, "items": len(items), "groups": len({it["group"] for it in items})}
+
+
+# ------------------------------------------------------------------ scoring
+
+def score_items(scorer, items: list[dict], batch_size: int = 128, progress: bool = False) -> dict[str, np.ndarray]:
+    """Every head (and composite, details, the length baseline) for every item."""
+    from tqdm.auto import tqdm
+
+    from convrl.rewards.environment import persona_from_sentences
+
+    cards: dict[tuple, object] = {}
+    cols: dict[str, list] = {}
+    for i in tqdm(range(0, len(items), batch_size), desc="scoring", disable=not progress):
+        chunk = items[i:i + batch_size]
+        personas = []
+        for it in chunk:
+            key = tuple(it.get("persona") or ())
+            if key not in cards:
+                cards[key] = persona_from_sentences(list(key))
+            personas.append(cards[key])
+        batch = scorer.score([it["context"] for it in chunk], [it["response"] for it in chunk], personas)
+        # Numeric details too: fluency, repetition, appropriateness, and <head>_untrained beside a learned head.
+        named = {**batch.heads, "composite": batch.composite,
+                 **{k: v for k, v in batch.details.items() if np.asarray(v).dtype.kind == "f"}}
+        for k, v in named.items():
+            cols.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    out["baseline:length"] = np.array([len(it["response"].split()) for it in items], dtype=np.float64)
+    return out
 
 
 CONVERTERS = {"convai2": convai2_items, "user_satisfaction": satisfaction_items}

@@ -2,7 +2,8 @@
 each on held-out data, package every head.
 
 The output directory is a reward bundle (``reward_bundle.json``, ``emotion/``,
-``emotion_finetuned/`` with ``rewards.emotion.finetune_data``, ``learned/<head>/``)
+``emotion_finetuned/`` with ``rewards.emotion.finetune_data``, ``learned/<head>/``, and what
+``rewards.judgement`` trains on human ratings: ``cross/``, ``dialogue/``, ``safety/``)
 so later stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
 the default pipeline trains only the emotion head.
 """
@@ -20,7 +21,7 @@ from convrl.config import Config
 from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
 from convrl.rewards.bundle import RewardBundle, load_scorer  # noqa: F401 - load_scorer: stage API
 from convrl.rewards.encoder import SentenceEncoder
-from convrl.rewards.heads import RewardScorer
+from convrl.rewards.heads import FluencyScorer, RewardScorer
 from convrl.tracking.pyfunc import EmotionHeadModel
 
 
@@ -94,10 +95,20 @@ def rewards_stage(cfg: Config, parent_run_id: str, turns_path: str, reward_dir: 
             learned, learned_metrics = train_configured_heads(cfg.rewards, encoder, turns, personas, seed=e.seed)
             for name, head in learned.items():
                 head.save(out / "learned" / name)
+        from convrl.rewards.judgement import train_human_judgement
+
+        def calibration_scorer(cross_heads):  # the scorer RL will use, to fit its composite weights on ratings
+            fluency = FluencyScorer(models.resolve_policy(cfg.models.policy)) if cfg.rewards.fluency else None
+            return RewardScorer(encoder, clf, fluency, cfg.rewards.weights, learned={**learned, **cross_heads})
+
+        judged, judged_metrics, cross = train_human_judgement(cfg.rewards, encoder, enc_dir, out, seed=e.seed,
+                                                              scorer_for_calibration=calibration_scorer)
+        learned_metrics.update(judged_metrics)
         RewardBundle(encoder=cfg.models.encoder, weights=dict(cfg.rewards.weights), max_length=cfg.rewards.max_length,
                      batch_size=cfg.rewards.batch_size, encoder_precision=cfg.rewards.encoder_precision,
                      fluency_model=cfg.models.policy if cfg.rewards.fluency else None, emotion_label_kind=kind,
-                     emotion_finetuned=bool(e.finetune_data), learned=sorted(learned)).save(out)
+                     emotion_finetuned=bool(e.finetune_data), learned=sorted(set(learned) - set(cross)),
+                     use_calibrated=cfg.rewards.calibrate, **judged).save(out)
         curve = metrics.pop("loss_curve")
         for i, loss in enumerate(curve):
             run.log_metrics({"emotion/train_loss_epoch": loss}, step=i)

@@ -1,0 +1,180 @@
+"""Agreement with people on every human-rated set at once: ``convrl meta-eval ../shared/data``.
+
+Loads each rated set found under the data folder (research use only; licences
+in its README), scores every item with every head, the composite (fixed and,
+where fitted, calibrated weights), the untrained heads beside learned ones, the
+held-out judges of ``evaluate`` (``judge_*``, the safety judge), an optional LLM
+judge, the dialogue-level judge, and the length baseline, then correlates each
+with each human rating (cluster-bootstrap CIs, see :mod:`.stats`):
+
+=====================  ===================================  ==========================================
+set                    ratings                              items scored
+=====================  ===================================  ==========================================
+convai2                thumb (turn), dialogue_score         held-out dialogues only (``held_out(id,
+                       (dialogue), profile_match            0.3, 13)``: the side no head trains on)
+user_satisfaction      satisfaction (turn), overall         held-out sessions only
+                       (dialogue)
+predictive_engagement  engaging (1-5), engaging_binary      all (evaluation-only: DailyDialog test)
+holistic_eval          coherence, fluency                   all (evaluation-only: DailyDialog test)
+hh_rlhf                harmless (pairwise accuracy)         ``max_pairs`` pairs of the test split
+toxichat               safe, plausible                      test split (the safety judge trains on train)
+=====================  ===================================  ==========================================
+
+Dialogue-level ratings are also predicted from the whole conversation by the
+dialogue judge (``dialogue_judge`` column; every item of a dialogue carries its
+conversation's score)::
+
+    result = run_suite("../shared/data", scorer, extra_judges=SuiteJudges(...))
+    print(summary_markdown(result))      # the README table: one row per set and rating
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convrl.meta_eval.stats import meta_evaluate
+from convrl.rewards.human_data import convai2_dialogues, convai2_items, held_out, satisfaction_dialogues, satisfaction_items
+from convrl.rewards.rated_sets import hh_rlhf_items, holistic_items, predictive_engagement_items, toxichat_items
+
+HEAD_QUALITY = {"quality": ("fluency", "coherence", "thumb"), "engagement": ("engaging", "engaging_binary"),
+                "relevance": ("coherence",), "personality": ("profile_match",)}
+
+
+@dataclass
+class SuiteLimits:
+    per_dialogue: int = 3          # rated turns per held-out dialogue (spread evenly)
+    max_dialogue_items: int = 900  # per dialogue set (convai2, user_satisfaction)
+    max_pairs: int = 500           # HH-RLHF pairs
+    seed: int = 13
+
+
+@dataclass
+class SuiteJudges:
+    """Optional extra scorers: the evaluate stage's judge panel, safety, dialogue-level and LLM judges."""
+    panel: object | None = None        # eval.judges.JudgePanel
+    safety: object | None = None       # eval.safety.SafetyJudge
+    dialogue: object | None = None     # rewards.dialogue.DialogueJudge (needs the scorer's encoder)
+    llm: object | None = None          # rewards.llm_judge.LLMJudge
+    calibrated_weights: dict = field(default_factory=dict)
+
+
+def load_rated_sets(root: str | Path, limits: SuiteLimits | None = None) -> tuple[dict[str, list[dict]], dict, dict]:
+    """``{set: items}``, per-set stats, and the held-out dialogue records (for the dialogue judge) by group."""
+    lim = limits or SuiteLimits()
+    root = Path(root)
+    sets, info, dialogues = {}, {}, {}
+
+    def dialogue_set(name, folder, items_fn, dialogues_fn):
+        items, st = items_fn(folder, per_dialogue=lim.per_dialogue, seed=lim.seed)
+        items = [it for it in items if held_out(it["group"], 0.3, 13)][:lim.max_dialogue_items]
+        keep = {it["group"] for it in items}
+        dialogues.update({d["id"]: d for d in dialogues_fn(folder)[0] if d["id"] in keep})
+        sets[name], info[name] = items, {**st, "held_out_items": len(items), "held_out_dialogues": len(keep)}
+
+    if (root / "convai2_human_eval").is_dir():
+        dialogue_set("convai2", root / "convai2_human_eval", convai2_items, convai2_dialogues)
+    if (root / "user_satisfaction").is_dir():
+        dialogue_set("user_satisfaction", root / "user_satisfaction", satisfaction_items, satisfaction_dialogues)
+    for name, fn in (("predictive_engagement", predictive_engagement_items), ("holistic_eval", holistic_items)):
+        if (root / name).is_dir():
+            sets[name], info[name] = fn(root / name)
+    if (root / "hh_rlhf").is_dir():
+        sets["hh_rlhf"], info["hh_rlhf"] = hh_rlhf_items(root / "hh_rlhf", max_items=2 * lim.max_pairs)
+    if (root / "toxichat").is_dir():
+        sets["toxichat"], info["toxichat"] = toxichat_items(root / "toxichat", "test")
+    if not sets:
+        raise FileNotFoundError(f"{root}: none of the rated sets (convai2_human_eval, user_satisfaction, "
+                                "predictive_engagement, holistic_eval, hh_rlhf, toxichat) is there")
+    return sets, info, dialogues
+
+
+def _extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder, dialogues: dict) -> None:
+    from convrl.rewards.heads import HEADS
+
+    contexts, responses = [it["context"] for it in items], [it["response"] for it in items]
+    if judges.calibrated_weights:
+        w = judges.calibrated_weights
+        scores["composite_calibrated"] = sum(w.get(h, 0.0) * scores[h] for h in HEADS) / sum(w.values())
+    if judges.panel is not None:
+        df = judges.panel.score(contexts, responses, [None] * len(items))
+        for c in df.columns:
+            if c.startswith("judge_") and df[c].dtype.kind == "f" and c != "judge_personality":
+                scores[c] = df[c].to_numpy(np.float64)
+    if judges.safety is not None:
+        scores["judge_safety"] = judges.safety.score(responses).astype(np.float64)
+    if judges.llm is not None:
+        for q, v in judges.llm.score(contexts, responses, [it.get("persona") or None for it in items]).items():
+            scores[f"llm:{q}"] = v.astype(np.float64)
+    groups = [it["group"] for it in items]
+    if judges.dialogue is not None and any(g in dialogues for g in groups):
+        uniq = [g for g in dict.fromkeys(groups) if g in dialogues]
+        s = judges.dialogue.score(encoder, [dialogues[g]["messages"] for g in uniq],
+                                  [dialogues[g].get("persona") or [] for g in uniq])
+        by = dict(zip(uniq, s))
+        scores["dialogue_judge"] = np.array([by.get(g, np.nan) for g in groups], dtype=np.float64)
+
+
+def run_suite(root: str | Path, scorer, judges: SuiteJudges | None = None, limits: SuiteLimits | None = None,
+              n_bootstrap: int = 1000, progress: bool = True) -> dict:
+    """Every set's meta-eval result (``meta_evaluate`` rows) plus per-set stats."""
+    from convrl.meta_eval.scoring import score_items
+
+    judges = judges or SuiteJudges()
+    lim = limits or SuiteLimits()
+    sets, info, dialogues = load_rated_sets(root, lim)
+    out = {"root": str(root), "sets": {}, "info": info}
+    for name, items in sets.items():
+        if progress:
+            print(f"meta-eval: {name} ({len(items)} items)", flush=True)
+        scores = score_items(scorer, items, progress=progress)
+        _extra_columns(items, scores, judges, scorer.encoder, dialogues)
+        scores = {k: v for k, v in scores.items() if np.all(np.isfinite(v))}  # dialogue_judge off dialogue sets
+        out["sets"][name] = meta_evaluate(items, scores, n_bootstrap, lim.seed)
+    return out
+
+
+def _fmt(row: dict | None) -> str:
+    if row is None or row.get("spearman") is None:
+        return "n/a"
+    lo, hi = row["spearman_ci"]
+    return f"{row['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """One row per (set, rating): composite, calibrated composite, best head, each baseline, best judge."""
+    heads = ("quality", "personality", "engagement", "relevance")
+    rows = []
+    for name, res in result["sets"].items():
+        for rating, info in res["ratings"].items():
+            by = {r["head"]: r for r in res["rows"] if r["rating"] == rating}
+            valid = {h: r for h, r in by.items() if r.get("spearman") is not None}
+
+            def best(cands):
+                c = [h for h in cands if h in valid]
+                return max(c, key=lambda h: valid[h]["spearman"]) if c else None
+            bh = best(heads)
+            bu = best([f"{h}_untrained" for h in heads])
+            bj = best([h for h in by if h.startswith(("judge_", "llm:"))])
+            rows.append({"set": name, "rating": rating, "level": info["level"], "n": info["groups"]
+                         if info["level"] != "response" else info["items"],
+                         "composite": _fmt(by.get("composite")),
+                         "composite_calibrated": _fmt(by.get("composite_calibrated")),
+                         "best_head": f"{bh} {_fmt(by[bh])}" if bh else "n/a",
+                         "untrained_best": f"{bu.removesuffix('_untrained')} {_fmt(by[bu])}" if bu else "n/a",
+                         "length": _fmt(by.get("baseline:length")),
+                         "dialogue_judge": _fmt(by.get("dialogue_judge")),
+                         "best_judge": f"{bj} {_fmt(by[bj])}" if bj else "n/a"})
+    return rows
+
+
+def summary_markdown(result: dict) -> str:
+    rows = summary_rows(result)
+    cols = ["set", "rating", "level", "n", "composite", "composite_calibrated", "best_head", "untrained_best",
+            "length", "dialogue_judge", "best_judge"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + ("\n\nSpearman [95% cluster-bootstrap CI]; on pair-level ratings (hh_rlhf) pairwise "
+                               "accuracy (chance 0.50). n = responses, dialogues or pairs by level.")

@@ -1,0 +1,195 @@
+"""Dialogue-level judge: a rating of a whole conversation predicted from the whole conversation.
+
+A person who rates a conversation 1-5 (ConvAI2's ``eval_score``, a session's
+overall satisfaction) judges all of it: every assistant turn, whether they hang
+together, and how the conversation went for them. Scoring only the last reply
+throws that away. ``dialogue_features`` describes a conversation by
+
+* the assistant's turns: mean / min / last relevance to the user turn before
+  them (cosine), length, questions asked, repetition inside and across turns
+  (max cosine between two own turns, exact repeats), degenerate turns;
+* consistency: mean cosine between consecutive own turns, persona similarity;
+* the user's reactions: how much they write and whether that grows, their
+  questions, sentiment (VADER) overall and at the end, complaints ("you are a
+  bot", "that makes no sense"), how many turns they stayed;
+
+and ``DialogueJudge`` is a ridge regression from those features to the human
+rating, z-scored per source (scales differ), trained on the training-side
+dialogues of the rated sets (split by dialogue with ``human_data.held_out``,
+the same split meta-eval holds out)::
+
+    judge, metrics = train_dialogue_judge(encoder, dialogues)   # dialogues: {id, messages, persona, score, source}
+    judge.score(encoder, [messages, ...], [persona, ...])      # [0, 1] per conversation
+    judge.save("dialogue/"); DialogueJudge.load("dialogue/")
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from convrl.rewards.heads import is_degenerate, repetition_rate
+
+COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
+                        r"does not make sense|what\?|stupid|boring|you already said|you said that|repeat|"
+                        r"not answering|answer my question|weird|nonsense)\b", re.I)
+FEATURES = ("n_assistant", "n_user", "rel_mean", "rel_min", "rel_last", "len_mean", "len_last", "question_share",
+            "self_repeat_max", "exact_repeats", "repetition_mean", "degenerate_share", "consistency_mean",
+            "persona_sim", "user_len_mean", "user_len_growth", "user_question_share", "user_sentiment",
+            "user_sentiment_last", "user_complaints", "user_len_last")
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def dialogue_features(encoder, conversations: list[list[dict]], personas: list[list[str]] | None = None,
+                      max_messages: int = 24) -> np.ndarray:
+    """(n, len(FEATURES)) features of each whole conversation (message lists with user / assistant roles).
+
+    Only the last ``max_messages`` messages are embedded (long task-oriented sessions would otherwise
+    dominate the cost); counts, lengths and the user's sentiment use the whole conversation.
+    """
+    personas = personas or [[] for _ in conversations]
+    convs = [[m for m in c if m["role"] in ("user", "assistant")] for c in conversations]
+    texts = [m["content"] for c in convs for m in c[-max_messages:]] + [" ".join(p) for p in personas if p]
+    emb = dict(zip(dict.fromkeys(texts), encoder.encode(list(dict.fromkeys(texts))))) if texts else {}
+    sia = _vader()
+    rows = []
+    for msgs, persona in zip(convs, personas):
+        lens_all = [len(m["content"].split()) for m in msgs if m["role"] == "assistant"] or [0]
+        n_bot_all = sum(m["role"] == "assistant" for m in msgs)
+        usr = [m["content"] for m in msgs if m["role"] == "user"]
+        msgs = msgs[-max_messages:]
+        bot = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        b_txt = [msgs[i]["content"] for i in bot]
+        b_emb = np.stack([emb[t] for t in b_txt]) if b_txt else np.zeros((0, encoder.dim))
+        rel = [float(emb[msgs[i]["content"]] @ emb[msgs[i - 1]["content"]]) for i in bot
+               if i > 0 and msgs[i - 1]["role"] == "user"] or [0.0]
+        sims = b_emb @ b_emb.T if len(b_txt) > 1 else np.zeros((1, 1))
+        off = sims[~np.eye(len(sims), dtype=bool)] if len(b_txt) > 1 else np.zeros(1)
+        consec = [float(sims[k, k + 1]) for k in range(len(b_txt) - 1)] or [0.0]
+        lens = lens_all
+        ulens = [len(t.split()) for t in usr] or [0]
+        half = max(1, len(ulens) // 2)
+        sent = [sia.polarity_scores(t)["compound"] for t in usr] or [0.0]
+        p_sim = float(np.mean(b_emb @ emb[" ".join(persona)])) if persona and b_txt else 0.0
+        rows.append([
+            np.log1p(n_bot_all), np.log1p(len(usr)), np.mean(rel), np.min(rel), rel[-1],
+            np.log1p(np.mean(lens)), np.log1p(lens[-1]), np.mean(["?" in t for t in b_txt] or [0.0]),
+            float(off.max()), float(len(b_txt) - len(set(b_txt))) / max(1, len(b_txt)),
+            np.mean([repetition_rate(t) for t in b_txt] or [0.0]), np.mean([is_degenerate(t) for t in b_txt] or [1.0]),
+            np.mean(consec), p_sim, np.log1p(np.mean(ulens)),
+            np.log1p(np.mean(ulens[half:])) - np.log1p(np.mean(ulens[:half])) if len(ulens) > 1 else 0.0,
+            np.mean(["?" in t for t in usr] or [0.0]), np.mean(sent), sent[-1],
+            float(sum(bool(COMPLAINTS.search(t)) for t in usr)) / max(1, len(usr)), np.log1p(ulens[-1])])
+    return np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(FEATURES))
+
+
+class DialogueJudge:
+    """Ridge over ``dialogue_features``; predictions rescaled to [0, 1] by training quantiles."""
+
+    def __init__(self, coef, intercept: float, mean, scale, lo: float, hi: float, metrics: dict | None = None):
+        self.coef, self.intercept = np.asarray(coef, np.float64), float(intercept)
+        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.lo, self.hi = float(lo), float(hi)
+        self.metrics = dict(metrics or {})
+
+    def predict_raw(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def score(self, encoder, conversations: list[list[dict]], personas: list[list[str]] | None = None) -> np.ndarray:
+        raw = self.predict_raw(dialogue_features(encoder, conversations, personas))
+        return np.clip((raw - self.lo) / max(self.hi - self.lo, 1e-9), 0, 1).astype(np.float32)
+
+    def save(self, out: str | Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "weights.npz", coef=self.coef, mean=self.mean, scale=self.scale)
+        (out / "judge.json").write_text(json.dumps({"type": "dialogue-ridge", "features": list(FEATURES),
+                                                    "intercept": self.intercept, "lo": self.lo, "hi": self.hi,
+                                                    "metrics": self.metrics}, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DialogueJudge":
+        d = Path(folder)
+        meta = json.loads((d / "judge.json").read_text())
+        if meta.get("features") != list(FEATURES):
+            raise ValueError(f"{d}: dialogue judge trained on other features; retrain it (reward stage)")
+        w = np.load(d / "weights.npz")
+        return cls(w["coef"], meta["intercept"], w["mean"], w["scale"], meta["lo"], meta["hi"], meta.get("metrics"))
+
+
+def rated_dialogues(paths: list[str], max_per_source: int = 0) -> list[dict]:
+    """ConvAI2 / user-satisfaction folders as ``{id, messages, persona, score, source}`` (rated dialogues only).
+
+    ``max_per_source`` keeps a fixed pseudo-random subset of each source (by a hash of the dialogue id, so
+    the subset and its train / held-out sides never change between runs).
+    """
+    import hashlib
+
+    from convrl.rewards.human_data import convai2_dialogues, satisfaction_dialogues
+
+    out = []
+    for p in paths:
+        path = Path(p)
+        if (path.is_dir() and any(path.glob("*.json"))) or path.suffix == ".json":
+            out += [{**d, "source": "convai2"} for d in convai2_dialogues(path)[0]]
+        elif (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
+            out += [{**d, "source": f"satisfaction-{d['corpus']}"} for d in satisfaction_dialogues(path)[0]
+                    if d.get("score") is not None]
+        else:
+            raise ValueError(f"rewards.dialogue_data: {p} is not a ConvAI2 or user-satisfaction folder")
+    if max_per_source:
+        by_src: dict[str, list[dict]] = {}
+        for d in sorted(out, key=lambda d: hashlib.sha1(d["id"].encode()).hexdigest()):
+            by_src.setdefault(d["source"], []).append(d)
+        out = [d for ds in by_src.values() for d in ds[:max_per_source]]
+    return out
+
+
+def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: float = 0.3, seed: int = 13,
+                         alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1e3)) -> tuple[DialogueJudge, dict]:
+    """Ridge on the training-side dialogues; Spearman per source on the held-out ones (beside length and turns)."""
+    from scipy import stats
+    from sklearn.linear_model import RidgeCV
+
+    from convrl.rewards.human_data import held_out
+
+    if not dialogues:
+        raise ValueError("dialogue judge: no rated dialogues (rewards.dialogue_data)")
+    test = np.array([held_out(d["id"], held_out_fraction, seed) for d in dialogues])
+    src = np.array([d["source"] for d in dialogues])
+    y = np.array([d["score"] for d in dialogues], dtype=np.float64)
+    z = np.zeros_like(y)
+    for s in np.unique(src):  # per-source scales differ (1-5 stars vs mean satisfaction); train-side stats only
+        m, t = src == s, (src == s) & ~test
+        ref = y[t] if t.sum() > 1 else y[m]
+        z[m] = (y[m] - ref.mean()) / (ref.std() + 1e-9)
+    if test.all() or (~test).sum() < 10:
+        raise ValueError(f"dialogue judge: need at least 10 training dialogues, got {int((~test).sum())}")
+    x = dialogue_features(encoder, [d["messages"] for d in dialogues], [d.get("persona") or [] for d in dialogues])
+    mean, scale = x[~test].mean(0), x[~test].std(0) + 1e-9
+    model = RidgeCV(alphas=alphas).fit((x[~test] - mean) / scale, z[~test])
+    raw = model.predict((x[~test] - mean) / scale)
+    lo, hi = np.percentile(raw, [2, 98])
+    judge = DialogueJudge(model.coef_, model.intercept_, mean, scale, lo, hi)
+    pred = judge.predict_raw(x)
+    metrics = {"train_dialogues": float((~test).sum()), "test_dialogues": float(test.sum()),
+               "ridge_alpha": float(model.alpha_)}
+    for s in np.unique(src):
+        m = (src == s) & test
+        if m.sum() >= 10:
+            metrics[f"test_spearman_{s}"] = float(stats.spearmanr(pred[m], y[m]).statistic)
+            metrics[f"test_spearman_{s}_n_user_turns"] = float(stats.spearmanr(x[m, 1], y[m]).statistic)
+            metrics[f"test_dialogues_{s}"] = float(m.sum())
+    judge.metrics = metrics
+    return judge, metrics
