@@ -1,0 +1,95 @@
+"""Ending / repetition shaping, per-turn rewards, and GRPO with normalize_then_sum + turn-level credit (tiny)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convrl.rl.shaping import ended, ngram_repetition, overlap_with_earlier, repetition, shaping_reward_funcs
+
+
+def test_repetition_measures_loops_inside_a_reply_and_across_turns():
+    loop = "I'm so sorry to hear that. I'm so sorry to hear that. I'm so sorry to hear that."
+    assert ngram_repetition(loop) > 0.6
+    assert ngram_repetition("That sounds like a lovely plan for the weekend, enjoy it!") == 0.0
+    assert overlap_with_earlier("Tell me more about it", ["Tell me more about it"]) == 1.0
+    assert overlap_with_earlier("Tell me more", []) == 0.0
+    assert repetition("What a fresh idea", ["Something else entirely"]) == 0.0
+    assert repetition(loop) == ngram_repetition(loop)
+
+
+def test_shaping_reward_funcs_read_completion_ids_and_text():
+    funcs, weights = shaping_reward_funcs([2, 7], ending_weight=0.15, repetition_weight=0.1)
+    assert [f.__name__ for f in funcs] == ["ending", "non_repetition"] and weights == [0.15, 0.1]
+    end, rep = funcs
+    assert end(prompts=["p", "p"], completions=["a", "b"], completion_ids=[[5, 6, 7], [5, 6, 6]]) == [1.0, 0.0]
+    assert ended([4, 2], [2]) and not ended([], [2])
+    got = rep(prompts=["p"] * 2, completions=[[{"role": "assistant", "content": "no no no no no no"}], "fine thanks"])
+    assert got[0] < 0.5 and got[1] == 1.0
+    with pytest.raises(ValueError, match="completion_ids"):
+        end(prompts=["p"], completions=["a"])
+    assert shaping_reward_funcs([2], 0.0, 0.0) == ([], [])
+
+
+def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas):
+    from convrl.rewards.heads import HEADS, RewardScorer
+    from convrl.rl.turn_rewards import conversation_reward_funcs
+
+    scorer = RewardScorer(tiny_encoder, None, None)
+    ctx = [{"role": "user", "content": "I feel sad today"}]
+    turns = [[{"context": ctx, "response": "I'm sorry.", "span": [0, 3]},
+              {"context": ctx + [{"role": "assistant", "content": "I'm sorry."}, {"role": "user", "content": "ok"}],
+               "response": "I'm sorry.", "span": [5, 8]}]]
+    ids = [[10, 11, 2, 0, 0, 12, 13, 14]]  # turn 1 ends on EOS (2), turn 2 is cut at the budget
+    funcs, weights, conv = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2,
+                                                     repetition_weight=0.1)
+    names = [f.__name__ for f in funcs]
+    assert names == [*HEADS, "ending", "non_repetition", "consistency"] and weights[-3:] == [0.2, 0.1, 0.1]
+    got = {f.__name__: f(prompts=[ctx], completions=["x"], turns=turns, completion_ids=ids)[0] for f in funcs}
+    assert got["ending"] == 0.5                 # one of two turns ended by itself
+    assert got["non_repetition"] == 0.5         # the second turn copies the first
+    per_turn = conv.turn_rewards()
+    assert per_turn.shape == (1, 2) and per_turn[0, 0] > per_turn[0, 1]  # the looping, cut-off turn earns less
+
+
+def test_grpo_normalize_then_sum_with_turn_credit_trains(tiny_encoder, ingested, personas, tiny_policy_dir,
+                                                         tmp_path):
+    """The trainer hands (rows, tokens) advantages to TRL's loss and logs per-head advantages."""
+    from transformers import AutoTokenizer
+
+    from convrl.config import RLConfig
+    from convrl.config.rl import MultiTurnSection
+    from convrl.data.prompts import build_prompts
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.grpo import train_grpo
+    from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
+    from convrl.rl.trainer import ConvRLGRPOTrainer
+    from convrl.rl.turn_rewards import conversation_reward_funcs
+
+    scorer = RewardScorer(tiny_encoder, None, None)
+    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
+    tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas}, eos_ids=[2],
+                                                     ending_weight=0.15, repetition_weight=0.1)
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
+                  precision="fp32", turns=2, multi_objective_aggregation="normalize_then_sum",
+                  mask_truncated_completions=False, multiturn=MultiTurnSection(turn_credit=0.5))
+    seen = []
+    real = ConvRLGRPOTrainer._compute_loss
+
+    def spy(self, model, inputs):
+        seen.append(tuple(inputs["advantages"].shape))
+        return real(self, model, inputs)
+
+    ConvRLGRPOTrainer._compute_loss = spy
+    try:
+        logged = []
+        rollout = MultiTurnRollout(2, SimulatedUser(tiny_policy_dir, max_new_tokens=3), tok, "model")
+        res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout, scorer=scorer,
+                         turn_rewards=conv.turn_rewards, on_log=lambda r, s: logged.append(r))
+    finally:
+        ConvRLGRPOTrainer._compute_loss = real
+    assert res.steps == 2 and seen and all(len(s) == 2 for s in seen)  # per-token advantages
+    rows = [r for r in logged if "reward" in r]
+    assert rows and "advantages/quality/abs_mean" in rows[0] and "timing/policy_decode_s" in rows[0]
+    assert np.isfinite(rows[0]["advantages/ending/abs_mean"]) and -1.0 <= rows[0]["advantages/quality/corr"] <= 1.0
