@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 # The same patterns ingest redacts with (convrl.data.pii), so a check failure means redaction missed
 # something rather than the two disagreeing on what an e-mail is. Both are plain
 # Python `re` syntax, which is what GX's pandas engine (`Series.str.contains`) uses.
-from convrl.data.pii import EMAIL_REGEX, IPV4_REGEX  # noqa: E402
+from convrl.data.pii import EMAIL_REGEX, IPV4_REGEX, URL_SECRET_REGEX  # noqa: E402
 from convrl.data.schema import ACTS, EMOTIONS, PERSONA_COLUMNS, ROLES, SPLITS, TURN_COLUMNS  # noqa: E402
 
 SUITE_NAMES = ("turns", "conversations", "splits", "personas", "persona_fields")
@@ -85,6 +85,10 @@ def turns_suite(max_text_chars: int = 4000) -> gx.ExpectationSuite:
         E.ExpectColumnValuesToNotMatchRegex(
             column="text", regex=IPV4_REGEX,
             description="no IPv4 address survived PII redaction"),
+        E.ExpectColumnValuesToNotMatchRegex(
+            column="text", regex=URL_SECRET_REGEX,
+            description="no secret in a URL query string (access_token=, X-Amz-Signature=, ...) survived "
+                        "PII redaction"),
     ]
     return _suite("turns", exps)
 

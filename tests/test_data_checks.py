@@ -154,7 +154,8 @@ def test_duplicate_turn_index(turns, personas):
 
 
 @pytest.mark.parametrize("leak, what", [("write to jane.doe+x@example.co.uk please", "e-mail"),
-                                        ("my box is 192.168.10.254 ok", "IPv4")])
+                                        ("my box is 192.168.10.254 ok", "IPv4"),
+                                        ("see https://s3.io/f?X-Amz-Signature=3fa9c0 now", "URL query string")])
 def test_residual_pii(turns, personas, leak, what):
     turns.loc[_row(turns, "src-train-1", 1), "text"] = leak
     report = run_checks(turns, personas)
@@ -167,7 +168,7 @@ def test_residual_pii(turns, personas, leak, what):
 
 
 def test_redacted_placeholders_pass(turns, personas):
-    turns.loc[_row(turns, "src-train-1", 1), "text"] = "mail [EMAIL] from [IP]"
+    turns.loc[_row(turns, "src-train-1", 1), "text"] = "mail [EMAIL] from [IP], https://x.io/?access_token=[SECRET]"
     assert run_checks(turns, personas).success
 
 

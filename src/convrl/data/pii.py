@@ -37,8 +37,13 @@ IPV4_REGEX = PII_PATTERNS["ip"].pattern
 
 # Parameter names holding secrets: substrings that only secrets use, and whole name parts that are too short
 # to match as substrings ("key" would hit "monkey", "sig" "design").
-_SECRET_SUBSTRINGS = ("token", "secret", "passw", "pwd", "apikey", "signature", "credential", "auth", "session")
-_SECRET_PARTS = {"key", "sig", "code", "sid", "jwt", "pass", "otp", "pin"}
+_SECRET_SUBSTRINGS = ("token", "secret", "passw", "pwd", "apikey", "api_key", "signature", "credential", "session",
+                      "authoriz")
+_SECRET_PARTS = {"key", "sig", "sid", "jwt", "pass", "otp", "pin", "auth"}
+_SECRET_NAMES = {"code"}  # OAuth's authorisation code; "postal_code" and "country_code" are no secrets
+# The secret names every redaction catches, as one regex the data checks can test stored text against.
+URL_SECRET_REGEX = (r"(?i)[?&;#][\w.\-\[\]]*(?:" + "|".join(_SECRET_SUBSTRINGS) + r")[\w.\-\[\]]*="
+                    r"(?!\[SECRET\])[^\s&#]")
 _NAME_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _DIGIT = re.compile(r"\d")
 _NON_DIGIT = re.compile(r"\D")
@@ -49,7 +54,7 @@ _HOLD = re.compile("\ue000(\\d+)\ue001")
 
 def _secret_name(name: str) -> bool:
     low = name.lower()
-    if any(s in low for s in _SECRET_SUBSTRINGS):
+    if low in _SECRET_NAMES or any(s in low for s in _SECRET_SUBSTRINGS):
         return True
     return any(p.lower() in _SECRET_PARTS for p in _NAME_PARTS.findall(name))
 
@@ -114,4 +119,4 @@ def redact_pii(text: str, counts: dict[str, int] | None = None, kinds: Iterable[
     return text
 
 
-__all__ = ["EMAIL_REGEX", "IPV4_REGEX", "PII_KINDS", "PII_PATTERNS", "luhn_ok", "redact_pii"]
+__all__ = ["EMAIL_REGEX", "IPV4_REGEX", "PII_KINDS", "PII_PATTERNS", "URL_SECRET_REGEX", "luhn_ok", "redact_pii"]
