@@ -50,12 +50,14 @@ def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_i
 def ingest(config_json: str, parent_run_id: str, turns: Output[Dataset], personas: Output[Dataset],
            quarantine: Output[Dataset], metrics: Output[Metrics]):
     from convrl.config import config_from_json
+    from convrl.pipelines.remote_data import localize_sources
     from convrl.pipelines.step_env import prepare
     from convrl.stages import kfp_metrics
     from convrl.stages.data import ingest_stage
 
     prepare()
-    stats = ingest_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path, quarantine.path)
+    cfg = localize_sources(config_from_json(config_json))  # s3:// sources -> local copies in the model cache
+    stats = ingest_stage(cfg, parent_run_id, turns.path, personas.path, quarantine.path)
     for k, v in kfp_metrics(stats).items():
         metrics.log_metric(k, v)
 

@@ -126,7 +126,7 @@ def test_ui_parameters_map_to_overrides():
     ov = ui_overrides(data_sources="chatterbot:english, jsonl:/d/a.jsonl", personas="calm_expert",
                       reward_weights="quality=0.5, personality=0.2", rl_max_steps=7, rl_algorithm="grpo",
                       ab_min_improvement="0.01")
-    assert ov == ["data.sources=[chatterbot:english, jsonl:/d/a.jsonl]", "data.personas=[calm_expert]",
+    assert ov == ['data.sources=["chatterbot:english", "jsonl:/d/a.jsonl"]', "data.personas=[calm_expert]",
                   "rewards.weights.quality=0.5", "rewards.weights.personality=0.2", "rl.max_steps=7",
                   "rl.algorithm=grpo", "ab.min_improvement=0.01"]
     assert ui_overrides() == []
@@ -143,3 +143,28 @@ def test_default_image_has_one_home():
 
     assert stages.start_tracking.component_spec.implementation.container.image == DEFAULT_IMAGE
     assert load_config("cluster").cluster.image == DEFAULT_IMAGE
+
+
+def test_remote_sources_are_copied_once_and_refreshed_when_changed(tmp_path):
+    import fsspec
+
+    from convrl.pipelines.remote_data import localize_sources
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/team-data/chats.jsonl", b'{"messages": []}\n')
+    cfg = load_config("cluster", ["data.sources=[chatterbot:english, 'jsonl:memory://team-data/chats.jsonl?cap=5', "
+                                  "'hf:org/name?hf_split=train']"])
+    local_cfg = localize_sources(cfg, cache=tmp_path)
+    copy = tmp_path / "memory" / "team-data" / "chats.jsonl"
+    assert local_cfg.data.sources == ["chatterbot:english", f"jsonl:{copy}?cap=5", "hf:org/name?hf_split=train"]
+    assert copy.read_bytes() == b'{"messages": []}\n' and cfg.data.sources[1].startswith("jsonl:memory://")
+    copy.write_bytes(b"stale but unchanged upstream")
+    localize_sources(cfg, cache=tmp_path)
+    assert copy.read_bytes() == b"stale but unchanged upstream"  # same object version: no second download
+    fs.pipe("/team-data/chats.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n')
+    localize_sources(cfg, cache=tmp_path)
+    assert b"hi" in copy.read_bytes()  # the object changed: refreshed
+    assert localize_sources(load_config("cluster"), cache=tmp_path) == load_config("cluster")
+    with pytest.raises(ConfigError, match="does not exist"):
+        localize_sources(load_config("cluster", ["data.sources=['jsonl:memory://team-data/nope.jsonl']"]),
+                         cache=tmp_path)
