@@ -9,6 +9,8 @@ them into the same overrides ``convrl run`` takes on the command line::
 
 from __future__ import annotations
 
+import json
+
 from convrl.config import ConfigError
 
 
@@ -26,7 +28,9 @@ def ui_overrides(data_sources: str = "", personas: str = "", reward_weights: str
     """
     out: list[str] = []
     if data_sources.strip():
-        out.append("data.sources=[" + ", ".join(s.strip() for s in data_sources.split(",") if s.strip()) + "]")
+        # Quoted: a spec's '?opt=...' would end a plain YAML scalar in a flow sequence.
+        out.append("data.sources=[" + ", ".join(json.dumps(s.strip()) for s in data_sources.split(",") if s.strip())
+                   + "]")
     if personas.strip():
         out.append("data.personas=[" + ", ".join(p.strip() for p in personas.split(",") if p.strip()) + "]")
     for item in (w.strip() for w in reward_weights.split(",") if w.strip()):
