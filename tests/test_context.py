@@ -47,3 +47,15 @@ def test_preferences_and_topics():
     ctx = ConversationContextManager()
     ctx.add("user", "Do you like jazz music? Jazz is my favourite music.")
     assert ctx.current_topic in {"jazz", "music"}
+
+
+def test_plans_are_remembered_like_names_and_likes():
+    prefs = extract_preferences("I'm planning to study at the library on Saturday. My plan is to call my sister.")
+    assert "plans to study at the library on Saturday" in prefs and "plans to call my sister" in prefs
+    ctx = ConversationContextManager(max_context_length=2)
+    ctx.add("user", "My name is Jamie and I'm going to run a marathon in May.")
+    for i in range(4):
+        ctx.add("assistant", f"Reply {i}")
+        ctx.add("user", f"More talk {i}")
+    system = ctx.messages("sys")[0]["content"]
+    assert "name: Jamie" in system and "plans to run a marathon in May" in system
