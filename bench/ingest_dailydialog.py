@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "duplicates_removed": result.stats["duplicates_removed"],
         "near_duplicates_removed": result.stats["near_duplicates_removed"],
         "quarantined": result.stats["quarantined"],
+        "quarantine_rows_by_category": result.stats["quarantine_categories"],
         "checks_passed": report.success, "expectations": len(report.results),
         "seconds": {"import": round(t_import, 2), "ingest": round(t_ingest, 2), "validate": round(t_validate, 2),
                     "total": round(total, 2)},

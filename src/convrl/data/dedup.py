@@ -35,9 +35,13 @@ def normalise_for_dedup(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
-def exact_key(turns: list[tuple[str, str]]) -> str:
-    """Roles and normalised texts: equal keys mean the same conversation up to case and punctuation."""
-    return hashlib.sha1(_SEP.join(f"{r}:{normalise_for_dedup(t)}" for r, t in turns).encode()).hexdigest()
+def exact_key(turns: list[tuple[str, str]], normalised: bool = False) -> str:
+    """Roles and normalised texts: equal keys mean the same conversation up to case and punctuation.
+
+    ``normalised``: the texts already went through :func:`normalise_for_dedup` (ingest does it once for
+    both the exact key and the shingles)."""
+    return hashlib.sha1(_SEP.join(f"{r}:{t if normalised else normalise_for_dedup(t)}" for r, t in turns)
+                        .encode()).hexdigest()
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -75,10 +79,10 @@ class NearDuplicateIndex:
         self._sets: list[np.ndarray] = []
         self._keys: list[str] = []
 
-    def shingles(self, texts: list[str]) -> np.ndarray:
+    def shingles(self, texts: list[str], normalised: bool = False) -> np.ndarray:
         words = []
         for t in texts:
-            words.extend(normalise_for_dedup(t).split())
+            words.extend((t if normalised else normalise_for_dedup(t)).split())
             words.append(_SEP)  # turn boundary: shingles do not bridge two speakers silently
         cache = self._word_hash
         ids = np.fromiter((cache[w] if w in cache else cache.setdefault(w, zlib.crc32(w.encode()))
@@ -99,9 +103,9 @@ class NearDuplicateIndex:
         hit = self.add_or_match(key, texts)
         return None if hit is None else hit[0]
 
-    def add_or_match(self, key: str, texts: list[str]) -> tuple[str, float] | None:
+    def add_or_match(self, key: str, texts: list[str], normalised: bool = False) -> tuple[str, float] | None:
         """Like :meth:`add`, but a match comes back with its Jaccard similarity: ``(key, similarity)``."""
-        sh = self.shingles(texts)
+        sh = self.shingles(texts, normalised)
         sig = self.signature(sh).reshape(self.bands, self.rows)
         bucket_keys = [(b, sig[b].tobytes()) for b in range(self.bands)]
         seen: set[int] = set()

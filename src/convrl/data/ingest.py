@@ -37,7 +37,7 @@ from typing import Iterable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from convrl.data.dedup import NearDuplicateIndex, exact_key
+from convrl.data.dedup import NearDuplicateIndex, exact_key, normalise_for_dedup
 from convrl.data.pii import PII_KINDS, redact_pii
 from convrl.data.prepare import prepare
 from convrl.data.schema import (PERSONA_COLUMNS, QUARANTINE_COLUMNS, Reason, conform_turns, empty_personas,
@@ -137,7 +137,8 @@ class _Run:
         if len(turns) < gen["min_turns"]:
             self.skip(f"fewer than {gen['min_turns']} turns (min_turns)", ps)
             return False
-        key = exact_key([(t["role"], t["text"]) for t in turns])
+        norm = [normalise_for_dedup(t["text"]) for t in turns]
+        key = exact_key([(t["role"], n) for t, n in zip(turns, norm)], normalised=True)
         kept = self.kept_by_key.get(key)
         if kept is not None:
             self.n_dupes += 1
@@ -147,7 +148,7 @@ class _Run:
             return False
         cid = self._unique_id(conv.conversation_id)
         if self.near is not None:
-            hit = self.near.add_or_match(cid, [t["text"] for t in turns])
+            hit = self.near.add_or_match(cid, norm, normalised=True)
             if hit is not None:
                 self.n_near += 1
                 ps["near_duplicates"] += 1
@@ -257,6 +258,8 @@ def ingest(sources: list[str], seed: int = 13, val_fraction: float = 0.1, test_f
              "truncated_turns": run.truncated, "skipped_records": sum(run.skipped.values()),
              "personas_from_sources": len(run.personas),
              **{f"pii_{k}": v for k, v in sorted(run.pii_counts.items())},
+             # flat per-category counts too, so the ingest stage logs each as an MLflow metric
+             **{f"quarantine_{k}": v for k, v in sorted(categories.items())},
              "quarantine_categories": categories, "skipped": run.skipped, "warnings": run.warnings,
              "per_source": per_source}
     if not run.rows:
