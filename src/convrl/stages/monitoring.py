@@ -166,6 +166,8 @@ def online_ab_stage(cfg: Config, since, until=None, promote: bool = False, champ
     if scored.empty:
         raise ValueError(f"no served turns in experiment {cfg.monitor.experiment!r} since {since}; "
                          "serve traffic with `convrl serve` first or widen --since")
+    if "source" in scored.columns:  # arena sessions see both variants side by side: not an A/B unit
+        scored = scored[scored["source"] != "arena"]
     sessions = session_table(scored)
     decision, who = online_decision(sessions, ab_settings(cfg.ab, cfg.monitor), champion_version, challenger_version)
     result = {"decision": decision.to_dict(), "summary": decision.summary(), **who, "promoted": None}

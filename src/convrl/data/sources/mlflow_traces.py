@@ -23,7 +23,8 @@ gave). System messages (the server's persona prompt and context memory) are
 left out: the session's persona becomes ``persona_id``, and training rebuilds
 the persona prompt from it.
 
-Arena choices become two one-exchange conversations, ``arena-<id>-chosen`` and
+Arena traffic (turns traced with source ``arena``) is not read as sessions; the
+arena's choices become two one-exchange conversations, ``arena-<id>-chosen`` and
 ``arena-<id>-rejected``: the last user message, then one reply with
 ``feedback_thumb`` 1 (chosen) or 0 (rejected). :func:`convrl.data.preferences.preference_pairs`
 (what DPO's ``rl.algorithm: dpo`` reads) pairs them back as (prompt, chosen,
@@ -166,6 +167,9 @@ def mlflow_traces(arg: str, quarantine: list[dict], source: str) -> Iterator[Con
     except Exception as exc:  # noqa: BLE001 - any store failure means the same to the user
         raise IngestError(f"{source}: cannot read traces of MLflow experiment {experiment!r}: "
                           f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    if "source" in turns.columns:
+        # Arena replies are traced as turns too (both sides of one prompt); they arrive as preferences below.
+        turns = turns[turns["source"] != "arena"]
     variant = opts.get("variant")
     if variant and len(turns):
         turns = turns[turns["variant"] == variant]
