@@ -149,3 +149,12 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     assert ("convrl.stages.rl", ["rl_stage"], 2) in found
     assert LAYERS.index(layer_of("convrl.stages.rl")) > LAYERS.index(layer_of("convrl.rewards.heads"))
     assert any(n.startswith("_") for _, names, _ in found for n in names)
+
+
+def test_every_package_is_listed_for_installation():
+    """A package missing from pyproject's list imports in an editable checkout but not from the built image."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = {m for m, path in ALL if path.name == "__init__.py"}
+    assert present <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(present - listed)}"
