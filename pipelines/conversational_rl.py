@@ -40,6 +40,9 @@ def on_cluster(task, stage: str, cluster: ClusterConfig, image: str):
                                  secret_key_to_env={k: k for k in cluster.mlflow_secret_keys})
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
+    if stage == "ingest" and cluster.data_secret:
+        kubernetes.use_secret_as_env(task, secret_name=cluster.data_secret,
+                                     secret_key_to_env={k: k for k in cluster.data_secret_keys})
     if stage in cluster.cache_stages:
         if cluster.hf_token_secret:
             kubernetes.use_secret_as_env(task, secret_name=cluster.hf_token_secret,

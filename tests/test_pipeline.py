@@ -96,7 +96,7 @@ def test_mappings_pull_secrets_and_hub_token(tmp_path):
     _, execs = compiled(tmp_path, "cluster", [
         "cluster.node_selector={cloud.google.com/gke-accelerator: nvidia-l4}",
         "cluster.tolerations=[{key: dedicated, operator: Equal, value: ml, effect: NoExecute, tolerationSeconds: 60}]",
-        "cluster.image_pull_secrets=[regcred]", "cluster.hf_token_secret=hf-token",
+        "cluster.image_pull_secrets=[regcred]", "cluster.hf_token_secret=hf-token", "cluster.data_secret=s3-data",
         "cluster.mlflow_secret_keys=[MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD]"])
     rl = execs["exec-rl-finetune"]
     assert rl["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
@@ -106,6 +106,10 @@ def test_mappings_pull_secrets_and_hub_token(tmp_path):
     assert {s["secretName"] for s in rl["secretAsEnv"]} == {"convrl-mlflow-client", "hf-token"}
     assert len(next(s for s in rl["secretAsEnv"] if s["secretName"] == "convrl-mlflow-client")["keyToEnv"]) == 3
     assert "hf-token" not in {s["secretName"] for s in execs["exec-ab-compare"]["secretAsEnv"]}
+    (data,) = [s for s in execs["exec-ingest"]["secretAsEnv"] if s["secretName"] == "s3-data"]
+    assert [k["envVar"] for k in data["keyToEnv"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert all(s["secretName"] != "s3-data" for name, ex in execs.items() if name != "exec-ingest"
+               for s in ex["secretAsEnv"])
 
 
 @pytest.mark.parametrize("override, message", [
