@@ -303,3 +303,12 @@ def test_card_groups_the_quarantine_by_category(tmp_path):
     assert "unknown role 'wizard'" in card["quarantine_examples"]["unknown_role"]
     text = render_card(card)
     assert "unknown_role" in text and "conversation 'conv-" not in text
+
+
+def test_pii_counts_only_what_arrives(tmp_path):
+    p = tmp_path / "c.jsonl"
+    mail = {"id": "m", "messages": _msgs(("user", "write to kim@example.org about the tulips"), ("assistant", "ok"))}
+    bad = {"id": "b", "messages": _msgs(("user", "and ann@example.org?"), ("assistant", " "))}
+    p.write_text("\n".join(json.dumps(x) for x in (mail, {**mail, "id": "m2"}, bad)) + "\n")
+    res = _run(f"jsonl:{p}")
+    assert res.stats["pii_email"] == 1 and build_card(res)["pii_redacted"] == {"email": 1}

@@ -128,8 +128,9 @@ class _Run:
     def take(self, conv: Conversation, spec: str, gen: dict, ps: dict) -> bool:
         """Quarantine, skip or keep one conversation; True when it was kept."""
         loc = conv.location or conv.conversation_id
+        pii_counts: dict[str, int] = {}  # counted only if the conversation arrives
         try:
-            turns, cut = prepare(conv, *self.limits, self.pii, self.pii_counts)
+            turns, cut = prepare(conv, *self.limits, self.pii, pii_counts)
         except RecordError as exc:
             q(self.quarantine, spec, loc, _excerpt(conv), exc.detail, exc.category,
               conversation_id=conv.conversation_id)
@@ -159,6 +160,8 @@ class _Run:
         self.kept_by_key[key] = cid
         self.used_ids.add(cid)
         self.truncated += cut
+        for kind, n in pii_counts.items():
+            self.pii_counts[kind] = self.pii_counts.get(kind, 0) + n
         if gen["split"] == "source" and conv.split in ("train", "validation", "test"):
             self.source_split[cid] = conv.split
         if conv.persona and conv.persona.get("persona_id"):
