@@ -21,6 +21,8 @@ v2 (a test keeps it in sync and validates it against KServe's CRD schema).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from convrl import tracking
 
 NAMESPACE = "kubeflow"
@@ -28,19 +30,31 @@ ARTIFACT_ROOT = "s3://convrl-mlflow/artifacts"
 SERVICE_ACCOUNT = "convrl-model-reader"
 
 
-def storage_uri(model_name: str, version: str, artifact_root: str = ARTIFACT_ROOT) -> str:
-    """Where the version's ``hf_dir`` lives in the artifact store (``mlflow-artifacts:/`` mapped to S3)."""
-    info = tracking.version_info(model_name, version)
-    source = info["source"]
+def hf_dir_location(model_name: str, version: str) -> str:
+    """The artifact-store location of a registered version's checkpoint: the pyfunc's ``hf_dir`` artifact,
+    whose path inside the model (the source dir's basename) the model's MLmodel file records."""
+    import yaml
+
+    source = tracking.version_info(model_name, version)["source"]
     if source.startswith("models:/m-"):
         source = tracking.client().get_logged_model(source[len("models:/"):].split("/")[0]).artifact_location
-    for proxy in ("mlflow-artifacts:/", "mlflow-artifacts://"):
-        if source.startswith(proxy):
-            source = artifact_root.rstrip("/") + "/" + source[len(proxy):].lstrip("/")
+    source = source.rstrip("/")
+    mlmodel = yaml.safe_load(Path(tracking.download(f"{source}/MLmodel")).read_text())
+    artifacts = (mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+    if "hf_dir" not in artifacts:
+        raise ValueError(f"{model_name} v{version} is not a convrl policy (its MLmodel has no hf_dir artifact)")
+    return f"{source}/{artifacts['hf_dir']['path']}"
+
+
+def storage_uri(model_name: str, version: str, artifact_root: str = ARTIFACT_ROOT) -> str:
+    """``hf_dir_location`` as KServe's storage initializer reads it (``mlflow-artifacts:/`` mapped to S3)."""
+    source = hf_dir_location(model_name, version)
+    if source.startswith("mlflow-artifacts:"):
+        source = artifact_root.rstrip("/") + "/" + source[len("mlflow-artifacts:"):].lstrip("/")
     if not source.startswith(("s3://", "gs://", "pvc://", "https://", "hf://")):
         raise ValueError(f"{model_name} v{version} is stored at {source}, which a cluster cannot read; register "
                          "it through the cluster's MLflow server (artifacts on S3/MinIO)")
-    return source.rstrip("/") + "/artifacts/hf_dir"
+    return source
 
 
 def inference_service(model_name: str, champion_version: str, champion_uri: str, *,
