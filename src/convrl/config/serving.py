@@ -37,6 +37,11 @@ class ServeConfig:
     max_wait_ms: float = field(default=15.0, metadata={
         "help": "How long the batcher waits for more requests after the first one arrives (latency vs "
                 "batch size)."})
+    threads: int = field(default=0, metadata={
+        "help": "torch intra-op threads for generation (0 = torch's default, one per core); 1 on a box shared "
+                "with other work, where oversubscribed threads slow every step down."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the sampler's random numbers (0 = from the clock); replies of a batch differ either way."})
     max_new_tokens: int = field(default=64, metadata={"help": "Reply length when a request sets no max_tokens."})
     max_tokens_limit: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     temperature: float = field(default=0.7, metadata={
@@ -61,8 +66,8 @@ class ServeConfig:
         if self.max_batch_size < 1 or self.max_new_tokens < 1 or self.max_tokens_limit < self.max_new_tokens:
             raise ConfigError("serve.max_batch_size and serve.max_new_tokens must be >= 1 and "
                               "serve.max_tokens_limit >= serve.max_new_tokens")
-        if self.max_wait_ms < 0 or self.temperature < 0 or self.max_body_bytes < 1024:
-            raise ConfigError("serve.max_wait_ms and serve.temperature must be >= 0 and serve.max_body_bytes "
-                              ">= 1024")
+        if self.max_wait_ms < 0 or self.temperature < 0 or self.max_body_bytes < 1024 or self.threads < 0:
+            raise ConfigError("serve.max_wait_ms, serve.temperature and serve.threads must be >= 0 and "
+                              "serve.max_body_bytes >= 1024")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be a TCP port (1-65535), got {self.port}")

@@ -79,13 +79,16 @@ class RowSampler:
         pick = scores.argmax(-1)
         if not bool(self.greedy.all()):
             probs = torch.softmax(scores / self.temperature.clamp(min=1e-4)[:, None], dim=-1)
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # Nucleus: drop tokens once the mass before them already reaches top_p (the first always stays).
-            sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= self.top_p[:, None], 0.0)
-            cdf = sorted_p.cumsum(-1)
+            order = None
+            if bool((self.top_p < 1).any()):  # sorting 49k logits per row costs as much as a small GEMM: only for top-p
+                probs, order = probs.sort(dim=-1, descending=True)
+                # Nucleus: drop tokens once the mass before them already reaches top_p (the first always stays).
+                probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p[:, None], 0.0)
+            cdf = probs.cumsum(-1)
             u = torch.rand(cdf.size(0), 1, generator=self.rng) * cdf[:, -1:]
             j = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
-            pick = torch.where(self.greedy, pick, order.gather(1, j).squeeze(1))
+            drawn = (order.gather(1, j) if order is not None else j).squeeze(1)
+            pick = torch.where(self.greedy, pick, drawn)
         return torch.full_like(scores, float("-inf")).scatter_(1, pick[:, None], 0.0)
 
 
@@ -168,7 +171,7 @@ class BatchEngine:
     """One worker thread decoding queued requests in batches, one variant (model) per batch."""
 
     def __init__(self, generators: dict, max_batch_size: int = 8, max_wait_ms: float = 15.0,
-                 max_prompt_tokens: int = 2048):
+                 max_prompt_tokens: int = 2048, seed: int = 0):
         self.generators = generators
         for g in generators.values():
             g.tok.truncation_side = "left"  # a prompt over the limit loses its oldest text, never the newest turn
@@ -181,7 +184,7 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.batches = 0
         self.rows = 0
-        self._seed = int(time.time())
+        self._seed = seed or int(time.time())
 
     def start(self) -> None:
         self.running = True

@@ -36,6 +36,10 @@ class Server:
         from convrl.rl.generation import Generator
 
         s = cfg.serve
+        if s.threads:
+            import torch
+
+            torch.set_num_threads(s.threads)
         if not is_loopback(s.host) and not api_key:
             raise ServeError(f"serve.host={s.host} is reachable from other machines: set an API key in "
                              f"${API_KEY_ENV} (or --api-key), or bind 127.0.0.1")
@@ -46,7 +50,7 @@ class Server:
         generators = {name: Generator(v.model_dir) for name, v in variants.items()}
         limit = min(getattr(g.model.config, "max_position_embeddings", 4096) or 4096 for g in generators.values())
         self.engine = BatchEngine(generators, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
-                                  max_prompt_tokens=max(64, min(4096, limit - s.max_tokens_limit)))
+                                  max_prompt_tokens=max(64, min(4096, limit - s.max_tokens_limit)), seed=s.seed)
         self.sessions = SessionStore(s.persona, s.context_turns, s.token_budget, s.max_sessions,
                                      s.challenger_fraction, CHALLENGER in variants)
         self.writer = TraceWriter(s.experiment, s.journal or convrl_home() / "serving" / "journal.jsonl",
