@@ -153,6 +153,9 @@ def test_blank_jsonl_lines_are_counted(tmp_path):
     res = _run(f"jsonl:{p}")
     assert res.stats["conversations"] == 2 and len(res.quarantine) == 0
     assert res.stats["skipped"] == {"blank line": 2} and res.stats["per_source"][f"jsonl:{p}"]["skipped"] == 2
+    (tmp_path / "t.csv").write_text("conversation_id,role,text\n\na,user,hi there\n,,\na,assistant,hello\n")
+    res = _run(f"csv:{tmp_path / 't.csv'}")
+    assert res.stats["turns"] == 2 and res.stats["skipped"] == {"blank line": 2} and len(res.quarantine) == 0
 
 
 # ------------------------------------------------------------------ 6. wrong JSON types

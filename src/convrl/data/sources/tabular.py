@@ -25,6 +25,7 @@ as chat records instead (:mod:`convrl.data.sources.hf`).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -279,10 +280,17 @@ def csv_file(path: Path, opts: Options, quarantine: list[dict], source: str) -> 
         return
     header: list = []
     rows = _csv_rows(path, opts, encoding, header)
-    first = next((r for r in rows if not isinstance(r[1], Skipped)), None)
+    leading = []  # blank lines before the first row, counted once the header is known to be usable
+    for first in rows:
+        if not isinstance(first[1], Skipped):
+            break
+        leading.append(first)
+    else:
+        first = None
     if not header:
         yield Skipped("empty file", warning=f"{path.name} holds only blank lines: nothing to ingest from it")
         return
+    yield from (skip for _, skip in leading)
     if first is None:
         yield Skipped("empty file", warning=f"{path.name} has a header but no rows: nothing to ingest from it")
         return
@@ -290,12 +298,7 @@ def csv_file(path: Path, opts: Options, quarantine: list[dict], source: str) -> 
     if missing:
         q(quarantine, source, path.name, ",".join(header[0]), missing, Reason.MISSING_FIELD)
         return
-    yield from rows_to_conversations(_chain(first, rows), cols, opts, path.stem, quarantine, source)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+    yield from rows_to_conversations(itertools.chain([first], rows), cols, opts, path.stem, quarantine, source)
 
 
 def csv_source(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation]:
