@@ -201,3 +201,24 @@ def test_routing_is_stable_and_follows_the_fraction():
     assert 0.17 < share < 0.23
     assert all(route(s, 0.2, True) == route(s, 0.2, True) for s in ids[:100])
     assert {route(s, 0.2, False) for s in ids} == {"champion"}
+
+
+def test_row_sampler_draws_from_each_rows_distribution():
+    import torch
+
+    from convrl.serving.batching import RowSampler
+
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)) * 2
+    sampler = RowSampler([1.0, 0.0, 0.5], [1.0, 1.0, 0.6], seed=3)
+    counts = torch.zeros(3, 40)
+    for _ in range(6000):
+        out = sampler(None, logits.clone())
+        assert bool((out.isfinite().sum(-1) == 1).all())  # exactly one token left per row
+        counts[torch.arange(3), out.argmax(-1)] += 1
+    freq = counts / counts.sum(-1, keepdim=True)
+    assert (freq[0] - torch.softmax(logits[0], -1)).abs().max() < 0.03  # plain sampling at temperature 1
+    assert freq[1, logits[1].argmax()] == 1.0  # temperature 0 = greedy
+    p = torch.softmax(logits[2] / 0.5, -1)
+    sp, order = p.sort(descending=True)
+    nucleus = set(order[(sp.cumsum(0) - sp) < 0.6].tolist())
+    assert set(freq[2].nonzero().flatten().tolist()) <= nucleus  # nothing outside top-p
