@@ -5,6 +5,7 @@ import pytest
 from scipy import stats
 
 from convrl import meta_eval
+from convrl.meta_eval import cli as meta_eval_cli
 from convrl.rewards.heads import HEADS
 from convrl.rewards.human_data import (RatedDataError, convai2_items, read_jsonl, satisfaction_items,
                                        write_jsonl)
@@ -55,11 +56,11 @@ def test_jsonl_errors_name_the_line(tmp_path):
     p.write_text('{"context": [], "response": "x", "ratings": {"r": "good"}}\n')
     with pytest.raises(RatedDataError, match="rating 'r'"):
         read_jsonl(p)
-    assert meta_eval.main(["meta-eval", str(tmp_path / "missing.jsonl")]) == 2
+    assert meta_eval_cli.main(["meta-eval", str(tmp_path / "missing.jsonl")]) == 2
 
 
 def _run_cli(path, capsys) -> dict:
-    rc = meta_eval.main(["meta-eval", str(path), "--json", "--no-fluency", "--n-bootstrap", "200"])
+    rc = meta_eval_cli.main(["meta-eval", str(path), "--json", "--no-fluency", "--n-bootstrap", "200"])
     assert rc == 0
     return json.loads(capsys.readouterr().out)
 
@@ -102,7 +103,7 @@ def test_meta_eval_on_user_satisfaction(tmp_path, capsys):
 @pytest.mark.shared_data
 def test_meta_eval_data_command(tmp_path, capsys):
     out = tmp_path / "c.jsonl"
-    assert meta_eval.main(["meta-eval-data", "convai2", str(SHARED_DATA / "convai2_human_eval"), str(out),
+    assert meta_eval_cli.main(["meta-eval-data", "convai2", str(SHARED_DATA / "convai2_human_eval"), str(out),
                            "--max-items", "10"]) == 0
     assert len(read_jsonl(out)) == 10
 

@@ -56,7 +56,7 @@ def test_bf16_encoder_matches_fp32():
 
 def test_unknown_learned_head_is_refused(tiny_encoder):
     with pytest.raises(ValueError, match="learned heads"):
-        RewardScorer(tiny_encoder, learned={"quality": object()})
+        RewardScorer(tiny_encoder, learned={"charm": object()})
 
 
 def test_encoder_call_larger_than_its_cache():

@@ -295,12 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--config", default="demo")
     rg.set_defaults(fn=cmd_registry)
 
-    from convrl import cluster_cli, data_cli, meta_eval, monitor_cli, serve_cli
+    from convrl import cluster_cli, data_cli, monitor_cli, serve_cli
+    from convrl.meta_eval import cli as meta_eval_cli
 
     cluster_cli.add_commands(sub)
     data_cli.add_commands(sub)
     monitor_cli.add_commands(sub)
-    meta_eval.add_commands(sub)
+    meta_eval_cli.add_commands(sub)
     serve_cli.add_commands(sub)
     return p
 

@@ -167,6 +167,23 @@ def _bubbles(conv: pd.DataFrame, notes: dict[int, str]) -> str:
     return "".join(out)
 
 
+def judge_agreement_section(judge_columns: list[str]) -> tuple[list[str], list[str]]:
+    """HTML and Markdown rows: each judge in the scores, which human ratings it was checked on, and how well."""
+    from convrl.eval.judges import AGREEMENT
+
+    rows = [(c, AGREEMENT[c]) for c in judge_columns if c in AGREEMENT]
+    if not rows:
+        return [], []
+    h = ["<h2>How far the judges agree with people</h2><p>Measured with <code>convrl meta-eval</code> on human-rated "
+         "sets never used to build the judge (Spearman, 95% cluster-bootstrap CI).</p>",
+         "<table><tr><th>judge</th><th>human ratings</th><th>agreement</th></tr>"]
+    md = ["## How far the judges agree with people", "", "| judge | human ratings | agreement |", "|---|---|---|"]
+    for c, info in rows:
+        h.append(f"<tr><td>{_e(c)}</td><td>{_e(info['data'])}</td><td>{_e(info['value'])}</td></tr>")
+        md.append(f"| {c} | {info['data']} | {info['value']} |")
+    return h + ["</table>"], md + [""]
+
+
 def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict | None = None,
                  n_samples: int = 6, title: str = "convrl evaluation report") -> Report:
     """``a``: ``metrics.analyze`` output; ``selfplay``: a ``selfplay.SelfPlayResult`` or None."""
@@ -254,6 +271,11 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
               img("reward_judge_scatter", "reward vs judge per reply"), img("heads", "reward heads")]
         md += ["", mdimg("reward_vs_judge", "reward vs judge"), mdimg("reward_judge_scatter", "scatter"),
                mdimg("heads", "reward heads"), ""]
+
+    # ---- issue 17 (rewards engineer): how far each judge used here agrees with people.
+    ah, amd = judge_agreement_section([c for c in scores.columns if c.startswith("judge_")])
+    h += ah
+    md += amd
 
     pt = a.persona.reset_index()
     pcols = [c for c in ("replies", "satisfaction") + tuple(r for r in USE_CASE if r != "satisfaction")

@@ -12,7 +12,7 @@ from convrl.data.prompts import build_prompts
 from convrl.eval.artifacts import DecisionRecord, EvaluationScores
 from convrl.eval.evaluate import evaluate_models
 from convrl.eval.report import build_report
-from convrl.rewards.bundle import load_scorer
+from convrl.rewards.bundle import RewardBundle, load_scorer
 from convrl.rl.artifact import PolicyArtifact
 
 
@@ -48,7 +48,9 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         policy = PolicyArtifact.load(policy_dir)
         model_dirs = {"candidate": str(policy.weights_dir(policy_dir)), "baseline": base_dir}
         # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
-        panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights)
+        # The safety judge (rewards.safety_data) scores every reply: judge_safety, an A/B guardrail like every judge.
+        panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
+                           safety=RewardBundle.load(reward_dir).safety(reward_dir))
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
                                  judges=panel)
 
