@@ -25,9 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from threads, and oversubscribed threads are 100x slower on a busy 2-core box.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["CONVRL_HOME"] = os.environ.get("CONVRL_TEST_HOME", str(REPO / ".convrl-test"))
-os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-os.environ.pop("CONVRL_IMAGE", None)  # the committed pipeline YAML is compiled with the default image
+os.environ.pop("CONVRL_ON_CLUSTER", None)  # pipelines/step_env.py: tests run steps as on a laptop
 
 
 def pytest_collection_modifyitems(config, items):
