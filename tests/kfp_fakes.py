@@ -174,8 +174,10 @@ class StubKFP:
         return handler(parts[1:], query, body, headers)
 
     def get_pipelines(self, rest, query, body, headers):
-        if not rest:
-            return self.page(list(self.pipelines.values()), query, "pipelines", "V2beta1ListPipelinesResponse")
+        if not rest:  # a namespace lists that profile's pipelines; none lists the shared ones
+            ns = query.get("namespace", "")
+            items = [p for p in self.pipelines.values() if p.get("namespace", "") == ns or not self.multi_user]
+            return self.page(items, query, "pipelines", "V2beta1ListPipelinesResponse")
         if len(rest) == 2 and rest[1] == "versions":
             if rest[0] not in self.pipelines:
                 return self.error(404, f"Pipeline {rest[0]} not found")
@@ -192,9 +194,18 @@ class StubKFP:
             name = query.get("display_name") or query["name"]
             if any(p["display_name"] == name for p in self.pipelines.values()):
                 return self.error(409, f"Failed to create a pipeline due to name conflict: {name}")
+            ns = query.get("namespace", "") if self.multi_user else ""
+            if self.multi_user and not ns:
+                return self.error(403, "PermissionDenied: Failed to access shared pipeline. Check if you have "
+                                       "permission to create shared pipelines")
+            denied = self.authorize(headers, ns)
+            if denied:
+                return denied
             pid = self.new_id("pipeline")
             self.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "name": query.get("name", name),
                                    "description": query.get("description", ""), "created_at": self.stamp()}
+            if ns:
+                self.pipelines[pid]["namespace"] = ns
             self.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": self.new_id("version"),
                                    "display_name": name, "name": name, "created_at": self.stamp()}]
             return self.answer(self.pipelines[pid], "V2beta1Pipeline")

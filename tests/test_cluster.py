@@ -186,6 +186,8 @@ def test_multi_user_runs_and_schedules_live_in_the_profile(kubeflow, package):
     cluster.submit(conn, ids, {}, "mu-1")
     (exp,) = kubeflow.experiments.values()
     assert exp["namespace"] == "team-a" and kubeflow.namespace_of[kubeflow.runs[0]["run_id"]] == "team-a"
+    assert kubeflow.pipelines[ids["pipeline_id"]]["namespace"] == "team-a"  # a profile pipeline, not a shared one
+    assert cluster.publish(conn, package)["uploaded"] is False
     assert [r["display_name"] for r in cluster.list_runs(conn)] == ["mu-1"]
     cluster.schedule(conn, ids, "@weekly", {}, "weekly")
     assert cluster.schedule(conn, ids, "@weekly", {}, "weekly")["action"] == "unchanged"
@@ -193,11 +195,12 @@ def test_multi_user_runs_and_schedules_live_in_the_profile(kubeflow, package):
 
 
 def test_multi_user_refusals_name_the_fix(kubeflow, package):
-    conn = cluster.connect(kubeflow.host, namespace="team-b", token="alice")
-    ids = cluster.publish(conn, package)
+    other = cluster.connect(kubeflow.host, namespace="team-b", token="alice")
     with pytest.raises(ClusterError) as err:
-        cluster.submit(conn, ids, {}, "not-mine")
+        cluster.publish(other, package)
     assert "HTTP 403" in str(err.value) and "edit access to the profile namespace" in str(err.value)
+    conn = cluster.connect(kubeflow.host, namespace="team-a", token="alice")
+    ids = cluster.publish(conn, package)
     # The server refuses a run without an experiment in multi-user mode; the client always sends one.
     import kfp
 

@@ -235,15 +235,19 @@ def publish(conn: Connection, package_path: str | os.PathLike, name: str = PIPEL
             description: str = "") -> dict:
     """Upload the package as pipeline ``name``, or as a new version only when its content is new.
 
+    In multi-user Kubeflow the pipeline lives in the profile namespace: writing shared
+    pipelines needs rights in KFP's own namespace, which profile users lack.
     Returns ``{"pipeline_id", "pipeline_version_id", "version_name", "uploaded"}``.
     """
     c = conn.client
     version_name = f"{name}-{package_digest(package_path)}"
-    pipeline_id = _call(conn, f"look up pipeline {name!r}", c.get_pipeline_id, name)
+    found = _call(conn, f"look up pipeline {name!r}", c.list_pipelines, page_size=1, filter=_filter(display_name=name),
+                  namespace=conn.namespace or None)
+    pipeline_id = found.pipelines[0].pipeline_id if found.pipelines else None
     if pipeline_id is None:
         # Its first version is named after the pipeline; the content-named version below is the one runs use.
         pipeline_id = _call(conn, f"upload pipeline {name!r}", c.upload_pipeline, str(package_path), name,
-                            description).pipeline_id
+                            description, namespace=conn.namespace or None).pipeline_id
     else:
         existing = _call(conn, "list pipeline versions", c.list_pipeline_versions, pipeline_id, page_size=1,
                          filter=_filter(display_name=version_name))
