@@ -196,8 +196,8 @@ class StubKFP:
                 return self.error(409, f"Failed to create a pipeline due to name conflict: {name}")
             ns = query.get("namespace", "") if self.multi_user else ""
             if self.multi_user and not ns:
-                return self.error(403, "PermissionDenied: Failed to access shared pipeline. Check if you have "
-                                       "permission to create shared pipelines")
+                # A multi-user server with pipelines namespaced (validation/namespace.go, KFP 2.15+).
+                return self.error(400, "Invalid input error: Namespace is required for pipeline operations")
             denied = self.authorize(headers, ns)
             if denied:
                 return denied

@@ -236,7 +236,8 @@ def publish(conn: Connection, package_path: str | os.PathLike, name: str = PIPEL
     """Upload the package as pipeline ``name``, or as a new version only when its content is new.
 
     In multi-user Kubeflow the pipeline lives in the profile namespace: writing shared
-    pipelines needs rights in KFP's own namespace, which profile users lack.
+    pipelines needs rights in KFP's own namespace, which profile users lack, and
+    servers can be set to require a namespace for every pipeline.
     Returns ``{"pipeline_id", "pipeline_version_id", "version_name", "uploaded"}``.
     """
     c = conn.client
