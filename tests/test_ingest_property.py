@@ -9,7 +9,8 @@ checks the invariant ``arrived ∪ quarantined = every record`` exactly:
   ``duplicate`` naming that one);
 * a corrupted conversation never reaches the turn table and has exactly one
   quarantine row, with the category its corruption calls for;
-* PII planted in any turn (e-mails, card numbers, URL secrets) never arrives.
+* PII planted in any turn (e-mails, card numbers, URL secrets) never arrives;
+* blank lines sprinkled into JSONL and CSV files are counted, not lost unseen.
 
 Run::
 
@@ -73,7 +74,8 @@ def conversations(draw):
         src = draw(st.sampled_from(clean))
         convs.append({"id": f"dup{src['id']}", "turns": [dict(t) for t in src["turns"]], "copy_of": src["id"]})
         plan[convs[-1]["id"]] = None
-    return fmt, convs, plan
+    blanks = draw(st.lists(st.integers(0, len(convs)), max_size=3)) if fmt in ("jsonl", "csv") else []
+    return fmt, convs, plan, blanks
 
 
 def _corrupt(conv: dict, how: str | None, fmt: str, draw_pos: int) -> list[dict]:
@@ -93,7 +95,13 @@ def _corrupt(conv: dict, how: str | None, fmt: str, draw_pos: int) -> list[dict]
     return turns
 
 
-def _write(d: Path, fmt: str, convs: list[dict], plan: dict) -> Path:
+def _with_blanks(lines: list[str], blanks: list[int]) -> list[str]:
+    for pos in sorted(blanks, reverse=True):
+        lines.insert(min(pos, len(lines)), "")
+    return lines
+
+
+def _write(d: Path, fmt: str, convs: list[dict], plan: dict, blanks: list[int]) -> Path:
     if fmt in ("jsonl", "sharegpt"):
         role_key, text_key, key = (("role", "content", "messages") if fmt == "jsonl"
                                    else ("from", "value", "conversations"))
@@ -104,7 +112,8 @@ def _write(d: Path, fmt: str, convs: list[dict], plan: dict) -> Path:
                 t["role"], t["role"]), text_key: t["text"]} for t in turns]
             lines.append(json.dumps({"id": c["id"], key: msgs}))  # ensure_ascii: a lone surrogate is "\ud83d"
         p = d / ("chats.jsonl" if fmt == "jsonl" else "chats.json")
-        p.write_text("\n".join(lines) + "\n" if fmt == "jsonl" else "[" + ",\n".join(lines) + "]")
+        p.write_text("\n".join(_with_blanks(lines, blanks)) + "\n" if fmt == "jsonl"
+                     else "[" + ",\n".join(lines) + "]")
         return p
     rows = []
     for i, c in enumerate(convs):
@@ -120,21 +129,18 @@ def _write(d: Path, fmt: str, convs: list[dict], plan: dict) -> Path:
         pd.DataFrame(rows).drop(columns="extra").to_parquet(p)
         return p
     p = d / "turns.csv"
-    with p.open("w", newline="") as fh:
-        fh.write("conversation_id,turn_index,role,text\n")
-        for r in rows:
-            text = '"' + r["text"].replace('"', '""') + '"'
-            fh.write(f"{r['conversation_id']},{r['turn_index']},{r['role']},{text}" + (",spill" if r["extra"] else "")
-                     + "\n")
+    lines = [f"{r['conversation_id']},{r['turn_index']},{r['role']},\"{r['text'].replace(chr(34), chr(34) * 2)}\""
+             + (",spill" if r["extra"] else "") for r in rows]
+    p.write_text("conversation_id,turn_index,role,text\n" + "\n".join(_with_blanks(lines, blanks)) + "\n")
     return p
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conversations())
 def test_every_record_arrives_whole_or_is_quarantined_with_its_reason(case):
-    fmt, convs, plan = case
+    fmt, convs, plan, blanks = case
     with tempfile.TemporaryDirectory() as tmp:
-        path = _write(Path(tmp), fmt, convs, plan)
+        path = _write(Path(tmp), fmt, convs, plan, blanks)
         spec = f"{'parquet' if fmt == 'parquet' else 'csv' if fmt == 'csv' else 'jsonl'}:{path}"
         try:
             res = ingest([spec], quarantine_threshold=1.0, val_fraction=0, test_fraction=0)
@@ -160,6 +166,7 @@ def test_every_record_arrives_whole_or_is_quarantined_with_its_reason(case):
             assert qt.loc[qt["conversation_id"] == cid, "duplicate_of"].item() == prefix + c["copy_of"]
         else:
             assert quarantined.get(cid) == [CORRUPTIONS[how][0]], (cid, how, qt.to_dict("records"))
+    assert res.stats["skipped"].get("blank line", 0) == len(blanks)
     text = "\n".join(res.turns["text"])
     for leak in LEAKS:
         assert leak not in text
