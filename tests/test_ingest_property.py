@@ -57,8 +57,9 @@ def conversations(draw):
         turns = []
         for j in range(k):
             words = draw(st.lists(st.sampled_from(WORDS), min_size=4, max_size=9))
-            # an index-specific word keeps distinct conversations from being near-duplicates by chance
-            text = f"c{i}t{j} " + " ".join(words)
+            # conversation-specific words keep distinct conversations from being near-duplicates by chance
+            # (only the planted secrets' words repeat across conversations)
+            text = f"c{i}t{j} " + " ".join(f"{w}{i}" for w in words)
             if draw(st.integers(0, 5)) == 0:
                 text += " " + draw(st.sampled_from(SECRETS)).format(n=i)
             turns.append({"role": "user" if j % 2 == 0 else "assistant", "text": text})
