@@ -186,7 +186,24 @@ def test_one_migration_at_a_time():
         assert "pg_advisory_lock" in script
         assert '"-m", "mlflow", "db", "upgrade"' in script and "SqlAlchemyStore(uri" in script
         assert migrate["image"] == pod["containers"][0]["image"]
-        compile(script, "migrate", "exec")  # the script at least parses
+        assert 'SqlAlchemyStore(uri, "mlflow-artifacts:/")' in script  # the root --serve-artifacts uses
+
+
+def test_migration_script_creates_then_upgrades_a_store(tmp_path):
+    """The init container's script against a SQLite store (no lock there): a new schema, then a no-op upgrade."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    pod = find(rendered("dev"), "Deployment", "convrl-mlflow")["spec"]["template"]["spec"]
+    script = next(c for c in pod["initContainers"] if c["name"] == "migrate")["args"][0]
+    env = {"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    for _ in range(2):  # create, then find it current
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "MLflow schema is current" in out.stdout, out.stderr[-2000:]
+    rows = sqlite3.connect(tmp_path / "mlflow.db").execute("select name, artifact_location from experiments")
+    assert rows.fetchall() == [("Default", "mlflow-artifacts:/0")]
 
 
 def test_base_model_cache():
