@@ -141,3 +141,13 @@ def test_online_ab_stage_promotes_through_the_registry(two_versions):
     tracking.set_alias(NAME, registry.CHALLENGER, v1)  # the alias moved after the sessions were served
     with pytest.raises(registry.RegistryError, match="refusing to promote"):
         online_ab_stage(cfg, since, promote=True, turns=served_turns(v1, v2, 1.5))
+
+
+def test_cli_reports_missing_traffic_clearly(mlflow_store, capsys):
+    from convrl.cli import main
+
+    assert main(["ab", "online", "--config", "tiny", "--since", "2d", "monitor.experiment=nothing-served"]) == 2
+    err = capsys.readouterr().err
+    assert "no served turns" in err and "convrl serve" in err
+    with pytest.raises(SystemExit, match="relative time"):
+        main(["ab", "online", "--config", "tiny", "--since", "last tuesday"])
