@@ -91,6 +91,16 @@ def test_multi_user_needs_namespace_and_identity(kubeflow, package, capsys, monk
     assert "PENDING" in capsys.readouterr().out
 
 
+def test_compile_from_a_yaml_file_defaults_runs_to_its_preset_name(tmp_path, capsys):
+    mine = tmp_path / "my-cluster.yaml"
+    mine.write_text("cluster: {gpu_stages: [], tolerations: [], model_cache_pvc: ''}\n")
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--config", str(mine), "--image", IMAGE, "--output", str(out)]) == 0
+    assert "src/convrl/configs/" in capsys.readouterr().err
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert spec["root"]["inputDefinitions"]["parameters"]["config_name"]["defaultValue"] == "my-cluster"
+
+
 def test_unreachable_host_is_a_clear_error(capsys):
     assert main(["runs", "--host", "http://127.0.0.1:9"]) == 2
     assert "cannot reach KFP" in capsys.readouterr().err

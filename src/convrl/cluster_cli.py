@@ -48,7 +48,12 @@ def cmd_compile(args) -> int:
 
     cfg = load_config(args.config)
     image = args.image or cfg.cluster.image
-    print(compile_pipeline(cfg.cluster, image, args.output or COMPILED, config_name=args.config))
+    # Runs load their preset by name inside the image, where a local YAML path does not exist.
+    preset = Path(args.config).stem if Path(args.config).suffix in (".yaml", ".yml") else args.config
+    if preset != args.config:
+        print(f"note: runs will load preset {preset!r} inside the image: put {args.config} in src/convrl/configs/ "
+              f"before building it, or start runs with --config <a preset the image has>", file=sys.stderr)
+    print(compile_pipeline(cfg.cluster, image, args.output or COMPILED, config_name=preset))
     if image == DEFAULT_IMAGE:
         print(f"note: compiled with the default image {image}; pass --image with the tag you pushed",
               file=sys.stderr)
