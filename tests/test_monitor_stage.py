@@ -100,9 +100,11 @@ def test_monitor_alerts_tags_posts_assesses_and_rolls_back(served, versions, web
     assert summary["genai_evaluate"].startswith("assessed 24 traces"), summary["genai_evaluate"]
     from convrl.tracking import traces
 
-    turn = traces.search_turns(EXP).iloc[0]
-    names = {a.name for a in tracking.client().get_trace(turn["trace_id"]).info.assessments}
+    first = traces.search_turns(EXP).sort_values("timestamp").groupby("session_id").head(1)
+    names = {a.name for a in tracking.client().get_trace(first["trace_id"].iloc[0]).info.assessments}
     assert {"composite", "judge_composite", "gap", "rating", "thumbs"} <= names
+    # Session-level scorers put the session's means on its first trace.
+    assert {"session_composite", "session_judge_composite", "session_empty"} <= names
 
     run = tracking.get_run(summary["run_id"])
     assert run.data.metrics["monitor/alerts"] == len(summary["alerts"])

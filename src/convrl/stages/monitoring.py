@@ -130,8 +130,9 @@ def monitor_stage(cfg: Config, now: pd.Timestamp | None = None, turns: pd.DataFr
 def _assess(experiment: str, scored: pd.DataFrame, run) -> str:
     """Scores as MLflow assessments on each trace; a failure is recorded, not fatal (the tables hold them)."""
     cols = [c for c in ASSESSED if c in SCORE_COLUMNS]
+    per_session = scored.groupby("session_id")[["composite", "judge_composite", "empty", "repetition"]].mean()
     try:
-        metrics = evaluate_traces(experiment, scored.set_index("trace_id"), cols, run.run_id)
+        metrics = evaluate_traces(experiment, scored.set_index("trace_id"), cols, run.run_id, per_session)
     except Exception as exc:  # noqa: BLE001 - monitoring must still alert when the evaluation view fails
         log.error("mlflow.genai.evaluate failed (%s: %s); scores stay in the monitoring run's tables",
                   type(exc).__name__, exc)

@@ -6,7 +6,8 @@
 * :func:`monitor_run` opens a run in the serving experiment (beside the traces)
   for the tables, plots and metrics of one monitoring pass;
 * :func:`evaluate_traces` runs ``mlflow.genai.evaluate`` over the scored traces
-  with one custom scorer per score column. The scorers return the scores already
+  with one custom scorer per score column, and session-level scorers
+  (``session_<metric>``) for per-session means. The scorers return the scores already
   computed in one batched pass (scoring trace by trace would run the encoder once
   per reply), so MLflow stores them as assessments on each trace and the
   Evaluations and Traces views show them. Checked offline on the SQLite store
@@ -26,6 +27,7 @@ import pandas as pd
 from convrl import tracking
 
 MONITOR_TAG = "convrl.monitor"
+SESSION_KEY = "mlflow.trace.session"
 
 
 @contextlib.contextmanager
@@ -42,10 +44,14 @@ def monitor_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterato
     c.set_terminated(run.info.run_id, "FINISHED")
 
 
-def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], run_id: str) -> dict[str, float]:
+def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], run_id: str,
+                    sessions: pd.DataFrame | None = None) -> dict[str, float]:
     """Attach ``scores[columns]`` (indexed by trace id) to the traces as assessments via ``mlflow.genai.evaluate``.
 
-    Returns the evaluation's aggregate metrics (``<column>/mean``).
+    ``sessions`` (indexed by session id) adds one session-level scorer per column,
+    ``session_<column>``: MLflow calls it once per session (``mlflow.trace.session``)
+    and stores the value on the session's first trace. Returns the evaluation's
+    aggregate metrics (``<name>/mean``).
     """
     tracking.client()  # points mlflow at the configured store
     import mlflow
@@ -71,8 +77,19 @@ def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], r
 
         return scorer(fn, name=column)
 
+    def make_session(column: str):
+        # A `session` parameter is what makes MLflow treat a scorer as session-level.
+        def fn(session) -> Feedback:
+            sid = session[0].info.trace_metadata.get(SESSION_KEY)
+            return Feedback(value=float(sessions.at[sid, column]), rationale="convrl monitor: per-session mean")
+
+        return scorer(fn, name=f"session_{column}")
+
+    scorers = [make(c) for c in columns]
+    if sessions is not None and len(sessions):
+        scorers += [make_session(c) for c in sessions.columns]
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        result = mlflow.genai.evaluate(data=traces, scorers=[make(c) for c in columns])
+        result = mlflow.genai.evaluate(data=traces, scorers=scorers)
     return {k: float(v) for k, v in (result.metrics or {}).items()}
 
 
