@@ -172,3 +172,20 @@ def test_remote_sources_are_copied_once_and_refreshed_when_changed(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         localize_sources(load_config("cluster", ["data.sources=['jsonl:memory://team-data/nope.jsonl']"]),
                          cache=tmp_path)
+
+
+def test_compiled_specs_parse_as_the_kfp_backend_reads_them():
+    """The API server unmarshals the pipeline spec strictly (protojson); the driver reads each executor's
+    Kubernetes config into KubernetesExecutorConfig. Both must parse with the published protos."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec, platform = list(yaml.safe_load_all(pipe.COMPILED.read_text()))
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        cfg = json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig(),
+                                    ignore_unknown_fields=False)
+        assert cfg.secret_as_env[0].secret_name_parameter.runtime_value.constant.string_value or \
+            cfg.secret_as_env[0].secret_name, name
