@@ -315,3 +315,17 @@ def test_pii_counts_only_what_arrives(tmp_path):
     p.write_text("\n".join(json.dumps(x) for x in (mail, {**mail, "id": "m2"}, bad)) + "\n")
     res = _run(f"jsonl:{p}")
     assert res.stats["pii_email"] == 1 and build_card(res)["pii_redacted"] == {"email": 1}
+
+
+def test_bad_csv_quoting_quarantines_its_conversation_and_says_which_lines(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text('conversation_id,role,text\na,user,Hello there\nb,user,fine\na,assistant,"quoted" then text\n'
+                 'b,assistant,also fine\nc,user,"never closed\nd,user,swallowed\nd,assistant,too\n')
+    res = _run(f"csv:{p}")
+    assert set(res.turns["conversation_id"]) == {"t-b"}
+    qt = res.quarantine.set_index("conversation_id")
+    assert list(qt["category"]) == ["malformed_row", "malformed_row"]
+    assert qt.loc["t-a", "location"] == "t.csv:2,4" and "t.csv:4: unreadable CSV row" in qt.loc["t-a", "detail"]
+    # the unclosed quote swallowed d's rows: they lie in the quarantined row's line range, not lost unseen
+    assert qt.loc["t-c", "location"] == "t.csv:6-8" and "lines 6-8" in qt.loc["t-c", "detail"]
+    assert "swallowed" in qt.loc["t-c", "raw"]

@@ -228,17 +228,24 @@ def _csv_rows(path: Path, opts: Options, encoding: str, header_out: list) -> Ite
     errors = "surrogateescape" if ascii_compatible(encoding) else "strict"
     name = encoding.upper().removesuffix("-SIG")
     with path.open("r", encoding=encoding, errors=errors, newline="") as fh:
-        reader = csv.reader(fh, delimiter=sep)
+        consumed: list[str] = []  # the physical lines of the record being read, for a row that fails
+
+        def tap():
+            for line in fh:
+                consumed.append(line)
+                yield line
+
+        # strict: bad quoting is an error for its row, not text silently merged with the rows after it
+        reader = csv.reader(tap(), delimiter=sep, strict=True)
         header = None
         while True:
+            consumed.clear()
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                category = Reason.OVERSIZE if "field limit" in str(exc) else Reason.MALFORMED_ROW
-                hint = " (option max_line_bytes)" if category is Reason.OVERSIZE else ""
-                yield f"{path.name}:{reader.line_num}", RowError("", f"unreadable CSV row: {exc}{hint}", category)
+                yield _unreadable_row(path, exc, consumed, reader.line_num, header, sep)
                 continue
             loc = f"{path.name}:{reader.line_num}"
             if not fields or all(not f.strip() for f in fields):
@@ -262,6 +269,19 @@ def _csv_rows(path: Path, opts: Options, encoding: str, header_out: list) -> Ite
                                     Reason.MALFORMED_ROW, row)
                 continue
             yield loc, row
+
+
+def _unreadable_row(path: Path, exc: csv.Error, lines: list[str], end: int, header, sep: str) -> tuple[str, RowError]:
+    """A row the CSV reader refused, with the lines it spans and, read leniently, the conversation it names."""
+    start = end - len(lines) + 1
+    category = Reason.OVERSIZE if "field limit" in str(exc) else Reason.MALFORMED_ROW
+    detail = f"unreadable CSV row: {exc}" + (" (option max_line_bytes)" if category is Reason.OVERSIZE else "")
+    if end > start:
+        detail += f"; it runs over lines {start}-{end} (an unclosed quote takes the lines after it along)"
+    guess = next(csv.reader(lines[:1], delimiter=sep), []) if lines else []
+    row = dict(zip(header, guess)) if header else None
+    where = f"{path.name}:{start}" if end == start else f"{path.name}:{start}-{end}"
+    return where, RowError("".join(lines)[:2000], detail, category, row)
 
 
 def csv_file(path: Path, opts: Options, quarantine: list[dict], source: str) -> Iterator[Conversation | Skipped]:
