@@ -41,6 +41,12 @@ def _rows(cid: str, *turns, **extra) -> list[dict]:
             for i, (r, t) in enumerate(turns)]
 
 
+def _csv(tmp_path, body: str):
+    """Ingest a CSV file ``t.csv`` with the canonical header and ``body`` as its rows."""
+    (tmp_path / "t.csv").write_text("conversation_id,role,text\n" + body)
+    return _run(f"csv:{tmp_path / 't.csv'}")
+
+
 def _only(res, category: str) -> pd.Series:
     qt = res.quarantine
     assert list(qt["category"]) == [category], qt[["location", "category", "detail"]].to_dict("records")
@@ -91,10 +97,8 @@ def test_empty_csv_and_parquet_cells_quarantine_their_conversation(tmp_path):
 # ------------------------------------------------------------------ 2. a CSV row with too many fields
 
 def test_csv_row_with_too_many_fields_takes_its_conversation_along(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_text("conversation_id,role,text\nx,user,Where is it?\ny,user,Hi\nx,assistant,Over there, left\n"
-                 "y,assistant,Hello!\nx,user,Thanks\n")
-    res = _run(f"csv:{p}")
+    res = _csv(tmp_path, "x,user,Where is it?\ny,user,Hi\nx,assistant,Over there, left\ny,assistant,Hello!\n"
+                         "x,user,Thanks\n")
     assert set(res.turns["conversation_id"]) == {"t-y"}
     row = _only(res, "malformed_row")
     assert row["location"] == "t.csv:2,4,6" and row["conversation_id"] == "t-x"
@@ -153,8 +157,7 @@ def test_blank_jsonl_lines_are_counted(tmp_path):
     res = _run(f"jsonl:{p}")
     assert res.stats["conversations"] == 2 and len(res.quarantine) == 0
     assert res.stats["skipped"] == {"blank line": 2} and res.stats["per_source"][f"jsonl:{p}"]["skipped"] == 2
-    (tmp_path / "t.csv").write_text("conversation_id,role,text\n\na,user,hi there\n,,\na,assistant,hello\n")
-    res = _run(f"csv:{tmp_path / 't.csv'}")
+    res = _csv(tmp_path, "\na,user,hi there\n,,\na,assistant,hello\n")
     assert res.stats["turns"] == 2 and res.stats["skipped"] == {"blank line": 2} and len(res.quarantine) == 0
 
 
@@ -298,10 +301,8 @@ def test_jsonl_named_csv_is_a_format_mismatch(tmp_path):
 # ------------------------------------------------------------------ 11. the card groups by category
 
 def test_card_groups_the_quarantine_by_category(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_text("conversation_id,role,text\n" + "".join(f"conv-{i},user,Hello {i}\nconv-{i},wizard,Hi\n"
-                                                           for i in range(3)) + "ok,user,Fine\nok,assistant,Good\n")
-    card = build_card(_run(f"csv:{p}"))
+    card = build_card(_csv(tmp_path, "".join(f"conv-{i},user,Hello {i}\nconv-{i},wizard,Hi\n" for i in range(3))
+                           + "ok,user,Fine\nok,assistant,Good\n"))
     assert card["quarantine_categories"] == {"unknown_role": 3}
     assert "unknown role 'wizard'" in card["quarantine_examples"]["unknown_role"]
     text = render_card(card)
@@ -318,10 +319,8 @@ def test_pii_counts_only_what_arrives(tmp_path):
 
 
 def test_bad_csv_quoting_quarantines_its_conversation_and_says_which_lines(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_text('conversation_id,role,text\na,user,Hello there\nb,user,fine\na,assistant,"quoted" then text\n'
-                 'b,assistant,also fine\nc,user,"never closed\nd,user,swallowed\nd,assistant,too\n')
-    res = _run(f"csv:{p}")
+    res = _csv(tmp_path, 'a,user,Hello there\nb,user,fine\na,assistant,"quoted" then text\nb,assistant,also fine\n'
+                         'c,user,"never closed\nd,user,swallowed\nd,assistant,too\n')
     assert set(res.turns["conversation_id"]) == {"t-b"}
     qt = res.quarantine.set_index("conversation_id")
     assert list(qt["category"]) == ["malformed_row", "malformed_row"]
