@@ -114,9 +114,10 @@ def test_monitor_alerts_tags_posts_assesses_and_rolls_back(served, versions, web
 
     # The champion is v1 now, whose traffic raised nothing: a second pass must not roll back again.
     again = monitor_stage(load_config("tiny", [f"monitor.experiment={EXP}", "monitor.min_sessions=4",
-                                               "monitor.rollback=true", "monitor.genai_evaluate=false"]),
-                          now=served + pd.Timedelta(minutes=2))
+                                               "monitor.rollback=true"]), now=served + pd.Timedelta(minutes=2))
     assert not again["rollback"]["done"] and tracking.alias_version(NAME, registry.CHAMPION) == v1
+    # Overlapping passes do not stack assessments on the same traces.
+    assert again["genai_evaluate"] == "all 24 traces were assessed by an earlier pass"
 
 
 def test_monitor_cli_exit_code_and_empty_store(served, capsys):

@@ -138,7 +138,10 @@ def _assess(experiment: str, scored: pd.DataFrame, run) -> str:
                   type(exc).__name__, exc)
         run.set_tags({"convrl.monitor.genai_evaluate_error": f"{type(exc).__name__}: {exc}"[:4000]})
         return f"failed: {type(exc).__name__}: {exc}"
-    return f"assessed {len(scored)} traces ({', '.join(f'{k}={v:.3f}' for k, v in sorted(metrics.items()))})"
+    if "already_assessed" in metrics:
+        return f"all {len(scored)} traces were assessed by an earlier pass"
+    n = int(metrics.pop("assessed"))
+    return f"assessed {n} traces ({', '.join(f'{k}={v:.3f}' for k, v in sorted(metrics.items()))})"
 
 
 def _maybe_rollback(cfg: Config, alerts) -> dict:

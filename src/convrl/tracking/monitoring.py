@@ -50,8 +50,9 @@ def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], r
 
     ``sessions`` (indexed by session id) adds one session-level scorer per column,
     ``session_<column>``: MLflow calls it once per session (``mlflow.trace.session``)
-    and stores the value on the session's first trace. Returns the evaluation's
-    aggregate metrics (``<name>/mean``).
+    and stores the value on the session's first trace not assessed before. Traces a
+    previous pass assessed are skipped. Returns the evaluation's aggregate metrics
+    (``<name>/mean``).
     """
     tracking.client()  # points mlflow at the configured store
     import mlflow
@@ -66,6 +67,13 @@ def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], r
     traces = traces[traces["trace_id"].isin(scores.index)]
     if traces.empty:
         raise RuntimeError(f"none of the {len(scores)} scored traces were found in experiment {experiment!r}")
+    # Scheduled passes overlap (the baseline window spans days): assess each trace once, not once per pass.
+    done = traces["assessments"].map(lambda found: any(
+        a.get("assessment_name") == columns[0] and (a.get("source") or {}).get("source_type") == "CODE"
+        for a in (found if isinstance(found, list) else [])))
+    traces = traces[~done]
+    if traces.empty:
+        return {"already_assessed": float(int(done.sum()))}
     table = scores[columns].astype(float)
 
     def make(column: str):
@@ -90,7 +98,7 @@ def evaluate_traces(experiment: str, scores: pd.DataFrame, columns: list[str], r
         scorers += [make_session(c) for c in sessions.columns]
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         result = mlflow.genai.evaluate(data=traces, scorers=scorers)
-    return {k: float(v) for k, v in (result.metrics or {}).items()}
+    return {"assessed": float(len(traces)), **{k: float(v) for k, v in (result.metrics or {}).items()}}
 
 
 def tag_versions(model_name: str, tags_by_version: dict[str, dict[str, str]]) -> list[str]:
