@@ -197,7 +197,7 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
         # How far the handed-over fluency is from running the fluency LM on the decoded text (retokenisation,
         # bf16 autocast vs bf16 weights), on the last batch: the price of not running the LM.
         contexts, responses, personas_, batch = scorer.last_batch
-        lm = np.clip((scorer.fluency.mean_logprob(contexts, responses) + 6.0) / 5.0, 0, 1)
+        lm = np.clip((scorer.fluency.mean_logprob(contexts, responses) + 6.0) / 2.5, 0, 1)  # heads.py's gate
         handover = {"fluency_handover_hits": ref.hits, "fluency_handover_misses": ref.misses,
                     "fluency_handover_mean_abs_diff": float(np.abs(lm - batch.details["fluency"]).mean())}
     return {"mode": mode, "turns": turns, "steps_measured": len(measured), "seconds_per_step": secs / len(measured),

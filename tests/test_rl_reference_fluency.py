@@ -66,18 +66,18 @@ def test_scorer_takes_handed_over_fluency_and_falls_back_to_the_lm(tiny_encoder,
     quality = funcs[0]
     assert quality.__name__ == "quality"
     sc.reference_logprobs = ref = ReferenceLogprobs(special_ids=[0])
-    ref.put([[11, 12, 0]], [np.array([-1.5, -2.5, -7.0])])
+    ref.put([[11, 12, 0]], [np.array([-4.0, -5.0, -7.0])])
     calls = []
     real = FluencyScorer.mean_logprob
     monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda self, c, r: calls.append(r) or real(self, c, r))
     quality(prompts=[ctx], completions=[[{"role": "assistant", "content": "fine, thanks"}]], completion_ids=[[11, 12, 0]])
-    assert calls == [] and sc._last.details["fluency"][0] == pytest.approx((-2.0 + 6.0) / 5.0)
+    assert calls == [] and sc._last.details["fluency"][0] == pytest.approx((-4.5 + 6.0) / 2.5)
     quality(prompts=[ctx], completions=[[{"role": "assistant", "content": "great"}]], completion_ids=[[13, 0]])
     assert calls == [["great"]]  # a batch the reference pass did not see: the LM scores it
 
 
 def test_multiturn_scores_take_each_turns_span(tiny_encoder, tiny_policy_dir, monkeypatch):
-    from convrl.rl.multiturn import ConversationScores
+    from convrl.rl.turn_rewards import ConversationScores
 
     sc = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
     monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda *a: pytest.fail("the LM ran"))

@@ -43,8 +43,7 @@ from trl.trainer.utils import pad
 from convrl.rl.advantages import group_advantages, turn_level_advantages
 from convrl.rl.decoding import preallocated_cache
 from convrl.rl.generation import sampling_setup
-from convrl.rl.prefix import (plain_lm_head, prefill_shared, prefix_groups, shared_prefix_logps,
-                              shared_prefix_ref_logps)
+from convrl.rl import prefix
 from convrl.rl.rollout_model import RolloutModel
 
 TRL_CHECKED_VERSION = "1.16.0"
@@ -98,7 +97,7 @@ class ConvRLTrainerMixin:
         # The policy (with grad) and reference (KL) passes dominate a CPU step after generation; most of their
         # tokens are the prompt, repeated num_generations times. Multimodal/MoE inputs take TRL's own path.
         if self.convrl.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
-            groups = prefix_groups(input_ids, attention_mask, logits_to_keep)
+            groups = prefix.prefix_groups(input_ids, attention_mask, logits_to_keep)
             if len(groups) < input_ids.size(0):
                 ref = self.convrl.reference_logprobs
                 if ref is not None and not compute_entropy and self._is_reference_pass(model):
@@ -110,13 +109,13 @@ class ConvRLTrainerMixin:
                     if truncated.any():
                         am = am.clone()
                         am[truncated, -logits_to_keep:] = 1
-                    logps, plain = shared_prefix_ref_logps(model, input_ids, am, logits_to_keep, self.temperature,
-                                                           self.accelerator.autocast, groups)
+                    logps, plain = prefix.shared_prefix_ref_logps(model, input_ids, am, logits_to_keep,
+                                                                  self.temperature, self.accelerator.autocast, groups)
                     ref.put(input_ids[:, -logits_to_keep:].tolist(), list(plain.cpu().numpy()))
                     return logps, None, None
-                logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                                       compute_entropy, self.accelerator.autocast, groups,
-                                                       temperature=self.temperature)
+                logps, entropies = prefix.shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                              compute_entropy, self.accelerator.autocast, groups,
+                                                              temperature=self.temperature)
                 return logps, entropies, None
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -124,7 +123,7 @@ class ConvRLTrainerMixin:
 
     def _is_reference_pass(self, model) -> bool:
         # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, no grad.
-        if torch.is_grad_enabled() or not plain_lm_head(model.config):
+        if torch.is_grad_enabled() or not prefix.plain_lm_head(model.config):
             return False
         if self.ref_model is not None:
             return model is self.ref_model
@@ -176,7 +175,7 @@ class ConvRLTrainerMixin:
                 cache = None
                 if device.type == "cpu" and config.max_new_tokens:
                     cache = preallocated_cache(model.config, ids.size(1) + config.max_new_tokens)
-                shared = prefill_shared(model, ids, mask, cache) if self.convrl.share_prompt_prefix else None
+                shared = prefix.prefill_shared(model, ids, mask, cache) if self.convrl.share_prompt_prefix else None
                 cache = shared if shared is not None else cache
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                      logits_processor=processors, use_cache=True, cache=cache)
