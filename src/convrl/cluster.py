@@ -97,9 +97,10 @@ def _server_message(resp: requests.Response) -> str:
 
 
 def _auth_hint(multi_user: bool | None = None) -> str:
-    hint = ("Pass --token or set KFP_TOKEN to a bearer token the cluster accepts (e.g. `kubectl create token "
-            "<service-account> -n <namespace> --audience pipelines.kubeflow.org`), or --cookie "
-            "'authservice_session=...' copied from a logged-in browser")
+    hint = ("Pass --token or set KFP_TOKEN to a bearer token the cluster accepts (e.g. `kubectl -n <profile> "
+            "create token default-editor` behind Kubeflow's login), or --cookie "
+            "'oauth2_proxy_kubeflow=...' (Kubeflow 1.9+; 'authservice_session=...' before) copied from a logged-in "
+            "browser")
     if multi_user:
         hint += "; in multi-user Kubeflow the identity also needs edit access to the profile namespace (--namespace)"
     return hint

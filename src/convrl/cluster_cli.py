@@ -135,7 +135,8 @@ def _connection_args(p) -> None:
     p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE", ""),
                    help="Kubeflow profile namespace (multi-user Kubeflow; default $KFP_NAMESPACE)")
     p.add_argument("--token", default=None, help="bearer token (default $KFP_TOKEN)")
-    p.add_argument("--cookie", default=None, help="session cookie, e.g. 'authservice_session=...' (Kubeflow + Dex)")
+    p.add_argument("--cookie", default=None, help="session cookie from a logged-in browser: 'oauth2_proxy_kubeflow=...' "
+                                                        "(Kubeflow 1.9+) or 'authservice_session=...' (older)")
     p.add_argument("--ca-cert", default=None, help="CA bundle for a TLS endpoint with a private CA")
     p.add_argument("--insecure", action="store_true", help="skip TLS verification (test clusters only)")
     p.add_argument("--experiment", default=cluster.DEFAULT_EXPERIMENT, help="KFP experiment runs go into")
