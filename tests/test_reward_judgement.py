@@ -10,7 +10,7 @@ import pytest
 
 from convrl import meta_eval, models
 from convrl.meta_eval import cli as meta_eval_cli
-from convrl.meta_eval.suite import SuiteJudges, SuiteLimits, run_suite, summary_markdown
+from convrl.meta_eval.suite import SuiteJudges, SuiteLimits, head_checks, run_suite, summary_markdown
 from convrl.rewards.calibrate import fit_weights
 from convrl.rewards.cross_encoder import TASKS, CrossEncoderHeads, CrossSettings, train_cross_encoder
 from convrl.rewards.cross_training import next_utterance_examples
@@ -210,6 +210,8 @@ def test_suite_scores_every_set_with_judges(rated_root, tiny_encoder, tmp_path):
     assert result["sets"]["hh_rlhf"]["ratings"]["harmless"]["level"] == "pair"
     table = summary_markdown(result)
     assert "| toxichat | safe |" in table and "pairwise accuracy" in table
+    checks = head_checks(result)
+    assert {c["head"] for c in checks} >= {"engagement", "relevance"} and "above length?" in table
     assert meta_eval_cli.main(["meta-eval", str(tmp_path), "--no-fluency"]) == 2  # a folder without rated sets
 
 

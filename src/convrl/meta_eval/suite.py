@@ -39,7 +39,8 @@ from convrl.meta_eval.stats import meta_evaluate
 from convrl.rewards.human_data import convai2_dialogues, convai2_items, held_out, satisfaction_dialogues, satisfaction_items
 from convrl.rewards.rated_sets import hh_rlhf_items, holistic_items, predictive_engagement_items, toxichat_items
 
-HEAD_QUALITY = {"quality": ("fluency", "coherence", "thumb"), "engagement": ("engaging", "engaging_binary"),
+# Each head's own quality among the human ratings: where "every head above the length baseline" is checked.
+HEAD_QUALITY = {"quality": ("fluency", "thumb"), "engagement": ("engaging", "engaging_binary"),
                 "relevance": ("coherence",), "personality": ("profile_match",)}
 
 
@@ -162,6 +163,7 @@ def summary_rows(result: dict) -> list[dict]:
                          if info["level"] != "response" else info["items"],
                          "composite": _fmt(by.get("composite")),
                          "composite_calibrated": _fmt(by.get("composite_calibrated")),
+                         "composite_untrained": _fmt(by.get("composite_untrained")),
                          "best_head": f"{bh} {_fmt(by[bh])}" if bh else "n/a",
                          "untrained_best": f"{bu.removesuffix('_untrained')} {_fmt(by[bu])}" if bu else "n/a",
                          "length": _fmt(by.get("baseline:length")),
@@ -170,11 +172,33 @@ def summary_rows(result: dict) -> list[dict]:
     return rows
 
 
+def head_checks(result: dict) -> list[dict]:
+    """Each head against the length baseline on its own quality (``HEAD_QUALITY``), set by set."""
+    out = []
+    for name, res in result["sets"].items():
+        for head, ratings in HEAD_QUALITY.items():
+            for rating in ratings:
+                by = {r["head"]: r for r in res["rows"] if r["rating"] == rating}
+                if head in by and by[head].get("spearman") is not None:
+                    length = by.get("baseline:length", {}).get("spearman")
+                    out.append({"head": head, "set": name, "rating": rating, "head_rho": _fmt(by[head]),
+                                "untrained_rho": _fmt(by.get(f"{head}_untrained")), "length_rho": _fmt(by.get("baseline:length")),
+                                "above_length": length is None or by[head]["spearman"] > length})
+    return out
+
+
 def summary_markdown(result: dict) -> str:
     rows = summary_rows(result)
-    cols = ["set", "rating", "level", "n", "composite", "composite_calibrated", "best_head", "untrained_best",
+    cols = ["set", "rating", "level", "n", "composite", "composite_calibrated", "composite_untrained", "best_head",
+            "untrained_best",
             "length", "dialogue_judge", "best_judge"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    checks = head_checks(result)
+    if checks:
+        lines += ["", "| head | set | its own rating | head | untrained | length | above length? |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['head']} | {c['set']} | {c['rating']} | {c['head_rho']} | {c['untrained_rho']} | "
+                  f"{c['length_rho']} | {'yes' if c['above_length'] else '**no**'} |" for c in checks]
     return "\n".join(lines) + ("\n\nSpearman [95% cluster-bootstrap CI]; on pair-level ratings (hh_rlhf) pairwise "
                                "accuracy (chance 0.50). n = responses, dialogues or pairs by level.")

@@ -285,6 +285,10 @@ def score_items(scorer, items: list[dict], batch_size: int = 128, progress: bool
         for k, v in named.items():
             cols.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
     out = {k: np.concatenate(v) for k, v in cols.items()}
+    if any(f"{h}_untrained" in out for h in scorer.weights):
+        # The untrained composite (same weights over the untrained heads): the baseline a learned composite must beat.
+        w = scorer.weights
+        out["composite_untrained"] = sum(w[h] * out.get(f"{h}_untrained", out[h]) for h in w) / sum(w.values())
     out["baseline:length"] = np.array([len(it["response"].split()) for it in items], dtype=np.float64)
     return out
 
