@@ -84,14 +84,14 @@ def test_finetuned_classifier_plugs_into_the_reward_scorer(tiny_encoder):
     import torch
 
     from convrl.rewards.emotion import EMOTIONS
-    from convrl.rewards.emotion_finetune import EKMAN_TO_CONVRL, _Model
+    from convrl.rewards.emotion_finetune import EKMAN_TO_CONVRL, PooledEncoderHead
     from convrl.rewards.heads import RewardScorer
     from transformers import AutoModel, AutoTokenizer
 
     d = models.resolve_encoder("tiny-bert")
     torch.manual_seed(0)
     for labels in (GOEMOTIONS_28, list(EKMAN_TO_CONVRL)):
-        clf = FinetunedEmotionClassifier(AutoTokenizer.from_pretrained(d), _Model(AutoModel.from_pretrained(d),
+        clf = FinetunedEmotionClassifier(AutoTokenizer.from_pretrained(d), PooledEncoderHead(AutoModel.from_pretrained(d),
                                          len(labels), 0.0), labels, np.full(len(labels), 0.5), precision="fp32")
         texts = ["I lost my job", "", "😀", "yay!"]
         emos = clf.predict_emotions(texts)

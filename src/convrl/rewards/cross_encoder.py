@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convrl.rewards.emotion_finetune import autocast_dtype, length_grouped_batches
+from convrl.rewards.emotion_finetune import PooledEncoderHead, autocast_dtype, length_grouped_batches
 
 TASKS = ("relevance", "personality", "engagement", "quality")
 
@@ -66,23 +66,10 @@ def pair_text(context_text: str, persona_text: str, budget: int = 250) -> str:
     return f"persona: {card} | {context_text}" if card else context_text
 
 
-class _Net(torch.nn.Module):
-    def __init__(self, encoder, n_tasks: int, dropout: float):
-        super().__init__()
-        self.encoder = encoder
-        self.dropout = torch.nn.Dropout(dropout)
-        self.head = torch.nn.Linear(encoder.config.hidden_size, n_tasks)
-
-    def forward(self, input_ids, attention_mask, **kw):
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state.float()
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return self.head(self.dropout((h * m).sum(1) / m.sum(1).clamp(min=1e-6))).float()
-
-
 class CrossEncoderHeads:
     """The fine-tuned cross-encoder; ``predict`` gives (n, len(TASKS)) probabilities, cached for the last batch."""
 
-    def __init__(self, tokenizer, net: _Net, max_length: int = 128, precision: str = "auto", metrics: dict | None = None):
+    def __init__(self, tokenizer, net: PooledEncoderHead, max_length: int = 128, precision: str = "auto", metrics: dict | None = None):
         self.tokenizer, self.net = tokenizer, net.eval()
         self.max_length, self.precision = max_length, precision
         self._dtype = autocast_dtype(precision)
@@ -136,7 +123,7 @@ class CrossEncoderHeads:
         meta = json.loads((d / "head.json").read_text())
         if meta.get("tasks") != list(TASKS):
             raise ValueError(f"{d}: cross-encoder trained for tasks {meta.get('tasks')}, expected {list(TASKS)}")
-        net = _Net(AutoModel.from_pretrained(d / "encoder"), len(TASKS), 0.0)
+        net = PooledEncoderHead(AutoModel.from_pretrained(d / "encoder"), len(TASKS), 0.0)
         net.head.load_state_dict(torch.load(d / "head.pt", weights_only=True))
         return cls(AutoTokenizer.from_pretrained(d / "encoder"), net, meta["max_length"], meta["precision"],
                    meta.get("metrics"))
@@ -185,7 +172,7 @@ def train_cross_encoder(train: list[dict], dev: list[dict], encoder_dir: str | P
                          f"got {len(train)} / {len(dev)}")
     torch.manual_seed(s.seed)
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
-    net = _Net(AutoModel.from_pretrained(str(encoder_dir)), len(TASKS), s.dropout)
+    net = PooledEncoderHead(AutoModel.from_pretrained(str(encoder_dir)), len(TASKS), s.dropout)
     model = CrossEncoderHeads(tok, net, s.max_length, s.precision)
     opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": s.lr},
                              {"params": net.head.parameters(), "lr": s.head_lr}], weight_decay=s.weight_decay)

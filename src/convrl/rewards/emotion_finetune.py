@@ -126,7 +126,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-class _Model(torch.nn.Module):
+class PooledEncoderHead(torch.nn.Module):
+    """An encoder, mean-pooled over real tokens, dropout and one linear output per label (or task)."""
+
     def __init__(self, encoder, n_labels: int, dropout: float):
         super().__init__()
         self.encoder = encoder
@@ -143,7 +145,7 @@ class _Model(torch.nn.Module):
 class FinetunedEmotionClassifier:
     """A fine-tuned encoder + multi-label head with per-label thresholds."""
 
-    def __init__(self, tokenizer, model: _Model, labels: list[str], thresholds: np.ndarray, max_length: int = 64,
+    def __init__(self, tokenizer, model: PooledEncoderHead, labels: list[str], thresholds: np.ndarray, max_length: int = 64,
                  precision: str = "auto"):
         self.tokenizer = tokenizer
         self.model = model.eval()
@@ -206,7 +208,7 @@ class FinetunedEmotionClassifier:
         d = Path(path)
         cfg = json.loads((d / "classifier.json").read_text())
         tok, enc = AutoTokenizer.from_pretrained(d / "encoder"), AutoModel.from_pretrained(d / "encoder")
-        model = _Model(enc, len(cfg["labels"]), 0.0)
+        model = PooledEncoderHead(enc, len(cfg["labels"]), 0.0)
         model.head.load_state_dict(torch.load(d / "head.pt", weights_only=True))
         return cls(tok, model, cfg["labels"], np.asarray(cfg["thresholds"]), cfg["max_length"], cfg["precision"])
 
@@ -247,7 +249,7 @@ def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], de
         raise ValueError("emotion fine-tune: needs training and dev texts")
     torch.manual_seed(s.seed)
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
-    model = _Model(AutoModel.from_pretrained(str(encoder_dir)), len(labels), s.dropout)
+    model = PooledEncoderHead(AutoModel.from_pretrained(str(encoder_dir)), len(labels), s.dropout)
     dtype = autocast_dtype(s.precision)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     enc_params = list(model.encoder.named_parameters())
