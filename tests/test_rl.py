@@ -10,7 +10,7 @@ from convrl.config import RLConfig
 from convrl.data.prompts import build_prompts
 from convrl.rewards.heads import RewardScorer
 from convrl.rl.generation import Generator
-from convrl.rl.grpo import _last_checkpoint, train_grpo
+from convrl.rl.grpo import last_checkpoint, train_grpo
 from convrl.runtime import resolve_precision
 
 
@@ -39,7 +39,7 @@ def test_grpo_trains_checkpoints_and_resumes(setup, tiny_policy_dir, tmp_path):
     assert res.steps == 2 and res.resumed_from is None
     assert any("rewards/quality/mean" in r and "kl" in r for r in logged)
     assert any("timing/generate_s" in r for r in logged)
-    assert _last_checkpoint(tmp_path / "checkpoints").endswith("checkpoint-2")
+    assert last_checkpoint(tmp_path / "checkpoints").endswith("checkpoint-2")
     # The merged policy differs from the base and loads like any checkpoint.
     gen = Generator(res.policy_dir)
     out = gen.generate([prompts[0]["prompt"]], max_new_tokens=4)

@@ -80,7 +80,7 @@ def train_dpo(cfg, base_dir: str, prompts: list[dict], scorer, out_dir: str | Pa
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from convrl.rl.grpo import (RLResult, _last_checkpoint, export_policy, history_callback, load_policy,
+    from convrl.rl.grpo import (RLResult, last_checkpoint, export_policy, history_callback, load_policy,
                                 resolve_precision)
 
     rl = cfg.rl
@@ -109,7 +109,7 @@ def train_dpo(cfg, base_dir: str, prompts: list[dict], scorer, out_dir: str | Pa
     ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config,
                          callbacks=[history_callback(history, on_log)])
-    resume = _last_checkpoint(out / "checkpoints")
+    resume = last_checkpoint(out / "checkpoints")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0

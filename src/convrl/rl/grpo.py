@@ -35,7 +35,7 @@ class RLResult:
     seconds: float = 0.0
 
 
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
+def last_checkpoint(ckpt_dir: Path) -> str | None:
     if not ckpt_dir.exists():
         return None
     ckpts = sorted((p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
@@ -256,7 +256,7 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
                           args=grpo_args(rl, out, algorithm, reward_weights=reward_weights),
                           train_dataset=ds, processing_class=tok, peft_config=peft_config,
                           callbacks=[history_callback(history, on_log)], convrl_args=convrl_args, **extra)
-    resume = _last_checkpoint(out / "checkpoints")
+    resume = last_checkpoint(out / "checkpoints")
     t0 = time.time()
     try:
         trainer.train(resume_from_checkpoint=resume)
