@@ -52,7 +52,8 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from convrl.data.sources.base import Conversation, IngestError, Options, Skipped, split_query
+from convrl.data.schema import Reason
+from convrl.data.sources.base import Conversation, IngestError, Options, Skipped, q, split_query
 
 # (experiment, since, until, with_arena) -> (served turns, arena preferences or None); see use_reader.
 TraceReader = Callable[[str, "pd.Timestamp | None", "pd.Timestamp | None", bool],
@@ -178,8 +179,8 @@ def mlflow_traces(arg: str, quarantine: list[dict], source: str) -> Iterator[Con
         turns = turns[rated]
     for conv in session_conversations(turns):
         if not any(t["role"] == "user" for t in conv.turns):
-            quarantine.append({"source": source, "location": conv.location, "raw": str(conv.turns[:2])[:500],
-                               "reason": "served session has no user message"})
+            q(quarantine, source, conv.location, conv.turns[:2], "served session has no user message",
+              Reason.INCOMPLETE_CONVERSATION)
             continue
         yield conv
     if prefs is not None and len(prefs):
