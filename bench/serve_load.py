@@ -6,17 +6,18 @@ MLflow store, then drives it with the official ``openai`` client from threads,
 each thread one multi-turn session (full history sent each turn, OpenAI style;
 half the sessions stream):
 
-1. one session at a time for ``--phase-s`` seconds (one-at-a-time serving),
-2. 8 concurrent sessions for ``--phase-s`` seconds (ratio of completion
-   tokens/s and requests/s against phase 1: the batching speed-up),
+1. 8 conversations of ``--turns`` turns, one at a time (one-at-a-time serving),
+2. the same 8 conversations at once, 8 concurrent sessions (ratio of completion
+   tokens/s and requests/s against phase 1, each over the wall time until its
+   last reply: the batching speed-up),
 3. 16 concurrent sessions for ``--load-s`` seconds (120), every turn followed
    by a thumbs/rating feedback POST: errors, p50/p95 latency and time to first
    token (client-side, streamed sessions), then, once the server's trace
    writer has drained, the turns and feedback found in MLflow against those the
    clients got a 200 for (lost = sent - found).
 
-    .venv/bin/python bench/serve_load.py                      # the full run (~5 min)
-    .venv/bin/python bench/serve_load.py --phase-s 20 --load-s 30 --seed 2
+    .venv/bin/python bench/serve_load.py                      # the full run
+    .venv/bin/python bench/serve_load.py --load-s 30 --seed 2 --max-tokens 32
 
 Prints one JSON summary at the end. The machine is shared with other work, so
 absolute figures are noisy; the ratio comes from phases of the same run.
@@ -76,13 +77,19 @@ class Stats:
             self.errors.append(msg[:200])
 
 
-def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bool, rng: random.Random):
+def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bool,
+            conversations: int | None = None):
     import openai
 
-    client = openai.OpenAI(base_url=url + "/v1", api_key="loopback", max_retries=0, timeout=300)
-    stream = idx % 2 == 1
-    while time.time() < stop_at:
-        sid = f"bench-{idx}-{rng.randrange(10**9)}"
+    client = openai.OpenAI(base_url=url + "/v1", api_key="loopback", max_retries=0, timeout=900)
+    done = 0
+    while time.time() < stop_at and (conversations is None or done < conversations):
+        # Conversation k has the same messages in every phase, so phases 1 and 2 do the same work.
+        k = idx * (conversations or 1000) + done
+        done += 1
+        rng = random.Random(args.seed * 100003 + k)
+        stream = k % 2 == 1
+        sid = f"bench-{idx}-{k}-{time.time_ns()}"
         history = [{"role": "user", "content": rng.choice(OPENERS)}]
         for _ in range(args.turns):
             if time.time() >= stop_at:
@@ -119,11 +126,13 @@ def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bo
             history += [{"role": "assistant", "content": text}, {"role": "user", "content": rng.choice(FOLLOW_UPS)}]
 
 
-def phase(url: str, n: int, seconds: float, args, feedback: bool = False) -> tuple[Stats, float]:
+def phase(url: str, n: int, args, seconds: float = 1e9, conversations: int | None = None,
+          feedback: bool = False) -> tuple[Stats, float]:
+    """``n`` concurrent sessions, each for ``seconds`` or ``conversations`` conversations of ``--turns`` turns;
+    the wall time runs until the last request in flight has finished."""
     stats = Stats()
     stop_at = time.time() + seconds
-    threads = [threading.Thread(target=session, args=(url, i, stop_at, stats, args, feedback,
-                                                      random.Random(args.seed * 1000 + n * 100 + i)))
+    threads = [threading.Thread(target=session, args=(url, i, stop_at, stats, args, feedback, conversations))
                for i in range(n)]
     t0 = time.time()
     for t in threads:
@@ -157,14 +166,15 @@ def wait_ready(url: str, proc, timeout: float = 300) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--phase-s", type=float, default=45.0, help="seconds of each throughput phase")
     ap.add_argument("--load-s", type=float, default=120.0, help="seconds of the 16-session load phase")
     ap.add_argument("--sessions", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--turns", type=int, default=4, help="turns per conversation before a new session starts")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--turns", type=int, default=2, help="turns per conversation (a new session each)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (1 on a shared box)")
+    ap.add_argument("--max-wait-ms", type=float, default=100.0,
+                    help="serve.max_wait_ms: on a busy box a reply's HTTP round trip takes tens of ms")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -173,17 +183,18 @@ def main() -> None:
     overrides = [f"serve.champion={args.model}", "serve.challenger=none", f"serve.port={args.port}",
                  f"serve.max_batch_size={args.sessions}", "serve.experiment=serve-bench",
                  f"serve.journal={work / 'journal.jsonl'}", f"serve.seed={args.seed}",
-                 f"serve.threads={args.threads}"]
+                 f"serve.threads={args.threads}", f"serve.max_wait_ms={args.max_wait_ms}"]
     code = ("import sys; from convrl.config import load_config; from convrl.serving.server import serve; "
             "serve(load_config('demo', sys.argv[1:]), log_level='warning')")
     proc = subprocess.Popen([sys.executable, "-c", code, *overrides], env=env)
     url = f"http://127.0.0.1:{args.port}"
     try:
         wait_ready(url, proc)
-        warm, _ = phase(url, 2, 10, args)  # warm-up: first-call allocations, caches
-        seq, seq_wall = phase(url, 1, args.phase_s, args)
-        par, par_wall = phase(url, 8, args.phase_s, args)
-        load, load_wall = phase(url, args.sessions, args.load_s, args, feedback=True)
+        warm, _ = phase(url, 2, args, conversations=1)  # warm-up: first-call allocations, caches
+        # The same work both ways: 8 conversations, one at a time, then 8 at once.
+        seq, seq_wall = phase(url, 1, args, conversations=8)
+        par, par_wall = phase(url, 8, args, conversations=1)
+        load, load_wall = phase(url, args.sessions, args, seconds=args.load_s, feedback=True)
         t0 = time.time()
         while time.time() - t0 < 600:
             traces_state = requests.get(url + "/healthz", timeout=10).json()["traces"]
@@ -204,7 +215,7 @@ def main() -> None:
     with_feedback = turns[turns.turn_id.isin(load_turns) & turns.rating.notna()]
     s_seq, s_par, s_load = summary(seq, seq_wall), summary(par, par_wall), summary(load, load_wall)
     out = {
-        "model": args.model, "seed": args.seed, "max_tokens": args.max_tokens,
+        "model": args.model, "seed": args.seed, "max_tokens": args.max_tokens, "max_wait_ms": args.max_wait_ms,
         "one_at_a_time": s_seq, "concurrent_8": s_par, f"concurrent_{args.sessions}": s_load,
         "speedup_8_vs_1_tokens_per_s": round(s_par["tokens_per_s"] / max(s_seq["tokens_per_s"], 1e-9), 2),
         "speedup_8_vs_1_requests_per_s": round(s_par["requests_per_s"] / max(s_seq["requests_per_s"], 1e-9), 2),

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.test_manifests import render_python
-from tests.test_trainjob import pruned
+from tests.trainer_crds import pruned
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "manifests" / "serving"
@@ -114,3 +114,22 @@ def test_storage_uri_is_the_registered_versions_checkpoint(mlflow_store, tiny_po
     assert isvc["metadata"]["annotations"]["convrl.io/challenger-version"] == version == "2"
     with pytest.raises(ValueError, match="between 1 and 99"):
         kserve.inference_service("m", "1", CHAMPION_URI, challenger_uri=CHALLENGER_URI, canary_percent=100)
+
+
+def test_serve_resolves_registry_aliases_to_pinned_versions(mlflow_store, tiny_policy_dir):
+    """`convrl serve` with the default config serves models:/<name>@champion and @challenger as versions."""
+    from convrl import tracking
+    from convrl.config import load_config
+    from convrl.serving.variants import ServeError, resolve_variants
+
+    cfg = load_config("tiny")
+    with pytest.raises(ServeError, match="no 'champion' alias"):
+        resolve_variants(cfg.serve, "nobody-registered-this")
+    if tracking.alias_version("kserve-policy", "champion") is None:
+        pytest.skip("needs the versions registered by test_storage_uri_is_the_registered_versions_checkpoint")
+    variants = resolve_variants(cfg.serve, "kserve-policy")
+    assert {n: v.version for n, v in variants.items()} == {"champion": "1", "challenger": "2"}
+    assert all((Path(v.model_dir) / "config.json").exists() for v in variants.values())
+    assert variants["champion"].label == "kserve-policy v1"
+    cfg.serve.challenger = "none"
+    assert list(resolve_variants(cfg.serve, "kserve-policy")) == ["champion"]

@@ -38,7 +38,7 @@ from convrl.serving.sessions import Session
 
 log = logging.getLogger("convrl.serve")
 ROLES = ("system", "developer", "user", "assistant")
-OPEN_PATHS = ("/healthz", "/arena", "/")
+OPEN_PATHS = ("/healthz", "/arena")
 
 
 class ApiError(Exception):

@@ -2,8 +2,9 @@
 
 Requests arrive on the server's event loop and are queued per model variant; one
 worker thread takes the variant whose oldest request has waited longest, waits
-up to ``max_wait_ms`` (counted from that request's arrival, so a loaded server
-adds no wait) for up to ``max_batch_size`` requests of the same variant, and
+up to ``max_wait_ms`` (counted from that request's arrival or the end of the
+previous batch, whichever is later) for up to ``max_batch_size`` requests of
+the same variant, and
 decodes them in one left-padded ``generate`` call on the model that
 :class:`convrl.rl.generation.Generator` loaded (same attention kernel and
 preallocated KV cache as evaluation). Each row keeps its own settings: a
@@ -184,6 +185,7 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.batches = 0
         self.rows = 0
+        self.free_since = 0.0
         self._seed = seed or int(time.time())
 
     def start(self) -> None:
@@ -218,7 +220,10 @@ class BatchEngine:
                 return None
             variant = min((v for v, q in self.queues.items() if q), key=lambda v: self.queues[v][0].submitted)
             queue = self.queues[variant]
-            deadline = queue[0].submitted + self.max_wait
+            # Wait from the later of the oldest arrival and the end of the last batch: closed-loop clients whose
+            # rows finished last resubmit right after a batch ends, and a batch that left them out would split
+            # the sessions into ever smaller batches.
+            deadline = max(queue[0].submitted, self.free_since) + self.max_wait
             while self.running and len(queue) < self.max_batch_size and time.monotonic() < deadline:
                 self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
             batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
@@ -243,6 +248,7 @@ class BatchEngine:
                 for r in live:
                     if not r.future.done():
                         r.future.set_exception(exc)
+            self.free_since = time.monotonic()
 
     @torch.inference_mode()
     def _generate(self, gen, batch: list[GenRequest]) -> None:
