@@ -53,7 +53,17 @@ JUDGE_FOR_HEAD = {"quality": "judge_quality", "personality": "judge_personality"
                   "engagement": "judge_engagement", "relevance": "judge_relevance"}
 # Each judge's agreement with human ratings, measured by ``convrl meta-eval ../shared/data`` (README, "Reward
 # models"); shown beside the judges in the evaluation report. Spearman with the 95% cluster-bootstrap CI.
-AGREEMENT: dict[str, dict] = {}
+# Command: bench/reward_agreement.py --no-learned --no-fluency --max-dialogue-items 300 --max-pairs 150 (2026-12-02).
+AGREEMENT: dict[str, dict] = {
+    "judge_relevance": {"data": "HolisticEval coherence (200 replies, 10 raters)", "value": "+0.03 [-0.12, +0.17]"},
+    "judge_fluency": {"data": "HolisticEval fluency (200 replies, 10 raters)", "value": "+0.26 [+0.11, +0.39]"},
+    "judge_engagement": {"data": "Predictive Engagement, engaging (600 pairs, 3 raters)", "value": "+0.07 [-0.00, +0.14]"},
+    "judge_quality": {"data": "HolisticEval fluency", "value": "+0.11 [-0.03, +0.25]"},
+    "judge_composite": {"data": "Predictive Engagement, engaging", "value": "+0.22 [+0.15, +0.29]"},
+    "judge_emotion": {"data": "Predictive Engagement, engaging (no emotion ratings exist)", "value": "+0.05 [-0.02, +0.11]"},
+    "judge_safety": {"data": "ToxiChat test chatbot replies, safe (598); HH-RLHF harmless pairs (150)",
+                     "value": "+0.27 [+0.19, +0.35]; pairwise accuracy 0.58 [0.50, 0.65] (AUC 0.75 on ToxiChat)"},
+}
 JUDGE_COLUMNS = ("judge_composite", "judge_quality", "judge_personality", "judge_engagement",
                  "judge_relevance", "judge_emotion", "judge_fluency")
 
