@@ -57,12 +57,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from convrl.tracking import client, experiment_id
+from convrl.tracking import client, experiment_id, tracking_uri
 
 # MLflow exports traces from a background queue and only logs failures; written synchronously, a write is
 # done (or has failed) when span.end() returns: 0.15 s per turn here instead of ~1.2 s for flush-and-check.
@@ -81,10 +82,22 @@ PREFERENCE_COLUMNS = ["trace_id", "session_id", "timestamp", "persona", "prompt_
 CHOICES = ("a", "b", "tie")
 
 
+_provider = {"uri": None}
+_provider_lock = threading.Lock()
+
+
 def _mlflow():
     client()  # points the fluent API at convrl's store
     import mlflow
 
+    # MLflow builds its trace exporter once per process with the tracking URI of that moment; when the URI
+    # changes (tests, a CLI switching stores) later traces would go to the old store, so rebuild it.
+    with _provider_lock:
+        uri = tracking_uri()
+        if _provider["uri"] != uri:
+            # Also on first use: whatever built the exporter before may have used another store, or async export.
+            mlflow.tracing.reset()
+            _provider["uri"] = uri
     return mlflow
 
 
