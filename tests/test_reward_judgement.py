@@ -211,7 +211,7 @@ def test_suite_scores_every_set_with_judges(rated_root, tiny_encoder, tmp_path):
     table = summary_markdown(result)
     assert "| toxichat | safe |" in table and "pairwise accuracy" in table
     checks = head_checks(result)
-    assert {c["head"] for c in checks} >= {"engagement", "relevance"} and "above length?" in table
+    assert "engagement" in {c["head"] for c in checks} and "above length?" in table
     assert meta_eval_cli.main(["meta-eval", str(tmp_path), "--no-fluency"]) == 2  # a folder without rated sets
 
 
