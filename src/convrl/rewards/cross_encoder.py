@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convrl.rewards.emotion_finetune import PooledEncoderHead, autocast_dtype, length_grouped_batches
+from convrl.rewards.emotion_finetune import (PooledEncoderHead, autocast_dtype, length_grouped_batches,
+                                             optimizer_step)
 
 TASKS = ("relevance", "personality", "engagement", "quality")
 
@@ -206,13 +207,8 @@ def train_cross_encoder(train: list[dict], dev: list[dict], encoder_dir: str | P
             m = mask[idx]
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="none") * m
                     ).sum() / m.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            losses.append(optimizer_step(net, opt, sched, loss))
             step += 1
-            losses.append(float(loss.detach()))
             if step % s.eval_every == 0 or step == steps:
                 val, per = dev_score()
                 curve.append((step, val))

@@ -223,6 +223,16 @@ class _EmotionHeadAdapter:
         return self.clf.predict_emotions(texts)
 
 
+def optimizer_step(model: torch.nn.Module, opt, sched, loss: torch.Tensor) -> float:
+    """Backward, clip the gradient norm at 1, step the optimizer and the schedule; returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, gen: torch.Generator,
                             mega: int = 50) -> list[np.ndarray]:
     """Shuffle, sort inside mega-batches of ``mega * batch_size`` by length, cut batches, shuffle the batches."""
@@ -277,13 +287,8 @@ def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], de
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(**b)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            losses.append(optimizer_step(model, opt, sched, loss))
             step += 1
-            losses.append(float(loss.detach()))
             if log and (step % 100 == 0 or step == steps):
                 el = time.time() - t0
                 log(f"emotion fine-tune step {step}/{steps} loss {np.mean(losses[-100:]):.4f} "
