@@ -14,10 +14,11 @@ Run parameters: ``config_name`` (preset; its ``monitor`` section applies),
 
 from pathlib import Path
 
-from kfp import compiler, dsl, kubernetes
+from kfp import dsl, kubernetes
 
 from convrl.components.monitoring import monitor, online_ab
 from convrl.config import ClusterConfig
+from convrl.pipelines.conversational_rl import compile_pipeline as compile_training_style
 from convrl.pipelines.conversational_rl import on_cluster
 
 PIPELINE_NAME = "convrl-monitoring"
@@ -54,12 +55,8 @@ monitoring = build_pipeline()
 
 
 def compile_pipeline(cluster: ClusterConfig, image: str, path=COMPILED, config_name: str = "cluster") -> Path:
-    if not image:
-        raise ValueError("compile_pipeline needs the project image, e.g. ghcr.io/<you>/convrl:0.1.0")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cluster, image, config_name), str(path))
-    return path
+    """Compile the monitoring pipeline for a cluster (same rules as the training pipeline's compile)."""
+    return compile_training_style(cluster, image, path, config_name, build=build_pipeline)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 Layers, lowest first (README, "Layout"):
 
-    core     convrl.config, convrl.runtime, convrl.home, convrl.models, convrl.data.schema
+    core     convrl.config, convrl.runtime, convrl.home, convrl.models, convrl.artifact_io, convrl.data.schema
     data     convrl.data.*, convrl.data_checks.*
     rewards  convrl.rewards.*
     rl       convrl.rl.*
@@ -38,7 +38,7 @@ def layer_of(module: str) -> str:
     sub = parts[1] if len(parts) > 1 else ""
     if parts[-1] in ("cli", "__main__") or parts[-1].endswith("_cli"):
         return "entry"  # a command line is an entry point wherever it lives (e.g. convrl.meta_eval.cli)
-    if module == "convrl" or sub in ("config", "runtime", "home", "models") or module == "convrl.data.schema":
+    if module == "convrl" or sub in ("config", "runtime", "home", "models", "artifact_io") or module == "convrl.data.schema":
         return "core"
     if sub in ("data", "data_checks"):
         return "data"

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from convrl.artifact_io import from_mapping, read_json, save_json
+
 _META_KEY = b"convrl.evaluation"
 
 
@@ -66,18 +68,14 @@ class DecisionRecord:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        return save_json(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> DecisionRecord:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path, "an A/B decision: pass the decision output of ab_compare")
         if not isinstance(data, dict) or "outcome" not in data:
             raise ValueError(f"{path} is not an A/B decision (no 'outcome'): pass the decision output of ab_compare")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_mapping(cls, data)
 
     def primary(self) -> dict:
         return self.metrics.get(self.settings.get("primary", "composite"), {})

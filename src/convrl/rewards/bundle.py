@@ -11,12 +11,11 @@ evaluation, meta-eval and monitoring read it back::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convrl import models
+from convrl.artifact_io import load_json, save_json
 from convrl.rewards.emotion import EmotionClassifier
 from convrl.rewards.encoder import SentenceEncoder
 from convrl.rewards.heads import FluencyScorer, RewardScorer
@@ -46,21 +45,15 @@ class RewardBundle:
     use_calibrated: bool = False
 
     def save(self, reward_dir: str | Path) -> Path:
-        path = Path(reward_dir) / BUNDLE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
-        return path
+        return save_json(self, Path(reward_dir) / BUNDLE_FILE)
 
     @classmethod
     def load(cls, reward_dir: str | Path) -> RewardBundle:
         root = Path(reward_dir)
         path = root / BUNDLE_FILE if (root / BUNDLE_FILE).exists() else root / LEGACY_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{root} is not a reward bundle (no {BUNDLE_FILE}): pass the reward_models "
-                                    "output of the reward stage (`convrl run` writes it under the run's outputs)")
-        data = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        hint = ("a reward bundle: pass the reward_models output of the reward stage (`convrl run` writes it under "
+                "the run's outputs)")
+        return load_json(cls, path if path.exists() else root / BUNDLE_FILE, hint)
 
     def scorer(self, reward_dir: str | Path, with_fluency: bool = True, learned: bool = True) -> RewardScorer:
         """The ``RewardScorer`` the reward stage packaged; ``learned=False`` leaves out the learned heads."""

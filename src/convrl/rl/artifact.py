@@ -11,10 +11,10 @@ it was logged as, the stage run, and the training summary::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from convrl.artifact_io import load_json, save_json
 
 POLICY_FILE = "policy.json"
 
@@ -33,17 +33,8 @@ class PolicyArtifact:
         return Path(policy_dir) / self.policy_subdir
 
     def save(self, policy_dir: str | Path) -> Path:
-        path = Path(policy_dir) / POLICY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
-        return path
+        return save_json(self, Path(policy_dir) / POLICY_FILE)
 
     @classmethod
     def load(cls, policy_dir: str | Path) -> PolicyArtifact:
-        path = Path(policy_dir) / POLICY_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{policy_dir} is not a policy artifact (no {POLICY_FILE}): pass the policy "
-                                    "output of the RL stage")
-        data = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return load_json(cls, Path(policy_dir) / POLICY_FILE, "a policy artifact: pass the policy output of the RL stage")
