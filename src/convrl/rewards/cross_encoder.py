@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from convrl.rewards.emotion_finetune import (PooledEncoderHead, autocast_dtype, length_grouped_batches,
-                                             optimizer_step)
+                                             optimizer_step, save_encoder_head)
 
 TASKS = ("relevance", "personality", "engagement", "quality")
 
@@ -106,11 +106,7 @@ class CrossEncoderHeads:
         return {t: CrossHead(self, t) for t in TASKS}
 
     def save(self, out: str | Path) -> Path:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        self.net.encoder.save_pretrained(out / "encoder")
-        self.tokenizer.save_pretrained(out / "encoder")
-        torch.save(self.net.head.state_dict(), out / "head.pt")
+        out = save_encoder_head(self.net, self.tokenizer, out)
         (out / "head.json").write_text(json.dumps({"type": "cross-encoder", "tasks": list(TASKS),
                                                    "max_length": self.max_length, "precision": self.precision,
                                                    "metrics": self.metrics}, indent=2, default=float))

@@ -142,6 +142,16 @@ class PooledEncoderHead(torch.nn.Module):
         return self.head(self.dropout(pooled)).float()
 
 
+def save_encoder_head(net: "PooledEncoderHead", tokenizer, out_dir: str | Path) -> Path:
+    """Write a fine-tuned encoder + its head as ``encoder/`` (HF format) and ``head.pt``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net.encoder.save_pretrained(out / "encoder")
+    tokenizer.save_pretrained(out / "encoder")
+    torch.save(net.head.state_dict(), out / "head.pt")
+    return out
+
+
 class FinetunedEmotionClassifier:
     """A fine-tuned encoder + multi-label head with per-label thresholds."""
 
@@ -192,11 +202,7 @@ class FinetunedEmotionClassifier:
         return _EmotionHeadAdapter(self)
 
     def save(self, out_dir: str | Path) -> None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.encoder.save_pretrained(out / "encoder")
-        self.tokenizer.save_pretrained(out / "encoder")
-        torch.save(self.model.head.state_dict(), out / "head.pt")
+        out = save_encoder_head(self.model, self.tokenizer, out_dir)
         (out / "classifier.json").write_text(json.dumps(
             {"labels": self.labels, "thresholds": [float(t) for t in self.thresholds],
              "max_length": self.max_length, "precision": self.precision}, indent=2))
