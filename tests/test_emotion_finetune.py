@@ -123,7 +123,8 @@ def test_reward_stage_fine_tunes_and_load_scorer_uses_it(tiny_cfg, ingested, mlf
     from convrl.config import load_config
     from convrl.rewards.emotion import EMOTIONS
     from convrl.rewards.emotion_finetune import _EmotionHeadAdapter
-    from convrl.stages.rewards import load_scorer, rewards_stage
+    from convrl.rewards.bundle import load_scorer
+    from convrl.stages.rewards import rewards_stage
 
     folder = _tiny_goemotions(tmp_path / "goemotions")
     cfg = load_config("tiny", [f"rewards.emotion.finetune_data={folder}", "rewards.emotion.finetune_epochs=1"])

@@ -107,7 +107,7 @@ def test_emotion_head_on_goemotions(minilm):
 
 def test_learned_heads_in_the_scorer_and_stage_roundtrip(tiny_encoder, tiny_cfg, ingested, tmp_path):
     from convrl.rewards.training import train_configured_heads
-    from convrl.stages.rewards import load_scorer
+    from convrl.rewards.bundle import load_scorer
 
     rc = tiny_cfg.rewards
     rc = type(rc)(**{**vars(rc), "learned_heads": ["relevance", "engagement"], "learned_max_pairs": 300,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from convrl.eval.judges import JudgePanel
-from convrl.eval.selfplay import (GREETING, USER_PROFILES, SelfPlaySettings, run_selfplay, selfplay_metrics, simulate,
-                                  summarize, window)
+from convrl.data.usersim import GREETING, USER_PROFILES
+from convrl.eval.selfplay import SelfPlaySettings, run_selfplay, selfplay_metrics, simulate, summarize, window
 from tests.test_eval_fixtures import ScriptedGenerator
 
 

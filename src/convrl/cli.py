@@ -48,7 +48,8 @@ def preflight(cfg) -> None:
 
 
 def cmd_run(args) -> int:
-    from convrl.stages import begin, offline_defaults
+    from convrl.runtime import offline_defaults
+    from convrl.stages import begin
 
     offline_defaults()
     cfg = load_config(args.config, args.overrides)
@@ -166,7 +167,7 @@ def resolve_chat_model(spec: str) -> str:
 def cmd_chat(args) -> int:
     from convrl.data.personas import load_persona
     from convrl.rl.generation import Generator
-    from convrl.stages import offline_defaults
+    from convrl.runtime import offline_defaults
 
     offline_defaults()
     persona = load_persona(args.persona)

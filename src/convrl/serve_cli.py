@@ -29,7 +29,7 @@ def _cfg(args):
 def cmd_serve(args) -> int:
     from convrl.serving.server import serve
     from convrl.serving.variants import ServeError
-    from convrl.stages import offline_defaults
+    from convrl.runtime import offline_defaults
 
     offline_defaults()
     cfg = _cfg(args)

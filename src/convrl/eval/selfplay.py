@@ -47,7 +47,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from convrl.data.personas import Persona
-from convrl.data.usersim import GREETING, USER_PROFILES, UserProfile, clean_user, user_system_prompt, user_view  # noqa: F401
+from convrl.data.usersim import USER_PROFILES, UserProfile, clean_user, user_system_prompt, user_view
 from convrl.eval.fluency import is_degenerate
 from convrl.eval.judges import contradictions, judge_user_emotion
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from convrl import tracking
 from convrl.config import Config
-from convrl.runtime import offline_defaults  # noqa: F401 - components call it from here
+from convrl.runtime import offline_defaults
 from convrl.tracking import trace_source  # noqa: F401 - plugs the MLflow reader into the mlflow-traces: source
 
 

@@ -43,7 +43,7 @@ def build_scorer(cfg: Config):
     from convrl import models
     from convrl.rewards.encoder import SentenceEncoder
     from convrl.rewards.heads import RewardScorer
-    from convrl.stages.rewards import load_scorer
+    from convrl.rewards.bundle import load_scorer
 
     if cfg.monitor.reward_models:
         if not (Path(cfg.monitor.reward_models) / "reward_config.json").is_file():

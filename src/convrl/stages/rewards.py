@@ -4,7 +4,7 @@ each on held-out data, package every head.
 The output directory is a reward bundle (``reward_bundle.json``, ``emotion/``,
 ``emotion_finetuned/`` with ``rewards.emotion.finetune_data``, ``learned/<head>/``, and what
 ``rewards.judgement`` trains on human ratings: ``cross/``, ``dialogue/``, ``safety/``)
-so later stages rebuild the same ``RewardScorer`` with ``load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
+so later stages rebuild the same ``RewardScorer`` with ``convrl.rewards.bundle.load_scorer(reward_dir)``. Learned heads are opt-in (``rewards.learned_heads``);
 the default pipeline trains only the emotion head.
 """
 
@@ -19,7 +19,7 @@ import pandas as pd
 from convrl import models, tracking
 from convrl.config import Config
 from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
-from convrl.rewards.bundle import RewardBundle, load_scorer  # noqa: F401 - load_scorer: stage API
+from convrl.rewards.bundle import RewardBundle
 from convrl.rewards.encoder import SentenceEncoder
 from convrl.rewards.heads import FluencyScorer, RewardScorer
 from convrl.tracking.pyfunc import EmotionHeadModel
