@@ -29,63 +29,123 @@ def component(fn):
 def start_tracking(config_name: str, overrides: str, run_name: str, parent_run_id: str, kfp_run_id: str,
                    data_sources: str = "", personas: str = "", reward_weights: str = "", rl_max_steps: int = 0,
                    rl_algorithm: str = "", ab_min_improvement: str = "", ab_guardrail_margin: str = "") -> NamedTuple(
-        "Started", [("config_json", str), ("parent_run_id", str)]):
-    """Resolve the config (preset + named UI parameters + overrides) and open the MLflow parent run."""
+        "Started", [("config_json", str), ("parent_run_id", str), ("data_config", str), ("validate_config", str),
+                    ("rewards_config", str)]):
+    """Resolve the config (preset + named UI parameters + overrides) and open the MLflow parent run.
+
+    Also returns the sections each cached step reads (``convrl.stages.cached.stage_config``): a
+    cached step takes those, never the whole config or the per-run parent run id.
+    """
     from collections import namedtuple
 
     from convrl.config import load_config
     from convrl.pipelines.parameters import split_overrides, ui_overrides
     from convrl.pipelines.step_env import prepare
     from convrl.stages import begin
+    from convrl.stages.cached import stage_config
 
     prepare()
     named = ui_overrides(data_sources, personas, reward_weights, rl_max_steps, rl_algorithm, ab_min_improvement,
                          ab_guardrail_margin)
     cfg = load_config(config_name, named + split_overrides(overrides))
     run_id = begin(cfg, run_name or f"convrl-{cfg.name}", parent_run_id, kfp_run_id)
-    return namedtuple("Started", ["config_json", "parent_run_id"])(cfg.to_json(), run_id)
+    return namedtuple("Started", ["config_json", "parent_run_id", "data_config", "validate_config", "rewards_config"])(
+        cfg.to_json(), run_id, stage_config(cfg, "ingest"), stage_config(cfg, "validate"),
+        stage_config(cfg, "reward_models"))
 
 
 @component
-def ingest(config_json: str, parent_run_id: str, turns: Output[Dataset], personas: Output[Dataset],
-           quarantine: Output[Dataset], metrics: Output[Metrics]):
+def fingerprint_data(data_config: str, rewards_config: str) -> NamedTuple(
+        "Fingerprints", [("data", str), ("rewards", str)]):
+    """Hash the data behind the sources and the files the reward settings name (uncached: it is the cache key)."""
+    import json
+    from collections import namedtuple
+
     from convrl.config import config_from_json
-    from convrl.pipelines.remote_data import localize_sources
+    from convrl.data.fingerprint import settings_fingerprint, sources_fingerprint
     from convrl.pipelines.step_env import prepare
-    from convrl.stages import kfp_metrics
-    from convrl.stages.data import ingest_stage
 
     prepare()
-    cfg = localize_sources(config_from_json(config_json))  # s3:// sources -> local copies in the model cache
-    stats = ingest_stage(cfg, parent_run_id, turns.path, personas.path, quarantine.path)
+    data = sources_fingerprint(config_from_json(data_config).data.sources)
+    rewards = settings_fingerprint(json.loads(rewards_config))
+    print(f"data fingerprint {data[:16]}, reward data fingerprint {rewards[:16]}")
+    return namedtuple("Fingerprints", ["data", "rewards"])(data, rewards)
+
+
+@component
+def ingest(data_config: str, data_fingerprint: str, turns: Output[Dataset], personas: Output[Dataset],
+           quarantine: Output[Dataset], summary: Output[Artifact], metrics: Output[Metrics]):
+    """Cached: keyed on the data section and ``data_fingerprint`` (which only changes the key)."""
+    from convrl.config import config_from_json
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
+    from convrl.stages.data import ingest_compute
+
+    prepare()
+    stats = ingest_compute(config_from_json(data_config), turns.path, personas.path, quarantine.path, summary.path)
     for k, v in kfp_metrics(stats).items():
         metrics.log_metric(k, v)
 
 
 @component
-def validate(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
-             report: Output[HTML], report_md: Output[Markdown]):
+def record_ingest(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
+                  quarantine: Input[Dataset], summary: Input[Artifact]):
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages.data import validate_stage
+    from convrl.stages.data import ingest_record
 
     prepare()
-    validate_stage(config_from_json(config_json), parent_run_id, turns.path, personas.path, report.path, report_md.path)
+    ingest_record(config_from_json(config_json), parent_run_id, turns.path, personas.path, quarantine.path,
+                  summary.path)
 
 
 @component
-def train_reward_models(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
-                        reward_models: Output[Model], metrics: Output[Metrics]):
+def validate(validate_config: str, turns: Input[Dataset], personas: Input[Dataset], report: Output[HTML],
+             report_md: Output[Markdown], results: Output[Artifact]):
+    """Cached: keyed on the validate section and the ingested tables."""
+    from convrl.config import config_from_json
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages.data import validate_compute
+
+    prepare()
+    validate_compute(config_from_json(validate_config), turns.path, personas.path, report.path, report_md.path,
+                     results.path)
+
+
+@component
+def record_validation(config_json: str, parent_run_id: str, results: Input[Artifact]):
+    from convrl.config import config_from_json
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages.data import validate_record
+
+    prepare()
+    validate_record(config_from_json(config_json), parent_run_id, results.path)
+
+
+@component
+def train_reward_models(rewards_config: str, rewards_fingerprint: str, turns: Input[Dataset],
+                        personas: Input[Dataset], reward_models: Output[Model], metrics: Output[Metrics]):
+    """Cached: keyed on the models + rewards sections, the files they name and the ingested tables."""
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
     from convrl.stages import kfp_metrics
-    from convrl.stages.rewards import rewards_stage
+    from convrl.stages.rewards import rewards_compute
 
     prepare()
-    out = rewards_stage(config_from_json(config_json), parent_run_id, turns.path, reward_models.path,
-                        personas_path=personas.path)
-    for k, v in kfp_metrics(out).items():
+    out = rewards_compute(config_from_json(rewards_config), turns.path, reward_models.path,
+                          personas_path=personas.path)
+    for k, v in kfp_metrics(out.get("metrics", {})).items():
         metrics.log_metric(k, v)
+
+
+@component
+def record_reward_models(config_json: str, parent_run_id: str, reward_models: Input[Model]):
+    from convrl.config import config_from_json
+    from convrl.pipelines.step_env import prepare
+    from convrl.stages.rewards import rewards_record
+
+    prepare()
+    rewards_record(config_from_json(config_json), parent_run_id, reward_models.path)
 
 
 @component

@@ -10,13 +10,20 @@ Run parameters (each empty/0 keeps the preset's value; see ``pipelines/parameter
 ``config_name``, ``data_sources``, ``personas``, ``reward_weights``, ``rl_max_steps``,
 ``rl_algorithm``, ``ab_min_improvement``, ``ab_guardrail_margin``, ``overrides``
 (``rl.beta=0.02; eval.num_prompts=64``), ``run_name``.
+
+Caching: ingest, validate and the reward models are cached on their real inputs (the config
+sections they read, the data fingerprint, the upstream artifacts; ``convrl.stages.cached``), so a
+scheduled retrain on unchanged data reuses them; an uncached record step after each logs the
+results to the run's MLflow parent run, cache hit or not. Every other step is uncached.
+``convrl submit --no-cache`` recomputes everything for one run.
 """
 
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
-from convrl.components.stages import (ab_compare, evaluate, finish_tracking, ingest, promote, register_candidate,
+from convrl.components.stages import (ab_compare, evaluate, finish_tracking, fingerprint_data, ingest, promote,
+                                      record_ingest, record_reward_models, record_validation, register_candidate,
                                       rl_finetune, start_tracking, train_reward_models, validate)
 from convrl.config import ClusterConfig
 from convrl.config.cluster import PIPELINE_NAME
@@ -27,6 +34,7 @@ DESCRIPTION = ("RL fine-tuning of a persona-conditioned chat model with multi-ob
                "A/B comparison and MLflow registry promotion.")
 # Set on every cluster step: step_env.prepare() then refuses to run without an MLflow server.
 ON_CLUSTER_ENV = step_env.ON_CLUSTER_ENV
+DATA_STAGES = ("fingerprint", "ingest")  # steps that read data sources: they get cluster.data_secret
 
 
 def on_cluster(task, stage: str, cluster: ClusterConfig, image: str):
@@ -40,13 +48,14 @@ def on_cluster(task, stage: str, cluster: ClusterConfig, image: str):
                                  secret_key_to_env={k: k for k in cluster.mlflow_secret_keys})
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
-    if stage == "ingest" and cluster.data_secret:
+    # The fingerprint step reads the same buckets and hub datasets as ingest (object versions, revisions).
+    if stage in DATA_STAGES and cluster.data_secret:
         kubernetes.use_secret_as_env(task, secret_name=cluster.data_secret,
                                      secret_key_to_env={k: k for k in cluster.data_secret_keys})
+    if cluster.hf_token_secret and (stage in cluster.cache_stages or stage in DATA_STAGES):
+        kubernetes.use_secret_as_env(task, secret_name=cluster.hf_token_secret,
+                                     secret_key_to_env={"HF_TOKEN": "HF_TOKEN"})
     if stage in cluster.cache_stages:
-        if cluster.hf_token_secret:
-            kubernetes.use_secret_as_env(task, secret_name=cluster.hf_token_secret,
-                                         secret_key_to_env={"HF_TOKEN": "HF_TOKEN"})
         if cluster.model_cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=cluster.model_cache_pvc, mount_path=cluster.model_cache_mount)
             task.set_env_variable("HF_HOME", cluster.model_cache_mount)
@@ -69,9 +78,10 @@ def on_cluster(task, stage: str, cluster: ClusterConfig, image: str):
 def build_pipeline(cluster: ClusterConfig | None = None, image: str = "", default_config: str = "demo"):
     """The pipeline function; with ``cluster``, every task gets its Kubernetes settings and ``image``."""
 
-    def place(task, stage: str):
-        # Tracking side effects (MLflow runs, registry) must happen on every run.
-        task.set_caching_options(False)
+    def place(task, stage: str, cached: bool = False):
+        # Only the compute steps of CACHED_STAGES are cached: every other step logs to this run's MLflow
+        # parent run (or takes its id), and those side effects must happen on every run.
+        task.set_caching_options(cached)
         return on_cluster(task, stage, cluster, image) if cluster is not None else task
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
@@ -90,16 +100,35 @@ def build_pipeline(cluster: ClusterConfig | None = None, image: str = "", defaul
             ).set_display_name("start tracking"), "start")
             cfg = start.outputs["config_json"]
             parent = start.outputs["parent_run_id"]
-            data = place(ingest(config_json=cfg, parent_run_id=parent).set_display_name("ingest"), "ingest")
+            fp = place(fingerprint_data(data_config=start.outputs["data_config"],
+                                        rewards_config=start.outputs["rewards_config"])
+                       .set_display_name("fingerprint data"), "fingerprint")
+            # Cached compute steps take config sections, fingerprints and artifacts; each record step logs
+            # their outputs under this run's parent run, and the next compute step waits for it (.after,
+            # which is no part of a cache key) so a failure it records stops the run.
+            data = place(ingest(data_config=start.outputs["data_config"], data_fingerprint=fp.outputs["data"])
+                         .set_display_name("ingest"), "ingest", cached=True)
             turns, personas_ds = data.outputs["turns"], data.outputs["personas"]
-            checks = place(validate(config_json=cfg, parent_run_id=parent, turns=turns, personas=personas_ds)
-                           .set_display_name("validate"), "validate")
-            rewards = place(train_reward_models(config_json=cfg, parent_run_id=parent, turns=turns,
-                                                personas=personas_ds).after(checks)
-                            .set_display_name("reward models"), "reward_models")
+            ingested = place(record_ingest(config_json=cfg, parent_run_id=parent, turns=turns, personas=personas_ds,
+                                           quarantine=data.outputs["quarantine"], summary=data.outputs["summary"])
+                             .set_display_name("record ingest"), "record")
+            checks = place(validate(validate_config=start.outputs["validate_config"], turns=turns,
+                                    personas=personas_ds).after(ingested)
+                           .set_display_name("validate"), "validate", cached=True)
+            validated = place(record_validation(config_json=cfg, parent_run_id=parent,
+                                                results=checks.outputs["results"])
+                              .set_display_name("record validation"), "record")
+            rewards = place(train_reward_models(rewards_config=start.outputs["rewards_config"],
+                                                rewards_fingerprint=fp.outputs["rewards"], turns=turns,
+                                                personas=personas_ds).after(validated)
+                            .set_display_name("reward models"), "reward_models", cached=True)
             reward_models = rewards.outputs["reward_models"]
+            recorded = place(record_reward_models(config_json=cfg, parent_run_id=parent, reward_models=reward_models)
+                             .set_display_name("record reward models"), "record")
+            # RL is not cached: sampling on GPUs is not bit-reproducible, and a retrain is meant to train.
             rl = place(rl_finetune(config_json=cfg, parent_run_id=parent, turns=turns, personas=personas_ds,
-                                   reward_models=reward_models).set_display_name("RL fine-tune"), "rl_finetune")
+                                   reward_models=reward_models).after(recorded).set_display_name("RL fine-tune"),
+                       "rl_finetune")
             ev = place(evaluate(config_json=cfg, parent_run_id=parent, turns=turns, personas=personas_ds,
                                 reward_models=reward_models, policy=rl.outputs["policy"])
                        .set_display_name("evaluate"), "evaluate")

@@ -106,9 +106,14 @@ def test_mappings_pull_secrets_and_hub_token(tmp_path):
     assert {s["secretName"] for s in rl["secretAsEnv"]} == {"convrl-mlflow-client", "hf-token"}
     assert len(next(s for s in rl["secretAsEnv"] if s["secretName"] == "convrl-mlflow-client")["keyToEnv"]) == 3
     assert "hf-token" not in {s["secretName"] for s in execs["exec-ab-compare"]["secretAsEnv"]}
-    (data,) = [s for s in execs["exec-ingest"]["secretAsEnv"] if s["secretName"] == "s3-data"]
-    assert [k["envVar"] for k in data["keyToEnv"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
-    assert all(s["secretName"] != "s3-data" for name, ex in execs.items() if name != "exec-ingest"
+    # The data secret goes to the steps that read the sources: ingest, and the fingerprint of their versions.
+    readers = {"exec-ingest", "exec-fingerprint-data"}
+    for name in readers:
+        (data,) = [s for s in execs[name]["secretAsEnv"] if s["secretName"] == "s3-data"]
+        assert [k["envVar"] for k in data["keyToEnv"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        assert "hf-token" in {s["secretName"] for s in execs[name]["secretAsEnv"]}  # hub dataset revisions
+    assert "pvcMount" not in execs["exec-fingerprint-data"]
+    assert all(s["secretName"] != "s3-data" for name, ex in execs.items() if name not in readers
                for s in ex["secretAsEnv"])
 
 
@@ -152,7 +157,7 @@ def test_default_image_has_one_home():
 def test_remote_sources_are_copied_once_and_refreshed_when_changed(tmp_path):
     import fsspec
 
-    from convrl.pipelines.remote_data import localize_sources
+    from convrl.data.sources.remote import localize_sources
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/team-data/chats.jsonl", b'{"messages": []}\n')

@@ -10,21 +10,24 @@ from tests.kfp_fakes import _Art, _Metrics
 def test_component_passes_personas_path_to_rewards_stage(monkeypatch, tiny_cfg, tmp_path):
     import convrl.stages
     import convrl.stages.rewards as rs
+    from convrl.stages.cached import stage_config
 
     seen = {}
 
-    def fake_stage(cfg, parent_run_id, turns_path, reward_dir, personas_path=""):
-        seen.update(turns=turns_path, reward_dir=reward_dir, personas=personas_path)
-        return {"emotion/val_macro_f1": 0.5, "note": "x"}
+    def fake_compute(cfg, turns_path, reward_dir, personas_path=""):
+        seen.update(turns=turns_path, reward_dir=reward_dir, personas=personas_path, rewards=cfg.rewards)
+        return {"metrics": {"emotion/val_macro_f1": 0.5}, "label_kind": "x"}
 
-    monkeypatch.setattr(rs, "rewards_stage", fake_stage)
+    monkeypatch.setattr(rs, "rewards_compute", fake_compute)
     monkeypatch.setattr(convrl.stages, "offline_defaults", lambda: None)
     m = _Metrics(tmp_path / "m")
     comps.train_reward_models.python_func(
-        config_json=tiny_cfg.to_json(), parent_run_id="p", turns=_Art(tmp_path / "turns.parquet"),
-        personas=_Art(tmp_path / "personas.parquet"), reward_models=_Art(tmp_path / "rm"), metrics=m)
+        rewards_config=stage_config(tiny_cfg, "reward_models"), rewards_fingerprint="f",
+        turns=_Art(tmp_path / "turns.parquet"), personas=_Art(tmp_path / "personas.parquet"),
+        reward_models=_Art(tmp_path / "rm"), metrics=m)
     assert seen["personas"] == str(tmp_path / "personas.parquet")
     assert seen["turns"] == str(tmp_path / "turns.parquet")
+    assert seen["rewards"] == tiny_cfg.rewards  # the section the cache key holds reaches the stage intact
     assert m.logged == {"emotion_val_macro_f1": 0.5}
 
 

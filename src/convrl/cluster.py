@@ -283,11 +283,14 @@ def _check_params(params: dict | None) -> dict:
     return params
 
 
-def submit(conn: Connection, ids: dict, params: dict, run_name: str, service_account: str | None = None) -> dict:
-    """Start one run of a published version; returns ``{"run_id", "url"}``."""
+def submit(conn: Connection, ids: dict | None, params: dict, run_name: str, service_account: str | None = None,
+           package: str | os.PathLike | None = None) -> dict:
+    """Start one run of a published version (``ids``), or of ``package`` itself (the spec travels with the run:
+    how a run with caching off starts); returns ``{"run_id", "url"}``."""
+    source = ({"pipeline_package_path": str(package)} if package else
+              {"pipeline_id": ids["pipeline_id"], "version_id": ids["pipeline_version_id"]})
     run = _call(conn, f"start run {run_name!r}", conn.client.run_pipeline, experiment_id(conn), run_name,
-                params=_check_params(params), pipeline_id=ids["pipeline_id"], version_id=ids["pipeline_version_id"],
-                service_account=service_account or None)
+                params=_check_params(params), service_account=service_account or None, **source)
     return {"run_id": run.run_id, "url": run_url(conn, run.run_id)}
 
 

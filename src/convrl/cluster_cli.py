@@ -2,7 +2,7 @@
 
     convrl compile --config cluster --image ghcr.io/<you>/convrl:0.1.0 --output build/convrl.yaml
     convrl upload   --host URL --package build/convrl.yaml         # a new version only when the content is new
-    convrl submit   --host URL --package build/convrl.yaml rl.max_steps=800 [--wait 7200]
+    convrl submit   --host URL --package build/convrl.yaml rl.max_steps=800 [--wait 7200] [--no-cache]
     convrl schedule --host URL --package build/convrl.yaml --cron "0 0 3 * * 0"   # idempotent by --name
     convrl unschedule --host URL --name convrl-weekly-retraining    # stop it (--disable-only keeps it, paused)
     convrl schedules --host URL ; convrl runs --host URL
@@ -88,11 +88,21 @@ def cmd_upload(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    import tempfile
+
+    from convrl.pipelines.caching import without_caching
+
     conn = _connect(args)
-    ids, info = _publish(args, conn)
+    if args.no_cache:
+        # A run of the package itself with every task uncached: a version run cannot switch caching off.
+        ids, info = None, package_info(args.package)
+    else:
+        ids, info = _publish(args, conn)
     params = _params(args, info)
     name = args.run_name or f"convrl-{Path(params['config_name']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = cluster.submit(conn, ids, params, name, service_account=args.service_account)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = without_caching(args.package, Path(tmp) / "convrl-nocache.yaml") if args.no_cache else None
+        out = cluster.submit(conn, ids, params, name, service_account=args.service_account, package=package)
     print(json.dumps(out), flush=True)
     if args.wait:
         state = cluster.wait(conn, out["run_id"], args.wait)
@@ -172,6 +182,9 @@ def add_commands(sub) -> None:
     _connection_args(sb)
     _run_args(sb)
     sb.add_argument("--wait", type=float, default=0, help="wait up to this many seconds; exit 1 unless it succeeds")
+    sb.add_argument("--no-cache", action="store_true",
+                    help="recompute every step (ingest, validate and reward models are otherwise reused from an "
+                         "earlier run with the same data and settings); the run carries its own spec, not a version")
     sb.set_defaults(fn=cmd_submit)
     sc = sub.add_parser("schedule", help="recurring retraining (6-field cron, seconds first), idempotent by --name")
     _connection_args(sc)
