@@ -4,17 +4,22 @@ Heads (each in [0, 1]):
 
 * ``relevance``   cosine similarity of the response with the recent context
                   (or a head trained for next-utterance selection).
-* ``personality`` cosine similarity of the response with the persona card
-                  (or a head trained contrastively on persona dialogues).
-* ``engagement``  implicit-engagement signals: the reply invites a reply
-                  (question), addresses the user, has a sane length, is not
-                  degenerate (or a regressor trained on human ratings).
-* ``quality``     fluency under the frozen base LM (length-normalised
-                  log-likelihood of the reply in its conversation, as a gate: more
-                  predictable than fluent earns nothing), substance (content words, so
-                  bland generic replies do not win), non-repetition, length sanity and
-                  emotional appropriateness (tone prescribed by the persona's emotion map
-                  for the user's detected emotion), gated to 0 for degenerate text.
+* ``personality`` half the cosine with the whole persona card, half the best
+                  cosine with one of its sentences (a reply that voices one
+                  persona fact matches that fact, not the card's average), or a
+                  head trained contrastively on persona dialogues.
+* ``engagement``  coherence with the user's last turn (an on-topic reply is what
+                  people call engaging), invites a reply (question), addresses
+                  the user, has substance (content words); 0 for degenerate text
+                  (or a regressor trained on human ratings).
+* ``quality``     how good the reply is *in its context*: coherence with the
+                  user's last turn (cosine, minus what is copied from it), fluency
+                  under the frozen base LM as a gate (more predictable than fluent
+                  earns nothing), emotional appropriateness (tone prescribed by the
+                  persona's emotion map for the user's detected emotion),
+                  non-repetition and length sanity; 0 for degenerate text. No
+                  length or substance term: on human ratings those became a
+                  length proxy (length correlates -0.65 with HolisticEval fluency).
 
 All heads share one encoder pass per distinct text (``SentenceEncoder`` caches);
 ``score_head`` computes one head alone. Learned heads (:mod:`convrl.rewards.learned`)
@@ -127,8 +132,47 @@ def last_user_text(context: list[dict]) -> str:
     return next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
 
 
+def _trigrams(text: str) -> set:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def echo_rate(reply: str, user_text: str) -> float:
+    """Share of the reply copied from the user's turn (word trigrams; a short reply: 1 if it is the same words)."""
+    grams = _trigrams(reply)
+    if not grams:
+        words = _WORD.findall(reply.lower())
+        return float(bool(words) and words == _WORD.findall(user_text.lower()))
+    return len(grams & _trigrams(user_text)) / len(grams)
+
+
+def coherence(r_emb: np.ndarray, u_emb: np.ndarray, responses: list[str], last_user: list[str]) -> np.ndarray:
+    """Cosine of each reply with the user turn it answers, scaled down by what it copies from that turn.
+
+    The last user turn, not the whole recent context: on the training sides of the rated sets the last turn
+    agreed better with people (ConvAI2 thumbs +0.17 vs -0.01). The echo discount keeps RL from learning to
+    parrot the user (a copy has cosine 1). No user turn: undefined, neutral 0.5.
+    """
+    sim = np.clip((r_emb * u_emb).sum(1), 0, 1)
+    echo = np.array([echo_rate(r, u) for r, u in zip(responses, last_user)], dtype=np.float32)
+    has_user = np.array([bool(u.strip()) for u in last_user], dtype=bool)
+    return np.where(has_user, sim * (1 - echo), 0.5).astype(np.float32)
+
+
+def persona_sentences(persona: Persona | None) -> list[str]:
+    """The card's parts the personality head matches one by one: description, style and each fact."""
+    if persona is None:
+        return []
+    parts = [persona.description, persona.style, *persona.facts]
+    return [p.strip() for p in parts if p and p.strip()]
+
+
 def engagement_signals(responses: list[str]) -> np.ndarray:
-    """Implicit engagement: invites a reply (question), addresses the user, sane length, not degenerate."""
+    """Reply-only engagement signals (question, addresses the user, sane length, not degenerate).
+
+    The untrained engagement head before issue 17's round; now a feature of the learned engagement regressor
+    (saved regressors expect exactly this), the head itself is :func:`engagement_head`.
+    """
     out = np.zeros(len(responses), dtype=np.float32)
     for i, r in enumerate(responses):
         words = [w.lower() for w in _WORD.findall(r)]
@@ -136,6 +180,18 @@ def engagement_signals(responses: list[str]) -> np.ndarray:
         addresses = 1.0 if any(w in ("you", "your", "you're", "yours") for w in words) else 0.0
         out[i] = 0.35 * question + 0.2 * addresses + 0.25 * length_sanity(r, 4, 40) + 0.2 * (
             0.0 if is_degenerate(r) else 1.0)
+    return out
+
+
+def engagement_head(responses: list[str], coh: np.ndarray) -> np.ndarray:
+    """The untrained engagement head: coherence, a question, addressing the user, substance; 0 if degenerate."""
+    out = np.zeros(len(responses), dtype=np.float32)
+    for i, r in enumerate(responses):
+        if is_degenerate(r):
+            continue
+        words = {w.lower() for w in _WORD.findall(r)}
+        addresses = float(bool(words & {"you", "your", "yours"}))
+        out[i] = 0.45 * coh[i] + 0.2 * float("?" in r) + 0.15 * addresses + 0.2 * substance_score(r)
     return out
 
 
@@ -186,7 +242,7 @@ class RewardScorer:
                 for p, e in zip(personas, emotions)]
         return np.array([probs[i, TONES.index(w)] for i, w in enumerate(want)], dtype=np.float32), emotions
 
-    def _quality(self, responses, contexts, approp, fluency_logprob=None):
+    def _quality(self, responses, contexts, approp, coh, fluency_logprob=None):
         n = len(responses)
         if self.fluency is not None:
             # Given mean log-probs (the RL reference pass) are used as they are; NaN rows run the LM.
@@ -203,10 +259,24 @@ class RewardScorer:
             fluency = np.full(n, 0.5, dtype=np.float32)
         rep = np.array([repetition_rate(r) for r in responses], dtype=np.float32)
         length = np.array([length_sanity(r) for r in responses], dtype=np.float32)
-        substance = np.array([substance_score(r) for r in responses], dtype=np.float32)
         degenerate = np.array([is_degenerate(r) for r in responses], dtype=bool)
-        q = 0.25 * fluency + 0.15 * (1 - rep) + 0.1 * length + 0.25 * approp + 0.25 * substance
+        # Coherence carries half: it is what people's ratings track (issue 17, README "Agreement with people");
+        # the tone term is small because without a detected emotion it only measures a neutral register.
+        q = 0.5 * coh + 0.2 * fluency + 0.1 * approp + 0.1 * (1 - rep) + 0.1 * length
         return np.where(degenerate, 0.0, q).astype(np.float32), fluency, rep
+
+    def _personality(self, r_emb, p_emb, personas, no_persona):
+        """Half the card cosine, half the best sentence cosine (the sentences' embeddings come from the cache)."""
+        card = np.clip((r_emb * p_emb).sum(1), 0, 1)
+        best = card.copy()
+        by_card: dict[tuple, list[int]] = {}
+        for i, p in enumerate(personas):
+            if p is not None:
+                by_card.setdefault(tuple(persona_sentences(p)), []).append(i)
+        for sents, idx in by_card.items():
+            if sents:
+                best[idx] = np.clip((r_emb[idx] @ self.encoder.encode(list(sents)).T).max(1), 0, 1)
+        return np.where(no_persona, 0.5, 0.5 * card + 0.5 * best).astype(np.float32)
 
     @staticmethod
     def _clean(contexts, responses, personas):
@@ -228,19 +298,19 @@ class RewardScorer:
         cards = [persona_text(p) for p in personas]
         # The emotion classifier reads the last user turn through the same encoder: encoding it in the
         # same pass lets its embeddings come from the cache instead of a second forward.
-        texts = responses + recent + cards + (last_user if self.emotion is not None else [])
+        texts = responses + recent + cards + last_user
         emb = self._run("encoder", self.encoder.encode, texts)
-        r_emb, c_emb, p_emb = emb[:n], emb[n:2 * n], emb[2 * n:3 * n]
+        r_emb, c_emb, p_emb, u_emb = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:]
         no_persona = np.array([p is None for p in personas], dtype=bool)
 
         heads, details = {}, {}
         heads["relevance"] = self._run("relevance", lambda: np.clip((r_emb * c_emb).sum(1), 0, 1))
         # No persona card: the head is undefined, score it neutrally rather than 0.
-        heads["personality"] = self._run("personality", lambda: np.where(
-            no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)))
-        heads["engagement"] = self._run("engagement", engagement_signals, responses)
+        heads["personality"] = self._run("personality", self._personality, r_emb, p_emb, personas, no_persona)
+        coh = self._run("coherence", coherence, r_emb, u_emb, responses, last_user)
+        heads["engagement"] = self._run("engagement", engagement_head, responses, coh)
         approp, user_emotions = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
-        heads["quality"], fluency, rep = self._run("quality", self._quality, responses, contexts, approp,
+        heads["quality"], fluency, rep = self._run("quality", self._quality, responses, contexts, approp, coh,
                                                    fluency_logprob)
         if self.learned:
             inputs = {"context": c_emb, "response": r_emb, "persona": p_emb, "responses": responses,
@@ -252,7 +322,7 @@ class RewardScorer:
         for name, arr in heads.items():
             if not np.all(np.isfinite(arr)):
                 raise RewardHeadError(f"reward head '{name}' produced non-finite scores")
-        details.update({"fluency": fluency, "repetition": rep, "appropriateness": approp,
+        details.update({"fluency": fluency, "repetition": rep, "appropriateness": approp, "coherence": coh,
                         "user_emotion": np.array(user_emotions)})
         return ScoreBatch(heads, self.composite(heads), details)
 
@@ -262,18 +332,19 @@ class RewardScorer:
         if head not in HEADS:
             raise ValueError(f"unknown head '{head}'; heads: {HEADS}")
         responses = self._clean(contexts, responses, personas)
-        if head == "engagement" and "engagement" not in self.learned:
-            return self._run(head, engagement_signals, responses)
-        if head == "quality" and head not in self.learned:
-            last_user = [last_user_text(c) for c in contexts]
-            r_emb = self._run("encoder", self.encoder.encode, responses)
+        last_user = [last_user_text(c) for c in contexts]
+        r_emb = self._run("encoder", self.encoder.encode, responses)
+        if head in ("engagement", "quality") and head not in self.learned:
+            u_emb = self._run("encoder", self.encoder.encode, last_user)
+            coh = self._run("coherence", coherence, r_emb, u_emb, responses, last_user)
+            if head == "engagement":
+                return self._run(head, engagement_head, responses, coh)
             approp, _ = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
-            return self._run(head, self._quality, responses, contexts, approp, fluency_logprob)[0]
+            return self._run(head, self._quality, responses, contexts, approp, coh, fluency_logprob)[0]
         needs_context = head != "personality" or head in self.learned
         needs_persona = head == "personality"
         recent = [recent_context(c) for c in contexts]
         cards = [persona_text(p) for p in personas]
-        r_emb = self._run("encoder", self.encoder.encode, responses)
         c_emb = self._run("encoder", self.encoder.encode, recent) if needs_context else None
         p_emb = self._run("encoder", self.encoder.encode, cards) if needs_persona else None
         no_persona = np.array([p is None for p in personas], dtype=bool)
@@ -283,7 +354,7 @@ class RewardScorer:
                                                               "context_text": recent, "persona_text": cards})
         if head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
-        return np.where(no_persona, 0.5, np.clip((r_emb * p_emb).sum(1), 0, 1)).astype(np.float32)
+        return self._run(head, self._personality, r_emb, p_emb, personas, no_persona)
 
     def composite(self, heads: dict[str, np.ndarray]) -> np.ndarray:
         total = sum(self.weights.values())

@@ -1,0 +1,70 @@
+"""The untrained heads judge a reply in its context (issue 17): coherence with the user's turn, no reward for
+parroting it, no length proxy, persona facts matched one by one."""
+
+import numpy as np
+import pytest
+
+from convrl import models
+from convrl.data.personas import Persona
+from convrl.rewards.encoder import SentenceEncoder
+from convrl.rewards.heads import RewardScorer, coherence, echo_rate, engagement_head, persona_sentences
+
+USER = [{"role": "user", "content": "My laptop will not turn on after the update, what should I do?"}]
+ON_TOPIC = "Hold the power button for ten seconds, then plug in the charger and restart the laptop."
+OFF_TOPIC = "I love spicy ramen and playing the ukulele on sunny weekends."
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return RewardScorer(SentenceEncoder(models.resolve_encoder("all-minilm-l6-v2")), None, None)
+
+
+def test_echo_rate():
+    assert echo_rate("my laptop will not turn on", "My laptop will not turn on after the update") == 1.0
+    assert echo_rate("try restarting it in safe mode", "my laptop will not turn on") == 0.0
+    assert echo_rate("Hello", "hello") == 1.0 and echo_rate("Hi", "hello") == 0.0
+    assert echo_rate("", "hello") == 0.0
+
+
+def test_coherence_prefers_the_on_topic_reply_and_discounts_copies(scorer):
+    user = USER[0]["content"]
+    replies = [ON_TOPIC, OFF_TOPIC, user]
+    r = scorer.encoder.encode(replies)
+    u = scorer.encoder.encode([user] * 3)
+    coh = coherence(r, u, replies, [user] * 3)
+    assert coh[0] > coh[1] and coh[0] > coh[2]
+    assert coh[2] == pytest.approx(0.0)  # a verbatim copy has cosine 1 and echo 1
+    assert coherence(r[:1], u[:1], replies[:1], [""])[0] == 0.5  # no user turn: undefined, neutral
+
+
+def test_quality_and_engagement_follow_the_context_not_the_length(scorer):
+    rambling = " ".join([OFF_TOPIC] * 3 + ["Also my cousin paints landscapes and bakes bread every single day."])
+    replies = [ON_TOPIC, OFF_TOPIC, rambling, USER[0]["content"]]
+    out = scorer.score([USER] * 4, replies, [None] * 4)
+    q, e = out.heads["quality"], out.heads["engagement"]
+    assert q[0] > q[1] and q[0] > q[2] and q[0] > q[3]
+    assert e[0] > e[1] and e[0] > e[2]
+    assert np.allclose(out.details["coherence"][:2], sorted(out.details["coherence"][:2], reverse=True))
+
+
+def test_engagement_head_is_zero_for_degenerate_text():
+    coh = np.array([0.9, 0.9], dtype=np.float32)
+    e = engagement_head(["!!!! ????", "Do you like it?"], coh)
+    assert e[0] == 0 and e[1] > 0.5
+
+
+def test_personality_matches_one_fact_of_a_long_card(scorer):
+    card = Persona(persona_id="p", name="P", description="A retired sailor who now runs a bakery",
+                   style="warm and brief", facts=["I have three cats.", "I grew up in Lisbon.",
+                                                  "My favourite food is grilled sardines."])
+    assert persona_sentences(card) == ["A retired sailor who now runs a bakery", "warm and brief", "I have three cats.",
+                                       "I grew up in Lisbon.", "My favourite food is grilled sardines."]
+    assert persona_sentences(None) == []
+    replies = ["Oh, my cats would love that, all three of them!", "The stock market closed lower on Tuesday."]
+    out = scorer.score([USER] * 2, replies, [card, card])
+    assert out.heads["personality"][0] > out.heads["personality"][1]
+    # The best-sentence half lifts a reply that voices one fact above the card-average cosine alone.
+    r = scorer.encoder.encode(replies[:1])
+    card_cos = float(np.clip(r @ scorer.encoder.encode([card.card_text()]).T, 0, 1)[0, 0])
+    assert out.heads["personality"][0] > card_cos
+    assert scorer.score([USER], [replies[0]], [None]).heads["personality"][0] == 0.5
