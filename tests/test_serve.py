@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import requests
@@ -71,9 +72,14 @@ def test_a_session_stays_on_its_variant_and_both_get_traffic(client):
     assert set(seen.values()) == {"champion", "challenger"}
 
 
-def test_concurrent_requests_are_batched(live, client):
+def test_concurrent_requests_are_batched(live, client, monkeypatch):
     server = live[1]
-    before = (server.engine.batches, server.engine.rows)
+    # A decode step of the tiny model takes ~1 ms, less than the requests' HTTP arrival spread: slow it to the
+    # tens of ms of a real model, so the 8 requests overlap as they would in production.
+    for dec in server.engine.decoders.values():
+        step = dec.step
+        monkeypatch.setattr(dec, "step", lambda tokens, step=step: (time.sleep(0.02), step(tokens))[1])
+    before = (server.engine.batches, server.engine.rows, server.engine.requests)
     errors = []
 
     def one(i):
@@ -88,8 +94,11 @@ def test_concurrent_requests_are_batched(live, client):
     for t in threads:
         t.join()
     assert not errors
-    batches, rows = server.engine.batches - before[0], server.engine.rows - before[1]
-    assert rows == 8 and batches < 8, f"{rows} requests took {batches} generate calls"
+    steps, rows = server.engine.batches - before[0], server.engine.rows - before[1]
+    assert server.engine.requests - before[2] == 8
+    assert rows / steps > 1.5, f"{steps} decode steps averaged {rows / steps:.2f} rows"
+    health = requests.get(live[0] + "/healthz", timeout=10).json()
+    assert health["decoding"] == 0 and health["prefix_tokens_reused"] > 0  # the persona prompt was shared
 
 
 def test_feedback_lands_on_the_trace_and_history_is_kept(live, client):

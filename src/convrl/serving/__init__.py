@@ -7,7 +7,9 @@
 
 Modules: ``server`` (the process: variants, batcher, sessions, trace writer),
 ``app`` (FastAPI routes), ``arena`` (blind side-by-side page), ``batching``
-(dynamic batching over ``convrl.rl.generation``), ``sessions`` (routing,
+(continuous batching: the request queue and worker), ``slots`` (its KV cache
+with a slot per request and shared persona prefixes), ``static_batch`` (one
+``generate`` per batch, for sliding-window models), ``sessions`` (routing,
 persona, context manager), ``writer`` (buffered, retried, journaled MLflow
 writes through ``convrl.tracking.traces``), ``variants`` (registry aliases ->
 versions -> checkpoints), ``kserve`` (cluster manifests).

@@ -214,7 +214,8 @@ def create_app(server) -> FastAPI:
             raise ApiError(400, str(exc), "persona") from exc
         variant = server.model_ids[body.model] or session.variant
         temperature = server.cfg.serve.temperature if body.temperature is None else body.temperature
-        req = GenRequest(messages=[], max_new_tokens=max_tokens, temperature=temperature, top_p=body.top_p or 1.0)
+        req = GenRequest(messages=[], max_new_tokens=max_tokens, temperature=temperature, top_p=body.top_p or 1.0,
+                         prefix=session.persona.system_prompt())
         headers = {"X-Session-Id": session.session_id, "X-Convrl-Variant": variant}
         turn_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:

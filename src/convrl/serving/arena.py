@@ -98,7 +98,8 @@ def add_arena(app: FastAPI, server) -> None:
             s = a.session
             prompt = s.prompt([{"role": "user", "content": body.message}])
             reqs = {side: GenRequest(messages=prompt, max_new_tokens=server.cfg.serve.max_new_tokens,
-                                     temperature=server.cfg.serve.temperature) for side in a.sides}
+                                     temperature=server.cfg.serve.temperature, prefix=s.persona.system_prompt())
+                    for side in a.sides}
             futures = {side: asyncio.wrap_future(server.engine.submit(a.sides[side], r)) for side, r in reqs.items()}
             results = dict(zip(futures, await asyncio.gather(*futures.values())))
             a.turn += 1

@@ -1,19 +1,24 @@
-"""Dynamic batching: concurrent chat requests decoded together in one ``generate`` call.
+"""Continuous batching: concurrent chat requests decoded together, joining and leaving between decode steps.
 
-Requests arrive on the server's event loop and are queued per model variant; one
-worker thread takes the variant whose oldest request has waited longest, waits
-up to ``max_wait_ms`` (counted from that request's arrival or the end of the
-previous batch, whichever is later) for up to ``max_batch_size`` requests of
-the same variant, and
-decodes them in one left-padded ``generate`` call on the model that
-:class:`convrl.rl.generation.Generator` loaded (same attention kernel and
-preallocated KV cache as evaluation). Each row keeps its own settings: a
-logits processor samples every row with its own temperature and top-p (0 =
-greedy), and a stopping criterion ends every row at its own ``max_tokens`` or
-when its client went away. A streamer hands each row's new text to its request
-as soon as it is decoded (streaming responses, time to first token)::
+Requests arrive on the server's event loop and are queued per model variant.
+One worker thread runs every variant's ``convrl.serving.slots.SlotDecoder``
+(on the model :class:`convrl.rl.generation.Generator` loaded: same attention
+kernel as evaluation): before each decode step, queued requests take the free
+slots (up to ``max_batch_size`` rows per variant), their prompts are
+prefilled after the longest stored prefix of the same variant (the persona's
+system prompt, ``GenRequest.prefix``, is computed once per variant and
+persona) and their first token is sampled at once; then one forward decodes
+one token for every running row, and a row that is done answers its request
+and frees its slot for the next one. Each row keeps its own settings:
+temperature and top-p (0 = greedy) in ``sample_rows``, ``max_tokens``, and
+cancellation when its client goes away; each row's new text goes to its
+request as soon as it is decoded (streaming, time to first token).
 
-    engine = BatchEngine({"champion": Generator(model_dir)}, max_batch_size=8, max_wait_ms=15)
+Models with sliding-window layers cannot use the slot cache; their requests
+are batched statically (``convrl.serving.static_batch``: one ``generate`` call
+per batch, waiting up to ``max_wait_ms`` for the batch to fill)::
+
+    engine = BatchEngine({"champion": Generator(model_dir)}, max_batch_size=8)
     engine.start()
     req = GenRequest(messages=[{"role": "user", "content": "hi"}], max_new_tokens=32, temperature=0.7)
     result = engine.submit("champion", req).result()     # GenResult(text, tokens, ttft_s, ...)
@@ -21,7 +26,6 @@ as soon as it is decoded (streaming responses, time to first token)::
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -31,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+
+from convrl.serving.slots import SlotDecoder
 
 log = logging.getLogger("convrl.serve")
 
@@ -44,6 +48,7 @@ class GenRequest:
     temperature: float = 0.7
     top_p: float = 1.0
     on_text: Callable[[str], None] | None = None  # called on the worker thread with each new piece of text
+    prefix: str = ""  # start of the system message many requests share (the persona prompt): its KV is reused
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
@@ -59,134 +64,124 @@ class GenResult:
     ttft_s: float
     latency_s: float
     queued_s: float
-    batch_size: int
+    batch_size: int  # the most rows decoded together while this one ran
+
+
+def sample_rows(scores: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                rng: torch.Generator) -> torch.Tensor:
+    """One token per row of ``scores`` [n, vocab]: each row at its own temperature and top-p (0 = greedy).
+
+    Draws by inverse CDF over the (sorted, for top-p) distribution: one uniform per row.
+    """
+    scores = scores.float()
+    pick = scores.argmax(-1)
+    greedy = temperature <= 0
+    if bool(greedy.all()):
+        return pick
+    probs = torch.softmax(scores / temperature.clamp(min=1e-4)[:, None], dim=-1)
+    order = None
+    if bool((top_p < 1).any()):  # sorting 49k logits per row costs as much as a small GEMM: only for top-p
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Nucleus: drop tokens once the mass before them already reaches top_p (the first always stays).
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p[:, None], 0.0)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.size(0), 1, generator=rng).to(cdf.device) * cdf[:, -1:]
+    j = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
+    drawn = (order.gather(1, j) if order is not None else j).squeeze(1)
+    return torch.where(greedy, pick, drawn)
 
 
 class RowSampler:
-    """Logits processor: per-row temperature and top-p sampling (temperature 0 = greedy).
-
-    Draws by inverse CDF over the sorted distribution (one uniform per row), then
-    leaves only the drawn token finite so greedy decoding picks it.
-    """
+    """``sample_rows`` as a logits processor for ``generate``: leaves only the drawn token finite."""
 
     def __init__(self, temperatures: list[float], top_ps: list[float], seed: int):
         self.temperature = torch.tensor(temperatures, dtype=torch.float32)
         self.top_p = torch.tensor(top_ps, dtype=torch.float32)
-        self.greedy = self.temperature <= 0
         self.rng = torch.Generator().manual_seed(seed)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float()
-        pick = scores.argmax(-1)
-        if not bool(self.greedy.all()):
-            probs = torch.softmax(scores / self.temperature.clamp(min=1e-4)[:, None], dim=-1)
-            order = None
-            if bool((self.top_p < 1).any()):  # sorting 49k logits per row costs as much as a small GEMM: only for top-p
-                probs, order = probs.sort(dim=-1, descending=True)
-                # Nucleus: drop tokens once the mass before them already reaches top_p (the first always stays).
-                probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p[:, None], 0.0)
-            cdf = probs.cumsum(-1)
-            u = torch.rand(cdf.size(0), 1, generator=self.rng) * cdf[:, -1:]
-            j = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
-            drawn = (order.gather(1, j) if order is not None else j).squeeze(1)
-            pick = torch.where(self.greedy, pick, drawn)
+        pick = sample_rows(scores, self.temperature.to(scores.device), self.top_p.to(scores.device), self.rng)
         return torch.full_like(scores, float("-inf")).scatter_(1, pick[:, None], 0.0)
 
 
-class RowStop(StoppingCriteria):
-    """Ends each row at its own token limit, or as soon as its request is cancelled."""
+class RowState:
+    """One request while it decodes: its tokens, the text streamed so far, and its answer once done."""
 
-    def __init__(self, prompt_len: int, limits: list[int], requests: list[GenRequest]):
-        self.prompt_len = prompt_len
-        self.limits = torch.tensor(limits)
-        self.requests = requests
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.BoolTensor:
-        done = (input_ids.shape[1] - self.prompt_len) >= self.limits
-        gone = torch.tensor([r.cancelled.is_set() for r in self.requests])
-        return (done | gone).to(input_ids.device)
-
-
-class RowStreamer(BaseStreamer):
-    """Collects each row's tokens as ``generate`` produces them and streams the new text of each row."""
-
-    def __init__(self, tokenizer, requests: list[GenRequest], eos_ids: set[int], prompt_tokens: list[int],
-                 started: float):
-        self.tok = tokenizer
-        self.requests = requests
-        self.eos = eos_ids
+    def __init__(self, tok, req: GenRequest, eos: set[int], started: float, prompt_tokens: int = 0):
+        self.tok, self.req, self.eos, self.started = tok, req, eos, started
         self.prompt_tokens = prompt_tokens
-        self.started = started
-        self.ids: list[list[int]] = [[] for _ in requests]
-        self.sent = [""] * len(requests)
-        self.finish = [""] * len(requests)
-        self.prompt_seen = False
+        self.ids: list[int] = []
+        self.sent = ""
+        self.finish = ""
+        self.next_token = -1  # sampled, not yet fed to the model
+        self.batch_size = 1
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt ids
-            self.prompt_seen = True
-            return
-        now = time.monotonic()
-        for i, token in enumerate(value.reshape(-1).tolist()):
-            req = self.requests[i]
-            if self.finish[i]:
-                continue
-            if req.first_token is None:
-                req.first_token = now
-            if token in self.eos:
-                self.complete(i, "stop")
-                continue
-            self.ids[i].append(token)
-            self._emit(i)
-            if len(self.ids[i]) >= req.max_new_tokens:
-                self.complete(i, "length")
-            elif req.cancelled.is_set():
-                self.complete(i, "cancelled")
+    def push(self, token: int) -> bool:
+        """Take the row's next token (stream its text); True once the row is done and its request answered."""
+        req = self.req
+        if req.first_token is None:
+            req.first_token = time.monotonic()
+        if token in self.eos:
+            return self.complete("stop")
+        self.ids.append(token)
+        self.next_token = token
+        text = self.tok.decode(self.ids, skip_special_tokens=True).lstrip()
+        if not text.endswith("\ufffd"):  # else half of a multi-byte character: wait for the rest
+            if text[len(self.sent):] and req.on_text is not None:
+                req.on_text(text[len(self.sent):])
+            self.sent = text
+        if len(self.ids) >= req.max_new_tokens:
+            return self.complete("length")
+        if req.cancelled.is_set():
+            return self.complete("cancelled")
+        return False
 
-    def _emit(self, i: int) -> None:
-        text = self.tok.decode(self.ids[i], skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        delta = text[len(self.sent[i]):]
-        if delta and self.requests[i].on_text is not None:
-            self.requests[i].on_text(delta)
-        self.sent[i] = text
-
-    def end(self) -> None:
-        pass
-
-    def complete(self, i: int, reason: str) -> None:
-        """A finished row answers its request now, not when the slowest row of the batch is done."""
-        if self.finish[i]:
-            return
-        self.finish[i] = reason
-        req, now = self.requests[i], time.monotonic()
+    def complete(self, reason: str) -> bool:
+        """Answer the request now (a finished row never waits for the others); later calls do nothing."""
+        if self.finish:
+            return True
+        self.finish = reason
+        req, now = self.req, time.monotonic()
         req.future.set_result(GenResult(
-            text=self.tok.decode(self.ids[i], skip_special_tokens=True).strip(),
-            prompt_tokens=self.prompt_tokens[i], completion_tokens=len(self.ids[i]) + (reason == "stop"),
-            finish_reason=reason, ttft_s=(req.first_token or now) - req.submitted, latency_s=now - req.submitted,
-            queued_s=self.started - req.submitted, batch_size=len(self.requests)))
+            text=self.tok.decode(self.ids, skip_special_tokens=True).strip(), prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.ids) + (reason == "stop"), finish_reason=reason,
+            ttft_s=(req.first_token or now) - req.submitted, latency_s=now - req.submitted,
+            queued_s=self.started - req.submitted, batch_size=self.batch_size))
+        return True
 
 
 class BatchEngine:
-    """One worker thread decoding queued requests in batches, one variant (model) per batch."""
+    """One worker thread running every variant's continuous batch (or static batches where it must)."""
 
     def __init__(self, generators: dict, max_batch_size: int = 8, max_wait_ms: float = 15.0,
-                 max_prompt_tokens: int = 2048, seed: int = 0):
+                 max_prompt_tokens: int = 2048, seed: int = 0, prefix_entries: int = 8):
+        from convrl.rl.decoding import supports_preallocated
+
         self.generators = generators
         for g in generators.values():
             g.tok.truncation_side = "left"  # a prompt over the limit loses its oldest text, never the newest turn
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_prompt_tokens = max_prompt_tokens
+        self.decoders = {name: SlotDecoder(g.model, max_batch_size, prefix_entries=prefix_entries)
+                         for name, g in generators.items() if supports_preallocated(g.model.config)}
+        self.eos = {name: self._eos_ids(g) for name, g in generators.items()}
         self.queues: dict[str, deque[GenRequest]] = {name: deque() for name in generators}
         self.cond = threading.Condition()
         self.running = False
         self.thread: threading.Thread | None = None
-        self.batches = 0
-        self.rows = 0
+        self.batches = 0   # batched forwards that decoded (decode steps; one per static generate call)
+        self.rows = 0      # rows over those forwards: mean batch size = rows / batches
+        self.requests = 0  # requests that started decoding
         self.free_since = 0.0
         self._seed = seed or int(time.time())
+        self.rng = torch.Generator().manual_seed(self._seed)
+
+    @staticmethod
+    def _eos_ids(gen) -> set[int]:
+        eos = gen.model.generation_config.eos_token_id
+        eos = gen.tok.eos_token_id if eos is None else eos
+        return set(eos if isinstance(eos, list) else [eos])
 
     def start(self) -> None:
         self.running = True
@@ -212,69 +207,148 @@ class BatchEngine:
         with self.cond:
             return sum(len(q) for q in self.queues.values())
 
-    def _next_batch(self) -> tuple[str, list[GenRequest]] | None:
+    def running_rows(self) -> int:
+        return sum(len(d.rows) for d in self.decoders.values())
+
+    def prefix_stats(self) -> dict:
+        """Prompt tokens prefilled vs copied from a stored prefix, over every variant."""
+        return {"prefill_tokens": sum(d.prefill_tokens for d in self.decoders.values()),
+                "prefix_tokens_reused": sum(d.reused_tokens for d in self.decoders.values())}
+
+    def _take(self) -> dict[str, list[GenRequest]] | None:
+        """Requests to start now, per variant (as many as have free slots); waits while there is nothing to do."""
         with self.cond:
-            while self.running and not any(self.queues.values()):
+            while self.running and not any(self.queues.values()) and not self.running_rows():
                 self.cond.wait()
             if not self.running:
                 return None
-            variant = min((v for v, q in self.queues.items() if q), key=lambda v: self.queues[v][0].submitted)
-            queue = self.queues[variant]
-            # Wait from the later of the oldest arrival and the end of the last batch: closed-loop clients whose
-            # rows finished last resubmit right after a batch ends, and a batch that left them out would split
-            # the sessions into ever smaller batches.
-            deadline = max(queue[0].submitted, self.free_since) + self.max_wait
-            while self.running and len(queue) < self.max_batch_size and time.monotonic() < deadline:
-                self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
-        return variant, batch
+            work = {}
+            for variant, queue in self.queues.items():
+                if not queue:
+                    continue
+                dec = self.decoders.get(variant)
+                if dec is None:
+                    self._fill_static(queue)
+                room = dec.free if dec is not None else self.max_batch_size
+                work[variant] = [queue.popleft() for _ in range(min(room, len(queue)))]
+            return work
+
+    def _fill_static(self, queue: deque) -> None:
+        # Wait from the later of the oldest arrival and the end of the last batch: closed-loop clients whose rows
+        # finished last resubmit right after a batch ends, and a batch that left them out would split the sessions
+        # into ever smaller batches. Never while continuous rows are running (they would stall).
+        deadline = max(queue[0].submitted, self.free_since) + self.max_wait
+        while (self.running and len(queue) < self.max_batch_size and time.monotonic() < deadline
+               and not self.running_rows()):
+            self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
-        while True:
-            nxt = self._next_batch()
-            if nxt is None:
-                return
-            variant, batch = nxt
-            live = [r for r in batch if not r.cancelled.is_set()]
-            for r in batch:
-                if r.cancelled.is_set():
-                    r.future.set_exception(RuntimeError("request cancelled before decoding"))
-            if not live:
-                continue
-            try:
-                self._generate(self.generators[variant], live)
-            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the server
-                log.exception("generation failed for a batch of %d on %s", len(live), variant)
-                for r in live:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-            self.free_since = time.monotonic()
+        while (work := self._take()) is not None:
+            for variant, reqs in work.items():
+                live = [r for r in reqs if not r.cancelled.is_set()]
+                for r in reqs:
+                    if r.cancelled.is_set():
+                        r.future.set_exception(RuntimeError("request cancelled before decoding"))
+                if variant in self.decoders:
+                    for req in live:
+                        self._admit(variant, req)
+                elif live:
+                    self._static(variant, live)
+            for variant, dec in self.decoders.items():
+                if dec.rows:
+                    self._step(variant, dec)
+        for dec in self.decoders.values():  # stopping: answer what still runs
+            for row in dec.rows:
+                row.complete("cancelled")
+            dec.clear()
 
-    @torch.inference_mode()
-    def _generate(self, gen, batch: list[GenRequest]) -> None:
-        from convrl.rl.decoding import preallocated_cache
+    def _encode(self, tok, req: GenRequest) -> tuple[list[int], int]:
+        """(prompt ids, how many leading ids are worth sharing: the persona prefix, else the system message)."""
+        text = tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False, truncation=True, max_length=self.max_prompt_tokens)["input_ids"]
+        system = req.messages[0] if req.messages and req.messages[0]["role"] == "system" else None
+        if system is None:
+            return ids, 0
+        content = req.prefix if req.prefix and system["content"].startswith(req.prefix) else system["content"]
+        head = tok.apply_chat_template([{"role": "system", "content": content}], tokenize=False)
+        head_ids = tok(head, add_special_tokens=False)["input_ids"]
+        # The head ends with the template's end-of-message; where the real message goes on, they part ways.
+        anchor = next((i for i, (a, b) in enumerate(zip(ids, head_ids)) if a != b), min(len(ids), len(head_ids)))
+        return ids, anchor
+
+    def _sample(self, rows: list[RowState], logits: torch.Tensor) -> list[int]:
+        temperature = torch.tensor([r.req.temperature for r in rows], dtype=torch.float32, device=logits.device)
+        top_p = torch.tensor([r.req.top_p for r in rows], dtype=torch.float32, device=logits.device)
+        return sample_rows(logits, temperature, top_p, self.rng).tolist()
+
+    def _admit(self, variant: str, req: GenRequest) -> None:
+        """Prefill ``req`` into a free slot and sample its first token (it decodes from the next step on)."""
+        gen, dec = self.generators[variant], self.decoders[variant]
+        try:
+            ids, anchor = self._encode(gen.tok, req)
+            row = RowState(gen.tok, req, self.eos[variant], time.monotonic(), len(ids))
+            _, logits = dec.add(ids, anchor, row)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
+            log.exception("prefill failed for a request on %s", variant)
+            req.future.set_exception(exc)
+            return
+        self.requests += 1
+        row.batch_size = len(dec.rows)
+        self._advance(dec, row, self._sample([row], logits[None])[0])
+
+    def _step(self, variant: str, dec: SlotDecoder) -> None:
+        """One decode step of every running row of ``variant``; finished rows answer and leave."""
+        for row in [r for r in dec.rows if r.req.cancelled.is_set()]:  # the client went away: stop its row now
+            row.complete("cancelled")
+            dec.remove(dec.rows.index(row))
+        rows = list(dec.rows)
+        if not rows:
+            return
+        try:
+            logits = dec.step([r.next_token for r in rows])
+            tokens = self._sample(rows, logits)
+        except Exception as exc:  # noqa: BLE001 - one bad step fails its rows, not the server
+            log.exception("decode step failed for %d rows on %s", len(rows), variant)
+            for row in rows:
+                row.req.future.set_exception(exc)
+            dec.clear()
+            return
+        self.batches += 1
+        self.rows += len(rows)
+        for row, token in zip(rows, tokens):
+            row.batch_size = max(row.batch_size, len(rows))
+            self._advance(dec, row, token)
+
+    @staticmethod
+    def _advance(dec: SlotDecoder, row: RowState, token: int) -> None:
+        """Give ``row`` its next token; a row that is done (or out of positions) answers and frees its slot."""
+        slot = dec.rows.index(row)
+        try:
+            done = row.push(token) or dec.room(slot) < 1
+        except Exception as exc:  # noqa: BLE001 - e.g. a streaming callback failed: that row ends, not the batch
+            log.exception("a row failed while streaming")
+            row.finish = "error"
+            row.req.future.set_exception(exc)
+            done = True
+        if done:
+            row.complete("length")
+            dec.remove(slot)
+
+    def _static(self, variant: str, live: list[GenRequest]) -> None:
+        from convrl.serving.static_batch import generate_static
 
         started = time.monotonic()
-        tok, model = gen.tok, gen.model
-        texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in batch]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
-                  max_length=self.max_prompt_tokens)
-        prompt_len = enc["input_ids"].shape[1]
-        max_new = max(r.max_new_tokens for r in batch)
-        config = copy.deepcopy(model.generation_config)
-        # Sampling happens in RowSampler; generate() itself decodes greedily over its output.
-        config.update(do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                      temperature=None, top_p=None, top_k=None, min_p=None)
-        eos = config.eos_token_id if config.eos_token_id is not None else tok.eos_token_id
-        streamer = RowStreamer(tok, batch, set(eos if isinstance(eos, list) else [eos]),
-                               [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()], started)
+        rows = [RowState(self.generators[variant].tok, r, self.eos[variant], started) for r in live]
         self._seed += 1
-        sampler = RowSampler([r.temperature for r in batch], [r.top_p for r in batch], self._seed)
-        stop = StoppingCriteriaList([RowStop(prompt_len, [r.max_new_tokens for r in batch], batch)])
-        cache = preallocated_cache(model.config, prompt_len + max_new)
-        model.generate(**enc, generation_config=config, logits_processor=[sampler], stopping_criteria=stop,
-                       streamer=streamer, cache=cache)
-        self.batches += 1
-        self.rows += len(batch)
-        for i, r in enumerate(batch):  # rows generate() stopped without a streamed reason (cancelled mid-step)
-            streamer.complete(i, "cancelled" if r.cancelled.is_set() else "length")
+        try:
+            generate_static(self.generators[variant], rows, self.max_prompt_tokens,
+                            RowSampler([r.temperature for r in live], [r.top_p for r in live], self._seed))
+            self.batches += 1
+            self.rows += len(rows)
+            self.requests += len(rows)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the server
+            log.exception("generation failed for a batch of %d on %s", len(live), variant)
+            for r in live:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+        self.free_since = time.monotonic()

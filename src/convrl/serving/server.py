@@ -107,9 +107,9 @@ class Server:
         return {"status": "ok", "variants": {n: {"model": v.model_name, "version": v.version}
                                              for n, v in self.variants.items()},
                 "challenger_fraction": self.cfg.serve.challenger_fraction if CHALLENGER in self.variants else 0.0,
-                "sessions": len(self.sessions), "queued": e.pending(), "batches": e.batches,
-                "mean_batch_size": round(e.rows / e.batches, 2) if e.batches else 0.0,
-                "traces": self.writer.stats()}
+                "sessions": len(self.sessions), "queued": e.pending(), "decoding": e.running_rows(),
+                "batches": e.batches, "mean_batch_size": round(e.rows / e.batches, 2) if e.batches else 0.0,
+                **e.prefix_stats(), "traces": self.writer.stats()}
 
 
 def serve(cfg, api_key: str | None = None, log_level: str = "info", access_log: bool = False) -> None:
