@@ -74,29 +74,33 @@ def fingerprint_data(data_config: str, rewards_config: str) -> NamedTuple(
 
 @component
 def ingest(data_config: str, data_fingerprint: str, turns: Output[Dataset], personas: Output[Dataset],
-           quarantine: Output[Dataset], summary: Output[Artifact], metrics: Output[Metrics]):
-    """Cached: keyed on the data section and ``data_fingerprint`` (which only changes the key)."""
+           quarantine: Output[Dataset], summary: Output[Artifact]):
+    """Cached: keyed on the data section and ``data_fingerprint`` (which only changes the key).
+
+    The KFP metrics come from the record step: a cached step's outputs must all be files (kfp.local
+    treats an output without one, such as a Metrics artifact, as a cache miss).
+    """
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages import kfp_metrics
     from convrl.stages.data import ingest_compute
 
     prepare()
-    stats = ingest_compute(config_from_json(data_config), turns.path, personas.path, quarantine.path, summary.path)
-    for k, v in kfp_metrics(stats).items():
-        metrics.log_metric(k, v)
+    ingest_compute(config_from_json(data_config), turns.path, personas.path, quarantine.path, summary.path)
 
 
 @component
 def record_ingest(config_json: str, parent_run_id: str, turns: Input[Dataset], personas: Input[Dataset],
-                  quarantine: Input[Dataset], summary: Input[Artifact]):
+                  quarantine: Input[Dataset], summary: Input[Artifact], metrics: Output[Metrics]):
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.data import ingest_record
 
     prepare()
-    ingest_record(config_from_json(config_json), parent_run_id, turns.path, personas.path, quarantine.path,
-                  summary.path)
+    stats = ingest_record(config_from_json(config_json), parent_run_id, turns.path, personas.path, quarantine.path,
+                          summary.path)
+    for k, v in kfp_metrics(stats).items():
+        metrics.log_metric(k, v)
 
 
 @component
@@ -124,28 +128,28 @@ def record_validation(config_json: str, parent_run_id: str, results: Input[Artif
 
 @component
 def train_reward_models(rewards_config: str, rewards_fingerprint: str, turns: Input[Dataset],
-                        personas: Input[Dataset], reward_models: Output[Model], metrics: Output[Metrics]):
+                        personas: Input[Dataset], reward_models: Output[Model]):
     """Cached: keyed on the models + rewards sections, the files they name and the ingested tables."""
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages import kfp_metrics
     from convrl.stages.rewards import rewards_compute
 
     prepare()
-    out = rewards_compute(config_from_json(rewards_config), turns.path, reward_models.path,
-                          personas_path=personas.path)
-    for k, v in kfp_metrics(out.get("metrics", {})).items():
-        metrics.log_metric(k, v)
+    rewards_compute(config_from_json(rewards_config), turns.path, reward_models.path, personas_path=personas.path)
 
 
 @component
-def record_reward_models(config_json: str, parent_run_id: str, reward_models: Input[Model]):
+def record_reward_models(config_json: str, parent_run_id: str, reward_models: Input[Model],
+                         metrics: Output[Metrics]):
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
+    from convrl.stages import kfp_metrics
     from convrl.stages.rewards import rewards_record
 
     prepare()
-    rewards_record(config_from_json(config_json), parent_run_id, reward_models.path)
+    out = rewards_record(config_from_json(config_json), parent_run_id, reward_models.path)
+    for k, v in kfp_metrics(out).items():
+        metrics.log_metric(k, v)
 
 
 @component

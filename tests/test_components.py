@@ -22,9 +22,9 @@ def _ingest(tiny_cfg, parent, tmp_path):
     t, p, q, s, m = (_Art(tmp_path / "turns.parquet"), _Art(tmp_path / "personas.parquet"),
                      _Art(tmp_path / "q.parquet"), _Art(tmp_path / "summary.json"), _Metrics(tmp_path / "m"))
     comps.ingest.python_func(data_config=stage_config(tiny_cfg, "ingest"), data_fingerprint="f", turns=t,
-                             personas=p, quarantine=q, summary=s, metrics=m)
+                             personas=p, quarantine=q, summary=s)
     comps.record_ingest.python_func(config_json=tiny_cfg.to_json(), parent_run_id=parent, turns=t, personas=p,
-                                    quarantine=q, summary=s)
+                                    quarantine=q, summary=s, metrics=m)
     return t, p, m
 
 

@@ -20,14 +20,25 @@ def test_component_passes_personas_path_to_rewards_stage(monkeypatch, tiny_cfg, 
 
     monkeypatch.setattr(rs, "rewards_compute", fake_compute)
     monkeypatch.setattr(convrl.stages, "offline_defaults", lambda: None)
-    m = _Metrics(tmp_path / "m")
     comps.train_reward_models.python_func(
         rewards_config=stage_config(tiny_cfg, "reward_models"), rewards_fingerprint="f",
         turns=_Art(tmp_path / "turns.parquet"), personas=_Art(tmp_path / "personas.parquet"),
-        reward_models=_Art(tmp_path / "rm"), metrics=m)
+        reward_models=_Art(tmp_path / "rm"))
     assert seen["personas"] == str(tmp_path / "personas.parquet")
     assert seen["turns"] == str(tmp_path / "turns.parquet")
     assert seen["rewards"] == tiny_cfg.rewards  # the section the cache key holds reaches the stage intact
+
+
+def test_record_component_shows_the_stage_metrics_in_kfp(monkeypatch, tiny_cfg, tmp_path):
+    import convrl.stages
+    import convrl.stages.rewards as rs
+
+    monkeypatch.setattr(rs, "rewards_record", lambda cfg, parent, reward_dir: {
+        "emotion/val_macro_f1": 0.5, "label_kind": "gold", "logged_model": "models:/m-1"})
+    monkeypatch.setattr(convrl.stages, "offline_defaults", lambda: None)
+    m = _Metrics(tmp_path / "m")
+    comps.record_reward_models.python_func(config_json=tiny_cfg.to_json(), parent_run_id="p",
+                                           reward_models=_Art(tmp_path / "rm"), metrics=m)
     assert m.logged == {"emotion_val_macro_f1": 0.5}
 
 
