@@ -174,7 +174,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (1 on a shared box)")
     ap.add_argument("--max-wait-ms", type=float, default=100.0,
-                    help="serve.max_wait_ms: on a busy box a reply's HTTP round trip takes tens of ms")
+                    help="serve.max_wait_ms (static batching only, i.e. sliding-window models; continuous "
+                         "batching never waits)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -220,6 +221,8 @@ def main() -> None:
         "speedup_8_vs_1_tokens_per_s": round(s_par["tokens_per_s"] / max(s_seq["tokens_per_s"], 1e-9), 2),
         "speedup_8_vs_1_requests_per_s": round(s_par["requests_per_s"] / max(s_seq["requests_per_s"], 1e-9), 2),
         "load_errors": load.errors[:5], "server_mean_batch_size": health["mean_batch_size"],
+        "server_prefill_tokens": health.get("prefill_tokens"),
+        "server_prefix_tokens_reused": health.get("prefix_tokens_reused"),
         "traces_lost": len([i for i in warm.ids + seq.ids + par.ids + load.ids if i and i not in found]),
         "turns_served": len(warm.ids) + len(seq.ids) + len(par.ids) + len(load.ids), "turns_in_mlflow": len(found),
         "feedback_sent": load.feedback_ok, "feedback_in_mlflow": int(len(with_feedback)),

@@ -39,7 +39,7 @@ def test_rows_joining_at_different_steps_match_generate():
     model = _llama()
     g = torch.Generator().manual_seed(1)
     system = torch.randint(5, 1000, (40,), generator=g).tolist()
-    prompts = [system + torch.randint(5, 1000, (k,), generator=g).tolist() for k in (5, 12, 3, 30)]
+    prompts = [system + torch.randint(5, 1000, (k,), generator=g).tolist() for k in (5, 12, 8, 30)]
     prompts.append(torch.randint(5, 1000, (20,), generator=g).tolist())  # no shared prefix
     joins = {0: 0, 1: 3, 2: 3, 3: 6, 4: 9}  # decode step at which each row joins
     want = {i: 12 + 2 * i for i in joins}     # rows leave at different steps too
@@ -48,10 +48,16 @@ def test_rows_joining_at_different_steps_match_generate():
     out: dict[int, list[int]] = {}
     waiting = sorted(joins, key=joins.get)
     for step in range(200):
-        while waiting and joins[waiting[0]] <= step and dec.free:
+        joining = []
+        while waiting and joins[waiting[0]] <= step and len(joining) < dec.free:
             i = waiting.pop(0)
-            _, logits = dec.add(prompts[i], anchor=40 if i < 4 else 0, row=i)
-            out[i] = [int(logits.argmax())]
+            joining.append((prompts[i], 40 if i < 4 else 0, i))
+        if joining:  # rows 1 and 2 join together: one left-padded forward of their remainders (12 and 8)
+            before = dec.prefill_tokens
+            for i, logits in dec.add_rows(joining):
+                out[i] = [int(logits.argmax())]
+            # Row 0 prefills the system prompt (and stores it); rows 1-3 copy it and prefill only the rest.
+            assert dec.prefill_tokens - before == sum(len(p) - 40 * (i in (1, 2, 3)) for p, _, i in joining)
         if not dec.rows and not waiting:
             break
         if dec.rows:
@@ -83,6 +89,40 @@ def test_a_stored_prefix_serves_a_longer_system_message():
     for _ in range(7):
         tokens.append(int(dec.step([0, tokens[-1]])[1].argmax()))
     assert tokens == _greedy(model, with_memory, 8)
+
+
+def test_a_finished_turn_serves_the_next_turn_of_its_session():
+    from convrl.serving.slots import PrefixStore, SlotDecoder
+
+    model = _llama(seed=5)
+    g = torch.Generator().manual_seed(6)
+    turn1 = torch.randint(5, 1000, (30,), generator=g).tolist()
+    dec = SlotDecoder(model, slots=2)
+    _, logits = dec.add(turn1, row="t1")
+    reply = [int(logits.argmax())]
+    for _ in range(9):
+        reply.append(int(dec.step([reply[-1]])[0].argmax()))
+    dec.remove(0, keep=True)  # the cache holds turn1 + reply[:-1] (the last token was never fed)
+    turn2 = turn1 + reply + torch.randint(5, 1000, (7,), generator=g).tolist()
+    before = dec.reused_tokens
+    _, logits = dec.add(turn2, row="t2")
+    assert dec.reused_tokens - before == len(turn1) + len(reply) - 1
+    tokens = [int(logits.argmax())]
+    for _ in range(5):
+        tokens.append(int(dec.step([tokens[-1]])[0].argmax()))
+    assert tokens == _greedy(model, turn2, 6)
+    # The store: a longer entry replaces its own prefixes; the least recently used go beyond the budget.
+    kv = (torch.zeros(2, 1, 1, 100, 4), torch.zeros(2, 1, 1, 100, 4))  # 6400 bytes
+    store = PrefixStore(budget_bytes=20_000, min_tokens=4)
+    store.add(tuple(range(20)), kv)
+    store.add(tuple(range(40)), kv)
+    assert list(store.entries) == [tuple(range(40))]
+    store.add(tuple(range(30)), kv)  # covered by the 40-token entry
+    for start in (100, 200, 300):
+        store.add(tuple(range(start, start + 20)), kv)
+    assert tuple(range(40)) not in store.entries and len(store.entries) == 3 and store.bytes <= 20_000
+    assert store.match(list(range(200, 230)), limit=29)[0] == 20
+    assert store.match([1, 2, 3], limit=2) == (0, None)
 
 
 def _chat_generator(seed: int = 0, **kw):

@@ -33,10 +33,12 @@ class ServeConfig:
     persona: str = field(default="empathetic_coach", metadata={
         "help": "Persona card for sessions that do not name one (bundled name or YAML path)."})
     max_batch_size: int = field(default=8, metadata={
-        "help": "Most concurrent requests decoded in one generate call."})
+        "help": "Most requests decoded together per variant (slots of the continuous batch; more wait in the "
+                "queue and join as rows finish)."})
     max_wait_ms: float = field(default=15.0, metadata={
-        "help": "How long the batcher waits for more requests after the first one arrives (latency vs "
-                "batch size)."})
+        "help": "Static batching only (models with sliding-window layers): how long the batcher waits for more "
+                "requests after the first one arrives. Continuous batching never waits: requests join the "
+                "running batch at the next decode step."})
     threads: int = field(default=0, metadata={
         "help": "torch intra-op threads for generation (0 = torch's default, one per core); 1 on a box shared "
                 "with other work, where oversubscribed threads slow every step down."})

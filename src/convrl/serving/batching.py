@@ -154,7 +154,7 @@ class BatchEngine:
     """One worker thread running every variant's continuous batch (or static batches where it must)."""
 
     def __init__(self, generators: dict, max_batch_size: int = 8, max_wait_ms: float = 15.0,
-                 max_prompt_tokens: int = 2048, seed: int = 0, prefix_entries: int = 8):
+                 max_prompt_tokens: int = 2048, seed: int = 0, prefix_mb: float = 256):
         from convrl.rl.decoding import supports_preallocated
 
         self.generators = generators
@@ -163,7 +163,7 @@ class BatchEngine:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_prompt_tokens = max_prompt_tokens
-        self.decoders = {name: SlotDecoder(g.model, max_batch_size, prefix_entries=prefix_entries)
+        self.decoders = {name: SlotDecoder(g.model, max_batch_size, prefix_mb=prefix_mb)
                          for name, g in generators.items() if supports_preallocated(g.model.config)}
         self.eos = {name: self._eos_ids(g) for name, g in generators.items()}
         self.queues: dict[str, deque[GenRequest]] = {name: deque() for name in generators}
@@ -249,9 +249,8 @@ class BatchEngine:
                 for r in reqs:
                     if r.cancelled.is_set():
                         r.future.set_exception(RuntimeError("request cancelled before decoding"))
-                if variant in self.decoders:
-                    for req in live:
-                        self._admit(variant, req)
+                if variant in self.decoders and live:
+                    self._admit(variant, live)
                 elif live:
                     self._static(variant, live)
             for variant, dec in self.decoders.items():
@@ -281,20 +280,32 @@ class BatchEngine:
         top_p = torch.tensor([r.req.top_p for r in rows], dtype=torch.float32, device=logits.device)
         return sample_rows(logits, temperature, top_p, self.rng).tolist()
 
-    def _admit(self, variant: str, req: GenRequest) -> None:
-        """Prefill ``req`` into a free slot and sample its first token (it decodes from the next step on)."""
+    def _admit(self, variant: str, reqs: list[GenRequest]) -> None:
+        """Prefill ``reqs`` into free slots (one forward where it pays) and sample their first tokens."""
         gen, dec = self.generators[variant], self.decoders[variant]
-        try:
-            ids, anchor = self._encode(gen.tok, req)
-            row = RowState(gen.tok, req, self.eos[variant], time.monotonic(), len(ids))
-            _, logits = dec.add(ids, anchor, row)
-        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
-            log.exception("prefill failed for a request on %s", variant)
-            req.future.set_exception(exc)
+        joining = []
+        for req in reqs:
+            try:
+                ids, anchor = self._encode(gen.tok, req)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
+                log.exception("could not encode a request on %s", variant)
+                req.future.set_exception(exc)
+                continue
+            joining.append((ids, anchor, RowState(gen.tok, req, self.eos[variant], time.monotonic(), len(ids))))
+        if not joining:
             return
-        self.requests += 1
-        row.batch_size = len(dec.rows)
-        self._advance(dec, row, self._sample([row], logits[None])[0])
+        try:
+            firsts = dec.add_rows(joining)
+        except Exception as exc:  # noqa: BLE001 - a failed prefill fails its requests, not the server
+            log.exception("prefill failed for %d requests on %s", len(joining), variant)
+            for _, _, row in joining:
+                row.req.future.set_exception(exc)
+            return
+        self.requests += len(firsts)
+        rows = [row for row, _ in firsts]
+        for row, token in zip(rows, self._sample(rows, torch.stack([logits for _, logits in firsts]))):
+            row.batch_size = len(dec.rows)
+            self._advance(dec, row, token)
 
     def _step(self, variant: str, dec: SlotDecoder) -> None:
         """One decode step of every running row of ``variant``; finished rows answer and leave."""
@@ -332,7 +343,8 @@ class BatchEngine:
             done = True
         if done:
             row.complete("length")
-            dec.remove(slot)
+            # A finished reply's KV serves the session's next turn (its prompt starts with this one's text).
+            dec.remove(slot, keep=row.finish in ("stop", "length"))
 
     def _static(self, variant: str, live: list[GenRequest]) -> None:
         from convrl.serving.static_batch import generate_static
