@@ -9,7 +9,10 @@ half the sessions stream):
 1. 8 conversations of ``--turns`` turns, one at a time (one-at-a-time serving),
 2. the same 8 conversations at once, 8 concurrent sessions (ratio of completion
    tokens/s and requests/s against phase 1, each over the wall time until its
-   last reply: the batching speed-up),
+   last reply: the batching speed-up; each phase's first messages carry their
+   own tag, so the server's prefix store cannot replay phase 1's prompts in
+   phase 2, while the persona prompt and a session's earlier turn are reused
+   in both),
 3. 16 concurrent sessions for ``--load-s`` seconds (120), every turn followed
    by a thumbs/rating feedback POST: errors, p50/p95 latency and time to first
    token (client-side, streamed sessions), then, once the server's trace
@@ -78,7 +81,7 @@ class Stats:
 
 
 def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bool,
-            conversations: int | None = None):
+            conversations: int | None = None, tag: str = ""):
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="loopback", max_retries=0, timeout=900)
@@ -90,7 +93,9 @@ def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bo
         rng = random.Random(args.seed * 100003 + k)
         stream = k % 2 == 1
         sid = f"bench-{idx}-{k}-{time.time_ns()}"
-        history = [{"role": "user", "content": rng.choice(OPENERS)}]
+        # The phase's tag makes each phase's prompts its own: the server keeps finished turns' KV for reuse, and
+        # phase 2 must not find phase 1's identical prompts there (the persona prompt is shared either way).
+        history = [{"role": "user", "content": f"[{tag}{k}] {rng.choice(OPENERS)}"}]
         for _ in range(args.turns):
             if time.time() >= stop_at:
                 return
@@ -127,12 +132,12 @@ def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bo
 
 
 def phase(url: str, n: int, args, seconds: float = 1e9, conversations: int | None = None,
-          feedback: bool = False) -> tuple[Stats, float]:
+          feedback: bool = False, tag: str = "") -> tuple[Stats, float]:
     """``n`` concurrent sessions, each for ``seconds`` or ``conversations`` conversations of ``--turns`` turns;
     the wall time runs until the last request in flight has finished."""
     stats = Stats()
     stop_at = time.time() + seconds
-    threads = [threading.Thread(target=session, args=(url, i, stop_at, stats, args, feedback, conversations))
+    threads = [threading.Thread(target=session, args=(url, i, stop_at, stats, args, feedback, conversations, tag))
                for i in range(n)]
     t0 = time.time()
     for t in threads:
@@ -191,11 +196,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     try:
         wait_ready(url, proc)
-        warm, _ = phase(url, 2, args, conversations=1)  # warm-up: first-call allocations, caches
+        warm, _ = phase(url, 2, args, conversations=1, tag="w")  # warm-up: first-call allocations, caches
         # The same work both ways: 8 conversations, one at a time, then 8 at once.
-        seq, seq_wall = phase(url, 1, args, conversations=8)
-        par, par_wall = phase(url, 8, args, conversations=1)
-        load, load_wall = phase(url, args.sessions, args, seconds=args.load_s, feedback=True)
+        seq, seq_wall = phase(url, 1, args, conversations=8, tag="a")
+        par, par_wall = phase(url, 8, args, conversations=1, tag="b")
+        load, load_wall = phase(url, args.sessions, args, seconds=args.load_s, feedback=True, tag="c")
         t0 = time.time()
         while time.time() - t0 < 600:
             traces_state = requests.get(url + "/healthz", timeout=10).json()["traces"]
