@@ -135,6 +135,11 @@ class StubKFP:
         denied = self.authorize(headers, pair[1])
         if denied:
             return denied
+        if body.get("pipeline_spec"):  # a run may carry its spec instead of naming a version
+            spec = body["pipeline_spec"].get("pipeline_spec", body["pipeline_spec"])
+            if not spec.get("root") or not spec.get("pipelineInfo"):
+                return self.error(400, f"Failed to create a {kind}: the pipeline spec has no root or pipelineInfo")
+            return pair
         if not self.version_exists(body.get("pipeline_version_reference")):
             return self.error(404, "Pipeline version not found")
         return pair

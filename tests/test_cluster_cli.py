@@ -60,6 +60,22 @@ def test_submit_wait_exits_nonzero_unless_the_run_succeeds(kfp, package, capsys,
     assert _last_json(capsys.readouterr().out)["state"] == "FAILED"
 
 
+def test_submit_no_cache_runs_the_package_with_every_task_uncached(kfp, package, capsys):  # noqa: F811
+    from convrl.pipelines.caching import task_caching
+
+    compiled = task_caching(next(yaml.safe_load_all(package.read_text())))
+    assert compiled["ingest"] and compiled["train-reward-models"]  # cached unless a run says otherwise
+    assert main(["submit", "--host", kfp.host, "--package", str(package), "--no-cache", "rl.max_steps=3"]) == 0
+    out = _last_json(capsys.readouterr().out)
+    (run,) = [r for r in kfp.runs if r["run_id"] == out["run_id"]]
+    # A version run cannot turn caching off, so the run carries the spec itself (with its Kubernetes settings).
+    assert not run.get("pipeline_version_reference") and not kfp.versions
+    caching = task_caching(run["pipeline_spec"]["pipeline_spec"])
+    assert set(caching) == set(compiled) and not any(caching.values())
+    assert run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert run["runtime_config"]["parameters"]["overrides"] == "rl.max_steps=3"
+
+
 def test_submit_rejects_a_bad_config_before_starting_a_run(kfp, package, capsys):  # noqa: F811
     assert main(["submit", "--host", kfp.host, "--package", str(package), "rl.max_stepz=5"]) == 2
     assert "max_steps" in capsys.readouterr().err

@@ -194,3 +194,66 @@ def test_compiled_specs_parse_as_the_kfp_backend_reads_them():
                                     ignore_unknown_fields=False)
         assert cfg.secret_as_env[0].secret_name_parameter.runtime_value.constant.string_value or \
             cfg.secret_as_env[0].secret_name, name
+
+
+def test_gs_sources_go_through_gcsfs_and_the_same_copy_path(tmp_path):
+    """gs:// is served by gcsfs (installed with convrl, as s3fs is). Without network, a memory filesystem
+    stands in for GCS under the gs protocol, with GCS's object metadata (generation, md5Hash), to run the
+    same localize / fingerprint code the ingest step runs on a cluster."""
+    import fsspec
+    from fsspec.config import set_conf_env
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    assert fsspec.get_filesystem_class("gs").__module__.startswith("gcsfs")
+    # docs/cluster.md: a service-account key in FSSPEC_GS_TOKEN (a Secret key) becomes gcsfs's token.
+    conf: dict = {}
+    set_conf_env(conf, {"FSSPEC_GS_TOKEN": '{"type": "service_account", "client_email": "x@y.iam"}'})
+    assert conf["gs"]["token"]["type"] == "service_account"
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store, pseudo_dirs = {}, [""]
+        generation = {}
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(path.removeprefix("gs://").removeprefix("gcs://"))
+
+        def pipe_file(self, path, value, **kwargs):
+            super().pipe_file(path, value, **kwargs)
+            self.generation[self._strip_protocol(path)] = self.generation.get(self._strip_protocol(path), 0) + 1
+
+        def info(self, path, **kwargs):
+            info = super().info(path, **kwargs)
+            if info["type"] == "file":  # GCS's version fields; no mtime
+                info.pop("created", None)
+                info.update(generation=str(self.generation[self._strip_protocol(path)]), md5Hash="x")
+            return info
+
+    gcs = fsspec.get_filesystem_class("gs")
+    fsspec.register_implementation("gs", FakeGCS, clobber=True)
+    try:
+        _localize_and_fingerprint_gs(FakeGCS(), tmp_path)
+    finally:
+        fsspec.register_implementation("gs", gcs, clobber=True)
+
+
+def _localize_and_fingerprint_gs(fs, tmp_path):
+    from convrl.data.fingerprint import source_fingerprint
+    from convrl.data.sources.remote import localize_sources
+
+    fs.pipe("gs://corpora/chats/a.jsonl", b'{"messages": []}\n')
+    cfg = load_config("cluster", ["data.sources=['jsonl:gs://corpora/chats/a.jsonl?cap=5', 'dir:gs://corpora/chats']"])
+    local_cfg = localize_sources(cfg, cache=tmp_path)
+    copy = tmp_path / "gs" / "corpora" / "chats" / "a.jsonl"
+    assert local_cfg.data.sources == [f"jsonl:{copy}?cap=5", f"dir:{tmp_path / 'gs' / 'corpora' / 'chats'}"]
+    assert copy.read_bytes() == b'{"messages": []}\n'
+    before = source_fingerprint(cfg.data.sources[0])
+    assert before == source_fingerprint(cfg.data.sources[0])
+    fs.pipe("gs://corpora/chats/a.jsonl", b'{"messages": []}\n')  # same bytes, a new object generation
+    assert source_fingerprint(cfg.data.sources[0]) != before
+    fs.pipe("gs://corpora/chats/a.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n')
+    localize_sources(cfg, cache=tmp_path)
+    assert b"hi" in copy.read_bytes()  # a new generation: copied again
+    with pytest.raises(ConfigError, match="does not exist"):
+        localize_sources(load_config("cluster", ["data.sources=['jsonl:gs://corpora/none.jsonl']"]), cache=tmp_path)
