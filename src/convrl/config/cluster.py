@@ -102,11 +102,13 @@ class ClusterConfig:
     hf_token_secret: str = field(default="", metadata=_help(
         "Secret with key HF_TOKEN for gated/private hub models and datasets; empty: no token."))
     data_secret: str = field(default="", metadata=_help(
-        "Secret with object-store credentials for s3:// data sources, given to the ingest step only; empty: "
-        "the runner account's own cloud identity (IRSA / workload identity) or none."))
+        "Secret with object-store credentials for s3:// / gs:// data sources, given to the steps that read them "
+        "(fingerprint data, ingest) only; empty: the runner account's own cloud identity (IRSA / workload "
+        "identity) or none."))
     data_secret_keys: list[str] = field(
         default_factory=lambda: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], metadata=_help(
-            "Keys of data_secret that become env vars (each required); add AWS_ENDPOINT_URL for MinIO or GCS."))
+            "Keys of data_secret that become env vars (each required); add AWS_ENDPOINT_URL for MinIO, or use "
+            "[FSSPEC_GS_TOKEN] (a service-account key) for gs://."))
     hf_hub_offline: bool = field(default=False, metadata=_help(
         "Set HF_HUB_OFFLINE=1 in every step (air-gapped clusters: models from the image or the model cache only)."))
     model_cache_pvc: str = field(default="convrl-model-cache", metadata=_help(
