@@ -61,12 +61,11 @@ def fingerprint_data(data_config: str, rewards_config: str) -> NamedTuple(
     import json
     from collections import namedtuple
 
-    from convrl.config import config_from_json
-    from convrl.data.fingerprint import settings_fingerprint, sources_fingerprint
+    from convrl.data.fingerprint import ingest_fingerprint, settings_fingerprint
     from convrl.pipelines.step_env import prepare
 
     prepare()
-    data = sources_fingerprint(config_from_json(data_config).data.sources)
+    data = ingest_fingerprint(json.loads(data_config))
     rewards = settings_fingerprint(json.loads(rewards_config))
     print(f"data fingerprint {data[:16]}, reward data fingerprint {rewards[:16]}")
     return namedtuple("Fingerprints", ["data", "rewards"])(data, rewards)

@@ -8,7 +8,8 @@ import yaml
 
 from convrl import stages, tracking
 from convrl.config import config_from_json, load_config
-from convrl.data.fingerprint import settings_fingerprint, source_fingerprint, sources_fingerprint
+from convrl.data.fingerprint import (ingest_fingerprint, settings_fingerprint, source_fingerprint,
+                                     sources_fingerprint)
 from convrl.pipelines import conversational_rl as pipe
 from convrl.pipelines.caching import task_caching, without_caching
 from convrl.stages.cached import SECTIONS, stage_config
@@ -84,6 +85,12 @@ def test_data_fingerprint_follows_the_bytes_behind_a_path(tmp_path, monkeypatch)
     (folder / "b.jsonl").write_text("y")
     assert source_fingerprint(f"dir:{folder}") != before
     assert source_fingerprint(f"jsonl:{tmp_path / 'nope.jsonl'}") == "missing"  # fails the same way each time
+    card = tmp_path / "coach.yaml"  # persona cards named by path are ingest data too
+    card.write_text("persona_id: coach\n")
+    sections = {"data": {"sources": specs, "personas": ["calm_expert", str(card)]}}
+    before = ingest_fingerprint(sections)
+    card.write_text("persona_id: coach2\n")
+    assert ingest_fingerprint(sections) != before
     # Served traces keep arriving, and an unanswerable hub cannot be checked: never a cache hit.
     assert source_fingerprint("mlflow-traces:convrl") != source_fingerprint("mlflow-traces:convrl")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -211,3 +218,13 @@ def test_without_caching_turns_every_task_off(tmp_path):
     assert not any(task_caching(docs[0]).values())
     assert set(task_caching(docs[0])) == set(task_caching(_spec()))
     assert docs[1] == list(yaml.safe_load_all(pipe.COMPILED.read_text()))[1]  # the Kubernetes settings unchanged
+
+
+def test_fingerprint_component_is_stable_for_unchanged_data(tiny_cfg):
+    from convrl.components import stages as comps
+
+    args = {"data_config": stage_config(tiny_cfg, "ingest"), "rewards_config": stage_config(tiny_cfg, "reward_models")}
+    first = comps.fingerprint_data.python_func(**args)
+    assert first == comps.fingerprint_data.python_func(**args) and len(first.data) == 64
+    other = load_config("tiny", ["data.sources=[chatterbot:english, chatterbot:spanish]"])
+    assert comps.fingerprint_data.python_func(**{**args, "data_config": stage_config(other, "ingest")}).data != first.data

@@ -7,6 +7,7 @@ ingest step as an input (likewise for the rating sets the reward section names):
 
     sources_fingerprint(["chatterbot:english", "jsonl:s3://team/chats.jsonl?cap=5"])   # -> hex digest
     settings_fingerprint({"rewards": {"safety_data": "/data/toxichat", ...}})             # paths in a section
+    ingest_fingerprint({"data": {"sources": [...], "personas": ["/cards/coach.yaml"]}})  # both, for ingest
 
 What stands for each source's data:
 
@@ -119,6 +120,12 @@ def _named_locations(value: Any) -> list[str]:
         if remote_url(location) or (os.sep in location and Path(location).expanduser().exists()):
             return [location]
     return []
+
+
+def ingest_fingerprint(sections: dict) -> str:
+    """The ingest step's data: what every ``data.sources`` spec reads, and the files the section names
+    elsewhere (persona cards given as YAML paths). ``sections``: ``{"data": {...}}``."""
+    return _digest([sources_fingerprint(sections["data"]["sources"]), settings_fingerprint(sections)])
 
 
 def settings_fingerprint(sections: dict) -> str:
