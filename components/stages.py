@@ -9,6 +9,12 @@ holds kfp and convrl. The image here is only the default
 (``convrl.config.cluster.DEFAULT_IMAGE``); ``compile_pipeline`` sets the real one
 on every task.
 
+Ingest, validate and the reward models are split into a cached compute component
+(``ingest``, ``validate``, ``train_reward_models``: config sections, fingerprints and
+artifacts in, no MLflow) and an uncached ``record_*`` component that logs its outputs
+under the run's parent run (``convrl.stages.cached``); ``fingerprint_data`` computes the
+data fingerprint the cached ingest is keyed on.
+
 Test a component without Kubeflow through ``.python_func`` or ``kfp.local``.
 """
 
