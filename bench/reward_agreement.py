@@ -7,6 +7,12 @@ ones, and prints the README table. Research data only (see ../shared/data/README
     .venv/bin/python bench/reward_agreement.py --out /tmp/agree                      # train + measure
     .venv/bin/python bench/reward_agreement.py --cross /tmp/agree/cross --dialogue /tmp/agree/dialogue
     .venv/bin/python bench/reward_agreement.py --no-learned --out /tmp/agree0        # untrained heads only
+    .venv/bin/python bench/reward_agreement.py --learned relevance,personality,engagement,quality --calibrate
+
+``--learned`` trains the frozen-encoder heads of ``rewards.learned_heads`` (seconds to minutes) instead of the
+cross-encoder; ``--calibrate`` fits composite weights on training-side ratings (``rewards.calibrate``) and adds the
+``composite_calibrated`` column. Everything trains on training sides only (DailyDialog train, PersonaChat valid,
+ConvAI2 / user-satisfaction dialogues outside ``held_out(id, 0.3, 13)``, ToxiChat train).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ def main() -> None:
     p.add_argument("--dialogue", default="", help="a trained dialogue judge folder (else train one)")
     p.add_argument("--no-learned", action="store_true", help="untrained heads only (no cross-encoder)")
     p.add_argument("--no-dialogue", action="store_true", help="no dialogue-level judge")
+    p.add_argument("--learned", default="", help="comma-separated frozen-encoder heads to train (rewards.learned_heads)")
+    p.add_argument("--learned-max-pairs", type=int, default=6000)
+    p.add_argument("--calibrate", action="store_true", help="fit composite weights on training-side ratings")
     p.add_argument("--cross-steps", type=int, default=150)
     p.add_argument("--cross-examples", type=int, default=6000)
     p.add_argument("--dialogues-per-source", type=int, default=150)
@@ -55,19 +64,29 @@ def main() -> None:
     t0, timings = time.time(), {}
     enc_dir = models.resolve_encoder("all-minilm-l6-v2")
     encoder = load_encoder(enc_dir, precision="auto")
+    rc = SimpleNamespace(cross_heads=["quality", "personality", "engagement", "relevance"],
+                         cross_max_examples=a.cross_examples, cross_steps=a.cross_steps, cross_max_length=96,
+                         engagement_data=[str(data / "convai2_human_eval"), str(data / "user_satisfaction")],
+                         relevance_data=str(data / "dailydialog/convlab3_unified/data.zip"),
+                         personality_data=str(data / "personachat"), quality_data=str(data / "toxichat"),
+                         dialogue_data=[], safety_data="", calibrate=False,
+                         learned_heads=[h for h in a.learned.split(",") if h], learned_max_pairs=a.learned_max_pairs,
+                         learned_epochs=8)
     learned = {}
-    if not a.no_learned:
+    if rc.learned_heads:
+        from convrl.rewards.training import train_configured_heads
+
+        learned, m = train_configured_heads(rc, encoder, None, seed=a.seed)
+        for h, head in learned.items():
+            head.save(out / "learned" / h)
+        timings["learned_train_s"] = time.time() - t0
+        print(json.dumps(m), flush=True)
+    elif not a.no_learned:
         if a.cross:
             from convrl.rewards.cross_encoder import CrossEncoderHeads
 
             learned = CrossEncoderHeads.load(a.cross).as_heads()
         else:
-            rc = SimpleNamespace(cross_heads=["quality", "personality", "engagement", "relevance"],
-                                 cross_max_examples=a.cross_examples, cross_steps=a.cross_steps, cross_max_length=96,
-                                 engagement_data=[str(data / "convai2_human_eval"), str(data / "user_satisfaction")],
-                                 relevance_data=str(data / "dailydialog/convlab3_unified/data.zip"),
-                                 personality_data=str(data / "personachat"), dialogue_data=[], safety_data="",
-                                 calibrate=False)
             _, m, learned = train_human_judgement(rc, encoder, enc_dir, out, seed=a.seed)
             timings["cross_train_s"] = time.time() - t0
             print(json.dumps(m), flush=True)
@@ -90,12 +109,19 @@ def main() -> None:
     print(json.dumps(sm), flush=True)
     fluency = None if a.no_fluency else FluencyScorer(models.resolve_policy("smollm2-135m-instruct"))
     scorer = RewardScorer(encoder, None, fluency, learned=learned)
+    calibrated = {}
+    if a.calibrate:
+        from convrl.rewards.judgement import calibrate, calibration_items
+
+        calibrated, cm = calibrate(scorer, calibration_items(rc, seed=a.seed))
+        print(json.dumps(cm), flush=True)
     t1 = time.time()
-    result = run_suite(data, scorer, SuiteJudges(panel=JudgePanel(), safety=safety, dialogue=dialogue),
+    result = run_suite(data, scorer, SuiteJudges(panel=JudgePanel(), safety=safety, dialogue=dialogue,
+                                                    calibrated_weights=calibrated),
                        SuiteLimits(max_dialogue_items=a.max_dialogue_items, max_pairs=a.max_pairs, seed=a.seed),
                        a.n_bootstrap)
     timings["suite_s"] = time.time() - t1
-    result.update({"timings": timings, "args": vars(a), "safety_metrics": sm})
+    result.update({"timings": timings, "args": vars(a), "safety_metrics": sm, "calibrated_weights": calibrated})
     (out / "result.json").write_text(json.dumps(result, indent=2))
     table = summary_markdown(result)
     (out / "table.md").write_text(table + "\n")

@@ -45,8 +45,8 @@ class RewardsConfig:
                                   "~1.7x faster, cosine > 0.9999 with fp32), bf16 or fp32."})
     learned_heads: list[str] = field(
         default_factory=list,
-        metadata={"help": "Heads to train in the reward stage instead of their untrained scorers: any of relevance, "
-                  "personality, engagement ([] = none, the cheap default)."})
+        metadata={"help": "Heads to train in the reward stage (frozen encoder, seconds to minutes) instead of their "
+                  "untrained scorers: any of relevance, personality, engagement, quality ([] = none, the default)."})
     relevance_data: str = field(
         default="", metadata={"help": "Learned relevance head: DailyDialog ConvLab-3 data.zip (next-utterance "
                               "selection); empty = next-utterance pairs of the ingested train split."})
@@ -57,6 +57,11 @@ class RewardsConfig:
         default_factory=list,
         metadata={"help": "Learned engagement head: ConvAI2 human-eval and/or user-satisfaction folders; [] = the "
                   "ingested turns' feedback_rating, implicit signals (did the user reply, how much) elsewhere."})
+    quality_data: str = field(
+        default="", metadata={"help": "Learned quality head: a ToxiChat folder (crowd Plausible / Not Plausible labels "
+                              "of chatbot replies, train split); it also trains on ConvAI2 thumbs from "
+                              "rewards.engagement_data (training side) and DailyDialog train from "
+                              "rewards.relevance_data (true vs random / same-dialogue replies)."})
     learned_max_pairs: int = field(
         default=20000, metadata={"help": "Cap on training pairs/items per learned head (encoding dominates cost)."})
     learned_epochs: int = field(default=8, metadata={"help": "Epochs of the learned pair heads (early-stopped)."})
@@ -91,6 +96,13 @@ class RewardsConfig:
                               f"valid heads: {', '.join(WEIGHTED_HEADS)}")
         if any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ConfigError("rewards.weights must be non-negative and sum to more than 0")
+        bad = set(self.learned_heads) - set(WEIGHTED_HEADS)
+        if bad:
+            raise ConfigError(f"rewards.learned_heads has unknown heads {sorted(bad)}; valid: "
+                              f"{', '.join(WEIGHTED_HEADS)}")
+        if "quality" in self.learned_heads and not (self.quality_data or self.relevance_data or self.engagement_data):
+            raise ConfigError("rewards.learned_heads has quality but no training data: set rewards.quality_data "
+                              "(ToxiChat), relevance_data (DailyDialog) and/or engagement_data (ConvAI2)")
         bad = set(self.cross_heads) - set(WEIGHTED_HEADS)
         if bad:
             raise ConfigError(f"rewards.cross_heads has unknown heads {sorted(bad)}; valid: {', '.join(WEIGHTED_HEADS)}")

@@ -314,7 +314,8 @@ class RewardScorer:
                                                    fluency_logprob)
         if self.learned:
             inputs = {"context": c_emb, "response": r_emb, "persona": p_emb, "responses": responses,
-                      "no_persona": no_persona, "context_text": recent, "persona_text": cards}
+                      "no_persona": no_persona, "context_text": recent, "persona_text": cards, "user": u_emb,
+                      "user_text": last_user}
             for name, model in self.learned.items():
                 details[f"{name}_untrained"] = heads[name].astype(np.float32)
                 heads[name] = self._run(name, model.score, inputs)
@@ -347,11 +348,13 @@ class RewardScorer:
         cards = [persona_text(p) for p in personas]
         c_emb = self._run("encoder", self.encoder.encode, recent) if needs_context else None
         p_emb = self._run("encoder", self.encoder.encode, cards) if needs_persona else None
+        u_emb = self._run("encoder", self.encoder.encode, last_user) if head == "quality" else None
         no_persona = np.array([p is None for p in personas], dtype=bool)
         if head in self.learned:
             return self._run(head, self.learned[head].score, {"context": c_emb, "response": r_emb, "persona": p_emb,
                                                               "responses": responses, "no_persona": no_persona,
-                                                              "context_text": recent, "persona_text": cards})
+                                                              "context_text": recent, "persona_text": cards,
+                                                              "user": u_emb, "user_text": last_user})
         if head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
         return self._run(head, self._personality, r_emb, p_emb, personas, no_persona)

@@ -257,6 +257,10 @@ def load_learned(folder: str | Path):
         w = np.load(d / "weights.npz")
         return EngagementRegressor(w["coef"], meta["intercept"], w["mean"], w["scale"], meta["lo"], meta["hi"],
                                    meta.get("metrics"))
+    if meta["type"] == "logistic":
+        from convrl.rewards.quality_head import QualityHead
+
+        return QualityHead.load(d, meta)
     raise ValueError(f"{d}: unknown learned head type {meta['type']!r}")
 
 

@@ -17,6 +17,7 @@ meta-eval items (:mod:`convrl.rewards.human_data`) or turns-table items.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,8 +267,6 @@ def _persona_dialogues(turns: pd.DataFrame, split: str, personas: dict) -> list[
 
 
 def _engagement_items_from(paths: list[str], cap: int, seed: int) -> tuple[list[dict], dict[str, str]]:
-    from pathlib import Path
-
     from convrl.rewards.human_data import convai2_items, read_jsonl, satisfaction_items
 
     items, keys = [], {}
@@ -303,10 +302,10 @@ def train_configured_heads(rc, encoder, turns: pd.DataFrame, personas: dict | No
     from convrl.rewards.corpora import dailydialog_dialogues, personachat_dialogues
 
     heads, metrics = {}, {}
-    unknown = set(rc.learned_heads) - {"relevance", "personality", "engagement"}
+    unknown = set(rc.learned_heads) - {"relevance", "personality", "engagement", "quality"}
     if unknown:
         raise ValueError(f"rewards.learned_heads: unknown {sorted(unknown)}; choose from relevance, personality, "
-                         "engagement")
+                         "engagement, quality")
     cap = rc.learned_max_pairs
     if "relevance" in rc.learned_heads:
         if rc.relevance_data:
@@ -341,4 +340,12 @@ def train_configured_heads(rc, encoder, turns: pd.DataFrame, personas: dict | No
             keys = TURNS_RATING_KEYS
         heads["engagement"], m = train_engagement(encoder, items, keys, seed=seed)
         metrics.update({f"engagement/{k}": v for k, v in m.items()})
+    if "quality" in rc.learned_heads:
+        from convrl.rewards.quality_head import quality_items, train_quality_head
+
+        convai2 = next((p for p in rc.engagement_data if Path(p).is_dir() and any(Path(p).glob("*.json"))), "")
+        items = quality_items(toxichat=rc.quality_data, convai2=convai2, dailydialog=rc.relevance_data,
+                              max_dialogues=max(100, cap // 3), seed=seed)
+        heads["quality"], m = train_quality_head(encoder, items, seed=seed)
+        metrics.update({f"quality/{k}": v for k, v in m.items()})
     return heads, metrics
