@@ -7,7 +7,8 @@ import pytest
 from convrl import models
 from convrl.data.personas import Persona
 from convrl.rewards.encoder import SentenceEncoder
-from convrl.rewards.heads import RewardScorer, coherence, echo_rate, engagement_head, persona_sentences
+from convrl.rewards.heads import RewardScorer, coherence, engagement_head, persona_sentences
+from convrl.rewards.text_signals import echo_rate
 
 USER = [{"role": "user", "content": "My laptop will not turn on after the update, what should I do?"}]
 ON_TOPIC = "Hold the power button for ten seconds, then plug in the charger and restart the laptop."

@@ -4,8 +4,8 @@ import pytest
 from convrl import models
 from convrl.rewards.emotion import EMOTIONS, EmotionClassifier, nrc_silver_label, train_emotion_head
 from convrl.rewards.encoder import SentenceEncoder
-from convrl.rewards.heads import (HEADS, RewardHeadError, RewardScorer, is_degenerate, length_sanity,
-                                  repetition_rate)
+from convrl.rewards.heads import HEADS, RewardHeadError, RewardScorer, is_degenerate
+from convrl.rewards.text_signals import length_sanity, repetition_rate
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convrl.rewards.heads import is_degenerate, repetition_rate
+from convrl.rewards.heads import is_degenerate
+from convrl.rewards.text_signals import repetition_rate
 
 COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
                         r"does not make sense|what\?|stupid|boring|you already said|you said that|repeat|"

@@ -30,7 +30,6 @@ plug in through ``RewardScorer(..., learned={"relevance": head, ...})``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +38,7 @@ from convrl.config import WEIGHTED_HEADS
 from convrl.data.personas import TONES, Persona
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
+from convrl.rewards.text_signals import WORD_RE, echo_rate, length_sanity, repetition_rate, substance_score
 
 HEADS = WEIGHTED_HEADS
 
@@ -57,7 +57,6 @@ TONE_PROTOTYPES = {
                 "That is a common question; the answer depends on the details."],
 }
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class RewardHeadError(RuntimeError):
@@ -69,36 +68,6 @@ class ScoreBatch:
     heads: dict[str, np.ndarray]
     composite: np.ndarray
     details: dict[str, np.ndarray]
-
-
-def repetition_rate(text: str) -> float:
-    """Share of repeated word trigrams (0 = none, 1 = all repeats)."""
-    words = _WORD.findall(text.lower())
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def length_sanity(text: str, lo: int = 3, hi: int = 60) -> float:
-    n = len(_WORD.findall(text))
-    if n < lo:
-        return n / lo
-    if n > hi:
-        return max(0.0, 1.0 - (n - hi) / hi)
-    return 1.0
-
-
-_FUNCTION_WORDS = frozenset("""a an the and or but if so to of in on at by for with from as is am are was were be been
-being it its this that these those i me my we our you your he she they them his her their do does did have has had
-not no yes ok okay oh yeah well just really very too also then there here what how why who when where which can could
-would should will shall may might must i'm you're it's that's don't can't""".split())
-
-
-def substance_score(text: str, full: int = 6) -> float:
-    """Content words (not function words, 3+ letters), saturating at ``full``: "ok, i see" 0, a specific reply 1."""
-    words = [w for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in _FUNCTION_WORDS]
-    return min(1.0, len(set(words)) / full)
 
 
 def persona_text(persona: Persona | None) -> str:
@@ -132,20 +101,6 @@ def last_user_text(context: list[dict]) -> str:
     return next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
 
 
-def _trigrams(text: str) -> set:
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
-
-
-def echo_rate(reply: str, user_text: str) -> float:
-    """Share of the reply copied from the user's turn (word trigrams; a short reply: 1 if it is the same words)."""
-    grams = _trigrams(reply)
-    if not grams:
-        words = _WORD.findall(reply.lower())
-        return float(bool(words) and words == _WORD.findall(user_text.lower()))
-    return len(grams & _trigrams(user_text)) / len(grams)
-
-
 def coherence(r_emb: np.ndarray, u_emb: np.ndarray, responses: list[str], last_user: list[str]) -> np.ndarray:
     """Cosine of each reply with the user turn it answers, scaled down by what it copies from that turn.
 
@@ -175,7 +130,7 @@ def engagement_signals(responses: list[str]) -> np.ndarray:
     """
     out = np.zeros(len(responses), dtype=np.float32)
     for i, r in enumerate(responses):
-        words = [w.lower() for w in _WORD.findall(r)]
+        words = [w.lower() for w in WORD_RE.findall(r)]
         question = 1.0 if "?" in r else 0.0
         addresses = 1.0 if any(w in ("you", "your", "you're", "yours") for w in words) else 0.0
         out[i] = 0.35 * question + 0.2 * addresses + 0.25 * length_sanity(r, 4, 40) + 0.2 * (
@@ -189,7 +144,7 @@ def engagement_head(responses: list[str], coh: np.ndarray) -> np.ndarray:
     for i, r in enumerate(responses):
         if is_degenerate(r):
             continue
-        words = {w.lower() for w in _WORD.findall(r)}
+        words = {w.lower() for w in WORD_RE.findall(r)}
         addresses = float(bool(words & {"you", "your", "yours"}))
         out[i] = 0.45 * coh[i] + 0.2 * float("?" in r) + 0.15 * addresses + 0.2 * substance_score(r)
     return out

@@ -193,7 +193,8 @@ def _calibrate(towers: PairTowers, a, b, keys, gen, steps: int = 200) -> None:
 # ------------------------------------------------------------------ engagement
 
 def engagement_features(c_emb: np.ndarray, r_emb: np.ndarray, responses: list[str]) -> np.ndarray:
-    from convrl.rewards.heads import engagement_signals, is_degenerate, repetition_rate
+    from convrl.rewards.heads import engagement_signals, is_degenerate
+    from convrl.rewards.text_signals import repetition_rate
 
     words = np.array([len(r.split()) for r in responses], dtype=np.float32)
     scalars = np.stack([(c_emb * r_emb).sum(1), engagement_signals(responses), np.log1p(words),

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convrl.rewards.heads import echo_rate, is_degenerate, last_user_text, recent_context, repetition_rate
+from convrl.rewards.heads import is_degenerate, last_user_text, recent_context
+from convrl.rewards.text_signals import echo_rate, repetition_rate
 from convrl.rewards.human_data import held_out
 
 SCALARS = ("cos_user", "cos_context", "echo", "repetition", "question", "degenerate")

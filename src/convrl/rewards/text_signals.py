@@ -1,0 +1,56 @@
+"""Text-only signals of a reply that the reward heads and judges share: repetition, length sanity,
+substance (content words) and how much of the user's turn a reply copies (``echo_rate``)::
+
+    repetition_rate("the cat sat the cat sat")   # share of repeated word trigrams
+    echo_rate("my laptop will not start", "My laptop will not start after the update")   # 1.0
+"""
+
+from __future__ import annotations
+
+import re
+
+WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def repetition_rate(text: str) -> float:
+    """Share of repeated word trigrams (0 = none, 1 = all repeats)."""
+    words = WORD_RE.findall(text.lower())
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def length_sanity(text: str, lo: int = 3, hi: int = 60) -> float:
+    n = len(WORD_RE.findall(text))
+    if n < lo:
+        return n / lo
+    if n > hi:
+        return max(0.0, 1.0 - (n - hi) / hi)
+    return 1.0
+
+
+_FUNCTION_WORDS = frozenset("""a an the and or but if so to of in on at by for with from as is am are was were be been
+being it its this that these those i me my we our you your he she they them his her their do does did have has had
+not no yes ok okay oh yeah well just really very too also then there here what how why who when where which can could
+would should will shall may might must i'm you're it's that's don't can't""".split())
+
+
+def substance_score(text: str, full: int = 6) -> float:
+    """Content words (not function words, 3+ letters), saturating at ``full``: "ok, i see" 0, a specific reply 1."""
+    words = [w for w in WORD_RE.findall(text.lower()) if len(w) >= 3 and w not in _FUNCTION_WORDS]
+    return min(1.0, len(set(words)) / full)
+
+
+def _trigrams(text: str) -> set:
+    words = WORD_RE.findall(text.lower())
+    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def echo_rate(reply: str, user_text: str) -> float:
+    """Share of the reply copied from the user's turn (word trigrams; a short reply: 1 if it is the same words)."""
+    grams = _trigrams(reply)
+    if not grams:
+        words = WORD_RE.findall(reply.lower())
+        return float(bool(words) and words == WORD_RE.findall(user_text.lower()))
+    return len(grams & _trigrams(user_text)) / len(grams)
