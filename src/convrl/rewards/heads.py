@@ -153,8 +153,9 @@ def engagement_head(responses: list[str], coh: np.ndarray) -> np.ndarray:
 class RewardScorer:
     """Scores (context, response, persona) triples with every head at once.
 
-    ``learned`` optionally maps head names (relevance, personality, engagement)
-    to trained heads (:mod:`convrl.rewards.learned`) that replace the untrained
+    ``learned`` optionally maps head names (relevance, personality, engagement,
+    quality) to trained heads (:mod:`convrl.rewards.learned`,
+    :mod:`convrl.rewards.quality_head`, the cross-encoder) that replace the untrained
     scorer of that head; the untrained score stays in ``details`` as
     ``<head>_untrained`` so both can be compared with human ratings.
     """
