@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TREES = {"convrl": ROOT / "src" / "convrl", "convrl.components": ROOT / "components",
          "convrl.pipelines": ROOT / "pipelines", "convrl.data_checks": ROOT / "data_checks"}
 LAYERS = ["core", "data", "rewards", "rl", "eval", "stages", "entry"]
-MAX_LINES = 450
+MAX_LINES = 400  # issue 12: "no module over ~400 lines"
 
 
 def layer_of(module: str) -> str:
