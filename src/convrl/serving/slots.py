@@ -21,13 +21,14 @@ attention makes the KV of ``t[:k]`` exact for any sequence that starts with
 context memory after the persona text.
 
 Why not transformers' own continuous batching (``init_continuous_batching``,
-``ContinuousBatchingManager``, paged attention; transformers 5.24): it runs
-on a CPU with ``sdpa`` and shares prefix blocks, but a decode step of 8 rows
-cost 3.9x a step of one row (423-458 ms vs 110-113 ms, SmolLM2-135M, 1 thread,
-shared 2-core machine: ``bench/serve_decode_steps.py``), i.e. about 2x the
-tokens/s at 8 rows, below the 3x target before any prefill. This slot cache
-reuses the GQA-grouped eager attention of ``convrl.rl.decoding`` (no KV copies)
-and keeps each step one dense batched forward.
+``ContinuousBatchingManager``, paged attention; transformers 5.24): it runs on
+a CPU with ``sdpa`` and shares prefix blocks, but its decode step of 8 rows
+cost 3.1x its step of one row (321.9 vs 103.6 ms: 2.58x the tokens/s at 8
+rows), against 2.0x here (194.9 vs 95.3 ms: 3.91x), SmolLM2-135M-Instruct,
+one torch thread, same run of ``bench/serve_decode_steps.py`` on the shared
+2-core machine (load average 4.4-4.8). The 3x serving target needs the
+latter. This slot cache reuses the GQA-grouped eager attention of
+``convrl.rl.decoding`` (no KV copies) and keeps each step one dense forward.
 
     dec = SlotDecoder(model, slots=8)
     slot, logits = dec.add(prompt_ids, anchor=len(system_ids), row=my_state)   # logits of the first token
