@@ -178,8 +178,8 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
     trainer = Timed(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
                     peft_config=lora, callbacks=[Stamp(), End()], **kwargs)
     trainer.train()
-    per_step = [(e - s, logs) for (s, logs), e in zip(stamps, t_end)]
-    measured = per_step[1:] or per_step
+    step_times = [(e - s, logs) for (s, logs), e in zip(stamps, t_end)]
+    measured = step_times[1:] or step_times
     secs = sum(d for d, _ in measured)
     timed_steps = per_step_phases[1:] or per_step_phases
     names = ("generate", "user_turns", "rewards", "logps_policy", "logps_reference")
@@ -239,6 +239,7 @@ def main() -> None:
         if line is None:
             sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
         results.append(json.loads(line[7:]))
+        print(f"{mode}: {line[7:]}", flush=True)  # kept even if the other mode fails (a baseline run is long)
     base, ours = results
     print(f"GRPO step, SmolLM2-135M + LoRA r=16, {a.turns} policy turn(s), {a.prompts} prompt(s) x "
           f"{a.generations} completions x {a.length} tokens a turn"
