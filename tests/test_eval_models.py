@@ -1,0 +1,42 @@
+"""evaluate_models scores every model's replies in one pass; the result must equal scoring model by model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from convrl.eval.evaluate import evaluate_models, score_responses
+from convrl.eval.judges import JudgePanel
+from convrl.rewards.fluency import FluencyScorer
+from convrl.rewards.heads import HEADS, RewardScorer
+from convrl.rl.generation import Generator
+
+
+def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, personas, monkeypatch):
+    scorer = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
+    prompts = [{"prompt": [{"role": "system", "content": personas[i % 3].system_prompt("neutral")},
+                           {"role": "user", "content": text}], "persona_id": personas[i % 3].persona_id}
+               for i, text in enumerate(["I lost my keys again.", "We won the match today!", "Why is the sky blue?",
+                                         "My cat is ill and I am worried."])]
+    by_id = {p.persona_id: p for p in personas}
+    canned = {"a": ["Oh no, where did you last see them?", "Congratulations, what a game!", "Light scatters.",
+                    "I am sorry, I hope your cat feels better soon."],
+              "b": ["Keys.", "Nice.", "Because of Rayleigh scattering of sunlight.", "That is hard."]}
+    # Fixed replies per model directory: the test is about scoring, not about what a random tiny model says.
+    monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: setattr(self, "d", d))
+    monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: list(canned[self.d]))
+    panel = JudgePanel()
+    joint = evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 0, judges=panel)
+
+    assert joint["model"].tolist() == ["candidate"] * 4 + ["baseline"] * 4
+    assert joint["prompt_id"].tolist() == ["p0000", "p0001", "p0002", "p0003"] * 2
+    assert joint["response"].tolist() == canned["a"] + canned["b"]
+    for name, d in (("candidate", "a"), ("baseline", "b")):
+        alone = score_responses(scorer, prompts, canned[d], by_id)
+        got = joint[joint["model"] == name].reset_index(drop=True)
+        for col in [*HEADS, "composite", "fluency", "repetition", "appropriateness"]:
+            # Shared-prefix and lone fluency passes add up the same numbers in a different order.
+            np.testing.assert_allclose(got[col], alone[col], atol=1e-5, err_msg=col)
+        pd.testing.assert_series_equal(got["user_emotion"], alone["user_emotion"])
+    assert {c for c in joint.columns if c.startswith("judge_")} >= {"judge_relevance", "judge_fluency"}
