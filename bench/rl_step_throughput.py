@@ -51,7 +51,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _inputs(steps: int, turns: int, prompts_per_step: int):
+def _inputs(steps: int, turns: int, prompts_per_step: int, policy: str = "smollm2-135m-instruct",
+            encoder: str = "all-minilm-l6-v2"):
     """Base model, personas, prompts, scorer and the reward callables the bench trains on (same for both modes)."""
     from convrl import models
     from convrl.data.ingest import ingest
@@ -60,11 +61,11 @@ def _inputs(steps: int, turns: int, prompts_per_step: int):
     from convrl.rewards.encoder import SentenceEncoder
     from convrl.rewards.heads import FluencyScorer, RewardScorer
 
-    base = models.resolve_policy("smollm2-135m-instruct")
+    base = models.resolve_policy(policy)
     personas = load_personas(["empathetic_coach", "cheerful_guide", "calm_expert"])
     prompts = build_prompts(ingest(["chatterbot:english"]).turns, personas, "train", steps * prompts_per_step, 4,
                             seed=1)
-    scorer = RewardScorer(SentenceEncoder(models.resolve_encoder("all-minilm-l6-v2")), None, FluencyScorer(base))
+    scorer = RewardScorer(SentenceEncoder(models.resolve_encoder(encoder)), None, FluencyScorer(base))
     by_id = {p.persona_id: p for p in personas}
     if turns > 1:
         from convrl.rl.turn_rewards import conversation_reward_funcs
@@ -76,7 +77,8 @@ def _inputs(steps: int, turns: int, prompts_per_step: int):
 
 
 def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict | None = None,
-             a_no_handover: bool = False, turns: int = 1, prompts_per_step: int = 1, user_tokens: int = 24) -> dict:
+             a_no_handover: bool = False, turns: int = 1, prompts_per_step: int = 1, user_tokens: int = 24,
+             policy: str = "smollm2-135m-instruct", encoder: str = "all-minilm-l6-v2") -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -88,7 +90,7 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
     from convrl.rl.trainer import ConvRLGRPOTrainer
 
     torch.manual_seed(0)
-    base, prompts, scorer, funcs, weights = _inputs(steps, turns, prompts_per_step)
+    base, prompts, scorer, funcs, weights = _inputs(steps, turns, prompts_per_step, policy, encoder)
     ds = Dataset.from_list([{"prompt": p["prompt"], "persona_id": p["persona_id"]} for p in prompts])
     tok = AutoTokenizer.from_pretrained(base)
     out = tempfile.mkdtemp()
@@ -215,6 +217,8 @@ def main() -> None:
     p.add_argument("--length", type=int, default=64, help="max tokens per policy turn")
     p.add_argument("--turns", type=int, default=1, help="policy turns per rollout (2+ = multi-turn with a user)")
     p.add_argument("--user-tokens", type=int, default=24, help="max tokens per simulated user turn")
+    p.add_argument("--policy", default="smollm2-135m-instruct", help="policy model name or directory")
+    p.add_argument("--encoder", default="all-minilm-l6-v2", help="reward encoder name or directory")
     p.add_argument("--mode", default="")
     p.add_argument("--json", default="")
     p.add_argument("--only", default="", help="run one mode in this process (trl-defaults or convrl)")
@@ -222,7 +226,7 @@ def main() -> None:
     p.add_argument("--no-fluency-handover", action="store_true",
                    help="convrl mode: run the fluency LM instead of reading the KL reference pass (to measure it)")
     a = p.parse_args()
-    shape = dict(turns=a.turns, prompts_per_step=a.prompts, user_tokens=a.user_tokens)
+    shape = dict(turns=a.turns, prompts_per_step=a.prompts, user_tokens=a.user_tokens, policy=a.policy, encoder=a.encoder)
     if a.mode or a.only:
         print("RESULT " + json.dumps(run_mode(a.mode or a.only, a.steps, a.generations, a.length,
                                               json.loads(a.extra), a.no_fluency_handover, **shape)), flush=True)
@@ -232,7 +236,7 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(a.steps),
                                "--generations", str(a.generations), "--length", str(a.length),
                                "--turns", str(a.turns), "--prompts", str(a.prompts),
-                               "--user-tokens", str(a.user_tokens),
+                               "--user-tokens", str(a.user_tokens), "--policy", a.policy, "--encoder", a.encoder,
                                *(["--no-fluency-handover"] if a.no_fluency_handover else [])],
                               capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -241,7 +245,7 @@ def main() -> None:
         results.append(json.loads(line[7:]))
         print(f"{mode}: {line[7:]}", flush=True)  # kept even if the other mode fails (a baseline run is long)
     base, ours = results
-    print(f"GRPO step, SmolLM2-135M + LoRA r=16, {a.turns} policy turn(s), {a.prompts} prompt(s) x "
+    print(f"GRPO step, {a.policy} + LoRA r=16, {a.turns} policy turn(s), {a.prompts} prompt(s) x "
           f"{a.generations} completions x {a.length} tokens a turn"
           + (f", user turns of {a.user_tokens} tokens" if a.turns > 1 else "") + f", {os.cpu_count()} CPU cores")
     for r in results:
