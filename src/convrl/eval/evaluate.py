@@ -52,8 +52,8 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
         del gen
     k = len(model_dirs)
     # One scoring call over every model's replies. The models answer the same prompts, so the fluency
-    # LM runs each context once for all of them (its shared-prefix path): 15% less scoring time on the
-    # demo's 96 prompts, one thread, than model by model (bench/eval_scoring.py). The relevance judge's
+    # LM runs each context once for all of them (its shared-prefix path): 12-15% less scoring time on the
+    # demo's 96 prompts than model by model (bench/eval_scoring.py, 1-2 threads). The relevance judge's
     # IDF is fitted on its batch, so judging the models together keeps the yardstick the same for all.
     scores = score_responses(scorer, prompts * k, responses, personas_by_id, judges=judges)
     scores["prompt_id"] = [f"p{i:04d}" for i in range(len(prompts))] * k
