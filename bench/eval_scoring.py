@@ -72,22 +72,20 @@ def main() -> int:
         return score_responses(scorer, prompts * 2, replies_a + replies_b, by_id)
 
     joint()  # warm-up: encoder cache, allocator, tokenizer
-    times = {"separate": [], "joint": []}
+    times: dict[str, list[float]] = {"separate": [], "joint": []}
     for _ in range(a.repeats):
         for name, fn in (("separate", separate), ("joint", joint)):
             scorer.encoder.clear_cache()  # both ways encode from scratch
             t0 = time.perf_counter()
-            out = fn()
+            fn()
             times[name].append(time.perf_counter() - t0)
-            if name == "separate":
-                sep = np.concatenate([o["fluency"].to_numpy() for o in out])
-            else:
-                jnt = out["fluency"].to_numpy()
+    sep = np.concatenate([o["fluency"].to_numpy() for o in separate()])
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"prompts": n, "replies": 2 * n, "join": a.join, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+    result = {"prompts": n, "replies": 2 * n, "join": a.join,
+              "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
               "separate_s": [round(t, 2) for t in times["separate"]], "joint_s": [round(t, 2) for t in times["joint"]],
               "saving": round(1 - med["joint"] / med["separate"], 3),
-              "max_fluency_diff": float(np.abs(sep - jnt).max())}
+              "max_fluency_diff": float(np.abs(sep - joint()["fluency"].to_numpy()).max())}
     print("RESULT " + json.dumps(result))
     return 0
 

@@ -226,7 +226,8 @@ def main() -> None:
     p.add_argument("--no-fluency-handover", action="store_true",
                    help="convrl mode: run the fluency LM instead of reading the KL reference pass (to measure it)")
     a = p.parse_args()
-    shape = dict(turns=a.turns, prompts_per_step=a.prompts, user_tokens=a.user_tokens, policy=a.policy, encoder=a.encoder)
+    shape = dict(turns=a.turns, prompts_per_step=a.prompts, user_tokens=a.user_tokens, policy=a.policy,
+                 encoder=a.encoder)
     if a.mode or a.only:
         print("RESULT " + json.dumps(run_mode(a.mode or a.only, a.steps, a.generations, a.length,
                                               json.loads(a.extra), a.no_fluency_handover, **shape)), flush=True)

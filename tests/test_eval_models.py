@@ -27,7 +27,13 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
     monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: setattr(self, "d", d))
     monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: list(canned[self.d]))
     panel = JudgePanel()
+    shared = []
+    real_shared = scorer.fluency._score_shared
+    monkeypatch.setattr(scorer.fluency, "_score_shared",
+                        lambda p_ids, idx, *a: (shared.append(len(idx)), real_shared(p_ids, idx, *a)))
     joint = evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 0, judges=panel)
+    # The speed lever: each prompt's context runs once through the fluency LM for both models' replies.
+    assert shared == [2, 2, 2, 2]
 
     assert joint["model"].tolist() == ["candidate"] * 4 + ["baseline"] * 4
     assert joint["prompt_id"].tolist() == ["p0000", "p0001", "p0002", "p0003"] * 2
