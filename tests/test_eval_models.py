@@ -25,13 +25,18 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
               "b": ["Keys.", "Nice.", "Because of Rayleigh scattering of sunlight.", "That is hard."]}
     # Fixed replies per model directory: the test is about scoring, not about what a random tiny model says.
     monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: setattr(self, "d", d))
-    monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: list(canned[self.d]))
+    decoding = []
+    monkeypatch.setattr(Generator, "generate",
+                        lambda self, convs, **kw: (decoding.append(kw), list(canned[self.d]))[1])
     panel = JudgePanel()
     shared = []
     real_shared = scorer.fluency._score_shared
     monkeypatch.setattr(scorer.fluency, "_score_shared",
                         lambda p_ids, idx, *a: (shared.append(len(idx)), real_shared(p_ids, idx, *a)))
-    joint = evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 0, judges=panel)
+    joint = evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 0, judges=panel,
+                            no_repeat_ngram_size=4)
+    # Both models decode the same way: greedy, no repeated 4-gram (as convrl chat).
+    assert [(k["do_sample"], k["no_repeat_ngram_size"]) for k in decoding] == [(False, 4), (False, 4)]
     # The speed lever: each prompt's context runs once through the fluency LM for both models' replies.
     assert shared == [2, 2, 2, 2]
 

@@ -156,3 +156,19 @@ def test_run_selfplay_reuses_the_user_model_for_the_base_policy(monkeypatch, per
     tr = run_selfplay({"candidate": "cand", "baseline": "base"}, "base", personas[:1],
                       SelfPlaySettings(conversations=1, turns=2))
     assert loaded == ["base", "cand"] and set(tr["model"]) == {"candidate", "baseline"}
+
+
+def test_selfplay_assistant_turns_decode_with_the_ban_and_user_turns_without(personas):
+    class Recording:
+        def __init__(self):
+            self.kwargs = []
+
+        def generate(self, conversations, **kwargs):
+            self.kwargs.append(kwargs)
+            return ["Fine, thanks." for _ in conversations]
+
+    policy, user = Recording(), Recording()
+    simulate(policy, user, personas, SelfPlaySettings(conversations=1, turns=3, recall_probes=False,
+                                                      no_repeat_ngram_size=4))
+    assert [k["no_repeat_ngram_size"] for k in policy.kwargs] == [4, 4, 4] and not policy.kwargs[0]["do_sample"]
+    assert user.kwargs and all("no_repeat_ngram_size" not in k for k in user.kwargs)

@@ -217,3 +217,34 @@ def test_sliding_window_models_are_batched_statically():
     for c, res in zip(convs, results):
         ids = gen.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         assert res.text == gen.tok.decode(_greedy(gen.model, ids, 6), skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("arch,kw", [("llama", {}), ("mistral", {"sliding_window": 16})])
+def test_no_repeat_ngram_rows_decode_as_generate_with_the_ban(arch, kw):
+    """Continuous and static rows with ``no_repeat_ngram_size`` give transformers' own banned-n-gram greedy reply."""
+    from convrl.serving.batching import BatchEngine, GenRequest
+    from tests.test_generation import _reply_repeats
+
+    gen = _chat_generator(seed=3, arch=arch, **kw)
+    with torch.no_grad():  # eight tokens dominate the output layer, so plain greedy replies soon loop among them
+        gen.model.lm_head.weight[1000:1008] *= 100
+    eng = BatchEngine({"champion": gen}, max_batch_size=4, max_wait_ms=200, seed=1, no_repeat_ngram_size=3)
+    assert bool(eng.decoders) == (arch == "llama")
+    eng.start()
+    try:
+        convs = [_conversation(i) for i in range(3)]
+        results = [f.result(timeout=120) for f in
+                   [eng.submit("champion", GenRequest(messages=c, max_new_tokens=40, temperature=0.0)) for c in convs]]
+    finally:
+        eng.stop()
+    looped = 0
+    for c, res in zip(convs, results):
+        ids = gen.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        plain = _greedy(gen.model, ids, 40)
+        looped += _reply_repeats(ids + plain, len(ids), 3)
+        out = gen.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0,
+                                 no_repeat_ngram_size=3)[0, len(ids):].tolist()
+        assert not _reply_repeats(ids + out, len(ids), 3)
+        assert res.text == gen.tok.decode(out, skip_special_tokens=True).strip()
+    assert looped  # without the ban these greedy replies do repeat, so the ban is what the test sees

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from convrl.config import ConfigError, load_config
+from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
 
 
 def _console():
@@ -192,7 +193,8 @@ def cmd_chat(args) -> int:
         if not text.strip():
             break
         ctx.add("user", text)
-        reply = gen.generate([ctx.messages(persona.system_prompt())], max_new_tokens=args.max_new_tokens)[0]
+        reply = gen.generate([ctx.messages(persona.system_prompt())], max_new_tokens=args.max_new_tokens,
+                             no_repeat_ngram_size=args.no_repeat_ngram_size)[0]
         ctx.add("assistant", reply)
         print(f"{persona.name}> {reply}", flush=True)
     return 0
@@ -268,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--max-new-tokens", type=int, default=64)
     ch.add_argument("--context-turns", type=int, default=10, help="turns kept verbatim; older ones go to memory")
     ch.add_argument("--token-budget", type=int, default=1024)
+    ch.add_argument("--no-repeat-ngram-size", type=int, default=CHAT_NO_REPEAT_NGRAM,
+                    help="never repeat an n-gram of this many tokens of the conversation (0 = off); "
+                         "evaluation decodes the same way")
     ch.set_defaults(fn=cmd_chat)
 
     pv = sub.add_parser("provision", help="convert and cache the default models")

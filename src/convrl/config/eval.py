@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from convrl.config.base import ConfigError
 
+# How convrl chat, convrl serve, the pyfunc model and evaluation decode: no repeated 4-gram (convrl.rl.generation).
+CHAT_NO_REPEAT_NGRAM = 4
+
 
 @dataclass
 class SelfPlaySection:
@@ -34,6 +37,9 @@ class EvalConfig:
     num_prompts: int = field(default=24, metadata={"help": "Held-out prompts (test split) per model."})
     max_new_tokens: int = field(default=48, metadata={
         "help": "Token budget of each evaluated reply (greedy decoding, as convrl chat decodes)."})
+    no_repeat_ngram_size: int = field(default=CHAT_NO_REPEAT_NGRAM, metadata={
+        "help": "Evaluated replies and self-play assistant turns never repeat an n-gram of this many tokens of "
+                "their conversation, as convrl chat and convrl serve decode (the same for every model; 0 = off)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
     seed: int = field(default=13, metadata={"help": "Seed of prompt sampling, bootstrap and self-play users."})
     rate_threshold: float = field(
@@ -46,6 +52,8 @@ class EvalConfig:
         "help": "Multi-turn self-play against a simulated user (eval.selfplay.*)."})
 
     def validate(self) -> None:
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"eval.no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
         if not 0.0 <= self.rate_threshold <= 1.0:
             raise ConfigError(f"eval.rate_threshold must lie in [0, 1] (judge scores do), got {self.rate_threshold}")
 

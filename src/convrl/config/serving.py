@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from convrl.config.base import ConfigError
+from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -48,6 +49,9 @@ class ServeConfig:
     max_tokens_limit: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     temperature: float = field(default=0.7, metadata={
         "help": "Sampling temperature when a request sets none (0 = greedy)."})
+    no_repeat_ngram_size: int = field(default=CHAT_NO_REPEAT_NGRAM, metadata={
+        "help": "Replies never repeat an n-gram of this many tokens of their conversation, as convrl chat and "
+                "evaluation decode (0 = off)."})
     context_turns: int = field(default=10, metadata={
         "help": "Turns per session kept verbatim in the prompt; older ones go to the context manager's memory."})
     token_budget: int = field(default=1024, metadata={"help": "Prompt token budget per turn (context manager)."})
@@ -68,6 +72,8 @@ class ServeConfig:
         if self.max_batch_size < 1 or self.max_new_tokens < 1 or self.max_tokens_limit < self.max_new_tokens:
             raise ConfigError("serve.max_batch_size and serve.max_new_tokens must be >= 1 and "
                               "serve.max_tokens_limit >= serve.max_new_tokens")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"serve.no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
         if self.max_wait_ms < 0 or self.temperature < 0 or self.max_body_bytes < 1024 or self.threads < 0:
             raise ConfigError("serve.max_wait_ms, serve.temperature and serve.threads must be >= 0 and "
                               "serve.max_body_bytes >= 1024")

@@ -1,7 +1,8 @@
 """Evaluate a policy against a baseline on the same held-out prompts.
 
 Both models answer the same persona-conditioned prompts from the test split
-with the same decoding settings (greedy, so reruns are identical); every reply
+with the same decoding settings (greedy, so reruns are identical, and no
+repeated n-gram of ``no_repeat_ngram_size`` tokens, as ``convrl chat``); every reply
 is scored by every reward head and, given a ``JudgePanel``, by the held-out
 judges (``judge_*`` columns). The result is one row per (model, prompt)::
 
@@ -42,13 +43,14 @@ def score_responses(scorer, prompts: list[dict], responses: list[str], personas_
 
 
 def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, personas_by_id: dict,
-                    max_new_tokens: int, batch_size: int, seed: int, judges=None) -> pd.DataFrame:
+                    max_new_tokens: int, batch_size: int, seed: int, judges=None,
+                    no_repeat_ngram_size: int = 0) -> pd.DataFrame:
     responses: list[str] = []
     for name, model_dir in model_dirs.items():
         gen = Generator(model_dir)
         responses += gen.generate([p["prompt"] for p in prompts], max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, do_sample=False, seed=seed, progress=True,
-                                  desc=f"generate ({name})")
+                                  desc=f"generate ({name})", no_repeat_ngram_size=no_repeat_ngram_size)
         del gen
     k = len(model_dirs)
     # One scoring call over every model's replies. The models answer the same prompts, so the fluency

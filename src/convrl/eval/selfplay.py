@@ -13,8 +13,9 @@ so every conversation has one known topic transition to handle::
                                SelfPlaySettings(conversations=2, turns=10, max_new_tokens=32), JudgePanel())
     result.summary["candidate/coherence"], result.transcripts, result.per_turn, result.per_conv
 
-Policy replies are greedy and user turns sampled with fixed seeds, so both
-models meet the same users with the same randomness. Per conversation:
+Policy replies are greedy with ``no_repeat_ngram_size`` (as ``convrl chat``
+decodes) and user turns sampled with fixed seeds, so both models meet the same
+users with the same randomness. Per conversation:
 
 * ``persona_consistency``: mean held-out personality judge over the assistant
   turns; ``persona_drift``: second-half minus first-half mean (negative =
@@ -62,6 +63,7 @@ class SelfPlaySettings:
     user_temperature: float = 0.8
     recall_probes: bool = True
     token_budget: int = 1024
+    no_repeat_ngram_size: int = 0
 
 
 def window(history: list[dict], k: int) -> list[dict]:
@@ -100,7 +102,8 @@ def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
             emotion = judge_user_emotion(h[-1]["content"])
             views.append(ctx.messages(persona.system_prompt(emotion)))
         replies = policy.generate(views, max_new_tokens=settings.max_new_tokens, batch_size=max(1, n),
-                                  do_sample=False, seed=settings.seed + t)
+                                  do_sample=False, seed=settings.seed + t,
+                                  no_repeat_ngram_size=settings.no_repeat_ngram_size)
         for h, ctx, r in zip(histories, contexts, replies):
             h.append({"role": "assistant", "content": r})
             ctx.add("assistant", r)

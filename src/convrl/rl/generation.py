@@ -3,6 +3,18 @@
 Prompts are chat message lists; left padding lets one ``generate`` call serve a
 whole batch. Seeds make sampling reproducible so two models compared in
 evaluation see the same randomness.
+
+Chat decoding (``convrl chat``, ``convrl serve``, the MLflow pyfunc, evaluation
+and self-play, the same for every model compared) bans repeating any
+``CHAT_NO_REPEAT_NGRAM``-token n-gram of the conversation (transformers'
+``no_repeat_ngram_size``). Greedy small models otherwise copy their own earlier
+turns: on the demo's seed-13 candidate and its base over 6 ten-turn self-play
+conversations, 72% / 89% of turns near-copied an earlier one; with the ban 0% /
+0%, and self-play coherence, user following, engagement and fact recall rose for
+both (README "Does it learn?")::
+
+    Generator(model_dir).generate(conversations, max_new_tokens=64, no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM)
+    repeated_ngram_bans(token_ids, 4)   # the next tokens that would repeat a 4-gram (custom decode loops)
 """
 
 from __future__ import annotations
@@ -11,6 +23,16 @@ import copy
 
 import torch
 from tqdm.auto import tqdm
+
+from convrl.config.eval import CHAT_NO_REPEAT_NGRAM  # noqa: F401 - re-exported: the chat decoding default
+
+
+def repeated_ngram_bans(ids: list[int], n: int) -> list[int]:
+    """Next tokens that would complete an ``n``-gram already in ``ids`` (transformers' no_repeat_ngram rule)."""
+    if n <= 0 or len(ids) < n:
+        return []
+    head = tuple(ids[len(ids) - n + 1:])
+    return sorted({ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == head})
 
 
 class Generator:
@@ -37,7 +59,8 @@ class Generator:
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 8,
                  do_sample: bool = False, temperature: float = 0.7, seed: int = 0,
-                 progress: bool = False, desc: str = "generate") -> list[str]:
+                 progress: bool = False, desc: str = "generate", no_repeat_ngram_size: int = 0) -> list[str]:
+        """Replies to ``conversations``; ``no_repeat_ngram_size`` > 0 bans repeating an n-gram of prompt or reply."""
         from convrl.rl.decoding import preallocated_cache
 
         outputs: list[str] = [""] * len(conversations)
@@ -51,7 +74,8 @@ class Generator:
             torch.manual_seed(seed + b)
             # The checkpoint's own generation config (EOS ids etc.) with this call's settings on top.
             config = copy.deepcopy(self.model.generation_config)
-            config.update(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id)
+            config.update(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                          no_repeat_ngram_size=no_repeat_ngram_size or None)
             if do_sample:
                 config.update(temperature=temperature, top_p=0.95)
             if self.fast:

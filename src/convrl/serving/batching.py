@@ -12,7 +12,9 @@ one token for every running row, and a row that is done answers its request
 and frees its slot for the next one. Each row keeps its own settings:
 temperature and top-p (0 = greedy) in ``sample_rows``, ``max_tokens``, and
 cancellation when its client goes away; each row's new text goes to its
-request as soon as it is decoded (streaming, time to first token).
+request as soon as it is decoded (streaming, time to first token). No row
+repeats an n-gram of ``no_repeat_ngram_size`` tokens of its prompt and reply
+(decoded as ``convrl chat`` and evaluation decode).
 
 Models with sliding-window layers cannot use the slot cache; their requests
 are batched statically (``convrl.serving.static_batch``: one ``generate`` call
@@ -107,9 +109,11 @@ class RowSampler:
 class RowState:
     """One request while it decodes: its tokens, the text streamed so far, and its answer once done."""
 
-    def __init__(self, tok, req: GenRequest, eos: set[int], started: float, prompt_tokens: int = 0):
+    def __init__(self, tok, req: GenRequest, eos: set[int], started: float, prompt_tokens: int = 0,
+                 prompt_ids: list[int] | None = None):
         self.tok, self.req, self.eos, self.started = tok, req, eos, started
         self.prompt_tokens = prompt_tokens
+        self.prompt_ids = list(prompt_ids or [])
         self.ids: list[int] = []
         self.sent = ""
         self.finish = ""
@@ -154,7 +158,7 @@ class BatchEngine:
     """One worker thread running every variant's continuous batch (or static batches where it must)."""
 
     def __init__(self, generators: dict, max_batch_size: int = 8, max_wait_ms: float = 15.0,
-                 max_prompt_tokens: int = 2048, seed: int = 0, prefix_mb: float = 256):
+                 max_prompt_tokens: int = 2048, seed: int = 0, prefix_mb: float = 256, no_repeat_ngram_size: int = 0):
         from convrl.rl.decoding import supports_preallocated
 
         self.generators = generators
@@ -163,6 +167,7 @@ class BatchEngine:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_prompt_tokens = max_prompt_tokens
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.decoders = {name: SlotDecoder(g.model, max_batch_size, prefix_mb=prefix_mb)
                          for name, g in generators.items() if supports_preallocated(g.model.config)}
         self.eos = {name: self._eos_ids(g) for name, g in generators.items()}
@@ -276,6 +281,14 @@ class BatchEngine:
         return ids, anchor
 
     def _sample(self, rows: list[RowState], logits: torch.Tensor) -> list[int]:
+        from convrl.rl.generation import repeated_ngram_bans
+
+        if self.no_repeat_ngram_size > 0:
+            logits = logits.clone()
+            for i, row in enumerate(rows):
+                banned = repeated_ngram_bans(row.prompt_ids + row.ids, self.no_repeat_ngram_size)
+                if banned:
+                    logits[i, banned] = float("-inf")
         temperature = torch.tensor([r.req.temperature for r in rows], dtype=torch.float32, device=logits.device)
         top_p = torch.tensor([r.req.top_p for r in rows], dtype=torch.float32, device=logits.device)
         return sample_rows(logits, temperature, top_p, self.rng).tolist()
@@ -291,7 +304,8 @@ class BatchEngine:
                 log.exception("could not encode a request on %s", variant)
                 req.future.set_exception(exc)
                 continue
-            joining.append((ids, anchor, RowState(gen.tok, req, self.eos[variant], time.monotonic(), len(ids))))
+            joining.append((ids, anchor, RowState(gen.tok, req, self.eos[variant], time.monotonic(), len(ids),
+                                                    prompt_ids=ids)))
         if not joining:
             return
         try:
@@ -354,7 +368,8 @@ class BatchEngine:
         self._seed += 1
         try:
             generate_static(self.generators[variant], rows, self.max_prompt_tokens,
-                            RowSampler([r.temperature for r in live], [r.top_p for r in live], self._seed))
+                            RowSampler([r.temperature for r in live], [r.top_p for r in live], self._seed),
+                            no_repeat_ngram_size=self.no_repeat_ngram_size)
             self.batches += 1
             self.rows += len(rows)
             self.requests += len(rows)

@@ -50,7 +50,8 @@ class Server:
         generators = {name: Generator(v.model_dir) for name, v in variants.items()}
         limit = min(getattr(g.model.config, "max_position_embeddings", 4096) or 4096 for g in generators.values())
         self.engine = BatchEngine(generators, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
-                                  max_prompt_tokens=max(64, min(4096, limit - s.max_tokens_limit)), seed=s.seed)
+                                  max_prompt_tokens=max(64, min(4096, limit - s.max_tokens_limit)), seed=s.seed,
+                                  no_repeat_ngram_size=s.no_repeat_ngram_size)
         self.sessions = SessionStore(s.persona, s.context_turns, s.token_budget, s.max_sessions,
                                      s.challenger_fraction, CHALLENGER in variants)
         self.writer = TraceWriter(s.experiment, s.journal or convrl_home() / "serving" / "journal.jsonl",

@@ -54,7 +54,7 @@ class RowStreamer(BaseStreamer):
 
 
 @torch.inference_mode()
-def generate_static(gen, rows: list, max_prompt_tokens: int, sampler) -> None:
+def generate_static(gen, rows: list, max_prompt_tokens: int, sampler, no_repeat_ngram_size: int = 0) -> None:
     """Decode ``rows`` (``batching.RowState``, prompts in ``row.req.messages``) in one ``generate`` call."""
     tok, model = gen.tok, gen.model
     texts = [tok.apply_chat_template(r.req.messages, tokenize=False, add_generation_prompt=True) for r in rows]
@@ -67,7 +67,7 @@ def generate_static(gen, rows: list, max_prompt_tokens: int, sampler) -> None:
     config = copy.deepcopy(model.generation_config)
     # Sampling happens in the RowSampler; generate() itself decodes greedily over its output.
     config.update(do_sample=False, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                  temperature=None, top_p=None, top_k=None, min_p=None)
+                  temperature=None, top_p=None, top_k=None, min_p=None, no_repeat_ngram_size=no_repeat_ngram_size or None)
     # transformers' default cache: these models have sliding-window layers, which need its rolling one.
     model.generate(**enc, generation_config=config, logits_processor=[sampler],
                    stopping_criteria=StoppingCriteriaList([RowStop(prompt_len, rows)]), streamer=RowStreamer(rows))

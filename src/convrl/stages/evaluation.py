@@ -52,7 +52,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
                            safety=RewardBundle.load(reward_dir).safety(reward_dir))
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
-                                 judges=panel)
+                                 judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size)
 
         selfplay = None
         sp = e.selfplay
@@ -60,7 +60,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             user_dir = models.resolve_policy(sp.user_model or cfg.models.policy)
             settings = SelfPlaySettings(conversations=sp.conversations, turns=sp.turns,
                                         max_new_tokens=sp.max_new_tokens, context_turns=sp.context_turns,
-                                        seed=e.seed, recall_probes=sp.recall_probes)
+                                        seed=e.seed, recall_probes=sp.recall_probes,
+                                        no_repeat_ngram_size=e.no_repeat_ngram_size)
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder)
             run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
             run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")

@@ -35,12 +35,15 @@ class HFDirModel(_pyfunc_base()):
         self._gen = None
 
     def predict(self, context, model_input, params=None):
-        from convrl.rl.generation import Generator
+        from convrl.rl.generation import CHAT_NO_REPEAT_NGRAM, Generator
 
         if self._gen is None:
             self._gen = Generator(self.hf_dir)
         msgs = list(model_input["messages"])
-        return self._gen.generate(msgs, max_new_tokens=int((params or {}).get("max_new_tokens", 64)))
+        params = params or {}
+        # Decodes as convrl chat and evaluation do, unless the caller says otherwise.
+        return self._gen.generate(msgs, max_new_tokens=int(params.get("max_new_tokens", 64)),
+                                  no_repeat_ngram_size=int(params.get("no_repeat_ngram_size", CHAT_NO_REPEAT_NGRAM)))
 
 
 class EmotionHeadModel(_pyfunc_base()):

@@ -1,0 +1,84 @@
+"""Chat decoding (``convrl.rl.generation``): the no-repeat-n-gram rule evaluation, chat and serving share."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
+from convrl.rl.generation import Generator, repeated_ngram_bans
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeated_ngram_bans_match_transformers_no_repeat_processor(n):
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    rng = random.Random(n)
+    proc = NoRepeatNGramLogitsProcessor(n)
+    for _ in range(200):
+        ids = [rng.randrange(6) for _ in range(rng.randrange(0, 30))]
+        if not ids:
+            assert repeated_ngram_bans(ids, n) == []
+            continue
+        scores = proc(torch.tensor([ids]), torch.zeros(1, 6))
+        assert repeated_ngram_bans(ids, n) == torch.nonzero(scores[0] == float("-inf")).flatten().tolist()
+    assert repeated_ngram_bans([1, 2, 1, 2], 0) == []
+
+
+def test_chat_decoding_default_is_shared_by_eval_serve_and_chat():
+    from convrl.cli import build_parser
+    from convrl.config import load_config
+
+    cfg = load_config("demo")
+    assert CHAT_NO_REPEAT_NGRAM == 4
+    assert cfg.eval.no_repeat_ngram_size == cfg.serve.no_repeat_ngram_size == CHAT_NO_REPEAT_NGRAM
+    assert build_parser().parse_args(["chat"]).no_repeat_ngram_size == CHAT_NO_REPEAT_NGRAM
+
+
+def _reply_repeats(ids: list[int], start: int, n: int) -> bool:
+    """Some n-gram ending in the reply (``ids[start:]``) already occurred earlier in ``ids``."""
+    seen = {tuple(ids[i:i + n]) for i in range(max(0, start - n + 1))}
+    for j in range(max(start, n - 1), len(ids)):
+        gram = tuple(ids[j - n + 1:j + 1])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
+    """Generator passes the ban to transformers: replies are generate's own with ``no_repeat_ngram_size``.
+
+    Bigrams over a model that mostly speaks eight tokens, so its plain greedy replies surely repeat one."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from convrl import models
+
+    tok_dir = models.resolve_policy("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               initializer_range=0.5, max_position_embeddings=512)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.eos_token_id = None  # no early ends: every reply runs its whole budget
+    with torch.no_grad():  # eight tokens dominate the output layer, so plain greedy replies soon loop among them
+        model.lm_head.weight[1000:1008] *= 100
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    gen = Generator(str(tmp_path))
+    convs = [[{"role": "user", "content": f"Tell me about day {i}. I like tea, I like tea."}] for i in range(3)]
+    banned = gen.generate(convs, max_new_tokens=48, batch_size=3, no_repeat_ngram_size=2)
+    looped = 0
+    for conv, reply in zip(convs, banned):
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        kw = dict(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                  max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id or 0)
+        plain = model.generate(**kw)[0].tolist()
+        own = model.generate(**kw, no_repeat_ngram_size=2)[0].tolist()
+        looped += _reply_repeats(plain, len(ids), 2)
+        assert not _reply_repeats(own, len(ids), 2)
+        assert reply == tok.decode(own[len(ids):], skip_special_tokens=True).strip()
+    assert looped  # without the ban these greedy replies repeat, so the test sees the ban at work
