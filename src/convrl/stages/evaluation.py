@@ -79,7 +79,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             tracking.log_model_metrics(policy.logged_model, a.headline, run.run_id)
         EvaluationScores(scores, a.headline, base_desc).save(scores_path)
 
-        report = build_report(a, base_desc, selfplay=selfplay)
+        report = build_report(a, base_desc, selfplay=selfplay, no_repeat_ngram_size=e.no_repeat_ngram_size)
         write_report(report, report_dir)
         run.log_artifact(report_dir, "report")
         flagged = a.gaps[a.gaps["flagged"]]["verdict"].tolist() if len(a.gaps) else []
