@@ -66,7 +66,7 @@ def main() -> int:
             tr.insert(0, "model", name)
             _, per_conv = selfplay_metrics(tr, {q.persona_id: q for q in personas}, panel)
             row = {"model": name, "no_repeat_ngram": n, **per_conv[list(COLUMNS)].mean().round(3).to_dict(),
-                   "words": round(tr[tr["role"] == "assistant"]["text"].str.split().str.len().mean(), 1),
+                   "words": round(float(tr[tr["role"] == "assistant"]["text"].str.split().str.len().mean()), 1),
                    "seconds": round(time.time() - t0, 1)}
             rows.append(row)
             print(row, flush=True)

@@ -11,7 +11,7 @@ and self-play, the same for every model compared) bans repeating any
 turns: on the demo's seed-13 candidate and its base over 6 ten-turn self-play
 conversations, 72% / 89% of turns near-copied an earlier one; with the ban 0% /
 0%, and self-play coherence, user following, engagement and fact recall rose for
-both (README "Does it learn?")::
+both (``bench/selfplay_decoding.py``, README "Does it learn?")::
 
     Generator(model_dir).generate(conversations, max_new_tokens=64, no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM)
     repeated_ngram_bans(token_ids, 4)   # the next tokens that would repeat a 4-gram (custom decode loops)
