@@ -275,3 +275,43 @@ def test_rollout_copy_holds_the_merged_policy_after_updates(scorer, prompts, per
     assert checked[-1][2] > 0  # the adapter has moved, so a stale copy would show
     for step, worst, _ in checked:
         assert worst < 1e-6, (step, worst)
+
+
+def test_rollouts_can_decode_with_the_chat_ngram_ban(scorer, prompts, personas, tiny_policy_dir, tok, tmp_path):
+    """rl.multiturn.no_repeat_ngram_size: no policy token completes an n-gram already in its conversation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_generation import _reply_repeats
+
+    # A policy that mostly speaks eight tokens: unbanned, its turns surely repeat a bigram.
+    looper = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    with torch.no_grad():
+        looper.get_output_embeddings().weight[1000:1008] *= 100
+    looper.save_pretrained(tmp_path / "looper")
+    tok.save_pretrained(tmp_path / "looper")
+    rl = RLConfig(max_steps=1, num_generations=2, prompts_per_step=2, max_completion_length=16, save_steps=1,
+                  precision="fp32", turns=2)
+    funcs, weights, _ = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
+    rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=5), tok, "model",
+                               no_repeat_ngram_size=2)
+    outputs, real_call = [], MultiTurnRollout.__call__
+
+    def spy(self, prompts_, trainer):
+        outputs.append((trainer._tokenize_prompts(prompts_)[0], real_call(self, prompts_, trainer)))
+        return outputs[-1][1]
+
+    MultiTurnRollout.__call__ = spy
+    try:
+        train_grpo(rl, str(tmp_path / "looper"), prompts, funcs, weights, tmp_path / "out", rollout=rollout)
+    finally:
+        MultiTurnRollout.__call__ = real_call
+    prompt_ids, out = outputs[0]
+    for p, ids, mask in zip(prompt_ids, out["completion_ids"], out["env_mask"]):
+        seq, start = list(p), len(p)
+        for k, (t, m) in enumerate(zip(ids, mask)):
+            seq.append(t)
+            if m == 1:  # a policy token: the bigram it ends must be new
+                assert not _reply_repeats(seq, len(seq) - 1, 2), (k, seq[-4:])
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        MultiTurnSection(no_repeat_ngram_size=-1).validate()

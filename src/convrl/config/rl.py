@@ -55,6 +55,9 @@ class MultiTurnSection:
     turn_credit: float = field(default=0.0, metadata={
         "help": "Turn-level credit (MT-GRPO): weight in [0, 1] of each policy turn's own group-normalised reward "
                 "in its tokens' advantage; the rest is the whole-rollout advantage. 0 = one advantage per rollout."})
+    no_repeat_ngram_size: int = field(default=0, metadata={
+        "help": "Policy turns in rollouts never repeat an n-gram of this many tokens of their conversation, as "
+                "convrl chat and evaluation decode (train as you decode; needs rl.speed.carry_kv_cache; 0 = off)."})
 
     def validate(self) -> None:
         if self.user_simulator not in ("model", "logged"):
@@ -65,6 +68,8 @@ class MultiTurnSection:
             raise ConfigError("rl.multiturn.turn_discount must lie in (0, 1]")
         if not 0.0 <= self.turn_credit <= 1.0:
             raise ConfigError(f"rl.multiturn.turn_credit must lie in [0, 1], got {self.turn_credit}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"rl.multiturn.no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
         if self.user_max_new_tokens < 1 or self.consistency_weight < 0:
             raise ConfigError("rl.multiturn.user_max_new_tokens must be >= 1 and consistency_weight >= 0")
 

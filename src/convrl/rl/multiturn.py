@@ -144,7 +144,8 @@ class SimulatedUser:
 class MultiTurnRollout:
     """``rollout_func(prompts, trainer)`` for GRPOTrainer: ``turns`` policy turns, user turns masked out."""
 
-    def __init__(self, turns: int, user: SimulatedUser | None, tokenizer, user_simulator: str = "model"):
+    def __init__(self, turns: int, user: SimulatedUser | None, tokenizer, user_simulator: str = "model",
+                 no_repeat_ngram_size: int = 0):
         if turns < 2:
             raise ValueError("MultiTurnRollout is for rl.turns >= 2; single-turn GRPO needs no rollout_func")
         if user_simulator not in ("model", "logged"):
@@ -152,6 +153,7 @@ class MultiTurnRollout:
         if user is None and user_simulator == "model":
             raise ValueError("rl.multiturn.user_simulator 'model' needs a SimulatedUser")
         self.turns, self.user, self.mode = turns, user, user_simulator
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.template = TurnTemplate(tokenizer)
         self.tok = tokenizer
         # Rows of the dataset batch, looked up by prompt so logged user turns and emotions follow each row.
@@ -177,6 +179,14 @@ class MultiTurnRollout:
         if decoder is not None:
             decoder.prefill(prompt_ids, groups)
             processors = trainer.sampling_processors()
+            if self.no_repeat_ngram_size > 0:
+                from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+                # Before the sampler, which leaves only the drawn token finite.
+                processors = [NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size), *processors]
+        elif self.no_repeat_ngram_size > 0:
+            raise ValueError("rl.multiturn.no_repeat_ngram_size needs the cached multi-turn decoder "
+                             "(rl.speed.carry_kv_cache: true with convrl's GRPO trainer); set it to 0 otherwise")
         if self.user is not None:
             self.user.start()
         for t in range(self.turns):

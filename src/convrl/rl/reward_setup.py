@@ -54,7 +54,8 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
                                                          sh.repetition_weight)
         user = SimulatedUser(base_dir, max_new_tokens=mt.user_max_new_tokens, seed=rl.seed,
                              cached=rl.speed.carry_kv_cache)
-        return RewardSetup(funcs, weights, MultiTurnRollout(rl.turns, user, user.gen.tok, mt.user_simulator), conv)
+        return RewardSetup(funcs, weights, MultiTurnRollout(rl.turns, user, user.gen.tok, mt.user_simulator,
+                                                            mt.no_repeat_ngram_size), conv)
     from convrl.rl.shaping import shaping_reward_funcs
 
     funcs, weights = scorer.trl_reward_funcs(personas_by_id)
