@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import random
-
-import pytest
 import torch
 
 from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
-from convrl.rl.generation import Generator, repeated_ngram_bans
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_repeated_ngram_bans_match_transformers_no_repeat_processor(n):
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
-
-    rng = random.Random(n)
-    proc = NoRepeatNGramLogitsProcessor(n)
-    for _ in range(200):
-        ids = [rng.randrange(6) for _ in range(rng.randrange(0, 30))]
-        if not ids:
-            assert repeated_ngram_bans(ids, n) == []
-            continue
-        scores = proc(torch.tensor([ids]), torch.zeros(1, 6))
-        assert repeated_ngram_bans(ids, n) == torch.nonzero(scores[0] == float("-inf")).flatten().tolist()
-    assert repeated_ngram_bans([1, 2, 1, 2], 0) == []
+from convrl.rl.generation import Generator
 
 
 def test_chat_decoding_default_is_shared_by_eval_serve_and_chat():

@@ -6,15 +6,14 @@ evaluation see the same randomness.
 
 Chat decoding (``convrl chat``, ``convrl serve``, the MLflow pyfunc, evaluation
 and self-play, the same for every model compared) bans repeating any
-``CHAT_NO_REPEAT_NGRAM``-token n-gram of the conversation (transformers'
-``no_repeat_ngram_size``). Greedy small models otherwise copy their own earlier
+``convrl.config.eval.CHAT_NO_REPEAT_NGRAM``-token n-gram of the conversation
+(transformers' ``no_repeat_ngram_size``). Greedy small models otherwise copy their own earlier
 turns: on the demo's seed-13 candidate and its base over 6 ten-turn self-play
 conversations, 72% / 89% of turns near-copied an earlier one; with the ban 0% /
 0%, and self-play coherence, user following, engagement and fact recall rose for
 both (``bench/selfplay_decoding.py``, README "Does it learn?")::
 
     Generator(model_dir).generate(conversations, max_new_tokens=64, no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM)
-    repeated_ngram_bans(token_ids, 4)   # the next tokens that would repeat a 4-gram (custom decode loops)
 """
 
 from __future__ import annotations
@@ -24,15 +23,6 @@ import copy
 import torch
 from tqdm.auto import tqdm
 
-from convrl.config.eval import CHAT_NO_REPEAT_NGRAM  # noqa: F401 - re-exported: the chat decoding default
-
-
-def repeated_ngram_bans(ids: list[int], n: int) -> list[int]:
-    """Next tokens that would complete an ``n``-gram already in ``ids`` (transformers' no_repeat_ngram rule)."""
-    if n <= 0 or len(ids) < n:
-        return []
-    head = tuple(ids[len(ids) - n + 1:])
-    return sorted({ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == head})
 
 
 class Generator:

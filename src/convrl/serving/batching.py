@@ -281,14 +281,13 @@ class BatchEngine:
         return ids, anchor
 
     def _sample(self, rows: list[RowState], logits: torch.Tensor) -> list[int]:
-        from convrl.rl.generation import repeated_ngram_bans
-
         if self.no_repeat_ngram_size > 0:
-            logits = logits.clone()
-            for i, row in enumerate(rows):
-                banned = repeated_ngram_bans(row.prompt_ids + row.ids, self.no_repeat_ngram_size)
-                if banned:
-                    logits[i, banned] = float("-inf")
+            from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+            # Row by row: rows are ragged, and left padding would add n-grams of pad tokens.
+            ban = NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size)
+            logits = torch.cat([ban(torch.tensor([row.prompt_ids + row.ids]), logits[i:i + 1].clone())
+                                for i, row in enumerate(rows)])
         temperature = torch.tensor([r.req.temperature for r in rows], dtype=torch.float32, device=logits.device)
         top_p = torch.tensor([r.req.top_p for r in rows], dtype=torch.float32, device=logits.device)
         return sample_rows(logits, temperature, top_p, self.rng).tolist()

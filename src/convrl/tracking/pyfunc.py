@@ -35,7 +35,8 @@ class HFDirModel(_pyfunc_base()):
         self._gen = None
 
     def predict(self, context, model_input, params=None):
-        from convrl.rl.generation import CHAT_NO_REPEAT_NGRAM, Generator
+        from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
+        from convrl.rl.generation import Generator
 
         if self._gen is None:
             self._gen = Generator(self.hf_dir)
