@@ -30,6 +30,7 @@ from convrl.config.cluster import PIPELINE_NAME
 from convrl.pipelines import step_env
 
 COMPILED = Path(__file__).parent / "compiled" / "conversational_rl.yaml"
+SCHEDULE_NAME = "convrl-weekly-retraining"  # `convrl schedule|unschedule` without --name
 DESCRIPTION = ("RL fine-tuning of a persona-conditioned chat model with multi-objective rewards, evaluation, "
                "A/B comparison and MLflow registry promotion.")
 # Set on every cluster step: step_env.prepare() then refuses to run without an MLflow server.

@@ -1,15 +1,19 @@
 """The scheduled monitoring pipeline: ``convrl monitor`` on the cluster, then optionally the online A/B.
 
-Compile it for a cluster (``python -m convrl.pipelines.monitoring`` writes
-``pipelines/compiled/monitoring.yaml`` with the ``cluster`` preset's settings and
-image), upload it in the KFP UI (or with ``kfp.Client().upload_pipeline``) and
-create a recurring run, e.g. hourly (``0 0 * * * *``). The steps run on CPU with the
-same MLflow secret, image and model cache as the training pipeline's steps.
+Compile it for a cluster with ``convrl compile --pipeline monitoring --config cluster
+--image REGISTRY/convrl:TAG --output build/monitoring.yaml`` (``python -m
+convrl.pipelines.monitoring`` writes the committed ``pipelines/compiled/monitoring.yaml``
+with the ``cluster`` preset's settings and image), then ``convrl upload|submit|schedule
+--package build/monitoring.yaml``: it is published as its own pipeline,
+``convrl-monitoring``, and scheduled e.g. nightly (``--cron "0 0 6 * * *" --name
+nightly-monitor``). The steps run on CPU with the same MLflow secret, image and model
+cache as the training pipeline's steps.
 
 Run parameters: ``config_name`` (preset; its ``monitor`` section applies),
 ``overrides`` (``monitor.window_days=2; monitor.rollback=true``), ``run_online_ab``
 (also compare champion and challenger on the sessions ``ab_since`` back, e.g.
-``7d``) and ``promote`` (let a promote decision move the ``champion`` alias).
+``7d``) and ``promote`` (let a promote decision move the ``champion`` alias); from the
+command line ``--config``, trailing ``monitor.*=...`` overrides and ``--param run_online_ab=true``.
 """
 
 from pathlib import Path
@@ -22,6 +26,7 @@ from convrl.pipelines.conversational_rl import compile_pipeline as compile_train
 from convrl.pipelines.conversational_rl import on_cluster
 
 PIPELINE_NAME = "convrl-monitoring"
+SCHEDULE_NAME = "convrl-monitoring"  # `convrl schedule` of this package without --name
 COMPILED = Path(__file__).parent / "compiled" / "monitoring.yaml"
 DESCRIPTION = ("Score served conversations (MLflow traces) with the reward heads and held-out judges, compare "
                "windows, alert and optionally roll back; optionally run the online champion/challenger A/B.")

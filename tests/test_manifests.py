@@ -164,6 +164,18 @@ def test_base_rbac_is_narrow():
     assert "pods/log" in pods["resources"] and set(pods["verbs"]) == {"get", "list", "watch"}
     secrets = next(r for r in rules if "secrets" in r["resources"])
     assert secrets["verbs"] == ["get"] and "convrl-mlflow-client" in secrets["resourceNames"]
+    # rl.launcher=trainjob: the RL step creates its TrainJob, polls it, deletes it on timeout or SIGTERM.
+    (trainjobs,) = [r for r in rules if "trainjobs" in r["resources"]]
+    assert trainjobs["apiGroups"] == ["trainer.kubeflow.org"] and trainjobs["resources"] == ["trainjobs"]
+    assert "resourceNames" not in trainjobs  # names differ per run, and resourceNames cannot authorise create
+    code = (ROOT / "src" / "convrl" / "stages" / "trainjob.py").read_text()
+    calls = set(re.findall(r"\.(\w+)_namespaced_custom_object\(", code))
+    verb = {"create": "create", "get": "get", "list": "list", "delete": "delete", "patch": "patch",
+            "replace": "update"}
+    assert {"create", "get", "delete"} <= calls, calls
+    assert {verb[c] for c in calls} <= set(trainjobs["verbs"]), (calls, trainjobs["verbs"])
+    # Beyond what the code calls, only read-only verbs (kubectl get/-w on the job while it runs).
+    assert set(trainjobs["verbs"]) - {verb[c] for c in calls} <= {"list", "watch"}, trainjobs["verbs"]
     binding = find(objs, "RoleBinding", "convrl-pipeline-runner")
     assert binding["roleRef"]["name"] == "convrl-pipeline-runner"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "convrl-pipeline-runner",

@@ -89,19 +89,27 @@ def test_score_turns_adds_heads_judges_and_signals(scorer, panel, personas):
         score_turns(normalise_turns(df.assign(persona="pirate")), scorer, panel, {})
 
 
-def _scored(n, start, hours, composite, rating=None, empty=0.0, version="3", seed=0):
-    """A scored table without models: the alert logic only reads metric columns."""
+def _scored(n, start, hours, composite, rating=None, empty=0.0, version="3", seed=0, judge=None,
+            repetition=None, thumbs=None):
+    """A scored table without models: the alert logic only reads metric columns.
+
+    Reward heads score around ``composite``, the judges around ``judge`` (default: the same);
+    ``repetition`` is the mean trigram-repetition rate, ``thumbs`` the chance of a thumbs up.
+    """
     rng = np.random.default_rng(seed)
-    df = normalise_turns(served(n, start, hours, version=version, turns=1, seed=seed))
+    df = normalise_turns(served(n, start, hours, version=version, turns=1, seed=seed, thumbs=thumbs))
     k = len(df)
     for col in ("composite", "quality", "personality", "engagement", "relevance", "judge_composite",
                 "judge_quality", "judge_personality", "judge_engagement", "judge_relevance"):
-        df[col] = np.clip(rng.normal(composite, 0.03, k), 0, 1)
+        mean = judge if judge is not None and col.startswith("judge_") else composite
+        df[col] = np.clip(rng.normal(mean, 0.03, k), 0, 1)
     df["gap"] = df["composite"] - df["judge_composite"]
     df["empty"] = (rng.random(k) < empty).astype(float)
     df["repetition"] = 0.0
     if rating is not None:
         df["rating"] = np.clip(rng.normal(rating, 0.4, k), 1, 5)
+    if repetition is not None:
+        df["repetition"] = np.clip(rng.normal(repetition, 0.03, k), 0, 1)
     df["day"] = df["timestamp"].dt.strftime("%Y-%m-%d")
     return df
 
@@ -125,6 +133,71 @@ def test_window_alerts_fire_on_a_real_drop_only():
     assert a.ci_high < -mon.quality_margin and a.current_mean < a.baseline_mean
     assert "composite fell on model version 3" in a.message
     assert len(table) == 2 * len(RULES)
+
+
+# Each rule against a steady baseline: a change well beyond its margin fires it (on that metric only),
+# a fresh sample of the same traffic stays quiet, and so does a real but sub-margin change.
+RULE_CASES = {
+    "repetition_rise": dict(metric="repetition", steady=dict(repetition=0.05), worse=dict(repetition=0.3),
+                            slight=dict(repetition=0.08)),  # +0.03, under rate_margin 0.05
+    # Reward hacking: the reward heads climb while the held-out judges stay put. Nothing dropped, so
+    # only the gap rule may fire.
+    "reward_judge_gap": dict(metric="gap", steady=dict(), worse=dict(composite=0.75),
+                             slight=dict(composite=0.63)),  # +0.03, under gap_margin 0.05
+    "satisfaction_drop": dict(metric="thumbs", steady=dict(thumbs=0.8), worse=dict(thumbs=0.3),
+                              slight=dict(thumbs=0.75)),  # -0.05, under thumbs_margin 0.1
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RULE_CASES))
+def test_each_rule_fires_on_a_real_change_and_stays_quiet_otherwise(kind):
+    case = RULE_CASES[kind]
+    metric = case["metric"]
+    mon = load_config("tiny").monitor
+    b0, c0, _ = window_bounds(NOW, mon.window_days, mon.baseline_days)
+    steady = dict(composite=0.6, judge=0.6, **case["steady"])
+
+    def run(current: dict, n_base: int = 80, n_cur: int = 40):
+        base = _scored(n_base, b0, 24 * 6, seed=1, **steady)
+        cur = _scored(n_cur, c0, 20, seed=2, **{**steady, **current})
+        alerts, table = detect_alerts(pd.concat([base, cur], ignore_index=True), mon, NOW, n_bootstrap=400)
+        return alerts, table.set_index(["scope", "metric"])
+
+    alerts, table = run({})  # the same traffic, resampled: noise only
+    assert alerts == [], [a.message for a in alerts]
+    assert table.loc[("3", metric), "enough_data"] and not table.loc[("3", metric), "alert"]
+
+    alerts, table = run(case["worse"])
+    assert {(a.kind, a.metric, a.scope) for a in alerts} == {(kind, metric, "all"), (kind, metric, "3")}
+    a = next(a for a in alerts if a.scope == "3")
+    margin = getattr(mon, next(r.margin_key for r in RULES if r.metric == metric))
+    assert a.margin == margin
+    if metric == "thumbs":
+        assert a.ci_high < -margin and a.current_mean < a.baseline_mean
+        assert "thumbs fell on model version 3" in a.message
+    else:
+        assert a.ci_low > margin and a.current_mean > a.baseline_mean
+        assert f"{metric} rose on model version 3" in a.message
+    assert bool(table.loc[("3", metric), "alert"])
+
+    # Many sessions make a small shift statistically clear (the CI excludes 0), yet it is within the margin.
+    alerts, table = run(case["slight"], n_base=1500, n_cur=1500)
+    row = table.loc[("3", metric)]
+    assert (row["ci_high"] < 0) if metric == "thumbs" else (row["ci_low"] > 0), row.to_dict()
+    assert alerts == [], [a.message for a in alerts]
+
+
+def test_a_dip_in_a_few_sessions_is_noise_not_an_alert():
+    """Thumbs are binary, so a dozen sessions move the rate by more than the margin by chance alone:
+    the point estimate is beyond the margin, the CI is not, and nobody is paged."""
+    mon = load_config("tiny").monitor
+    b0, c0, _ = window_bounds(NOW, mon.window_days, mon.baseline_days)
+    base, cur = _scored(12, b0, 100, 0.6, seed=1), _scored(12, c0, 20, 0.6, seed=2)
+    base["thumbs"], cur["thumbs"] = [1.0] * 10 + [0.0] * 2, [1.0] * 8 + [0.0] * 4
+    alerts, table = detect_alerts(pd.concat([base, cur], ignore_index=True), mon, NOW, n_bootstrap=400)
+    row = table.set_index(["scope", "metric"]).loc[("3", "thumbs")]
+    assert row["enough_data"] and row["diff"] < -mon.thumbs_margin < row["ci_high"], row.to_dict()
+    assert alerts == [], [a.message for a in alerts]
 
 
 def test_too_few_sessions_never_alert():

@@ -32,6 +32,14 @@ def _chat(client, text: str, session: str, **kw):
         extra_headers={"X-Session-Id": session}, **kw)
 
 
+def _traced(server):
+    """The served turns in MLflow by completion id, once the writer has flushed."""
+    from convrl.tracking import traces
+
+    assert server.writer.flush(60)
+    return traces.search_turns("serve-test").set_index("turn_id")
+
+
 def test_models_and_a_completion(client):
     ids = [m.id for m in client.models.list().data]
     assert ids == ["convrl-policy", "convrl-policy@champion", "convrl-policy@challenger"]
@@ -106,17 +114,13 @@ def test_concurrent_requests_are_batched(live, client, monkeypatch):
 
 
 def test_feedback_lands_on_the_trace_and_history_is_kept(live, client):
-    from convrl.tracking import traces
-
     url, server = live
     first = _chat(client, "My name is Ada and I love chess.", "s-feedback").parse()
     # Only the new message: the server keeps the session's history.
     second = _chat(client, "What do I love?", "s-feedback").parse()
     r = requests.post(url + "/v1/feedback", json={"id": second.id, "thumbs": True, "rating": 4, "comment": "ok"})
     assert r.status_code == 202, r.text
-    assert server.writer.flush(60)
-    turns = traces.search_turns("serve-test").set_index("turn_id")
-    row = turns.loc[second.id]
+    row = _traced(server).loc[second.id]
     assert row.session_id == "s-feedback" and row.thumbs and row.rating == 4
     prompt = [m["content"] for m in row.messages]
     assert "My name is Ada and I love chess." in prompt and first.choices[0].message.content in prompt
@@ -126,14 +130,52 @@ def test_feedback_lands_on_the_trace_and_history_is_kept(live, client):
 
 
 def test_pii_never_reaches_the_journal_or_mlflow(live, client):
-    from convrl.tracking import traces
-
     url, server = live
     resp = _chat(client, "write to grace@example.org please", "s-pii").parse()
     assert "grace@example.org" not in server.writer.journal.read_text()
-    assert server.writer.flush(60)
-    row = traces.search_turns("serve-test").set_index("turn_id").loc[resp.id]
+    row = _traced(server).loc[resp.id]
     assert "grace@example.org" not in json.dumps(row.messages) and "[EMAIL]" in json.dumps(row.messages)
+
+
+def test_a_request_picks_its_sessions_persona(live, client):
+    from convrl.data.personas import load_persona
+
+    server = live[1]
+    default = server.cfg.serve.persona
+    calm, cheerful = load_persona("calm_expert"), load_persona("cheerful_guide")
+    assert default not in (calm.persona_id, cheerful.persona_id)
+    assert len({calm.system_prompt(), cheerful.system_prompt(), load_persona(default).system_prompt()}) == 3
+    picked = _chat(client, "Hello there.", "s-persona", extra_body={"persona": "calm_expert"}).parse()
+    kept = _chat(client, "And how are you?", "s-persona").parse()  # names none: the session keeps its card
+    switched = _chat(client, "Cheer me up.", "s-persona", extra_body={"persona": "cheerful_guide"}).parse()
+    plain = _chat(client, "Hello there.", "s-persona-default").parse()
+    turns = _traced(server)
+    for resp, card in ((picked, calm), (kept, calm), (switched, cheerful), (plain, load_persona(default))):
+        row = turns.loc[resp.id]
+        assert row.persona == card.persona_id, (resp.id, row.persona)
+        assert row.messages[0]["role"] == "system" and row.messages[0]["content"].startswith(card.system_prompt())
+    assert picked.usage.prompt_tokens != plain.usage.prompt_tokens  # the model saw another system prompt
+
+
+def test_a_long_sessions_context_is_trimmed_to_context_turns(live, client):
+    server = live[1]
+    keep = server.cfg.serve.context_turns
+    first = "My name is Ada. Zanzibar, Zanzibar: I dream of Zanzibar."
+    texts = [first] + [f"Question {k}: what should I pack?" for k in range(1, keep // 2 + 2)]
+    ids = [_chat(client, text, "s-long").parse().id for text in texts]  # only the new message each time
+    turns = _traced(server)
+    prompts = [[m for m in turns.loc[i].messages if m["role"] != "system"] for i in ids]
+    # Request k (from 0) sees the session's 2k+1 user/assistant messages until the window is full, then
+    # the oldest fall out (the window opens on a user message: an odd count, at most context_turns).
+    cap = keep if keep % 2 else keep - 1
+    assert [len(p) for p in prompts] == [min(2 * k + 1, cap) for k in range(len(texts))]
+    last = prompts[-1]
+    assert last[-1] == {"role": "user", "content": texts[-1]} and last[0]["role"] == "user"
+    assert all(first not in m["content"] for m in last)
+    assert prompts[0][0]["content"] == first
+    # What fell out is folded into the memory in the system prompt, not simply lost.
+    system = turns.loc[ids[-1]].messages[0]["content"]
+    assert "earlier topics:" in system and "zanzibar" in system and "name: Ada" in system
 
 
 @pytest.mark.parametrize("body,status,needle", [

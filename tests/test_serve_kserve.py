@@ -89,47 +89,51 @@ def test_committed_manifests_are_what_serve_manifest_renders():
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
 
-def test_storage_uri_is_the_registered_versions_checkpoint(mlflow_store, tiny_policy_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def kserve_policy(mlflow_store, tiny_policy_dir):
+    """models:/kserve-policy: versions 1 (@champion) and 2 (@challenger), both the tiny policy's checkpoint."""
     from convrl import tracking
-    from convrl.serving import kserve
     from convrl.tracking.pyfunc import HFDirModel
 
+    name = "kserve-policy"
     parent = tracking.start_pipeline_run("kserve-test", "r", {}, {})
     with tracking.stage_run(parent, "rl_finetune", "kserve-test") as run:
         uri = run.log_pyfunc("policy", HFDirModel(), {"hf_dir": tiny_policy_dir})
-    for _ in range(2):
-        version = tracking.register(uri, "kserve-policy", {})
-    tracking.set_alias("kserve-policy", "champion", "1")
-    tracking.set_alias("kserve-policy", "challenger", "2")
-    location = kserve.hf_dir_location("kserve-policy", "1")
+    assert [tracking.register(uri, name, {}) for _ in range(2)] == ["1", "2"]
+    tracking.set_alias(name, "champion", "1")
+    tracking.set_alias(name, "challenger", "2")
+    return name
+
+
+def test_storage_uri_is_the_registered_versions_checkpoint(kserve_policy, monkeypatch):
+    from convrl.serving import kserve
+
+    location = kserve.hf_dir_location(kserve_policy, "1")
     assert (Path(location.removeprefix("file://")) / "config.json").exists(), location
     with pytest.raises(ValueError, match="a cluster cannot read"):
-        kserve.storage_uri("kserve-policy", "1")
+        kserve.storage_uri(kserve_policy, "1")
     # Behind the cluster's MLflow server the same layout sits under mlflow-artifacts:/ -> S3.
     proxied = location.split("/mlartifacts/", 1)[-1]
     monkeypatch.setattr(kserve, "hf_dir_location", lambda name, v: f"mlflow-artifacts:/{proxied}")
-    isvc = kserve.from_registry("kserve-policy", canary_percent=25)
+    isvc = kserve.from_registry(kserve_policy, canary_percent=25)
     assert problems(isvc) == []
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"s3://convrl-mlflow/artifacts/{proxied}"
-    assert isvc["metadata"]["annotations"]["convrl.io/challenger-version"] == version == "2"
+    assert isvc["metadata"]["annotations"]["convrl.io/challenger-version"] == "2"
     with pytest.raises(ValueError, match="between 1 and 99"):
         kserve.inference_service("m", "1", CHAMPION_URI, challenger_uri=CHALLENGER_URI, canary_percent=100)
 
 
-def test_serve_resolves_registry_aliases_to_pinned_versions(mlflow_store, tiny_policy_dir):
+def test_serve_resolves_registry_aliases_to_pinned_versions(kserve_policy):
     """`convrl serve` with the default config serves models:/<name>@champion and @challenger as versions."""
-    from convrl import tracking
     from convrl.config import load_config
     from convrl.serving.variants import ServeError, resolve_variants
 
     cfg = load_config("tiny")
     with pytest.raises(ServeError, match="no 'champion' alias"):
         resolve_variants(cfg.serve, "nobody-registered-this")
-    if tracking.alias_version("kserve-policy", "champion") is None:
-        pytest.skip("needs the versions registered by test_storage_uri_is_the_registered_versions_checkpoint")
-    variants = resolve_variants(cfg.serve, "kserve-policy")
+    variants = resolve_variants(cfg.serve, kserve_policy)
     assert {n: v.version for n, v in variants.items()} == {"champion": "1", "challenger": "2"}
     assert all((Path(v.model_dir) / "config.json").exists() for v in variants.values())
-    assert variants["champion"].label == "kserve-policy v1"
+    assert variants["champion"].label == f"{kserve_policy} v1"
     cfg.serve.challenger = "none"
-    assert list(resolve_variants(cfg.serve, "kserve-policy")) == ["champion"]
+    assert list(resolve_variants(cfg.serve, kserve_policy)) == ["champion"]

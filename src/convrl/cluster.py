@@ -1,18 +1,16 @@
 """Talk to a Kubeflow Pipelines cluster through ``kfp.Client``: publish the pipeline, start runs, schedule retraining.
 
-``kfp.Client`` does the work (upload, versions, experiments, runs, recurring runs,
-listing, waiting, tokens, cookies, CA certificates, in-cluster service-account
-credentials); this module adds what a team needs on top of it:
+``kfp.Client`` does the work (upload, versions, experiments, runs, recurring runs, listing, waiting,
+tokens, cookies, CA certificates, in-cluster service-account credentials); this module adds on top of it:
 
-* a preflight that turns a login page, a wrong host or a refused token into one
-  :class:`ClusterError` saying what to do, before ``kfp.Client`` would retry or
-  parse an HTML page as JSON;
+* a preflight that turns a login page, a wrong host or a refused token into one :class:`ClusterError`
+  saying what to do, before ``kfp.Client`` would retry or parse an HTML page as JSON;
 * multi-user Kubeflow: every call carries the profile namespace and an experiment
   (the server refuses runs without one there), and refusals name the fix;
-* publishing that is idempotent: the pipeline version is named after the
-  package's content hash, so submitting the same package twice reuses it;
-* schedules that are idempotent by name (``schedule`` twice keeps one recurring
-  run) and can be stopped (``unschedule``); 6-field cron checked with suggestions.
+* publishing that is idempotent: the pipeline version is named after the package's content hash, so
+  submitting the same package twice reuses it; each pipeline (training, monitoring) has its own name;
+* schedules that are idempotent by name (``schedule`` twice keeps one recurring run, and never replaces
+  another pipeline's) and can be stopped (``unschedule``); 6-field cron checked with suggestions.
 
     from convrl import cluster
     kfp = cluster.connect("http://localhost:8080")            # port-forward to ml-pipeline-ui
@@ -346,8 +344,8 @@ def schedule(conn: Connection, ids: dict, cron: str, params: dict, name: str, ma
              no_catchup: bool = True, service_account: str | None = None) -> dict:
     """Make ``name`` the one enabled recurring run of this version, cron and parameters.
 
-    Idempotent by name: an identical schedule is kept, a different one of the same
-    name is replaced. ``no_catchup`` skips runs missed while paused or down.
+    Idempotent by name: an identical schedule is kept, a different one of the same name
+    is replaced, one of another pipeline is refused. ``no_catchup`` skips missed runs.
     Returns ``{"recurring_run_id", "action": "created" | "unchanged" | "replaced"}``.
     """
     expr = validate_cron(cron)
@@ -356,6 +354,10 @@ def schedule(conn: Connection, ids: dict, cron: str, params: dict, name: str, ma
         raise ClusterError(f"max_concurrency must be between {low} and {high}, got {max_concurrency}")
     params = _check_params(params)
     existing = find_schedules(conn, name)
+    if any(r.pipeline_version_reference and r.pipeline_version_reference.pipeline_id != ids["pipeline_id"]
+           for r in existing):  # e.g. the monitoring package scheduled under the retraining schedule's name
+        raise ClusterError(f"recurring run {name!r} runs another pipeline: pick another --name, or stop it first "
+                           f"(`convrl unschedule --name {name}`)")
     same = [r for r in existing if _same_schedule(r, ids, expr, params, max_concurrency, service_account or "")]
     if len(same) == 1 and len(existing) == 1:
         return {"recurring_run_id": same[0].recurring_run_id, "action": "unchanged"}

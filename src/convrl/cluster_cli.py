@@ -6,12 +6,16 @@
     convrl schedule --host URL --package build/convrl.yaml --cron "0 0 3 * * 0"   # idempotent by --name
     convrl unschedule --host URL --name convrl-weekly-retraining    # stop it (--disable-only keeps it, paused)
     convrl schedules --host URL ; convrl runs --host URL
+    convrl compile --pipeline monitoring --image ghcr.io/<you>/convrl:0.1.0 --output build/monitoring.yaml
+    convrl schedule --host URL --package build/monitoring.yaml --cron "0 0 6 * * *" --name nightly-monitor
 
-The package is used exactly as compiled: its image, its cluster settings and its
-default preset (``config_name``). Multi-user Kubeflow needs ``--namespace`` (your
-profile) and a credential: ``--token``/``$KFP_TOKEN`` or ``--cookie``. Parameters
-map onto the pipeline's inputs: ``config_name`` (``--config``, default the one the
-package was compiled with) and ``overrides`` (dotted settings joined by ';').
+The package is used exactly as compiled: its pipeline (training, or monitoring, published
+as its own pipeline), its image, its cluster settings and its default preset
+(``config_name``). Multi-user Kubeflow needs ``--namespace`` (your profile) and a
+credential: ``--token``/``$KFP_TOKEN`` or ``--cookie``. Parameters map onto the
+pipeline's inputs: ``config_name`` (``--config``, default the one the package was
+compiled with), ``overrides`` (dotted settings joined by ';'), ``run_name`` where the
+pipeline takes it, and any other input it declares with ``--param KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -22,30 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from convrl import cluster
 from convrl.config import load_config
-from convrl.config.cluster import DEFAULT_IMAGE, PIPELINE_NAME
-
-DESCRIPTION = "convrl: RL fine-tuning of persona-conditioned chat models"
-
-
-def package_info(path: str | os.PathLike) -> dict:
-    """What a compiled package runs: its images and its default ``config_name``."""
-    p = Path(path)
-    if not p.is_file():
-        raise cluster.ClusterError(f"pipeline package {p} not found: run `convrl compile --config <preset> "
-                                   f"--image <your image> --output {p}` first")
-    spec = next(yaml.safe_load_all(p.read_text()))
-    images = sorted({ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()})
-    param = spec["root"]["inputDefinitions"]["parameters"].get("config_name", {})
-    return {"images": images, "config_name": param.get("defaultValue", "")}
+from convrl.config.cluster import DEFAULT_IMAGE
+from convrl.pipelines.packages import PIPELINES, package_info, pipeline_module, run_parameters
 
 
 def cmd_compile(args) -> int:
-    from convrl.pipelines.conversational_rl import COMPILED, compile_pipeline
-
+    pipeline = pipeline_module(args.pipeline)
     cfg = load_config(args.config)
     image = args.image or cfg.cluster.image
     # Runs load their preset by name inside the image, where a local YAML path does not exist.
@@ -53,7 +41,7 @@ def cmd_compile(args) -> int:
     if preset != args.config:
         print(f"note: runs will load preset {preset!r} inside the image: put {args.config} in src/convrl/configs/ "
               f"before building it, or start runs with --config <a preset the image has>", file=sys.stderr)
-    print(compile_pipeline(cfg.cluster, image, args.output or COMPILED, config_name=preset))
+    print(pipeline.compile_pipeline(cfg.cluster, image, args.output or pipeline.COMPILED, config_name=preset))
     if image == DEFAULT_IMAGE:
         print(f"note: compiled with the default image {image}; pass --image with the tag you pushed",
               file=sys.stderr)
@@ -66,24 +54,28 @@ def _connect(args) -> cluster.Connection:
                            experiment=args.experiment)
 
 
-def _publish(args, conn: cluster.Connection) -> tuple[dict, dict]:
-    info = package_info(args.package)
+def _publish(args, conn: cluster.Connection, info: dict) -> dict:
     if DEFAULT_IMAGE in info["images"]:
         print(f"warning: {args.package} runs on the default image {DEFAULT_IMAGE}; unless you pushed that tag, "
               "recompile with `convrl compile --image <your image>`", file=sys.stderr)
-    return cluster.publish(conn, args.package, PIPELINE_NAME, DESCRIPTION), info
+    # Each pipeline under its own name: a monitoring package must not become a version of the training pipeline.
+    return cluster.publish(conn, args.package, info["name"], pipeline_module(info["pipeline"]).DESCRIPTION)
 
 
 def _params(args, info: dict) -> dict:
+    """The run parameters the package's pipeline declares (an undeclared --param is an error)."""
     config_name = args.config or info["config_name"] or "cluster"
+    params = run_parameters(info, {"config_name": config_name, "overrides": ";".join(args.overrides),
+                                   "run_name": args.run_name or ""}, args.param)
     if args.check_config:
         load_config(config_name, args.overrides)  # fail here, not in the cluster, on a bad config
-    return {"config_name": config_name, "overrides": ";".join(args.overrides), "run_name": args.run_name or ""}
+    return params
 
 
 def cmd_upload(args) -> int:
-    ids, _ = _publish(args, _connect(args))
-    print(json.dumps(ids))
+    info = package_info(args.package)
+    ids = _publish(args, _connect(args), info)
+    print(json.dumps({**ids, "pipeline": info["name"]}))
     return 0
 
 
@@ -92,14 +84,13 @@ def cmd_submit(args) -> int:
 
     from convrl.pipelines.caching import without_caching
 
+    info = package_info(args.package)
+    params = _params(args, info)  # before anything reaches the cluster
     conn = _connect(args)
-    if args.no_cache:
-        # A run of the package itself with every task uncached: a version run cannot switch caching off.
-        ids, info = None, package_info(args.package)
-    else:
-        ids, info = _publish(args, conn)
-    params = _params(args, info)
-    name = args.run_name or f"convrl-{Path(params['config_name']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # --no-cache: a run of the package itself with every task uncached (a version run cannot switch caching off).
+    ids = None if args.no_cache else _publish(args, conn, info)
+    prefix = "convrl" if info["pipeline"] == "training" else info["name"]
+    name = args.run_name or f"{prefix}-{Path(params['config_name']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory() as tmp:
         package = without_caching(args.package, Path(tmp) / "convrl-nocache.yaml") if args.no_cache else None
         out = cluster.submit(conn, ids, params, name, service_account=args.service_account, package=package)
@@ -112,12 +103,14 @@ def cmd_submit(args) -> int:
 
 
 def cmd_schedule(args) -> int:
+    info = package_info(args.package)
+    params = _params(args, info)
     conn = _connect(args)
-    ids, info = _publish(args, conn)
-    out = cluster.schedule(conn, ids, args.cron, _params(args, info), args.name,
+    name = args.name or pipeline_module(info["pipeline"]).SCHEDULE_NAME
+    out = cluster.schedule(conn, _publish(args, conn, info), args.cron, params, name,
                            max_concurrency=args.max_concurrency, no_catchup=True,
                            service_account=args.service_account)
-    print(json.dumps({**out, "name": args.name, "cron": args.cron}))
+    print(json.dumps({**out, "name": name, "cron": args.cron}))
     return 0
 
 
@@ -162,17 +155,22 @@ def _run_args(p) -> None:
     p.add_argument("--run-name", default="")
     p.add_argument("--service-account", default="convrl-pipeline-runner",
                    help="Kubernetes service account the run's pods use (multi-user Kubeflow: default-editor)")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="another run parameter the package's pipeline declares, typed as declared (repeatable), "
+                        "e.g. run_online_ab=true (monitoring) or rl_max_steps=800 (training)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rl.max_steps=200")
 
 
 def add_commands(sub) -> None:
-    from convrl.pipelines.conversational_rl import COMPILED
+    from convrl.pipelines.conversational_rl import COMPILED, SCHEDULE_NAME
 
     c = sub.add_parser("compile", help="compile the KFP pipeline for a cluster")
+    c.add_argument("--pipeline", choices=list(PIPELINES), default="training",
+                   help="training (ingest .. promote) or monitoring (score served traces, alert, online A/B)")
     c.add_argument("--config", default="cluster", help="preset whose `cluster` section sets resources (and the "
                                                         "default preset of runs)")
     c.add_argument("--image", default="", help="project image every step runs on (default: cluster.image)")
-    c.add_argument("--output", default="", help=f"default {COMPILED}")
+    c.add_argument("--output", default="", help=f"default: the pipeline's package in {COMPILED.parent}")
     c.set_defaults(fn=cmd_compile)
     up = sub.add_parser("upload", help="upload the compiled pipeline (a new version only when it changed)")
     _connection_args(up)
@@ -190,12 +188,13 @@ def add_commands(sub) -> None:
     _connection_args(sc)
     _run_args(sc)
     sc.add_argument("--cron", required=True, help='e.g. "0 0 3 * * 0" = Sundays 03:00')
-    sc.add_argument("--name", default="convrl-weekly-retraining")
+    sc.add_argument("--name", default="", help=f"the schedule's name (default {SCHEDULE_NAME}; for a monitoring "
+                                                f"package {pipeline_module('monitoring').SCHEDULE_NAME})")
     sc.add_argument("--max-concurrency", type=int, default=1)
     sc.set_defaults(fn=cmd_schedule)
     us = sub.add_parser("unschedule", help="stop a recurring run by name")
     _connection_args(us)
-    us.add_argument("--name", default="convrl-weekly-retraining")
+    us.add_argument("--name", default=SCHEDULE_NAME)
     us.add_argument("--disable-only", action="store_true", help="pause it instead of deleting it")
     us.set_defaults(fn=cmd_unschedule)
     ls = sub.add_parser("schedules", help="recurring runs in the experiment")

@@ -131,7 +131,7 @@ def submit(manifest: dict, api: Any = None, log: Callable[[str], None] = print) 
                                 f"cluster; {INSTALL_HINT}") from exc
         if status == 403:
             raise TrainJobError(f"not allowed to create {PLURAL}.{GROUP} in {ns!r}: grant the pipeline runner "
-                                "create/get/list/watch/delete on trainjobs (manifests/base/rbac.yaml) and run "
+                                "create/get/list/watch/delete on trainjobs (manifests/base/runner/rbac.yaml) and run "
                                 "the pipeline as convrl-pipeline-runner") from exc
         if status == 422 or (status == 400 and "unknown field" in body):
             raise TrainJobError(f"the API server rejected TrainJob {ns}/{name} ({status}): {body[:500]}; "
