@@ -21,6 +21,7 @@ half the sessions stream):
 
     .venv/bin/python bench/serve_load.py                      # the full run
     .venv/bin/python bench/serve_load.py --load-s 30 --seed 2 --max-tokens 32
+    .venv/bin/python bench/serve_load.py --temperature 0     # greedy: phases 1 and 2 write the same replies
 
 Prints one JSON summary at the end. The machine is shared with other work, so
 absolute figures are noisy; the ratio comes from phases of the same run.
@@ -104,6 +105,8 @@ def session(url: str, idx: int, stop_at: float, stats: Stats, args, feedback: bo
             try:
                 kw = dict(model="convrl-policy", messages=history, max_tokens=args.max_tokens,
                           extra_headers={"X-Session-Id": sid})
+                if args.temperature is not None:
+                    kw["temperature"] = args.temperature
                 if stream:
                     for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True},
                                                                 **kw):
@@ -150,6 +153,7 @@ def phase(url: str, n: int, args, seconds: float = 1e9, conversations: int | Non
 def summary(stats: Stats, wall: float) -> dict:
     return {"requests": len(stats.latency), "errors": len(stats.errors), "wall_s": round(wall, 1),
             "requests_per_s": round(len(stats.latency) / wall, 3), "tokens_per_s": round(stats.tokens / wall, 2),
+            "completion_tokens": stats.tokens,
             "latency_p50_s": round(pct(stats.latency, 0.5), 3), "latency_p95_s": round(pct(stats.latency, 0.95), 3),
             "ttft_p50_s": round(pct(stats.ttft, 0.5), 3), "ttft_p95_s": round(pct(stats.ttft, 0.95), 3)}
 
@@ -176,6 +180,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--turns", type=int, default=2, help="turns per conversation (a new session each)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature of every request (default: the server's, 0.7); 0 = greedy, so "
+                         "phases 1 and 2 generate the same replies and their ratio compares the same work")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (1 on a shared box)")
     ap.add_argument("--max-wait-ms", type=float, default=100.0,
@@ -221,7 +228,8 @@ def main() -> None:
     with_feedback = turns[turns.turn_id.isin(load_turns) & turns.rating.notna()]
     s_seq, s_par, s_load = summary(seq, seq_wall), summary(par, par_wall), summary(load, load_wall)
     out = {
-        "model": args.model, "seed": args.seed, "max_tokens": args.max_tokens, "max_wait_ms": args.max_wait_ms,
+        "model": args.model, "seed": args.seed, "temperature": args.temperature, "max_tokens": args.max_tokens,
+        "max_wait_ms": args.max_wait_ms,
         "one_at_a_time": s_seq, "concurrent_8": s_par, f"concurrent_{args.sessions}": s_load,
         "speedup_8_vs_1_tokens_per_s": round(s_par["tokens_per_s"] / max(s_seq["tokens_per_s"], 1e-9), 2),
         "speedup_8_vs_1_requests_per_s": round(s_par["requests_per_s"] / max(s_seq["requests_per_s"], 1e-9), 2),
