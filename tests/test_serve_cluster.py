@@ -43,11 +43,10 @@ def serve_args(c: dict):
 
 
 def serve_config(c: dict):
-    """What `convrl serve` builds from that command line (serve_cli: --host/--port become overrides)."""
-    from convrl.config import load_config
+    """What `convrl serve` builds from that command line."""
+    from convrl import serve_cli
 
-    args = serve_args(c)
-    return load_config(args.config, [*args.overrides, f"serve.host={args.host}", f"serve.port={args.port}"])
+    return serve_cli.serve_config(serve_args(c))
 
 
 def test_renders_and_validates_against_the_kserve_crd():

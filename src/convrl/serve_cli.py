@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 
 
-def _cfg(args):
+def serve_config(args):
+    """The config `convrl serve` runs with: the preset, its overrides, then --host/--port."""
     from convrl.config import load_config
 
     overrides = list(args.overrides)
@@ -32,7 +33,7 @@ def cmd_serve(args) -> int:
     from convrl.runtime import offline_defaults
 
     offline_defaults()
-    cfg = _cfg(args)
+    cfg = serve_config(args)
     try:
         serve(cfg, api_key=args.api_key or None, log_level=args.log_level, access_log=args.access_log)
     except ServeError as exc:
