@@ -31,6 +31,24 @@ def test_shaping_reward_funcs_read_completion_ids_and_text():
     assert shaping_reward_funcs([2], 0.0, 0.0) == ([], [])
 
 
+def test_ending_min_share_pays_for_ending_not_for_brevity():
+    from convrl.config import ConfigError, load_config
+    from convrl.rl.shaping import ending_full_at, ending_score
+
+    full_at = ending_full_at(0.6, 10)
+    assert full_at == 6 and ending_full_at(0.0, 64) == 0
+    assert ending_score([5, 2], [2], full_at) == pytest.approx(2 / 6)   # ended early: in proportion to length
+    assert ending_score([5] * 7 + [2], [2], full_at) == 1.0              # ended after full_at tokens
+    assert ending_score([5] * 9, [2], full_at) == 0.0                    # cut off: nothing, however long
+    assert ending_score([5, 2], [2], 0) == 1.0                           # 0 = every ending earns 1
+    (end, _), _ = shaping_reward_funcs([2], 0.15, 0.1, full_at=4)
+    assert end(prompts=["p"] * 3, completions=["a"] * 3, completion_ids=[[5, 2], [5, 5, 5, 2], [5, 5, 5, 5]]) \
+        == [0.5, 1.0, 0.0]
+    assert load_config("tiny", ["rl.shaping.ending_min_share=0.5"]).rl.shaping.ending_min_share == 0.5
+    with pytest.raises(ConfigError, match="ending_min_share"):
+        load_config("tiny", ["rl.shaping.ending_min_share=1.5"])
+
+
 def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas):
     from convrl.rewards.heads import HEADS, RewardScorer
     from convrl.rl.turn_rewards import conversation_reward_funcs
@@ -50,6 +68,10 @@ def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas)
     assert got["non_repetition"] == 0.5         # the second turn copies the first
     per_turn = conv.turn_rewards()
     assert per_turn.shape == (1, 2) and per_turn[0, 0] > per_turn[0, 1]  # the looping, cut-off turn earns less
+    # With ending_full_at=6 the 3-token turn that ended earns half its ending reward.
+    funcs, _, _ = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2, ending_full_at=6)
+    end = next(f for f in funcs if f.__name__ == "ending")
+    assert end(prompts=[ctx], completions=["x"], turns=turns, completion_ids=ids)[0] == pytest.approx(0.25)
 
 
 def test_grpo_normalize_then_sum_with_turn_credit_trains(tiny_encoder, ingested, personas, tiny_policy_dir,
@@ -93,3 +115,19 @@ def test_grpo_normalize_then_sum_with_turn_credit_trains(tiny_encoder, ingested,
     rows = [r for r in logged if "reward" in r]
     assert rows and "advantages/quality/abs_mean" in rows[0] and "timing/policy_decode_s" in rows[0]
     assert np.isfinite(rows[0]["advantages/ending/abs_mean"]) and -1.0 <= rows[0].get("advantages/quality/corr", 0) <= 1
+
+
+def test_reward_setup_hands_the_ending_share_to_both_paths(tiny_encoder, tiny_policy_dir):
+    from convrl.config import RLConfig
+    from convrl.config.rl import ShapingSection
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.reward_setup import policy_eos_ids, reward_setup
+
+    scorer = RewardScorer(tiny_encoder, None, None)
+    shaping = ShapingSection(ending_weight=0.15, ending_min_share=0.5)
+    multi = reward_setup(RLConfig(turns=2, max_completion_length=10, shaping=shaping), scorer, {}, tiny_policy_dir)
+    assert multi.conversation_scores.ending_full_at == 5
+    single = reward_setup(RLConfig(turns=1, max_completion_length=10, shaping=shaping), scorer, {}, tiny_policy_dir)
+    end = next(f for f in single.funcs if f.__name__ == "ending")
+    eos = policy_eos_ids(tiny_policy_dir)[0]
+    assert end(prompts=["p"], completions=["a"], completion_ids=[[7, eos]]) == [pytest.approx(2 / 5)]

@@ -80,6 +80,9 @@ class ShapingSection:
     ending_weight: float = field(default=0.15, metadata={
         "help": "Weight of the 'ending' reward: 1 when a reply stops on its end-of-turn token within "
                 "max_completion_length, 0 when cut off (0 = off)."})
+    ending_min_share: float = field(default=0.0, metadata={
+        "help": "Share of max_completion_length (0-1) below which a reply that ends earns the 'ending' reward "
+                "in proportion to its length, so stopping in time is not paid as brevity (0 = every ending earns 1)."})
     repetition_weight: float = field(default=0.1, metadata={
         "help": "Weight of the 'non_repetition' reward: 1 minus repeated 3-grams inside the reply or word overlap "
                 "with an earlier own reply (0 = off)."})
@@ -87,6 +90,9 @@ class ShapingSection:
     def validate(self) -> None:
         if self.ending_weight < 0 or self.repetition_weight < 0:
             raise ConfigError("rl.shaping weights must be >= 0")
+        if not 0.0 <= self.ending_min_share <= 1.0:
+            raise ConfigError(f"rl.shaping.ending_min_share must be in [0, 1] (a share of rl.max_completion_length), "
+                              f"got {self.ending_min_share}")
 
 
 @dataclass

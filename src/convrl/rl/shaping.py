@@ -5,7 +5,11 @@ and text the policy produced:
 
 * ``ending``: 1 when the reply stopped on an end-of-turn token within its
   token budget, 0 when it was cut off. Replies that run into the cap end
-  mid-sentence in every conversation the model has after training.
+  mid-sentence in every conversation the model has after training. With
+  ``full_at`` tokens (``rl.shaping.ending_min_share`` of the budget) a reply
+  that ends earlier earns it in proportion to its length: "stop in time"
+  without "be brief" (short replies end more often, so a flat 0/1 term alone
+  pays for brevity).
 * ``non_repetition``: 1 minus degenerate repetition, the larger of the share
   of repeated word 3-grams inside the reply (``"I'm so sorry ... I'm so
   sorry ..."``) and its word overlap (Jaccard) with the most similar earlier
@@ -56,14 +60,26 @@ def ended(turn_ids: list[int], eos_ids) -> bool:
     return bool(turn_ids) and int(turn_ids[-1]) in set(int(e) for e in eos_ids)
 
 
-def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float):
+def ending_score(turn_ids: list[int], eos_ids, full_at: int = 0) -> float:
+    """0 when cut off; when it ended, 1, or ``len/full_at`` for a reply shorter than ``full_at`` tokens."""
+    if not ended(turn_ids, eos_ids):
+        return 0.0
+    return 1.0 if full_at <= 0 else min(1.0, len(turn_ids) / full_at)
+
+
+def ending_full_at(min_share: float, max_completion_length: int) -> int:
+    """Tokens from which an ended reply earns the whole 'ending' reward (0 = from its first token)."""
+    return int(round(min_share * max_completion_length))
+
+
+def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, full_at: int = 0):
     """``([ending, non_repetition], weights)`` for single-turn TRL trainers; terms with weight 0 are left out."""
     eos = [int(e) for e in eos_ids]
 
     def ending(prompts, completions, completion_ids=None, **kwargs):
         if completion_ids is None:
             raise ValueError("reward 'ending' needs the completion_ids TRL passes to reward functions")
-        return [1.0 if ended(ids, eos) else 0.0 for ids in completion_ids]
+        return [ending_score(list(ids), eos, full_at) for ids in completion_ids]
 
     def non_repetition(prompts, completions, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]

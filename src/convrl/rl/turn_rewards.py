@@ -19,7 +19,7 @@ import numpy as np
 
 from convrl.data.personas import Persona
 from convrl.rewards.heads import HEADS
-from convrl.rl.shaping import ended, repetition, words
+from convrl.rl.shaping import ending_score, repetition, words
 
 SHAPING = ("ending", "non_repetition")
 
@@ -59,8 +59,10 @@ class ConversationScores:
     """Scores every assistant turn of a batch of rollouts in one ``RewardScorer.score`` call; cached per batch."""
 
     def __init__(self, scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
-                 discount: float = 0.9, eos_ids=(), shaping_weights: dict[str, float] | None = None):
+                 discount: float = 0.9, eos_ids=(), shaping_weights: dict[str, float] | None = None,
+                 ending_full_at: int = 0):
         aggregate_turns(np.zeros(1), aggregation, discount)  # validate early
+        self.ending_full_at = ending_full_at
         self.scorer, self.personas_by_id = scorer, personas_by_id
         self.aggregation, self.discount = aggregation, discount
         self.eos_ids = [int(e) for e in eos_ids]
@@ -125,7 +127,7 @@ class ConversationScores:
             for k, t in enumerate(row):
                 if completion_ids is not None and "span" in t:
                     s, e = t["span"]
-                    end.append(float(ended(list(completion_ids[i][s:e]), self.eos_ids)))
+                    end.append(ending_score(list(completion_ids[i][s:e]), self.eos_ids, self.ending_full_at))
                 else:
                     end.append(float(t.get("ended", False)))
                 rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]]))
@@ -140,7 +142,7 @@ class ConversationScores:
 
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                               discount: float = 0.9, consistency_weight: float = 0.1, eos_ids=(),
-                              ending_weight: float = 0.0, repetition_weight: float = 0.0):
+                              ending_weight: float = 0.0, repetition_weight: float = 0.0, ending_full_at: int = 0):
     """TRL reward callables for multi-turn rollouts: per head and shaping term (aggregated over turns), consistency.
 
     Returns ``(funcs, weights, scores)``; ``scores.last_table`` holds the last
@@ -148,7 +150,7 @@ def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggreg
     column ``MultiTurnRollout`` returns and fails clearly without it.
     """
     scores = ConversationScores(scorer, personas_by_id, aggregation, discount, eos_ids,
-                                {"ending": ending_weight, "non_repetition": repetition_weight})
+                                {"ending": ending_weight, "non_repetition": repetition_weight}, ending_full_at)
     funcs = []
     for head in scores.terms():
         def f(prompts, completions, head=head, **kwargs):
