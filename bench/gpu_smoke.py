@@ -63,31 +63,32 @@ def smoke(preset: str, overrides: list[str], steps: int, eval_prompts: int, allo
     load_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    out = tempfile.mkdtemp(prefix="convrl-gpu-smoke-")
-    rows = []
-    result = train_grpo(cfg.rl, base, train, setup.funcs, setup.weights, out, rollout=setup.rollout, scorer=scorer,
-                        turn_rewards=setup.turn_rewards, on_log=lambda row, step: rows.append(row))
-    train_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    logged = [r for r in rows if "reward" in r]
-    policy_tokens = sum(r.get("completions/mean_length", 0.0) * cfg.rl.num_generations * cfg.rl.prompts_per_step
-                        for r in logged)
-    t1 = time.perf_counter()
-    scores = evaluate_models({"candidate": result.policy_dir, "baseline": base}, test, scorer, by_id,
-                             cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.seed)
-    eval_s = time.perf_counter() - t1
-    tok = AutoTokenizer.from_pretrained(base)
-    eval_tokens = sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in scores["response"])
-    return {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "policy": cfg.models.policy,
-            "precision": cfg.rl.precision, "vllm": bool(cuda and cfg.rl.speed.vllm and _has("vllm")),
-            "turns": cfg.rl.turns, "steps": result.steps, "load_s": load_s, "train_s": result.seconds,
-            "seconds_per_step": result.seconds / max(1, result.steps),
-            "policy_tokens_per_s": policy_tokens / max(result.seconds, 1e-9),
-            "timing": {k: v for k, v in (logged[-1] if logged else {}).items() if k.startswith("timing/")},
-            "clipped_ratio": (logged[-1] if logged else {}).get("completions/clipped_ratio"),
-            "eval_replies": len(scores), "eval_s": eval_s, "eval_tokens_per_s": eval_tokens / max(eval_s, 1e-9),
-            "composite": scores.groupby("model")["composite"].mean().to_dict(),
-            "peak_gpu_gib_train": train_peak,
-            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
+    # The trained policy lives only as long as the smoke test needs it (20 MB per run otherwise left in /tmp).
+    with tempfile.TemporaryDirectory(prefix="convrl-gpu-smoke-") as out:
+        rows = []
+        result = train_grpo(cfg.rl, base, train, setup.funcs, setup.weights, out, rollout=setup.rollout, scorer=scorer,
+                            turn_rewards=setup.turn_rewards, on_log=lambda row, step: rows.append(row))
+        train_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        logged = [r for r in rows if "reward" in r]
+        policy_tokens = sum(r.get("completions/mean_length", 0.0) * cfg.rl.num_generations * cfg.rl.prompts_per_step
+                            for r in logged)
+        t1 = time.perf_counter()
+        scores = evaluate_models({"candidate": result.policy_dir, "baseline": base}, test, scorer, by_id,
+                                 cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.seed)
+        eval_s = time.perf_counter() - t1
+        tok = AutoTokenizer.from_pretrained(base)
+        eval_tokens = sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in scores["response"])
+        return {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "policy": cfg.models.policy,
+                "precision": cfg.rl.precision, "vllm": bool(cuda and cfg.rl.speed.vllm and _has("vllm")),
+                "turns": cfg.rl.turns, "steps": result.steps, "load_s": load_s, "train_s": result.seconds,
+                "seconds_per_step": result.seconds / max(1, result.steps),
+                "policy_tokens_per_s": policy_tokens / max(result.seconds, 1e-9),
+                "timing": {k: v for k, v in (logged[-1] if logged else {}).items() if k.startswith("timing/")},
+                "clipped_ratio": (logged[-1] if logged else {}).get("completions/clipped_ratio"),
+                "eval_replies": len(scores), "eval_s": eval_s, "eval_tokens_per_s": eval_tokens / max(eval_s, 1e-9),
+                "composite": scores.groupby("model")["composite"].mean().to_dict(),
+                "peak_gpu_gib_train": train_peak,
+                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
 
 
 def _has(module: str) -> bool:

@@ -51,9 +51,13 @@ def test_gpu_smoke_refuses_a_cpu_unless_asked(monkeypatch):
         _load_smoke().main(["--config", "tiny"])
 
 
-def test_gpu_smoke_runs_its_path_on_the_tiny_preset(tmp_path, capsys):
+def test_gpu_smoke_runs_its_path_on_the_tiny_preset(tmp_path, capsys, monkeypatch):
     import json
+    import tempfile
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "smoke.json"
     assert _load_smoke().main(["--config", "tiny", "--allow-cpu", "--steps", "1", "--eval-prompts", "2",
                                "--set", "rl.precision=fp32", "--json", str(out)]) == 0
@@ -62,3 +66,5 @@ def test_gpu_smoke_runs_its_path_on_the_tiny_preset(tmp_path, capsys):
     assert r["eval_replies"] == 4 and set(r["composite"]) == {"candidate", "baseline"}
     assert "timing/policy_decode_s" in r["timing"] and "timing/user_decode_s" in r["timing"]
     assert "generated policy tokens/s" in capsys.readouterr().out
+    # The trained policy went with its temporary folder (torch may leave its own cache folders there).
+    assert not list(scratch.glob("convrl-gpu-smoke-*"))
