@@ -166,3 +166,16 @@ def test_data_config_rejects_out_of_range_ingest_settings(override):
 
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config("tiny", [override])
+
+
+def test_grouped_conversations_share_a_split_and_ungrouped_splits_do_not_change():
+    from convrl.data.split import assign_splits
+
+    ids = pd.Series([f"c{i}" for i in range(40)] + [f"p{i}-{side}" for i in range(20) for side in ("a", "b")])
+    src = pd.Series(["s"] * len(ids))
+    groups = {f"p{i}-{side}": f"p{i}" for i in range(20) for side in ("a", "b")}
+    got = assign_splits(ids, src, 0.1, 0.2, seed=13, groups=groups)
+    assert all(got[f"p{i}-a"] == got[f"p{i}-b"] for i in range(20))
+    assert len({got[f"p{i}-a"] for i in range(20)}) > 1  # groups are split like conversations, not all in train
+    plain = assign_splits(ids[:40], src[:40], 0.1, 0.2, seed=13)
+    assert plain == assign_splits(ids[:40], src[:40], 0.1, 0.2, seed=13, groups={})

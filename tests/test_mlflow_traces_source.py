@@ -131,3 +131,47 @@ def test_since_and_variant_filters_and_errors(served_store):
         ingest(["mlflow-traces:"])
     with pytest.raises(IngestError, match="must be before"):
         ingest([f"mlflow-traces:{served_store}?since=1d&until=2d"])
+
+
+@pytest.mark.slow
+def test_dpo_trains_on_arena_choices_read_back_from_mlflow(mlflow_store, tiny_policy_dir, tmp_path):
+    """Arena choices -> ``mlflow-traces:`` ingest -> preference pairs -> TRL's DPOTrainer, with no reward model."""
+    import json
+    from pathlib import Path
+
+    from convrl.config import Config, RLConfig
+    from convrl.config.rl import DPOSection
+    from convrl.rl.dpo import MIN_RATED_PAIRS, train_dpo
+    from convrl.tracking import traces
+
+    exp, start = "convrl-arena-dpo-test", time.time() - 600
+    topics = ["hiking", "baking bread", "chess", "painting", "a job interview", "moving house", "my sister's wedding",
+              "learning Spanish", "a marathon", "gardening", "a road trip", "my exam", "adopting a cat", "a concert",
+              "fixing my bike", "a camping trip", "writing a novel", "a birthday party"]
+    assert len(topics) >= MIN_RATED_PAIRS + 2
+    choices = {}
+    for i, topic in enumerate(topics):  # distinct texts: ingest would drop near-duplicate conversations
+        user, good, bad = (f"I keep thinking about {topic}.", f"Oh, {topic}! What draws you to it most?",
+                           f"{'Meh' if i % 2 else 'Whatever'}, {topic} sounds dull to me.")
+        choice = "a" if i % 2 else "b"  # the preferred reply sits on either side
+        a, b = (good, bad) if choice == "a" else (bad, good)
+        traces.log_preference(exp, session_id=f"arena-{i}", prompt_messages=[{"role": "user", "content": user}],
+                              reply_a=a, reply_b=b, variant_a="challenger", variant_b="champion", choice=choice,
+                              persona="empathetic_coach", timestamp=start + i)
+        choices[user] = (good, bad)
+    # Ingest's own split keeps each pair's halves together: every choice is a pair in some split.
+    split_by_ingest = ingest([f"mlflow-traces:{exp}"], quarantine_threshold=0.0).turns
+    assert sum(len(preference_pairs(split_by_ingest, context_turns=1, split=s))
+               for s in ("train", "validation", "test")) == len(topics)
+    # Retraining on arena choices keeps them all in train (split=source), as the scheduled pipeline does.
+    turns = ingest([f"mlflow-traces:{exp}?split=source"], quarantine_threshold=0.0).turns
+    cfg = Config(rl=RLConfig(algorithm="dpo", max_steps=2, prompts_per_step=2, save_steps=2, precision="fp32",
+                             dpo=DPOSection(candidates=2)))
+    # scorer=None: with enough human choices DPO needs no reward model (a fallback to ranking would fail here).
+    res = train_dpo(cfg, tiny_policy_dir, [], None, tmp_path, turns=turns)
+    assert res.steps == 2 and res.history[0]["dpo/rated"] == 1.0
+    pairs = pd.read_json(tmp_path / "preference_pairs.jsonl", lines=True)
+    assert len(pairs) == len(topics)  # each one as the person chose
+    for _, p in pairs.iterrows():
+        assert (p["chosen"][0]["content"], p["rejected"][0]["content"]) == choices[p["prompt"][-1]["content"]]
+    assert json.loads((Path(res.policy_dir) / "convrl_training.json").read_text())["algorithm"] == "dpo"

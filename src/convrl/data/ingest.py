@@ -110,6 +110,7 @@ class _Run:
         self.pii_counts: dict[str, int] = {}
         self.truncated = self.n_dupes = self.n_near = self.n_convs = 0
         self.source_split: dict[str, str] = {}
+        self.split_group: dict[str, str] = {}
         self.skipped: dict[str, int] = {}
         self.warnings: list[str] = []
 
@@ -164,6 +165,8 @@ class _Run:
             self.pii_counts[kind] = self.pii_counts.get(kind, 0) + n
         if gen["split"] == "source" and conv.split in ("train", "validation", "test"):
             self.source_split[cid] = conv.split
+        if conv.split_group:
+            self.split_group[cid] = f"{spec}|{conv.split_group}"
         if conv.persona and conv.persona.get("persona_id"):
             self.personas.setdefault(conv.persona["persona_id"], conv.persona)
         self.n_convs += 1
@@ -270,7 +273,8 @@ def ingest(sources: list[str], seed: int = 13, val_fraction: float = 0.1, test_f
     turns_df = pd.DataFrame(run.rows)
     turns_df["feedback_rating"] = pd.to_numeric(turns_df["feedback_rating"], errors="coerce")
     turns_df["feedback_thumb"] = pd.to_numeric(turns_df["feedback_thumb"], errors="coerce")
-    split_of = assign_splits(turns_df["conversation_id"], turns_df["source"], val_fraction, test_fraction, seed)
+    split_of = assign_splits(turns_df["conversation_id"], turns_df["source"], val_fraction, test_fraction, seed,
+                             groups=run.split_group)
     split_of.update(run.source_split)
     turns_df["split"] = turns_df["conversation_id"].map(split_of)
     turns_df = conform_turns(turns_df)

@@ -2,10 +2,12 @@
 
 A conversation's split depends only on its id, the seed and the other ids of
 its source (hash-ordered), so re-running ingest gives the same split and no
-conversation is ever in two splits::
+conversation is ever in two splits. Conversations given one group (``groups``:
+the two halves of a preference pair) are split as one unit::
 
     from convrl.data.split import assign_splits
     assign_splits(ids, sources, val_fraction=0.1, test_fraction=0.2, seed=13)   # {id: split}
+    assign_splits(ids, sources, 0.1, 0.2, 13, groups={"a-chosen": "a", "a-rejected": "a"})
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ def bucket(key: str, seed: int) -> float:
 
 
 def assign_splits(conv_ids: pd.Series, sources: pd.Series, val_fraction: float, test_fraction: float,
-                  seed: int) -> dict[str, str]:
-    """Deterministic, per-source (stratified) split by conversation id."""
+                  seed: int, groups: dict[str, str] | None = None) -> dict[str, str]:
+    """Deterministic, per-source (stratified) split by conversation id, or by group for grouped ones."""
     out: dict[str, str] = {}
+    groups = groups or {}
     frame = pd.DataFrame({"cid": conv_ids, "src": sources}).drop_duplicates("cid")
+    frame["unit"] = [groups.get(c, c) for c in frame["cid"]]
     for _, grp in frame.groupby("src", sort=True):
-        ids = sorted(grp["cid"], key=lambda c: bucket(c, seed))
-        n = len(ids)
+        units = sorted(set(grp["unit"]), key=lambda u: bucket(u, seed))
+        n = len(units)
         n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
         n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
-        for i, cid in enumerate(ids):
-            out[cid] = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
+        split_of = {u: "test" if i < n_test else "validation" if i < n_test + n_val else "train"
+                    for i, u in enumerate(units)}
+        out.update({c: split_of[u] for c, u in zip(grp["cid"], grp["unit"])})
     return out
 
 

@@ -38,6 +38,9 @@ class Conversation:
     persona: dict | None = None  # a persona-table row (Persona.to_row()) the source brings along
     split: str | None = None  # the source's own split, used with the spec option split=source
     location: str = ""  # file:line of the record (file:2-4,7 for table rows), for quarantine rows
+    # Conversations sharing a split_group land in the same split (the two halves of one preference), so a
+    # pair never straddles train and test and is lost to both.
+    split_group: str | None = None
 
 
 @dataclass

@@ -31,10 +31,10 @@ arena's choices become two one-exchange conversations, ``arena-<id>-chosen`` and
 rejected). Only the last user message is kept because DPO compares replies to
 the same last user message (``context_turns=1``), and a shared long history
 would make the two halves near-duplicates that ingest removes. Ties are
-skipped and counted. Both halves carry split ``train`` and sessions a
-deterministic split by session id (70/10/20); ingest uses them with the generic
-``split=source`` option, which keeps an arena pair's halves together (without
-it the halves are split independently and a pair can be lost across splits).
+skipped and counted. Both halves of a pair share a ``split_group``, so ingest's
+own split puts them in the same split (a pair is never lost across train and
+test); with the generic ``split=source`` option they carry split ``train`` and
+sessions a deterministic split by session id (70/10/20).
 
 The source reads MLflow through :mod:`convrl.tracking.traces` (``MLFLOW_TRACKING_URI``).
 The data layer may not import the tracking layer, so the reader is plugged in from
@@ -146,7 +146,7 @@ def arena_conversations(prefs: pd.DataFrame) -> Iterator[Conversation | Skipped]
         for side, text, thumb in (("chosen", chosen, 1.0), ("rejected", rejected, 0.0)):
             yield Conversation(f"arena-{pid}-{side}", [{"role": "user", "text": user},
                                                        {"role": "assistant", "text": text, "feedback_thumb": thumb}],
-                               persona_id=persona, split="train", location=f"arena {pid}")
+                               persona_id=persona, split="train", location=f"arena {pid}", split_group=pid)
 
 
 def mlflow_traces(arg: str, quarantine: list[dict], source: str) -> Iterator[Conversation | Skipped]:
