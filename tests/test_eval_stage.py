@@ -77,6 +77,9 @@ def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_
     stage = [r for r in tracking.stage_runs(parent) if r.data.tags.get(tracking.STAGE_TAG) == "evaluate"][0]
     arts = {a.path for a in tracking.client().list_artifacts(stage.info.run_id, "report")}
     assert "report/report.html" in arts
+    # Evaluation's phases are timed like the RL stage's: decoding, scoring, self-play.
+    for phase in ("generate", "score", "selfplay"):
+        assert stage.data.metrics[f"timing/eval_{phase}_s"] > 0, phase
 
     # ab_stage reads the same parquet: the judge columns must not disturb it.
     outcome = ab_stage(cfg, parent, scores_path, str(tmp_path / "decision.json"))

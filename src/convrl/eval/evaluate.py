@@ -14,6 +14,8 @@ Statistics over that table live in ``convrl.eval.metrics``.
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from convrl.eval.metrics import METRICS, bootstrap_mean_ci, distinct_n, per_persona, summarize  # noqa: F401
@@ -44,7 +46,13 @@ def score_responses(scorer, prompts: list[dict], responses: list[str], personas_
 
 def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, personas_by_id: dict,
                     max_new_tokens: int, batch_size: int, seed: int, judges=None,
-                    no_repeat_ngram_size: int = 0) -> pd.DataFrame:
+                    no_repeat_ngram_size: int = 0, timings: dict | None = None) -> pd.DataFrame:
+    """Every model answers ``prompts``; one row per (model, prompt) with every head's and judge's score.
+
+    ``timings``, when given, receives ``generate_s`` (all models' decoding) and ``score_s`` (heads and judges).
+    """
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
     responses: list[str] = []
     for name, model_dir in model_dirs.items():
         gen = Generator(model_dir)
@@ -52,12 +60,15 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
                                   batch_size=batch_size, do_sample=False, seed=seed, progress=True,
                                   desc=f"generate ({name})", no_repeat_ngram_size=no_repeat_ngram_size)
         del gen
+    timings["generate_s"] = time.perf_counter() - start
     k = len(model_dirs)
     # One scoring call over every model's replies. The models answer the same prompts, so the fluency
     # LM runs each context once for all of them (its shared-prefix path): 12-15% less scoring time on the
     # demo's 96 prompts than model by model (bench/eval_scoring.py, 1-2 threads). The relevance judge's
     # IDF is fitted on its batch, so judging the models together keeps the yardstick the same for all.
+    start = time.perf_counter()
     scores = score_responses(scorer, prompts * k, responses, personas_by_id, judges=judges)
+    timings["score_s"] = time.perf_counter() - start
     scores["prompt_id"] = [f"p{i:04d}" for i in range(len(prompts))] * k
     scores.insert(0, "model", [name for name in model_dirs for _ in prompts])
     return scores

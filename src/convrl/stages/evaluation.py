@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 
 import pandas as pd
 
@@ -51,8 +52,10 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         # The safety judge (rewards.safety_data) scores every reply: judge_safety, an A/B guardrail like every judge.
         panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
                            safety=RewardBundle.load(reward_dir).safety(reward_dir))
+        # Where evaluation's minutes go (the RL stage logs its own phases as timing/*).
+        timings: dict[str, float] = {}
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
-                                 judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size)
+                                 judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size, timings=timings)
 
         selfplay = None
         sp = e.selfplay
@@ -62,7 +65,9 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
                                         max_new_tokens=sp.max_new_tokens, context_turns=sp.context_turns,
                                         seed=e.seed, recall_probes=sp.recall_probes,
                                         no_repeat_ngram_size=e.no_repeat_ngram_size)
+            start = time.perf_counter()
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder)
+            timings["selfplay_s"] = time.perf_counter() - start
             run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
             run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")
 
@@ -71,6 +76,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         summary = dict(a.summary)
         summary.update({f"{k.split('/', 1)[0]}/selfplay_{k.split('/', 1)[1]}": v for k, v in a.selfplay.items()})
         run.log_metrics({k.replace("/", "_"): v for k, v in summary.items()}, parent=True)
+        run.log_metrics({f"timing/eval_{k}": v for k, v in timings.items()})
         run.log_table(scores, "eval/scores.json")
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
         run.log_dict(a.headline, "eval/headline.json")
