@@ -14,7 +14,10 @@ pipeline's wall time::
     .venv/bin/python bench/learning_evidence.py --seeds 3 --markdown evidence.md   # the README's table
 
 Runs go to the current ``CONVRL_HOME`` (runs/evidence-*); pass ``--home`` for
-a scratch one. Exit status 0 when every seed's judge composite improved with
+a scratch one. Every seed evaluates the base model on the same prompts, so
+the evaluation cache (``eval.cache``) would hand seeds after the first the
+base model's replies; it is off here (``--eval-cache`` turns it on), so each
+seed's minutes are those of a fresh pipeline. Exit status 0 when every seed's judge composite improved with
 a CI above 0 and no guardrail was significantly worse, else 1.
 """
 
@@ -129,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="names this batch of runs (default: a timestamp)")
     p.add_argument("--home", default="", help="CONVRL_HOME for the runs (default: the current one)")
     p.add_argument("--markdown", default="", help="also write the table to this file")
+    p.add_argument("--eval-cache", action="store_true",
+                   help="let seeds reuse the base model's evaluation replies (faster; minutes no longer a fresh run's)")
     a = p.parse_args(argv)
+    if not a.eval_cache:
+        a.set = ["eval.cache=false", *a.set]
     seeds = a.seed_list or list(DEFAULT_SEEDS[:a.seeds]) + list(range(3, 3 + max(0, a.seeds - len(DEFAULT_SEEDS))))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if a.home:

@@ -83,3 +83,13 @@ def tiny_policy_dir():
     from convrl import models
 
     return models.resolve_policy("tiny-llama")
+
+
+@pytest.fixture
+def one_thread():
+    # Two shared cores: torch's default thread pool spins against other processes and makes a
+    # 2-layer model ~100x slower; one thread is plenty for it.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

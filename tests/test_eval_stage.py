@@ -7,7 +7,6 @@ import os
 
 import pandas as pd
 import pytest
-import torch
 
 from convrl import tracking
 from convrl.config import DEFAULT_WEIGHTS, load_config
@@ -15,15 +14,6 @@ from convrl.data.personas import personas_table
 from convrl.rewards.bundle import RewardBundle
 from convrl.rewards.emotion import train_emotion_head
 from convrl.rl.artifact import PolicyArtifact
-
-
-@pytest.fixture
-def one_thread():
-    # Two shared cores: torch's default thread pool spins against other processes; one thread is faster here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture
@@ -45,8 +35,10 @@ def stage_inputs(tmp_path, ingested, personas, tiny_encoder, tiny_policy_dir):
     return str(turns_path), str(personas_path), str(reward_dir), str(policy_dir)
 
 
-def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_thread):
+def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_thread, monkeypatch):
     from convrl.stages.evaluation import ab_stage, evaluate_stage
+
+    monkeypatch.setenv("CONVRL_HOME", str(tmp_path / "home"))  # an empty evaluation cache (eval.cache)
 
     cfg = load_config("tiny", ["eval.num_prompts=6", "eval.selfplay.max_new_tokens=4", "eval.n_bootstrap=100",
                                "ab.min_samples=3"])
@@ -80,6 +72,19 @@ def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_
     # Evaluation's phases are timed like the RL stage's: decoding, scoring, self-play.
     for phase in ("generate", "score", "selfplay"):
         assert stage.data.metrics[f"timing/eval_{phase}_s"] > 0, phase
+
+    # The candidate is the tiny base model itself here, so the baseline's decodings were already in the cache.
+    candidate_dir = stage_inputs[3] + "/policy"
+    assert stage.data.tags["convrl.eval_cache_hits"] != "none"
+    # A rerun (a retraining run against an unchanged champion, or a failed step run again) decodes nothing
+    # and gives the same scores.
+    parent2 = tracking.start_pipeline_run(cfg.tracking.experiment, "eval-test-again", {}, {})
+    evaluate_stage(cfg, parent2, *stage_inputs, str(tmp_path / "scores2.parquet"), str(tmp_path / "report2"))
+    again = [r for r in tracking.stage_runs(parent2) if r.data.tags.get(tracking.STAGE_TAG) == "evaluate"][0]
+    hits = again.data.tags["convrl.eval_cache_hits"].split(", ")
+    assert sorted(h.split(":", 1)[0] for h in hits) == ["replies", "replies", "selfplay", "selfplay"], hits
+    assert any(h.endswith(candidate_dir) for h in hits)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores2.parquet"), scores)
 
     # ab_stage reads the same parquet: the judge columns must not disturb it.
     outcome = ab_stage(cfg, parent, scores_path, str(tmp_path / "decision.json"))

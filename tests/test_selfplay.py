@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from convrl.eval.judges import JudgePanel
 from convrl.data.usersim import GREETING, USER_PROFILES
@@ -15,16 +14,6 @@ from tests.test_eval_fixtures import ScriptedGenerator
 @pytest.fixture(scope="module")
 def panel():
     return JudgePanel()
-
-
-@pytest.fixture
-def one_thread():
-    # Two shared cores: torch's default thread pool spins against other processes and makes a
-    # 2-layer model ~100x slower; one thread is plenty for it.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _echo(conv):

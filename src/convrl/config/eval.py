@@ -48,6 +48,11 @@ class EvalConfig:
     gap_margin: float = field(
         default=0.0, metadata={"help": "Flag a reward-judge gap only when the head's gain CI lower bound exceeds this."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the report's 95% CIs."})
+    cache: bool = field(default=True, metadata={
+        "help": "Reuse a model's replies and self-play transcripts from $CONVRL_HOME/cache/eval when its weights, "
+                "the prompts, the decoding settings and code, the torch build and thread count are unchanged "
+                "(a retraining run re-evaluates an unchanged champion without decoding; scores always run). "
+                "false = always decode."})
     selfplay: SelfPlaySection = field(default_factory=SelfPlaySection, metadata={
         "help": "Multi-turn self-play against a simulated user (eval.selfplay.*)."})
 

@@ -19,6 +19,7 @@ import time
 import pandas as pd
 
 from convrl.eval.metrics import METRICS, bootstrap_mean_ci, distinct_n, per_persona, summarize  # noqa: F401
+from convrl.eval.reply_cache import ReplyCache
 from convrl.rewards.heads import HEADS
 from convrl.rl.generation import Generator
 
@@ -46,20 +47,30 @@ def score_responses(scorer, prompts: list[dict], responses: list[str], personas_
 
 def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, personas_by_id: dict,
                     max_new_tokens: int, batch_size: int, seed: int, judges=None,
-                    no_repeat_ngram_size: int = 0, timings: dict | None = None) -> pd.DataFrame:
+                    no_repeat_ngram_size: int = 0, timings: dict | None = None,
+                    cache: ReplyCache | None = None) -> pd.DataFrame:
     """Every model answers ``prompts``; one row per (model, prompt) with every head's and judge's score.
 
     ``timings``, when given, receives ``generate_s`` (all models' decoding) and ``score_s`` (heads and judges).
+    ``cache`` (``convrl.eval.reply_cache``) returns a model's replies when its weights, the prompts, the
+    decoding settings and code are those of an earlier evaluation; the scores are always computed.
     """
     timings = {} if timings is None else timings
+    cache = cache or ReplyCache(None)
     start = time.perf_counter()
     responses: list[str] = []
+    conversations = [p["prompt"] for p in prompts]
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": False, "seed": seed,
+                "no_repeat_ngram_size": no_repeat_ngram_size}
     for name, model_dir in model_dirs.items():
-        gen = Generator(model_dir)
-        responses += gen.generate([p["prompt"] for p in prompts], max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, do_sample=False, seed=seed, progress=True,
-                                  desc=f"generate ({name})", no_repeat_ngram_size=no_repeat_ngram_size)
-        del gen
+        settings = {"conversations": conversations, **decoding}
+        replies = cache.lookup("replies", model_dir, settings)
+        if replies is None:
+            gen = Generator(model_dir)
+            replies = gen.generate(conversations, progress=True, desc=f"generate ({name})", **decoding)
+            del gen
+            cache.store("replies", model_dir, settings, replies)
+        responses += replies
     timings["generate_s"] = time.perf_counter() - start
     k = len(model_dirs)
     # One scoring call over every model's replies. The models answer the same prompts, so the fluency

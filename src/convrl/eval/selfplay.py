@@ -41,7 +41,7 @@ users with the same randomness. Per conversation:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -143,16 +143,33 @@ def simulate(policy, user, personas: list[Persona], settings: SelfPlaySettings,
 
 
 def run_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list[Persona],
-                 settings: SelfPlaySettings) -> pd.DataFrame:
-    """Self-play for every model against the same simulated user; a ``model`` column tells them apart."""
+                 settings: SelfPlaySettings, cache=None) -> pd.DataFrame:
+    """Self-play for every model against the same simulated user; a ``model`` column tells them apart.
+
+    ``cache`` (``convrl.eval.reply_cache.ReplyCache``) returns a model's transcripts when the model, the
+    simulated user, the personas, the settings and the decoding code are those of an earlier run.
+    """
+    from convrl.eval.reply_cache import ReplyCache, model_fingerprint
     from convrl.rl.generation import Generator
 
-    user = Generator(user_model_dir)
+    cache = cache or ReplyCache(None)
+    user = None
     frames = []
     for name, d in model_dirs.items():
+        key = None
+        if cache.enabled:
+            key = {"user_model": model_fingerprint(user_model_dir), "settings": asdict(settings),
+                   "personas": [asdict(p) for p in personas]}
+            cached = cache.lookup("selfplay", d, key)
+            if cached:
+                frames.append(pd.DataFrame(cached).assign(model=name)[["model", *cached[0].keys()]])
+                continue
+        user = user or Generator(user_model_dir)
         # The baseline is often the base model itself: reuse the loaded copy.
         policy = user if d == user_model_dir else Generator(d)
         df = simulate(policy, user, personas, settings)
+        if key is not None:
+            cache.store("selfplay", d, key, df.to_dict("records"))
         df.insert(0, "model", name)
         frames.append(df)
         del policy
@@ -285,8 +302,8 @@ class SelfPlayResult:
 
 
 def evaluate_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list[Persona],
-                      settings: SelfPlaySettings, panel, encoder=None) -> SelfPlayResult:
-    """Run self-play for every model and measure it."""
-    transcripts = run_selfplay(model_dirs, user_model_dir, personas, settings)
+                      settings: SelfPlaySettings, panel, encoder=None, cache=None) -> SelfPlayResult:
+    """Run self-play for every model and measure it (``cache``: see ``run_selfplay``)."""
+    transcripts = run_selfplay(model_dirs, user_model_dir, personas, settings, cache=cache)
     per_turn, per_conv = selfplay_metrics(transcripts, {p.persona_id: p for p in personas}, panel, encoder)
     return SelfPlayResult(transcripts, per_turn, per_conv, summarize(per_conv))

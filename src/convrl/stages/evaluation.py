@@ -12,7 +12,9 @@ from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
 from convrl.eval.artifacts import DecisionRecord, EvaluationScores
 from convrl.eval.evaluate import evaluate_models
+from convrl.eval.reply_cache import ReplyCache
 from convrl.eval.report import build_report
+from convrl.home import convrl_home
 from convrl.rewards.bundle import RewardBundle, load_scorer
 from convrl.rl.artifact import PolicyArtifact
 
@@ -54,8 +56,10 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
                            safety=RewardBundle.load(reward_dir).safety(reward_dir))
         # Where evaluation's minutes go (the RL stage logs its own phases as timing/*).
         timings: dict[str, float] = {}
+        cache = ReplyCache(convrl_home() / "cache" / "eval" if e.cache else None)
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
-                                 judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size, timings=timings)
+                                 judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size, timings=timings,
+                                 cache=cache)
 
         selfplay = None
         sp = e.selfplay
@@ -66,7 +70,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
                                         seed=e.seed, recall_probes=sp.recall_probes,
                                         no_repeat_ngram_size=e.no_repeat_ngram_size)
             start = time.perf_counter()
-            selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder)
+            selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder,
+                                         cache=cache)
             timings["selfplay_s"] = time.perf_counter() - start
             run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
             run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")
@@ -77,6 +82,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         summary.update({f"{k.split('/', 1)[0]}/selfplay_{k.split('/', 1)[1]}": v for k, v in a.selfplay.items()})
         run.log_metrics({k.replace("/", "_"): v for k, v in summary.items()}, parent=True)
         run.log_metrics({f"timing/eval_{k}": v for k, v in timings.items()})
+        # Which decodings came from the evaluation cache (eval.cache), so a fast evaluate step explains itself.
+        run.set_tags({"convrl.eval_cache_hits": ", ".join(cache.hits) or "none"})
         run.log_table(scores, "eval/scores.json")
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
         run.log_dict(a.headline, "eval/headline.json")
