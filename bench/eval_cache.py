@@ -52,11 +52,23 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(str(run / "config.yaml"))
     root = run / "pipeline_root"
+    from dataclasses import replace
+
+    from convrl.rl.artifact import PolicyArtifact
+
+    # The run's LoggedModel lives in its own MLflow store; the copy here points at the same weights without it.
+    policy_src = _one(root, "*/rl-finetune/policy")
+    art = PolicyArtifact.load(policy_src)
+    policy_dir = home / "policy"
+    policy_dir.mkdir(exist_ok=True)
+    if not (policy_dir / art.policy_subdir).exists():
+        (policy_dir / art.policy_subdir).symlink_to(art.weights_dir(policy_src).resolve())
+    replace(art, logged_model="").save(policy_dir)
     inputs = (_one(root, "*/ingest/turns"), _one(root, "*/ingest/personas"),
-              _one(root, "*/train-reward-models/reward_models"), _one(root, "*/rl-finetune/policy"))
+              _one(root, "*/train-reward-models/reward_models"), str(policy_dir))
     tables = []
     for label in ("cold (decodes, fills the cache)", "warm (every decoding from the cache)"):
-        parent = tracking.start_pipeline_run("convrl-bench-eval-cache", f"eval-cache {label.split()[0]}", {}, {})
+        parent = tracking.start_pipeline_run(cfg.tracking.experiment, f"eval-cache {label.split()[0]}", {}, {})
         out = home / label.split()[0]
         t0 = time.perf_counter()
         evaluate_stage(cfg, parent, *inputs, str(out / "scores.parquet"), str(out / "report"))
