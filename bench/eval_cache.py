@@ -31,7 +31,7 @@ def _one(root: Path, pattern: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run: ~/.convrl/runs/<run-name> (config.yaml + pipeline_root/)")
-    p.add_argument("--home", required=True, help="scratch CONVRL_HOME for MLflow and the cache (emptied first)")
+    p.add_argument("--home", required=True, help="scratch CONVRL_HOME for MLflow and the cache (must hold no cache yet)")
     a = p.parse_args(argv)
     run = Path(a.run_dir)
     home = Path(a.home)
@@ -44,18 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (home / "models").exists() and models.exists():
         (home / "models").symlink_to(models)  # the provisioned models, not a second copy
 
+    from dataclasses import replace
+
     import pandas as pd
 
     from convrl import tracking
     from convrl.config import load_config
+    from convrl.rl.artifact import PolicyArtifact
     from convrl.stages.evaluation import evaluate_stage
 
     cfg = load_config(str(run / "config.yaml"))
     root = run / "pipeline_root"
-    from dataclasses import replace
-
-    from convrl.rl.artifact import PolicyArtifact
-
     # The run's LoggedModel lives in its own MLflow store; the copy here points at the same weights without it.
     policy_src = _one(root, "*/rl-finetune/policy")
     art = PolicyArtifact.load(policy_src)

@@ -17,8 +17,9 @@ Runs go to the current ``CONVRL_HOME`` (runs/evidence-*); pass ``--home`` for
 a scratch one. Every seed evaluates the base model on the same prompts, so
 the evaluation cache (``eval.cache``) would hand seeds after the first the
 base model's replies; it is off here (``--eval-cache`` turns it on), so each
-seed's minutes are those of a fresh pipeline. Exit status 0 when every seed's judge composite improved with
-a CI above 0 and no guardrail was significantly worse, else 1.
+seed's minutes are those of a fresh pipeline. Exit status 0 when every seed's
+judge composite improved with a CI above 0 and no guardrail was
+significantly worse, else 1.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
     conversations = [p["prompt"] for p in prompts]
     decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": False, "seed": seed,
                 "no_repeat_ngram_size": no_repeat_ngram_size}
+    settings = {"conversations": conversations, **decoding}
     for name, model_dir in model_dirs.items():
-        settings = {"conversations": conversations, **decoding}
         replies = cache.lookup("replies", model_dir, settings)
         if replies is None:
             gen = Generator(model_dir)

@@ -153,26 +153,24 @@ def run_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list
     from convrl.rl.generation import Generator
 
     cache = cache or ReplyCache(None)
+    # What besides the model decides a transcript; the same for every model compared.
+    key = ({"user_model": model_fingerprint(user_model_dir), "settings": asdict(settings),
+            "personas": [asdict(p) for p in personas]} if cache.enabled else {})
     user = None
     frames = []
     for name, d in model_dirs.items():
-        key = None
-        if cache.enabled:
-            key = {"user_model": model_fingerprint(user_model_dir), "settings": asdict(settings),
-                   "personas": [asdict(p) for p in personas]}
-            cached = cache.lookup("selfplay", d, key)
-            if cached:
-                frames.append(pd.DataFrame(cached).assign(model=name)[["model", *cached[0].keys()]])
-                continue
-        user = user or Generator(user_model_dir)
-        # The baseline is often the base model itself: reuse the loaded copy.
-        policy = user if d == user_model_dir else Generator(d)
-        df = simulate(policy, user, personas, settings)
-        if key is not None:
+        cached = cache.lookup("selfplay", d, key)
+        if cached:
+            df = pd.DataFrame(cached)
+        else:
+            user = user or Generator(user_model_dir)
+            # The baseline is often the base model itself: reuse the loaded copy.
+            policy = user if d == user_model_dir else Generator(d)
+            df = simulate(policy, user, personas, settings)
             cache.store("selfplay", d, key, df.to_dict("records"))
+            del policy
         df.insert(0, "model", name)
         frames.append(df)
-        del policy
     return pd.concat(frames, ignore_index=True)
 
 
