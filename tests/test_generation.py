@@ -29,32 +29,26 @@ def _reply_repeats(ids: list[int], start: int, n: int) -> bool:
     return False
 
 
-def _looping_model(path, eos_token_id=None):
-    """A random tiny Llama saved at ``path`` whose output layer favours eight tokens (1000-1007)."""
+def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
+    """Generator passes the ban to transformers: replies are generate's own with ``no_repeat_ngram_size``.
+
+    Bigrams over a model that mostly speaks eight tokens, so its plain greedy replies surely repeat one."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from convrl import models
 
-    tok = AutoTokenizer.from_pretrained(models.resolve_policy("tiny-llama"))
+    tok_dir = models.resolve_policy("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
     cfg = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                initializer_range=0.5, max_position_embeddings=512)
     model = AutoModelForCausalLM.from_config(cfg)
-    model.generation_config.eos_token_id = eos_token_id
-    with torch.no_grad():
+    model.generation_config.eos_token_id = None  # no early ends: every reply runs its whole budget
+    with torch.no_grad():  # eight tokens dominate the output layer, so plain greedy replies soon loop among them
         model.lm_head.weight[1000:1008] *= 100
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model, tok
-
-
-def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
-    """Generator passes the ban to transformers: replies are generate's own with ``no_repeat_ngram_size``.
-
-    Bigrams over a model that mostly speaks eight tokens, so its plain greedy replies surely repeat one."""
-    # No early ends: every reply runs its whole budget; eight dominant tokens, so plain greedy replies soon loop.
-    model, tok = _looping_model(tmp_path)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
     gen = Generator(str(tmp_path))
     convs = [[{"role": "user", "content": f"Tell me about day {i}. I like tea, I like tea."}] for i in range(3)]
     banned = gen.generate(convs, max_new_tokens=48, batch_size=3, no_repeat_ngram_size=2)
@@ -69,33 +63,3 @@ def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
         assert not _reply_repeats(own, len(ids), 2)
         assert reply == tok.decode(own[len(ids):], skip_special_tokens=True).strip()
     assert looped  # without the ban these greedy replies repeat, so the test sees the ban at work
-
-
-def test_cached_decoding_gives_generates_replies(tmp_path, monkeypatch):
-    """Evaluation decodes through CachedDecoder (lean forward); the replies must be transformers' generate's,
-    greedy and sampled, with the n-gram ban, over a ragged batch (left padding) where some rows end early."""
-    from convrl.rl import generation
-
-    # Sampling from a peaked model: lean and transformers' forwards differ in the last float bits, which moves
-    # an inverse-CDF draw only when it lands within ~1e-6 of a boundary (likely among 49k near-equal tokens).
-    _looping_model(tmp_path, eos_token_id=1003)
-    gen = Generator(str(tmp_path))
-    convs = [[{"role": "user", "content": "Hi."}],
-             [{"role": "user", "content": "I had a long day at work and my plan for tonight fell through."},
-              {"role": "assistant", "content": "That sounds tiring."}, {"role": "user", "content": "It was."}],
-             [{"role": "user", "content": "What should I cook with rice, beans and a little cheese?"}]]
-    tokens = []
-    own = Generator._generate_cached
-    monkeypatch.setattr(Generator, "_generate_cached", lambda self, *a: tokens.extend(own(self, *a)) or tokens[-3:])
-    for kw in ({"no_repeat_ngram_size": 3}, {"do_sample": True, "temperature": 0.9, "seed": 5},
-               {"do_sample": True, "seed": 7, "no_repeat_ngram_size": 2}):
-        cached = gen.generate(convs, max_new_tokens=24, batch_size=3, **kw)
-        with monkeypatch.context() as m:
-            m.setattr(generation, "_plain_decoding", lambda config: False)
-            plain = gen.generate(convs, max_new_tokens=24, batch_size=3, **kw)
-        assert cached == plain, kw
-    lengths = [len(t) for t in tokens]
-    assert min(lengths) < 24 == max(lengths)  # some rows stopped on EOS while others went on
-    assert generation._plain_decoding(gen.model.generation_config)
-    gen.model.generation_config.repetition_penalty = 1.3  # a processor the cached path does not run: falls back
-    assert not generation._plain_decoding(gen.model.generation_config)

@@ -65,8 +65,7 @@ class Recorder:
         return scores
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean-forward", "transformers-forward"])
-def test_cached_decoder_matches_full_forwards_across_turns(gqa_tiny, lean):
+def test_cached_decoder_matches_full_forwards_across_turns(gqa_tiny):
     """Two turns, ragged user turns, one row ending early on EOS, a cache grown past its first size."""
     from convrl.rl.conversation_decoder import CachedDecoder
 
@@ -77,8 +76,7 @@ def test_cached_decoder_matches_full_forwards_across_turns(gqa_tiny, lean):
     with torch.no_grad():
         # The token row 2 would produce first ends its turn there: one row finishes while the others go on.
         eos = int(m(input_ids=torch.tensor([p2])).logits[0, -1].argmax())
-    dec = CachedDecoder(m, pad_id=0, eos_ids=[eos], capacity_hint=8, lean=lean)
-    assert dec.lean is lean  # the tiny Llama is one the lean forward serves
+    dec = CachedDecoder(m, pad_id=0, eos_ids=[eos], capacity_hint=8)
     dec.prefill(prompts, [[0, 1], [2, 3]])
     assert dec.prefill_tokens == len(p1) - 1 + len(p2) - 1  # one prefix pass per group (last tokens: generate)
     rec1 = Recorder()
@@ -96,25 +94,6 @@ def test_cached_decoder_matches_full_forwards_across_turns(gqa_tiny, lean):
                 for k in range(len(out)):  # the logits each generated token was drawn from
                     want = full[len(start) - 1 + k]
                     assert torch.allclose(rec.steps[k][i], want, atol=1e-4), (i, k)
-
-
-def test_lean_forward_only_where_it_is_exact(gqa_tiny):
-    """The lean forward serves plain Llama-shaped models in eval mode with a preallocated cache, nothing else."""
-    import copy
-
-    from peft import LoraConfig, get_peft_model
-    from transformers import DynamicCache
-
-    from convrl.rl.decoding import preallocated_cache
-    from convrl.rl.lean_forward import supports_lean
-
-    cache = preallocated_cache(gqa_tiny.config, 16)
-    assert supports_lean(gqa_tiny, cache)
-    assert not supports_lean(gqa_tiny, DynamicCache(config=gqa_tiny.config))
-    lora = get_peft_model(copy.deepcopy(gqa_tiny), LoraConfig(r=2, target_modules=["q_proj"])).get_base_model()
-    assert not supports_lean(lora.eval(), cache)  # LoRA projections: their extra matmuls would be skipped
-    training = copy.deepcopy(gqa_tiny).train()
-    assert not supports_lean(training, cache)
 
 
 def test_cached_decoder_rejects_bad_input(gqa_tiny):

@@ -68,52 +68,16 @@ class Generator:
                           no_repeat_ngram_size=no_repeat_ngram_size or None)
             if do_sample:
                 config.update(temperature=temperature, top_p=0.95)
-            if self.fast and self.device.type == "cpu" and _plain_decoding(config):
-                new_tokens = self._generate_cached(enc, config, max_new_tokens)
-            elif self.fast:
+            if self.fast:
                 config, processors = sampling_setup(config)
                 cache = (preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
                          if self.device.type == "cpu" else None)
                 out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
-                new_tokens = out[:, enc["input_ids"].shape[1]:]
             else:
                 out = self.model.generate(**enc, generation_config=config)
-                new_tokens = out[:, enc["input_ids"].shape[1]:]
             for j, i in enumerate(idx):
-                outputs[i] = self.tok.decode(new_tokens[j], skip_special_tokens=True).strip()
+                outputs[i] = self.tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         return outputs
-
-    def _generate_cached(self, enc, config, max_new_tokens: int) -> list[list[int]]:
-        """``generate``'s tokens through ``CachedDecoder`` (its lean forward where the model allows): same
-        processors in the same order, the n-gram ban then the sampler, over the same left-padded ids."""
-        from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
-
-        from convrl.rl.conversation_decoder import CachedDecoder
-
-        greedy, processors = sampling_setup(config)
-        if config.no_repeat_ngram_size:
-            processors = [NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size), *processors]
-        eos = config.eos_token_id  # None: no early stop, as in generate
-        eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-        rows = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
-        dec = CachedDecoder(self.model, self.tok.pad_token_id, eos,
-                            capacity_hint=max(len(r) for r in rows) + max_new_tokens)
-        dec.prefill(rows)
-        return dec.generate(max_new_tokens, processors)
-
-
-# Generation-config fields that would add logits processors or stopping rules ``_generate_cached`` does not run.
-_PROCESSOR_FIELDS = ("repetition_penalty", "encoder_repetition_penalty", "bad_words_ids", "suppress_tokens",
-                     "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "sequence_bias",
-                     "min_new_tokens", "exponential_decay_length_penalty", "stop_strings", "watermarking_config",
-                     "renormalize_logits", "epsilon_cutoff", "eta_cutoff", "typical_p")
-
-
-def _plain_decoding(config) -> bool:
-    """Only the n-gram ban, sampling warpers and EOS: what ``Generator._generate_cached`` reproduces."""
-    if (config.num_beams or 1) > 1 or (config.min_length or 0) > 0:
-        return False
-    return all(getattr(config, f, None) in (None, 1.0, False, 0, 0.0) for f in _PROCESSOR_FIELDS)
 
 
 class InverseCDFSampler:
