@@ -111,3 +111,21 @@ def test_run_selfplay_reuses_transcripts_only_for_the_same_user_and_settings(tmp
     run_selfplay({"candidate": model_copy}, tiny_policy_dir, personas[:1],
                  SelfPlaySettings(**{**st.__dict__, "turns": 2}), cache=cache)
     assert len(loaded) == 4
+
+
+def test_cache_key_covers_every_decoding_module_the_decoders_import():
+    """A decoding module imported by one in the key (e.g. the lean forward under CachedDecoder) is in the key too:
+    otherwise changing it would serve replies decoded by the old code."""
+    import ast
+    import importlib
+    import inspect
+
+    from convrl.eval.reply_cache import DECODING_MODULES
+
+    missing = set()
+    for name in DECODING_MODULES:
+        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("convrl.rl."):
+                missing |= {node.module} - set(DECODING_MODULES)
+    assert not missing, f"add to DECODING_MODULES: {sorted(missing)}"
