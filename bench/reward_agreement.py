@@ -40,7 +40,9 @@ def main() -> None:
     p.add_argument("--cross-examples", type=int, default=6000)
     p.add_argument("--dialogues-per-source", type=int, default=150)
     p.add_argument("--no-fluency", action="store_true")
-    p.add_argument("--max-dialogue-items", type=int, default=400)
+    p.add_argument("--max-dialogues", type=int, default=300, help="held-out dialogues per dialogue set")
+    p.add_argument("--max-dialogue-items", type=int, default=0, help="and at most this many rated turns (0 = all)")
+    p.add_argument("--turns-per-dialogue", type=int, default=0, help="rated turns per dialogue (0 = every one)")
     p.add_argument("--max-pairs", type=int, default=200)
     p.add_argument("--n-bootstrap", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
@@ -118,7 +120,8 @@ def main() -> None:
     t1 = time.time()
     result = run_suite(data, scorer, SuiteJudges(panel=JudgePanel(), safety=safety, dialogue=dialogue,
                                                     calibrated_weights=calibrated),
-                       SuiteLimits(max_dialogue_items=a.max_dialogue_items, max_pairs=a.max_pairs, seed=a.seed),
+                       SuiteLimits(per_dialogue=a.turns_per_dialogue, max_dialogues=a.max_dialogues,
+                                   max_dialogue_items=a.max_dialogue_items, max_pairs=a.max_pairs, seed=a.seed),
                        a.n_bootstrap)
     timings["suite_s"] = time.time() - t1
     result.update({"timings": timings, "args": vars(a), "safety_metrics": sm, "calibrated_weights": calibrated})

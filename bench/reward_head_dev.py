@@ -3,11 +3,14 @@
 The meta-eval's held-out sides and the evaluation-only sets (Predictive Engagement, HolisticEval: DailyDialog
 test queries) are never read here, so a formula picked from this table is not tuned on what
 ``bench/reward_agreement.py`` reports. Sets: ConvAI2 and user-satisfaction dialogues outside
-``held_out(id, 0.3, 13)`` (``--max-items`` each, 3 rated turns per dialogue) and ToxiChat *train*. Prints
-Spearman per term and head, response level, or dialogue level (mean over a dialogue's turns) for ratings
-constant within a dialogue::
+``held_out(id, 0.3, 13)`` (``--max-items`` each, ``--per-dialogue`` rated turns per dialogue, 3 unless told)
+and ToxiChat *train*. Prints Spearman per term and head, response level, or dialogue level for ratings
+constant within a dialogue: twice, scoring each dialogue by the mean over its turns and by the mean of its
+``DIALOGUE_TOP_K`` best turns (the meta-eval's rule, ``convrl.meta_eval.stats``, chosen from this table with
+``--per-dialogue 0``)::
 
     .venv/bin/python bench/reward_head_dev.py --max-items 1500 --max-toxichat 1200
+    .venv/bin/python bench/reward_head_dev.py --per-dialogue 0 --max-items 5000 --max-toxichat 1200
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def _columns(scorer, items: list[dict]) -> dict[str, np.ndarray]:
     return cols
 
 
-def _rho(cols: dict, items: list[dict], rating: str) -> dict[str, float]:
+def _rho(cols: dict, items: list[dict], rating: str, top_k: int = 0) -> dict[str, float]:
+    """Spearman per term; at dialogue level each dialogue scores the mean of its ``top_k`` best turns (0 = all)."""
     from scipy.stats import spearmanr
 
     idx = [i for i, it in enumerate(items) if rating in it["ratings"]]
@@ -48,7 +52,7 @@ def _rho(cols: dict, items: list[dict], rating: str) -> dict[str, float]:
     y = np.array([items[u[0]]["ratings"][rating] for u in units])
     out = {}
     for t in TERMS:
-        x = np.array([cols[t][u].mean() for u in units])
+        x = np.array([np.sort(cols[t][u])[-top_k:].mean() if top_k else cols[t][u].mean() for u in units])
         out[t] = float(spearmanr(x, y).statistic) if x.std() > 0 else float("nan")
     out["_level"], out["_n"] = ("dialogue" if dialogue_level else "response"), len(units)
     return out
@@ -59,10 +63,13 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     p.add_argument("--max-items", type=int, default=1500)
     p.add_argument("--max-toxichat", type=int, default=1200)
+    p.add_argument("--per-dialogue", type=int, default=3,
+                   help="rated turns per dialogue, spread evenly (0 = every assistant turn: the whole conversation)")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: the machine is shared
     from convrl import models
+    from convrl.meta_eval.stats import DIALOGUE_TOP_K
     from convrl.rewards.encoder import load_encoder
     from convrl.rewards.heads import RewardScorer
     from convrl.rewards.human_data import convai2_items, held_out, satisfaction_items
@@ -71,10 +78,10 @@ def main() -> None:
     data = Path(a.data)
     scorer = RewardScorer(load_encoder(models.resolve_encoder("all-minilm-l6-v2"), precision="auto"), None, None)
     sets = {
-        "convai2 (train side)": ([it for it in convai2_items(data / "convai2_human_eval", per_dialogue=3)[0]
+        "convai2 (train side)": ([it for it in convai2_items(data / "convai2_human_eval", per_dialogue=a.per_dialogue)[0]
                                   if not held_out(it["group"], 0.3, 13)][:a.max_items],
                                  ("thumb", "dialogue_score", "profile_match")),
-        "user_satisfaction (train side)": ([it for it in satisfaction_items(data / "user_satisfaction", per_dialogue=3)[0]
+        "user_satisfaction (train side)": ([it for it in satisfaction_items(data / "user_satisfaction", per_dialogue=a.per_dialogue)[0]
                                             if not held_out(it["group"], 0.3, 13)][:a.max_items],
                                            ("satisfaction", "overall")),
         "toxichat (train)": (toxichat_items(data / "toxichat", "train")[0][:a.max_toxichat], ("plausible", "safe")),
@@ -84,9 +91,13 @@ def main() -> None:
     for name, (items, ratings) in sets.items():
         cols = _columns(scorer, items)
         for rating in ratings:
-            r = _rho(cols, items, rating)
-            print(f"| {name} | {rating} | {r['_level']} | {r['_n']} | " + " | ".join(f"{r[t]:+.2f}" for t in TERMS) + " |",
-                  flush=True)
+            for k in (0, DIALOGUE_TOP_K):
+                r = _rho(cols, items, rating, k)
+                if k and r["_level"] != "dialogue":
+                    continue
+                level = r["_level"] + (f" (best {k})" if k else " (mean)" if r["_level"] == "dialogue" else "")
+                print(f"| {name} | {rating} | {level} | {r['_n']} | " + " | ".join(f"{r[t]:+.2f}" for t in TERMS)
+                      + " |", flush=True)
 
 
 if __name__ == "__main__":

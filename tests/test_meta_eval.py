@@ -47,6 +47,23 @@ def test_dialogue_level_ratings_are_aggregated_per_group():
     assert row["n"] == 10 and row["spearman"] == pytest.approx(1.0)
 
 
+def test_a_dialogue_scores_the_mean_of_its_best_three_turns():
+    """Whole-conversation rule (chosen on training-side dialogues): the best moments, not the plain mean."""
+    from convrl.meta_eval.stats import DIALOGUE_TOP_K, dialogue_scores
+
+    assert DIALOGUE_TOP_K == 3
+    turns = {"a": [0.9, 0.0, 0.9, 0.0, 0.9, 0.0], "b": [0.6] * 6, "c": [0.3] * 5, "d": [0.2, 0.1]}
+    rating = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    items = [{"context": [], "response": "x", "persona": [], "group": g, "ratings": {"overall": rating[g]}}
+             for g, v in turns.items() for _ in v]
+    score = np.array([x for v in turns.values() for x in v])
+    inv = np.unique([it["group"] for it in items], return_inverse=True)[1]
+    assert dialogue_scores(score, inv) == pytest.approx([0.9, 0.6, 0.3, 0.15])  # "d": fewer than 3 turns
+    row = meta_eval.meta_evaluate(items, {"head": score}, n_bootstrap=20)["rows"][0]
+    assert row["level"] == "dialogue" and row["n"] == 4
+    assert row["spearman"] == pytest.approx(1.0)  # by the plain mean, "a" (0.45) would rank below "b" (0.6)
+
+
 def test_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps({"context": [{"role": "user", "content": "hi"}], "response": "hello",

@@ -84,7 +84,8 @@ def cmd_suite(args) -> int:
 
     fluency = "" if args.no_fluency else args.fluency_model
     scorer = build_scorer(args.reward_dir, args.encoder, fluency, learned=not args.no_learned, precision=args.precision)
-    limits = SuiteLimits(max_dialogue_items=args.max_dialogue_items, max_pairs=args.max_pairs, seed=args.seed)
+    limits = SuiteLimits(per_dialogue=args.turns_per_dialogue, max_dialogues=args.max_dialogues,
+                         max_dialogue_items=args.max_dialogue_items, max_pairs=args.max_pairs, seed=args.seed)
     try:
         result = run_suite(args.file, scorer, suite_judges(args, scorer), limits, args.n_bootstrap,
                            progress=not args.json)
@@ -162,8 +163,12 @@ def add_commands(subparsers) -> None:
     m.add_argument("--llm-qualities", default="overall,engaging", help="qualities the LLM judge rates")
     m.add_argument("--no-judges", action="store_true", help="folder mode: skip the held-out judge panel")
     m.add_argument("--max-pairs", type=int, default=500, help="folder mode: HH-RLHF pairs to score")
-    m.add_argument("--max-dialogue-items", type=int, default=900,
-                   help="folder mode: held-out rated turns per dialogue set (ConvAI2, user satisfaction)")
+    m.add_argument("--max-dialogues", type=int, default=300,
+                   help="folder mode: held-out dialogues per dialogue set (ConvAI2, user satisfaction)")
+    m.add_argument("--max-dialogue-items", type=int, default=0,
+                   help="folder mode: and at most this many of their rated turns (0 = no cap)")
+    m.add_argument("--turns-per-dialogue", type=int, default=0,
+                   help="folder mode: rated turns scored per dialogue, spread evenly (0 = every one)")
     m.add_argument("--out", default="", help="folder mode: write result.json and table.md here")
     m.add_argument("--log-mlflow", default="", metavar="EXPERIMENT",
                    help="folder mode: log the table and every row to this MLflow experiment")

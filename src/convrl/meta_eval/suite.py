@@ -20,9 +20,11 @@ hh_rlhf                harmless (pairwise accuracy)         ``max_pairs`` pairs 
 toxichat               safe, plausible                      test split (the safety judge trains on train)
 =====================  ===================================  ==========================================
 
-Dialogue-level ratings are also predicted from the whole conversation by the
-dialogue judge (``dialogue_judge`` column; every item of a dialogue carries its
-conversation's score)::
+Dialogue-level ratings are predicted from the whole conversation: every head
+scores every assistant turn of a held-out dialogue and the dialogue gets the mean
+of its best three (``stats.DIALOGUE_TOP_K``); the dialogue judge
+(``dialogue_judge`` column; every item of a dialogue carries its conversation's
+score) reads the conversation as a whole::
 
     result = run_suite("../shared/data", scorer, extra_judges=SuiteJudges(...))
     print(summary_markdown(result))      # the README table: one row per set and rating
@@ -46,8 +48,9 @@ HEAD_QUALITY = {"quality": ("fluency", "thumb"), "engagement": ("engaging", "eng
 
 @dataclass
 class SuiteLimits:
-    per_dialogue: int = 3          # rated turns per held-out dialogue (spread evenly)
-    max_dialogue_items: int = 900  # per dialogue set (convai2, user_satisfaction)
+    per_dialogue: int = 0          # rated turns per held-out dialogue, spread evenly (0 = all: the whole conversation)
+    max_dialogues: int = 300       # held-out dialogues per dialogue set (convai2, user_satisfaction)
+    max_dialogue_items: int = 0    # and at most this many of their rated turns (0 = no cap)
     max_pairs: int = 500           # HH-RLHF pairs
     seed: int = 13
 
@@ -70,7 +73,9 @@ def load_rated_sets(root: str | Path, limits: SuiteLimits | None = None) -> tupl
 
     def dialogue_set(name, folder, items_fn, dialogues_fn):
         items, st = items_fn(folder, per_dialogue=lim.per_dialogue, seed=lim.seed)
-        items = [it for it in items if held_out(it["group"], 0.3, 13)][:lim.max_dialogue_items]
+        items = [it for it in items if held_out(it["group"], 0.3, 13)]
+        keep = set(list(dict.fromkeys(it["group"] for it in items))[:lim.max_dialogues])
+        items = [it for it in items if it["group"] in keep][:lim.max_dialogue_items or None]
         keep = {it["group"] for it in items}
         dialogues.update({d["id"]: d for d in dialogues_fn(folder)[0] if d["id"] in keep})
         sets[name], info[name] = items, {**st, "held_out_items": len(items), "held_out_dialogues": len(keep)}
