@@ -163,8 +163,9 @@ def add_commands(subparsers) -> None:
     m.add_argument("--llm-qualities", default="overall,engaging", help="qualities the LLM judge rates")
     m.add_argument("--no-judges", action="store_true", help="folder mode: skip the held-out judge panel")
     m.add_argument("--max-pairs", type=int, default=500, help="folder mode: HH-RLHF pairs to score")
-    m.add_argument("--max-dialogues", type=int, default=300,
-                   help="folder mode: held-out dialogues per dialogue set (ConvAI2, user satisfaction)")
+    m.add_argument("--max-dialogues", type=int, default=100,
+                   help="folder mode: held-out dialogues per dialogue set (ConvAI2, user satisfaction); every "
+                        "assistant turn of each is scored, about 10 per dialogue")
     m.add_argument("--max-dialogue-items", type=int, default=0,
                    help="folder mode: and at most this many of their rated turns (0 = no cap)")
     m.add_argument("--turns-per-dialogue", type=int, default=0,

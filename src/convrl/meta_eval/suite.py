@@ -49,7 +49,7 @@ HEAD_QUALITY = {"quality": ("fluency", "thumb"), "engagement": ("engaging", "eng
 @dataclass
 class SuiteLimits:
     per_dialogue: int = 0          # rated turns per held-out dialogue, spread evenly (0 = all: the whole conversation)
-    max_dialogues: int = 300       # held-out dialogues per dialogue set (convai2, user_satisfaction)
+    max_dialogues: int = 100       # held-out dialogues per dialogue set (convai2, user_satisfaction)
     max_dialogue_items: int = 0    # and at most this many of their rated turns (0 = no cap)
     max_pairs: int = 500           # HH-RLHF pairs
     seed: int = 13
