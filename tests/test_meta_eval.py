@@ -93,6 +93,26 @@ def _check(result: dict, ratings: set[str]):
 
 
 @pytest.mark.shared_data
+def test_suite_scores_whole_held_out_dialogues(tmp_path):
+    """Folder mode reads every rated assistant turn of ``max_dialogues`` held-out dialogues (whole conversations)."""
+    from convrl.meta_eval.suite import SuiteLimits, load_rated_sets
+    from convrl.rewards.human_data import held_out
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "convai2_human_eval").symlink_to(SHARED_DATA / "convai2_human_eval")
+    sets, info, dialogues = load_rated_sets(root, SuiteLimits(max_dialogues=6))
+    items = sets["convai2"]
+    groups = {it["group"] for it in items}
+    assert len(groups) == 6 == info["convai2"]["held_out_dialogues"] and set(dialogues) == groups
+    assert all(held_out(g, 0.3, 13) for g in groups)
+    every_turn = [it for it in convai2_items(SHARED_DATA / "convai2_human_eval")[0] if it["group"] in groups]
+    assert len(items) == len(every_turn) > 6 * 3  # all turns, not three per dialogue
+    sampled, _, _ = load_rated_sets(root, SuiteLimits(max_dialogues=6, per_dialogue=3))
+    assert {it["group"] for it in sampled["convai2"]} == groups and len(sampled["convai2"]) <= 18
+
+
+@pytest.mark.shared_data
 def test_meta_eval_on_convai2_human_ratings(tmp_path, capsys):
     items, info = convai2_items(SHARED_DATA / "convai2_human_eval", max_items=120, per_dialogue=2)
     assert info["unrated"] > 0 and info["kept"] > 1000 and len(items) == 120
