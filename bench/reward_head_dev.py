@@ -42,6 +42,8 @@ def _rho(cols: dict, items: list[dict], rating: str, top_k: int = 0) -> dict[str
     """Spearman per term; at dialogue level each dialogue scores the mean of its ``top_k`` best turns (0 = all)."""
     from scipy.stats import spearmanr
 
+    from convrl.meta_eval.stats import dialogue_scores
+
     idx = [i for i, it in enumerate(items) if rating in it["ratings"]]
     groups: dict[str, list[int]] = {}
     for i in idx:
@@ -51,8 +53,10 @@ def _rho(cols: dict, items: list[dict], rating: str, top_k: int = 0) -> dict[str
     units = list(groups.values()) if dialogue_level else [[i] for i in idx]
     y = np.array([items[u[0]]["ratings"][rating] for u in units])
     out = {}
+    flat = np.concatenate(units)
+    inv = np.repeat(np.arange(len(units)), [len(u) for u in units])
     for t in TERMS:
-        x = np.array([np.sort(cols[t][u])[-top_k:].mean() if top_k else cols[t][u].mean() for u in units])
+        x = dialogue_scores(cols[t][flat], inv, top_k or len(flat))
         out[t] = float(spearmanr(x, y).statistic) if x.std() > 0 else float("nan")
     out["_level"], out["_n"] = ("dialogue" if dialogue_level else "response"), len(units)
     return out

@@ -114,8 +114,8 @@ def test_run_selfplay_reuses_transcripts_only_for_the_same_user_and_settings(tmp
 
 
 def test_cache_key_covers_every_decoding_module_the_decoders_import():
-    """A decoding module imported by one in the key (e.g. the lean forward under CachedDecoder) is in the key too:
-    otherwise changing it would serve replies decoded by the old code."""
+    """A ``convrl.rl`` module imported by one in the key (as ``rl.generation`` imports ``rl.decoding``) is in the key
+    too: otherwise changing it would serve replies decoded by the old code."""
     import ast
     import importlib
     import inspect

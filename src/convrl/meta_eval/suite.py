@@ -74,9 +74,9 @@ def load_rated_sets(root: str | Path, limits: SuiteLimits | None = None) -> tupl
     def dialogue_set(name, folder, items_fn, dialogues_fn):
         items, st = items_fn(folder, per_dialogue=lim.per_dialogue, seed=lim.seed)
         items = [it for it in items if held_out(it["group"], 0.3, 13)]
-        keep = set(list(dict.fromkeys(it["group"] for it in items))[:lim.max_dialogues])
-        items = [it for it in items if it["group"] in keep][:lim.max_dialogue_items or None]
-        keep = {it["group"] for it in items}
+        first = set(list(dict.fromkeys(it["group"] for it in items))[:lim.max_dialogues])
+        items = [it for it in items if it["group"] in first][:lim.max_dialogue_items or None]
+        keep = {it["group"] for it in items}  # the item cap may end inside the dialogue list
         dialogues.update({d["id"]: d for d in dialogues_fn(folder)[0] if d["id"] in keep})
         sets[name], info[name] = items, {**st, "held_out_items": len(items), "held_out_dialogues": len(keep)}
 
