@@ -13,7 +13,7 @@ from convrl.meta_eval import cli as meta_eval_cli
 from convrl.meta_eval.suite import SuiteJudges, SuiteLimits, head_checks, run_suite, summary_markdown
 from convrl.rewards.calibrate import fit_weights
 from convrl.rewards.cross_encoder import TASKS, CrossEncoderHeads, CrossSettings, train_cross_encoder
-from convrl.rewards.cross_training import next_utterance_examples
+from convrl.rewards.cross_training import next_utterance_examples, split_dev
 from convrl.rewards.dialogue import FEATURES, DialogueJudge, dialogue_features, train_dialogue_judge
 from convrl.rewards.heads import HEADS, RewardScorer
 from convrl.rewards.human_data import RatedDataError, validate_item
@@ -161,6 +161,19 @@ def test_cross_encoder_heads_agree_with_score_head_and_survive_bad_input(cross_m
         assert f"{head}_untrained" in batch.details
     assert batch.heads["personality"][1] == 0.5  # no persona card: neutral, as every personality head
     assert set(TASKS) == set(HEADS)
+
+
+def test_capped_dev_split_keeps_every_task_and_no_training_dialogue():
+    # cross_examples concatenates sources: rated turns first, then next-utterance and persona pairs.
+    examples = ([{"group": f"sat-{i // 3}", "labels": {"engagement": 0.5}} for i in range(300)]
+                + [{"group": f"dd-{i // 3}", "labels": {"relevance": float(i % 2)}} for i in range(300)]
+                + [{"group": f"pc-{i // 3}", "labels": {"personality": float(i % 2)}} for i in range(300)])
+    train, dev = split_dev(examples, 0.3, 13, max_dev=40)
+    assert len(dev) == 40
+    assert {"engagement", "relevance", "personality"} <= {t for e in dev for t in e["labels"]}
+    assert not {e["group"] for e in train} & {e["group"] for e in dev}
+    full_train, full_dev = split_dev(examples, 0.3, 13)
+    assert full_train == train and len(full_train) + len(full_dev) == len(examples)
 
 
 def test_cross_encoder_refuses_other_tasks(tmp_path):

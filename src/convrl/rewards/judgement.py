@@ -62,8 +62,8 @@ def train_human_judgement(rc, encoder, encoder_dir: str, out_dir: str | Path, se
         from convrl.rewards.cross_encoder import CrossSettings, train_cross_encoder
         from convrl.rewards.cross_training import cross_examples
 
-        train, dev, counts = cross_examples(rc, seed=seed)
-        model, m = train_cross_encoder(train, dev[:600], encoder_dir, CrossSettings(
+        train, dev, counts = cross_examples(rc, seed=seed, max_dev=600)
+        model, m = train_cross_encoder(train, dev, encoder_dir, CrossSettings(
             max_steps=rc.cross_steps, batch_size=16, max_length=rc.cross_max_length, eval_every=max(1, rc.cross_steps // 4),
             seed=seed), log=log)
         model.save(out / "cross")
