@@ -135,8 +135,9 @@ def split_dev(examples: list[dict], dev_fraction: float, seed: int, max_dev: int
 
     The examples arrive grouped by source (rated turns, then DailyDialog, then PersonaChat), so an unshuffled
     cap kept only rated turns: early stopping then never saw a relevance or personality label (a 672-step
-    fine-tune here picked its step by engagement / quality alone, DailyDialog dev AUC 0.52)."""
-    dev = [e for e in examples if held_out(e["group"], dev_fraction, seed + 7)]
-    train = [e for e in examples if not held_out(e["group"], dev_fraction, seed + 7)]
+    fine-tune here picked its step by engagement and quality alone)."""
+    is_dev = [held_out(e["group"], dev_fraction, seed + 7) for e in examples]
+    dev = [e for e, d in zip(examples, is_dev) if d]
+    train = [e for e, d in zip(examples, is_dev) if not d]
     random.Random(seed + 11).shuffle(dev)
     return train, (dev[:max_dev] if max_dev else dev)
