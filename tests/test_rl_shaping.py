@@ -131,3 +131,56 @@ def test_reward_setup_hands_the_ending_share_to_both_paths(tiny_encoder, tiny_po
     end = next(f for f in single.funcs if f.__name__ == "ending")
     eos = policy_eos_ids(tiny_policy_dir)[0]
     assert end(prompts=["p"], completions=["a"], completion_ids=[[7, eos]]) == [pytest.approx(2 / 5)]
+
+
+def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(tiny_encoder, ingested, personas,
+                                                                       tiny_policy_dir, tmp_path):
+    """rl.num_iterations=2: each batch is decoded once, trained on twice against its generation-time log-probs."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from convrl.config import RLConfig
+    from convrl.config.rl import MultiTurnSection
+    from convrl.data.prompts import build_prompts
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.grpo import train_grpo
+    from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
+    from convrl.rl.trainer import ConvRLGRPOTrainer
+    from convrl.rl.turn_rewards import conversation_reward_funcs
+
+    scorer = RewardScorer(tiny_encoder, None, None)
+    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
+    tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas}, eos_ids=[2],
+                                                     ending_weight=0.15, repetition_weight=0.1)
+    rl = RLConfig(max_steps=4, num_iterations=2, num_generations=2, prompts_per_step=2, max_completion_length=4,
+                  save_steps=10, precision="fp32", turns=2, learning_rate=0.05, mask_truncated_completions=False,
+                  multiturn=MultiTurnSection(turn_credit=0.5))
+    rollouts, batches = [], []
+    real_call, real_loss = MultiTurnRollout.__call__, ConvRLGRPOTrainer._compute_loss
+
+    def count(self, prompts_, trainer):
+        rollouts.append(trainer.state.global_step)
+        return real_call(self, prompts_, trainer)
+
+    def spy(self, model, inputs):
+        batches.append((inputs["old_per_token_logps"].clone(), inputs["advantages"].clone()))
+        return real_loss(self, model, inputs)
+
+    MultiTurnRollout.__call__, ConvRLGRPOTrainer._compute_loss = count, spy
+    try:
+        rollout = MultiTurnRollout(2, SimulatedUser(tiny_policy_dir, max_new_tokens=3), tok, "model")
+        res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path, rollout=rollout, scorer=scorer,
+                         turn_rewards=conv.turn_rewards)
+    finally:
+        MultiTurnRollout.__call__, ConvRLGRPOTrainer._compute_loss = real_call, real_loss
+    assert res.steps == 4 and rollouts == [0, 2]  # two batches decoded for four optimizer steps
+    assert len(batches) == 4
+    for first, second in (batches[:2], batches[2:]):
+        # The second pass over a batch sees the same old log-probs and (turn-credit) advantages as the first.
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(batches[0][0], batches[2][0])
+    from convrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="num_iterations"):
+        RLConfig(num_iterations=0).validate()

@@ -133,6 +133,9 @@ class RLConfig:
         "help": "How GRPO combines the rewards: sum_then_normalize (weighted sum, then normalised per group) or "
                 "normalize_then_sum (each reward normalised per group first, then weighted; GDPO)."})
     max_steps: int = field(default=20, metadata={"help": "Optimizer steps of RL."})
+    num_iterations: int = field(default=1, metadata={
+        "help": "Optimizer steps per batch of rollouts (GRPO's mu; grpo and rloo). 2 = each batch is decoded "
+                "once and trained on twice (PPO-style clipped ratio), so max_steps steps decode max_steps/2 batches."})
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
     prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts per optimisation step."})
     max_completion_length: int = field(default=48, metadata={
@@ -170,5 +173,8 @@ class RLConfig:
         if self.beta <= 0:
             raise ConfigError("rl.beta must be > 0: without a KL term the policy drifts freely "
                               "and learns to hack the reward")
+        if self.num_iterations < 1:
+            raise ConfigError(f"rl.num_iterations must be >= 1 (optimizer steps per batch of rollouts), "
+                              f"got {self.num_iterations}")
         if self.num_generations < 2:
             raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")

@@ -61,6 +61,7 @@ def grpo_args(rl, out_dir: Path, algorithm: str = "grpo", **overrides):
         per_device_train_batch_size=per_step,
         gradient_accumulation_steps=1,
         steps_per_generation=1,
+        num_iterations=rl.num_iterations,
         max_completion_length=rl.max_completion_length,
         temperature=rl.temperature,
         logging_steps=rl.logging_steps,
