@@ -74,18 +74,13 @@ def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas)
     assert end(prompts=[ctx], completions=["x"], turns=turns, completion_ids=ids)[0] == pytest.approx(0.25)
 
 
-def test_grpo_normalize_then_sum_with_turn_credit_trains(tiny_encoder, ingested, personas, tiny_policy_dir,
-                                                         tmp_path):
-    """The trainer hands (rows, tokens) advantages to TRL's loss and logs per-head advantages."""
+@pytest.fixture
+def multiturn_setup(tiny_encoder, ingested, personas, tiny_policy_dir):
+    """(scorer, prompts, tokenizer, reward funcs, weights, conversation scores) for tiny multi-turn GRPO runs."""
     from transformers import AutoTokenizer
 
-    from convrl.config import RLConfig
-    from convrl.config.rl import MultiTurnSection
     from convrl.data.prompts import build_prompts
     from convrl.rewards.heads import RewardScorer
-    from convrl.rl.grpo import train_grpo
-    from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
-    from convrl.rl.trainer import ConvRLGRPOTrainer
     from convrl.rl.turn_rewards import conversation_reward_funcs
 
     scorer = RewardScorer(tiny_encoder, None, None)
@@ -93,6 +88,18 @@ def test_grpo_normalize_then_sum_with_turn_credit_trains(tiny_encoder, ingested,
     tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
     funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas}, eos_ids=[2],
                                                      ending_weight=0.15, repetition_weight=0.1)
+    return scorer, prompts, tok, funcs, weights, conv
+
+
+def test_grpo_normalize_then_sum_with_turn_credit_trains(multiturn_setup, tiny_policy_dir, tmp_path):
+    """The trainer hands (rows, tokens) advantages to TRL's loss and logs per-head advantages."""
+    from convrl.config import RLConfig
+    from convrl.config.rl import MultiTurnSection
+    from convrl.rl.grpo import train_grpo
+    from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
+    from convrl.rl.trainer import ConvRLGRPOTrainer
+
+    scorer, prompts, tok, funcs, weights, conv = multiturn_setup
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=10,
                   precision="fp32", turns=2, multi_objective_aggregation="normalize_then_sum",
                   mask_truncated_completions=False, multiturn=MultiTurnSection(turn_credit=0.5))
@@ -133,26 +140,17 @@ def test_reward_setup_hands_the_ending_share_to_both_paths(tiny_encoder, tiny_po
     assert end(prompts=["p"], completions=["a"], completion_ids=[[7, eos]]) == [pytest.approx(2 / 5)]
 
 
-def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(tiny_encoder, ingested, personas,
-                                                                       tiny_policy_dir, tmp_path):
+def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(multiturn_setup, tiny_policy_dir, tmp_path):
     """rl.num_iterations=2: each batch is decoded once, trained on twice against its generation-time log-probs."""
     import torch
-    from transformers import AutoTokenizer
 
     from convrl.config import RLConfig
     from convrl.config.rl import MultiTurnSection
-    from convrl.data.prompts import build_prompts
-    from convrl.rewards.heads import RewardScorer
     from convrl.rl.grpo import train_grpo
     from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
     from convrl.rl.trainer import ConvRLGRPOTrainer
-    from convrl.rl.turn_rewards import conversation_reward_funcs
 
-    scorer = RewardScorer(tiny_encoder, None, None)
-    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
-    tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
-    funcs, weights, conv = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas}, eos_ids=[2],
-                                                     ending_weight=0.15, repetition_weight=0.1)
+    scorer, prompts, tok, funcs, weights, conv = multiturn_setup
     rl = RLConfig(max_steps=4, num_iterations=2, num_generations=2, prompts_per_step=2, max_completion_length=4,
                   save_steps=10, precision="fp32", turns=2, learning_rate=0.05, mask_truncated_completions=False,
                   multiturn=MultiTurnSection(turn_credit=0.5))
