@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
@@ -63,3 +64,14 @@ def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
         assert not _reply_repeats(own, len(ids), 2)
         assert reply == tok.decode(own[len(ids):], skip_special_tokens=True).strip()
     assert looped  # without the ban these greedy replies repeat, so the test sees the ban at work
+
+
+def test_decode_dtype_follows_the_precision_and_the_hardware(tiny_policy_dir):
+    from convrl.rl.generation import decode_dtype
+    from convrl.runtime import bf16_supported
+
+    assert decode_dtype("bf16") == torch.bfloat16 and decode_dtype("fp32") == torch.float32
+    assert decode_dtype("auto") == (torch.bfloat16 if bf16_supported() else torch.float32)
+    assert Generator(tiny_policy_dir, dtype="bf16").model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        decode_dtype("fp8")

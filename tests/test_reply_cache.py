@@ -91,6 +91,12 @@ def test_evaluate_models_decodes_a_model_once_then_reuses_its_replies(tmp_path, 
     evaluate_mod.evaluate_models({"candidate": model_copy}, prompts, scorer, by_id, 7, 2, 0,
                                  no_repeat_ngram_size=4, cache=cache)
     assert len(loaded) == 3
+    # So does another precision (eval.precision), and the model then decodes in that dtype.
+    gens = []
+    monkeypatch.setattr(evaluate_mod, "Generator", lambda d, **kw: (gens.append(real(d, **kw)), gens[-1])[1])
+    bf16 = evaluate_mod.evaluate_models({"candidate": model_copy}, prompts, scorer, by_id, 6, 2, 0,
+                                        no_repeat_ngram_size=4, cache=cache, precision="bf16")
+    assert len(gens) == 1 and gens[0].model.dtype == torch.bfloat16 and len(bf16) == len(first)
 
 
 def test_run_selfplay_reuses_transcripts_only_for_the_same_user_and_settings(tmp_path, model_copy, tiny_policy_dir,

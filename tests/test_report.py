@@ -41,9 +41,9 @@ def _report(personas, panel, selfplay=None, hack=False, **kw):
 
 
 def test_report_has_every_section(personas, panel, selfplay):
-    r = _report(personas, panel, selfplay, no_repeat_ngram_size=4)
+    r = _report(personas, panel, selfplay, no_repeat_ngram_size=4, precision="bf16")
     # The decoding both models were compared under is stated (issue 13: "state which settings").
-    assert "greedy decoding with no repeated 4-token n-gram" in r.html and "4-token n-gram" in r.markdown
+    assert "greedy bf16 decoding with no repeated 4-token n-gram" in r.html and "4-token n-gram" in r.markdown
     for title in ("At a glance", "Use-case metrics", "Reward heads vs held-out judges", "Per persona",
                   "Multi-turn self-play", "Sample replies side by side", "All metrics", "How to read this report"):
         assert f"{title}" in r.html and f"## {title}" in r.markdown, title

@@ -175,7 +175,7 @@ def cmd_chat(args) -> int:
     model_dir = resolve_chat_model(args.model)
     from convrl.data.context import ConversationContextManager
 
-    gen = Generator(model_dir)
+    gen = Generator(model_dir, dtype=args.precision)
     ctx = ConversationContextManager(max_context_length=args.context_turns, token_budget=args.token_budget)
     lines = [args.message] if args.message else None
     print(f"Chatting with {persona.name} ({persona.persona_id}) on {args.model}. Empty line or Ctrl-D ends.")
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--no-repeat-ngram-size", type=int, default=CHAT_NO_REPEAT_NGRAM,
                     help="never repeat an n-gram of this many tokens of the conversation (0 = off); "
                          "evaluation decodes the same way")
+    ch.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="weights' dtype (auto: bf16 where the CPU/GPU has bf16 units, as eval.precision)")
     ch.set_defaults(fn=cmd_chat)
 
     pv = sub.add_parser("provision", help="convert and cache the default models")

@@ -41,6 +41,9 @@ class EvalConfig:
         "help": "Evaluated replies and self-play assistant turns never repeat an n-gram of this many tokens of "
                 "their conversation, as convrl chat and convrl serve decode (the same for every model; 0 = off)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
+    precision: str = field(default="auto", metadata={
+        "help": "Weights' dtype of evaluated replies and self-play (both sides), the same for every model: auto "
+                "(bf16 where the CPU/GPU has bf16 units, else fp32), bf16 or fp32. convrl chat decodes the same way."})
     seed: int = field(default=13, metadata={"help": "Seed of prompt sampling, bootstrap and self-play users."})
     rate_threshold: float = field(
         default=0.5, metadata={"help": "A reply counts towards engagement/relevance/personality/emotion rates "
@@ -59,6 +62,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.no_repeat_ngram_size < 0:
             raise ConfigError(f"eval.no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"eval.precision={self.precision!r}: use auto, bf16 or fp32")
         if not 0.0 <= self.rate_threshold <= 1.0:
             raise ConfigError(f"eval.rate_threshold must lie in [0, 1] (judge scores do), got {self.rate_threshold}")
 

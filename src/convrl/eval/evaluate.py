@@ -48,25 +48,29 @@ def score_responses(scorer, prompts: list[dict], responses: list[str], personas_
 def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, personas_by_id: dict,
                     max_new_tokens: int, batch_size: int, seed: int, judges=None,
                     no_repeat_ngram_size: int = 0, timings: dict | None = None,
-                    cache: ReplyCache | None = None) -> pd.DataFrame:
+                    cache: ReplyCache | None = None, precision: str = "fp32") -> pd.DataFrame:
     """Every model answers ``prompts``; one row per (model, prompt) with every head's and judge's score.
 
     ``timings``, when given, receives ``generate_s`` (all models' decoding) and ``score_s`` (heads and judges).
+    ``precision`` (bf16, fp32 or auto) is the dtype every model decodes in.
     ``cache`` (``convrl.eval.reply_cache``) returns a model's replies when its weights, the prompts, the
     decoding settings and code are those of an earlier evaluation; the scores are always computed.
     """
+    from convrl.runtime import resolve_precision
+
     timings = {} if timings is None else timings
     cache = cache or ReplyCache(None)
+    precision = resolve_precision(precision)  # the cache keys on what ran, not on "auto"
     start = time.perf_counter()
     responses: list[str] = []
     conversations = [p["prompt"] for p in prompts]
     decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": False, "seed": seed,
                 "no_repeat_ngram_size": no_repeat_ngram_size}
-    settings = {"conversations": conversations, **decoding}
+    settings = {"conversations": conversations, **decoding, "precision": precision}
     for name, model_dir in model_dirs.items():
         replies = cache.lookup("replies", model_dir, settings)
         if replies is None:
-            gen = Generator(model_dir)
+            gen = Generator(model_dir, dtype=precision)
             replies = gen.generate(conversations, progress=True, desc=f"generate ({name})", **decoding)
             del gen
             cache.store("replies", model_dir, settings, replies)

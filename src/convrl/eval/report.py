@@ -185,9 +185,11 @@ def judge_agreement_section(judge_columns: list[str]) -> tuple[list[str], list[s
 
 
 def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict | None = None,
-                 n_samples: int = 6, title: str = "convrl evaluation report", no_repeat_ngram_size: int = 0) -> Report:
+                 n_samples: int = 6, title: str = "convrl evaluation report", no_repeat_ngram_size: int = 0,
+                 precision: str = "fp32") -> Report:
     """``a``: ``metrics.analyze`` output; ``selfplay``: a ``selfplay.SelfPlayResult`` or None;
-    ``no_repeat_ngram_size``: the decoding's repeated-n-gram ban (stated in the intro; 0 = none)."""
+    ``no_repeat_ngram_size``: the decoding's repeated-n-gram ban (stated in the intro; 0 = none);
+    ``precision``: the weights' dtype every model decoded in (bf16 or fp32, stated in the intro)."""
     scores, s = a.scores, a.summary
     models = plots.model_order(scores["model"])
     n_prompts = scores["prompt_id"].nunique()
@@ -207,8 +209,8 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     img = lambda k, alt: f"<img alt='{alt}' src='data:image/png;base64,{b64[k]}'>" if k in b64 else ""  # noqa: E731
     mdimg = lambda k, alt: f"![{alt}](figures/{k}.png)" if k in b64 else ""  # noqa: E731
 
-    decoding = (f"greedy decoding with no repeated {no_repeat_ngram_size}-token n-gram (as convrl chat)"
-                if no_repeat_ngram_size > 0 else "greedy decoding")
+    decoding = (f"greedy {precision} decoding with no repeated {no_repeat_ngram_size}-token n-gram (as convrl chat)"
+                if no_repeat_ngram_size > 0 else f"greedy {precision} decoding")
     intro = (f"Baseline: <b>{_e(baseline_desc)}</b>. {n_prompts} held-out prompts (test split), {decoding}, "
              f"the same prompts, personas and seeds for every model. Rates count replies whose held-out judge "
              f"score is at least {a.threshold:g}.")

@@ -64,6 +64,7 @@ class SelfPlaySettings:
     recall_probes: bool = True
     token_budget: int = 1024
     no_repeat_ngram_size: int = 0
+    precision: str = "fp32"  # of both sides' weights (eval.precision, resolved: bf16 or fp32)
 
 
 def window(history: list[dict], k: int) -> list[dict]:
@@ -163,9 +164,9 @@ def run_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas: list
         if cached:
             df = pd.DataFrame(cached)
         else:
-            user = user or Generator(user_model_dir)
+            user = user or Generator(user_model_dir, dtype=settings.precision)
             # The baseline is often the base model itself: reuse the loaded copy.
-            policy = user if d == user_model_dir else Generator(d)
+            policy = user if d == user_model_dir else Generator(d, dtype=settings.precision)
             df = simulate(policy, user, personas, settings)
             cache.store("selfplay", d, key, df.to_dict("records"))
             del policy

@@ -17,6 +17,7 @@ from convrl.eval.report import build_report
 from convrl.home import convrl_home
 from convrl.rewards.bundle import RewardBundle, load_scorer
 from convrl.rl.artifact import PolicyArtifact
+from convrl.runtime import resolve_precision
 
 
 def baseline_model(cfg: Config) -> tuple[str, str]:
@@ -56,10 +57,11 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
                            safety=RewardBundle.load(reward_dir).safety(reward_dir))
         # Where evaluation's minutes go (the RL stage logs its own phases as timing/*).
         timings: dict[str, float] = {}
+        precision = resolve_precision(e.precision)
         cache = ReplyCache(convrl_home() / "cache" / "eval" if e.cache else None)
         scores = evaluate_models(model_dirs, prompts, scorer, by_id, e.max_new_tokens, e.batch_size, e.seed,
                                  judges=panel, no_repeat_ngram_size=e.no_repeat_ngram_size, timings=timings,
-                                 cache=cache)
+                                 cache=cache, precision=precision)
 
         selfplay = None
         sp = e.selfplay
@@ -68,7 +70,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             settings = SelfPlaySettings(conversations=sp.conversations, turns=sp.turns,
                                         max_new_tokens=sp.max_new_tokens, context_turns=sp.context_turns,
                                         seed=e.seed, recall_probes=sp.recall_probes,
-                                        no_repeat_ngram_size=e.no_repeat_ngram_size)
+                                        no_repeat_ngram_size=e.no_repeat_ngram_size, precision=precision)
             start = time.perf_counter()
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder,
                                          cache=cache)
@@ -92,7 +94,8 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             tracking.log_model_metrics(policy.logged_model, a.headline, run.run_id)
         EvaluationScores(scores, a.headline, base_desc).save(scores_path)
 
-        report = build_report(a, base_desc, selfplay=selfplay, no_repeat_ngram_size=e.no_repeat_ngram_size)
+        report = build_report(a, base_desc, selfplay=selfplay, no_repeat_ngram_size=e.no_repeat_ngram_size,
+                              precision=precision)
         write_report(report, report_dir)
         run.log_artifact(report_dir, "report")
         flagged = a.gaps[a.gaps["flagged"]]["verdict"].tolist() if len(a.gaps) else []
