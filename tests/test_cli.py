@@ -68,11 +68,15 @@ def test_ui_serves_the_same_store(mlflow_store, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "convrl.cli", "ui", "--port", str(port)],
                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
+        # Up to 5 minutes: on a 2-core machine running three RL pipelines the server took over two to start.
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, f"convrl ui exited with {proc.returncode} before serving"
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
+                assert time.monotonic() < deadline, "convrl ui did not answer /health within 300 s"
                 time.sleep(0.5)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={exp}")
         data = json.loads(urllib.request.urlopen(req, timeout=5).read())
