@@ -137,14 +137,15 @@ def test_run_selfplay_reuses_the_user_model_for_the_base_policy(monkeypatch, per
     loaded = []
 
     class FakeGen(ScriptedGenerator):
-        def __init__(self, d):
-            loaded.append(d)
+        def __init__(self, d, dtype):
+            loaded.append((d, dtype))
             super().__init__(_echo)
 
     monkeypatch.setattr("convrl.rl.generation.Generator", FakeGen)
     tr = run_selfplay({"candidate": "cand", "baseline": "base"}, "base", personas[:1],
-                      SelfPlaySettings(conversations=1, turns=2))
-    assert loaded == ["base", "cand"] and set(tr["model"]) == {"candidate", "baseline"}
+                      SelfPlaySettings(conversations=1, turns=2, precision="bf16"))
+    # Both sides load once, in the evaluation's precision.
+    assert loaded == [("base", "bf16"), ("cand", "bf16")] and set(tr["model"]) == {"candidate", "baseline"}
 
 
 def test_selfplay_assistant_turns_decode_with_the_ban_and_user_turns_without(personas):
