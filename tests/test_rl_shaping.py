@@ -144,7 +144,7 @@ def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(multitu
     """rl.num_iterations=2: each batch is decoded once, trained on twice against its generation-time log-probs."""
     import torch
 
-    from convrl.config import RLConfig
+    from convrl.config import ConfigError, RLConfig
     from convrl.config.rl import MultiTurnSection
     from convrl.rl.grpo import train_grpo
     from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
@@ -178,7 +178,5 @@ def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(multitu
         # The second pass over a batch sees the same old log-probs and (turn-credit) advantages as the first.
         assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.equal(batches[0][0], batches[2][0])
-    from convrl.config import ConfigError
-
     with pytest.raises(ConfigError, match="num_iterations"):
         RLConfig(num_iterations=0).validate()

@@ -38,11 +38,10 @@ def reward_ranked_pairs(prompts: list[dict], scorer, personas_by_id: dict, base_
                         max_new_tokens: int, min_margin: float, seed: int = 0, batch_size: int = 16) -> list[dict]:
     """Best-vs-worst of ``candidates`` sampled base-model replies per prompt, ranked by the composite reward."""
     from convrl.rl.generation import Generator
-    from convrl.runtime import bf16_supported
 
     if candidates < 2:
         raise ValueError("rl.dpo.candidates must be >= 2 to rank replies into pairs")
-    gen = Generator(base_dir, dtype=torch.bfloat16 if bf16_supported() else torch.float32)
+    gen = Generator(base_dir, dtype="auto")  # bf16 where the CPU/GPU has bf16 units
     convs = [p["prompt"] for p in prompts for _ in range(candidates)]
     replies = gen.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
                            temperature=0.9, seed=seed, progress=True, desc="dpo candidates")
