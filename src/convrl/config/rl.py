@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from convrl.config.base import ConfigError
+from convrl.config.rewards import WEIGHTED_HEADS
+
+# Reward terms of an RL run beside the heads (convrl.rl.shaping, convrl.rl.turn_rewards): what rl.guard can hold.
+RL_TERMS: tuple[str, ...] = (*WEIGHTED_HEADS, "ending", "non_repetition", "consistency")
 
 
 @dataclass
@@ -96,6 +100,37 @@ class ShapingSection:
 
 
 @dataclass
+class GuardSection:
+    """Reward terms RL may not trade away (``rl.guard.*``; ``convrl.rl.guard``): Lagrange multipliers on their weights."""
+    heads: list[str] = field(default_factory=list, metadata={
+        "help": "Reward terms held at their starting level (e.g. [personality]): while one's smoothed batch mean is "
+                "below its floor (its mean over the warm-up steps) minus margin, its weight grows; [] = off."})
+    margin: float = field(default=0.0, metadata={"help": "Drop below the floor allowed before the weight grows."})
+    warmup_steps: int = field(default=4, metadata={"help": "Rollout batches whose mean sets each term's floor."})
+    step_size: float = field(default=4.0, metadata={
+        "help": "Dual-ascent step: weight added per step per unit of the term below its floor."})
+    max_weight: float = field(default=1.0, metadata={"help": "Cap on the weight added to a guarded term."})
+    smoothing: float = field(default=0.5, metadata={
+        "help": "Exponential smoothing of the batch means in [0, 1) (batches of a few prompts are noisy)."})
+
+    def validate(self) -> None:
+        unknown = [h for h in self.heads if h not in RL_TERMS]
+        if unknown:
+            raise ConfigError(f"rl.guard.heads {unknown}: guardable reward terms are {', '.join(RL_TERMS)}")
+        if self.warmup_steps < 1 or self.step_size <= 0 or self.max_weight < 0 or self.margin < 0:
+            raise ConfigError("rl.guard needs warmup_steps >= 1, step_size > 0, max_weight >= 0 and margin >= 0")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ConfigError(f"rl.guard.smoothing must lie in [0, 1), got {self.smoothing}")
+
+    def trainer_kwargs(self) -> dict | None:
+        """``RewardGuard`` settings for the trainer, or None when nothing is guarded."""
+        if not self.heads:
+            return None
+        return {"heads": list(self.heads), "margin": self.margin, "warmup_steps": self.warmup_steps,
+                "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing}
+
+
+@dataclass
 class SpeedSection:
     """convrl's speed levers on TRL's trainer (``rl.speed.*``; ``convrl.rl.trainer.ConvRLTrainerConfig``)."""
     fast_rollouts: bool = field(default=True, metadata={
@@ -128,6 +163,8 @@ class RLConfig:
         "help": "Multi-turn rollouts (rl.multiturn.*)."})
     shaping: ShapingSection = field(default_factory=ShapingSection, metadata={
         "help": "Ending / repetition rewards beside the heads (rl.shaping.*)."})
+    guard: GuardSection = field(default_factory=GuardSection, metadata={
+        "help": "Reward terms held at their starting level by Lagrange multipliers (rl.guard.*)."})
     speed: SpeedSection = field(default_factory=SpeedSection, metadata={"help": "Speed levers (rl.speed.*)."})
     multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
         "help": "How GRPO combines the rewards: sum_then_normalize (weighted sum, then normalised per group) or "

@@ -215,7 +215,7 @@ def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
         fast_rollouts=s.fast_rollouts, share_prompt_prefix=s.share_prompt_prefix, carry_kv_cache=s.carry_kv_cache,
         generation_dtype=torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32,
         reference_logprobs=ref, turn_credit=rl.multiturn.turn_credit if rl.turns > 1 else 0.0,
-        turn_rewards=turn_rewards)
+        turn_rewards=turn_rewards, guard=rl.guard.trainer_kwargs())
 
 
 def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callable], reward_weights: list[float],

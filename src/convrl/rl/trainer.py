@@ -43,6 +43,7 @@ from trl.trainer.utils import pad
 from convrl.rl.advantages import group_advantages, turn_level_advantages
 from convrl.rl.decoding import preallocated_cache
 from convrl.rl.generation import sampling_setup
+from convrl.rl.guard import RewardGuard
 from convrl.rl import prefix
 from convrl.rl.rollout_model import RolloutModel
 
@@ -69,6 +70,9 @@ class ConvRLTrainerConfig:
                 "advantage of its tokens; the rest is the whole-rollout advantage. 0 = TRL's one advantage."})
     turn_rewards: object = field(default=None, metadata={
         "help": "Callable () -> [rows, turns] per-turn rewards of the last scored batch (turn_credit > 0)."})
+    guard: dict | None = field(default=None, metadata={
+        "help": "RewardGuard settings (heads, margin, warmup_steps, step_size, max_weight, smoothing): reward "
+                "terms held at their starting level by Lagrange multipliers on their weights; None = off."})
     log_head_advantages: bool = field(default=True, metadata={
         "help": "Log per reward head its group-normalised advantage spread and correlation with the advantage."})
 
@@ -89,6 +93,8 @@ class ConvRLTrainerMixin:
         self._timing: dict[str, float] = {}
         self._last_rewards_per_func = None
         super().__init__(*args, **kwargs)
+        self._guard = (RewardGuard(names=self.reward_func_names, base_weights=self.reward_weights.tolist(),
+                                   **self.convrl.guard) if self.convrl.guard else None)
 
     # ---- log-prob passes -------------------------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
@@ -192,7 +198,18 @@ class ConvRLTrainerMixin:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards_per_func = rewards
+        if self._guard is not None and self.model.training:
+            self._update_guard(rewards)
         return rewards
+
+    def _update_guard(self, rewards) -> None:
+        """Move the guarded terms' multipliers on this batch; TRL's advantages then use the new weights."""
+        if self._guard.steps == 0 and self.state.global_step > 0:  # resumed: keep the multipliers of the run
+            self._guard.restore(self.state.log_history, self.state.global_step // max(1, self.num_iterations))
+        weights = self._guard.update(rewards.detach().float().cpu().numpy())
+        self.reward_weights = torch.as_tensor(weights, dtype=self.reward_weights.dtype)
+        for name, value in self._guard.metrics().items():
+            self._metrics["train"][name].append(value)
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -225,7 +242,9 @@ class ConvRLTrainerMixin:
         if self.accelerator.num_processes > 1:
             raise ValueError("turn-level credit (rl.multiturn.turn_credit > 0) runs on one process; "
                              "set it to 0 for multi-process training")
-        per_turn = np.asarray(self.convrl.turn_rewards(), dtype=np.float64)
+        extra = self._guard.extra_weights() if self._guard is not None else None
+        per_turn = np.asarray(self.convrl.turn_rewards(extra) if extra else self.convrl.turn_rewards(),
+                              dtype=np.float64)
         seq_adv = output["advantages"]
         spans = [[t["span"] for t in row["turns"]] for row in inputs]
         adv = turn_level_advantages(seq_adv.detach().cpu().numpy(), per_turn, spans, G,

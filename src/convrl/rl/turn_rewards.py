@@ -68,14 +68,24 @@ class ConversationScores:
         self.eos_ids = [int(e) for e in eos_ids]
         self.shaping_weights = {k: v for k, v in (shaping_weights or {}).items() if v > 0}
         self._key, self._value, self.last_table = None, None, []
-        self._turn_rewards = np.zeros((0, 0))
+        self._turn_terms: dict[str, np.ndarray] = {}
 
     def terms(self) -> list[str]:
         return [*HEADS, *self.shaping_weights, "consistency"]
 
-    def turn_rewards(self) -> np.ndarray:
-        """[rows, turns] weighted reward of each policy turn (heads + shaping) of the last scored batch."""
-        return self._turn_rewards
+    def turn_rewards(self, extra_weights: dict[str, float] | None = None) -> np.ndarray:
+        """[rows, turns] weighted reward of each policy turn (heads + shaping) of the last scored batch.
+
+        ``extra_weights`` adds to the terms' weights (``rl.guard``'s multipliers), so turn-level credit
+        weighs the turns as the sequence advantage does.
+        """
+        weights = {**{h: self.scorer.weights.get(h, 0.0) for h in HEADS}, **self.shaping_weights}
+        for h, w in (extra_weights or {}).items():
+            weights[h] = weights.get(h, 0.0) + w
+        if not self._turn_terms:
+            return np.zeros((0, 0))
+        # consistency is a whole-conversation term: it has no per-turn score, so it adds nothing here
+        return sum(w * self._turn_terms[h] for h, w in weights.items() if h in self._turn_terms)
 
     def __call__(self, turns: list[list[dict]], persona_ids: list[str | None],
                  completion_ids=None) -> dict[str, np.ndarray]:
@@ -94,7 +104,7 @@ class ConversationScores:
         owner = np.array(owner)
         out = {h: np.zeros(len(turns), dtype=np.float32) for h in self.terms()}
         n_turns = max((len(r) for r in turns), default=0)
-        per_turn = np.full((len(turns), n_turns), np.nan)
+        per_turn = {h: np.full((len(turns), n_turns), np.nan) for h in (*HEADS, *self.shaping_weights)}
         table = []
         for i, row in enumerate(turns):
             idx = np.flatnonzero(owner == i)
@@ -103,11 +113,12 @@ class ConversationScores:
             for h in self.shaping_weights:
                 out[h][i] = aggregate_turns(shaping[h][idx], self.aggregation, self.discount)
             out["consistency"][i] = consistency(batch.heads["personality"][idx], [t["response"] for t in row])
-            turn_total = sum(self.scorer.weights.get(h, 0.0) * batch.heads[h][idx] for h in HEADS)
-            turn_total = turn_total + sum(w * shaping[h][idx] for h, w in self.shaping_weights.items())
-            per_turn[i, :len(idx)] = turn_total
+            for h in HEADS:
+                per_turn[h][i, :len(idx)] = batch.heads[h][idx]
+            for h in self.shaping_weights:
+                per_turn[h][i, :len(idx)] = shaping[h][idx]
             table.append(self._table_row(row, persona_ids[i], batch.composite[idx], out, i))
-        self.last_table, self._turn_rewards = table, per_turn
+        self.last_table, self._turn_terms = table, per_turn
         self._key, self._value = key, out
         return out
 

@@ -1,0 +1,128 @@
+"""rl.guard: Lagrange multipliers that hold guarded reward terms at their starting level."""
+
+import numpy as np
+import pytest
+
+from convrl.rl.guard import RewardGuard
+
+
+def batch(quality, personality, rows=4):
+    return np.column_stack([np.full(rows, quality), np.full(rows, personality)])
+
+
+def test_guard_sets_its_floor_in_warmup_and_leaves_weights_alone_above_it():
+    g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=2)
+    assert list(g.update(batch(0.5, 0.2))) == [0.4, 0.25]
+    assert list(g.update(batch(0.5, 0.3))) == [0.4, 0.25]
+    assert g.floor["personality"] == pytest.approx(0.25)     # mean of the warm-up batches
+    for _ in range(5):
+        assert list(g.update(batch(0.9, 0.4))) == [0.4, 0.25]  # above the floor: nothing changes
+    assert g.lam["personality"] == 0.0
+
+
+def test_guard_raises_the_weight_while_below_the_floor_caps_it_and_lets_go_after_recovery():
+    g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, step_size=4.0,
+                    max_weight=0.5, smoothing=0.0)
+    g.update(batch(0.5, 0.20))
+    w1 = g.update(batch(0.6, 0.15))                    # 0.05 below: lambda += 4 * 0.05
+    assert w1[1] == pytest.approx(0.25 + 0.2) and w1[0] == 0.4
+    w2 = g.update(batch(0.6, 0.15))
+    assert w2[1] == pytest.approx(0.25 + 0.4)
+    for _ in range(5):
+        w = g.update(batch(0.6, 0.0))
+    assert w[1] == pytest.approx(0.25 + 0.5)           # capped at max_weight
+    for _ in range(10):
+        w = g.update(batch(0.6, 0.4))                  # recovered: the multiplier goes back to 0
+    assert w[1] == pytest.approx(0.25) and g.lam["personality"] == 0.0
+
+
+def test_guard_margin_smoothing_metrics_and_restore():
+    g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, margin=0.05,
+                    smoothing=0.5)
+    g.update(batch(0.5, 0.20))
+    g.update(batch(0.5, 0.17))                         # smoothed 0.185, within the margin
+    assert g.lam["personality"] == 0.0
+    g.update(batch(0.5, 0.0))                          # smoothed 0.0925: 0.0575 below floor - margin
+    m = g.metrics()
+    assert m["guard/personality/lambda"] == pytest.approx(4.0 * 0.0575)
+    assert m["guard/personality/floor"] == pytest.approx(0.2) and m["guard/personality/mean"] == pytest.approx(0.0925)
+    fresh = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1)
+    assert not fresh.restore([{"loss": 1.0}], 3)
+    assert fresh.restore([{"loss": 1.0}, {**m, "step": 3}, {"loss": 0.5}], 3)
+    assert fresh.lam == g.lam and fresh.floor == g.floor and fresh.steps == 3
+    assert fresh.update(batch(0.5, 0.5))[1] == pytest.approx(0.25)  # past warm-up: back above, lambda 0 at once
+
+
+def test_guard_and_config_refuse_unknown_terms():
+    from convrl.config import ConfigError, load_config
+
+    with pytest.raises(ValueError, match="not rewards of this run"):
+        RewardGuard(["persona"], ["quality", "personality"], [0.4, 0.25])
+    with pytest.raises(ConfigError, match="guardable reward terms are quality"):
+        load_config("tiny", ["rl.guard.heads=[persona]"])
+    with pytest.raises(ConfigError, match="smoothing"):
+        load_config("tiny", ["rl.guard.heads=[personality]", "rl.guard.smoothing=1.0"])
+    cfg = load_config("tiny", ["rl.guard.heads=[personality,ending]", "rl.guard.margin=0.01"])
+    assert cfg.rl.guard.trainer_kwargs()["heads"] == ["personality", "ending"]
+    assert load_config("tiny").rl.guard.trainer_kwargs() is None
+
+
+def test_turn_rewards_add_the_guard_multipliers(tiny_encoder):
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.turn_rewards import conversation_reward_funcs
+
+    scorer = RewardScorer(tiny_encoder, None, None)
+    ctx = [{"role": "user", "content": "I feel sad today"}]
+    turns = [[{"context": ctx, "response": "I'm sorry, that sounds hard.", "span": [0, 3]},
+              {"context": ctx + [{"role": "assistant", "content": "I'm sorry."}, {"role": "user", "content": "ok"}],
+               "response": "Tell me more?", "span": [5, 8]}]]
+    funcs, _, conv = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2)
+    personality = next(f for f in funcs if f.__name__ == "personality")
+    personality(prompts=[ctx], completions=["x"], turns=turns, completion_ids=[[1, 2, 2, 0, 0, 3, 4, 2]])
+    plain = conv.turn_rewards()
+    per_head = scorer.score([t["context"] for t in turns[0]], [t["response"] for t in turns[0]], [None, None])
+    got = conv.turn_rewards({"personality": 0.5, "consistency": 1.0})  # consistency has no per-turn score
+    np.testing.assert_allclose(got - plain, 0.5 * per_head.heads["personality"][None, :], rtol=1e-5)
+
+
+def test_trainer_moves_the_weights_when_a_guarded_reward_falls_and_keeps_them_on_resume(
+        ingested, personas, tiny_policy_dir, tmp_path):
+    from convrl.config import RLConfig
+    from convrl.config.rl import GuardSection
+    from convrl.data.prompts import build_prompts
+    from convrl.rl.grpo import train_grpo
+    from convrl.rl.trainer import ConvRLGRPOTrainer
+
+    calls = []
+
+    def quality(prompts, completions, **kw):
+        return [float(len(c) % 3) for c in completions]
+
+    def personality(prompts, completions, **kw):  # 1 on the first batch, 0 after: the term "falls"
+        calls.append(len(completions))
+        return [1.0 if len(calls) == 1 else 0.0] * len(completions)
+
+    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
+    guard = GuardSection(heads=["personality"], warmup_steps=1, step_size=4.0, max_weight=0.6, smoothing=0.0)
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=2,
+                  precision="fp32", guard=guard)
+    seen, logged = [], []
+    real = ConvRLGRPOTrainer._update_guard
+
+    def spy(self, rewards):
+        real(self, rewards)
+        seen.append(self.reward_weights.tolist())
+
+    ConvRLGRPOTrainer._update_guard = spy
+    try:
+        train_grpo(rl, tiny_policy_dir, prompts, [quality, personality], [0.4, 0.25], tmp_path,
+                   on_log=lambda r, s: logged.append(r))
+        assert seen == [pytest.approx([0.4, 0.25]), pytest.approx([0.4, 0.85])]  # 0.25 + min(0.6, 4 * 1)
+        rows = [r for r in logged if "guard/personality/lambda" in r]
+        assert rows[-1]["guard/personality/lambda"] == pytest.approx(0.6) and rows[-1]["guard/personality/floor"] == 1.0
+        # Resumed from the step-2 checkpoint: the multiplier and floor carry on, no new warm-up.
+        rl.max_steps, seen[:] = 3, []
+        train_grpo(rl, tiny_policy_dir, prompts, [quality, personality], [0.4, 0.25], tmp_path)
+    finally:
+        ConvRLGRPOTrainer._update_guard = real
+    assert seen == [pytest.approx([0.4, 0.85])]
