@@ -1,5 +1,7 @@
 """rl.guard: Lagrange multipliers that hold guarded reward terms at their starting level."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ def test_guard_sets_its_floor_in_warmup_and_leaves_weights_alone_above_it():
     g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=2)
     assert list(g.update(batch(0.5, 0.2))) == [0.4, 0.25]
     assert list(g.update(batch(0.5, 0.3))) == [0.4, 0.25]
-    assert g.floor["personality"] == pytest.approx(0.25)     # mean of the warm-up batches
+    assert g.floor("personality") == pytest.approx(0.25)     # mean of the warm-up batches
     for _ in range(5):
         assert list(g.update(batch(0.9, 0.4))) == [0.4, 0.25]  # above the floor: nothing changes
     assert g.lam["personality"] == 0.0
@@ -36,21 +38,35 @@ def test_guard_raises_the_weight_while_below_the_floor_caps_it_and_lets_go_after
     assert w[1] == pytest.approx(0.25) and g.lam["personality"] == 0.0
 
 
-def test_guard_margin_smoothing_metrics_and_restore():
+def test_guard_margin_smoothing_metrics_and_state_round_trip():
     g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, margin=0.05,
                     smoothing=0.5)
     g.update(batch(0.5, 0.20))
-    g.update(batch(0.5, 0.17))                         # smoothed 0.185, within the margin
+    g.update(batch(0.5, 0.17))                         # within the margin: deficit -0.02 (smoothed -0.01)
     assert g.lam["personality"] == 0.0
-    g.update(batch(0.5, 0.0))                          # smoothed 0.0925: 0.0575 below floor - margin
+    g.update(batch(0.5, 0.0))                          # deficit 0.15, smoothed 0.5 * -0.01 + 0.5 * 0.15 = 0.07
     m = g.metrics()
-    assert m["guard/personality/lambda"] == pytest.approx(4.0 * 0.0575)
-    assert m["guard/personality/floor"] == pytest.approx(0.2) and m["guard/personality/mean"] == pytest.approx(0.0925)
-    fresh = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1)
-    assert not fresh.restore([{"loss": 1.0}], 3)
-    assert fresh.restore([{"loss": 1.0}, {**m, "step": 3}, {"loss": 0.5}], 3)
-    assert fresh.lam == g.lam and fresh.floor == g.floor and fresh.steps == 3
-    assert fresh.update(batch(0.5, 0.5))[1] == pytest.approx(0.25)  # past warm-up: back above, lambda 0 at once
+    assert m["guard/personality/lambda"] == pytest.approx(4.0 * 0.07)
+    assert m["guard/personality/floor"] == pytest.approx(0.2) and m["guard/personality/deficit"] == pytest.approx(0.07)
+    fresh = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, margin=0.05,
+                        smoothing=0.5)
+    fresh.load_state(json.loads(json.dumps(g.state())))
+    assert fresh.lam == g.lam and fresh.metrics() == m and fresh.steps == 3
+    assert list(fresh.update(batch(0.5, 0.0))) == list(g.update(batch(0.5, 0.0)))  # no new warm-up
+
+
+def test_guard_keeps_one_floor_per_persona():
+    """A persona whose card scores low is not a drop: each group is compared with its own floor."""
+    g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, smoothing=0.0)
+    rows = ["coach", "coach", "guide", "guide"]
+    g.update(np.column_stack([np.ones(4), [0.3, 0.3, 0.1, 0.1]]), rows)
+    assert g.floors["personality"] == {"coach": [pytest.approx(0.3), 1], "guide": [pytest.approx(0.1), 1]}
+    # Only the low-scoring persona this time, at its own level: no deficit, although the batch mean fell.
+    assert g.update(np.column_stack([np.ones(2), [0.1, 0.1]]), ["guide", "guide"])[1] == pytest.approx(0.25)
+    # A new persona warms up its own floor first and moves nothing.
+    assert g.update(np.column_stack([np.ones(2), [0.0, 0.0]]), ["calm", "calm"])[1] == pytest.approx(0.25)
+    w = g.update(np.column_stack([np.ones(4), [0.2, 0.2, 0.1, 0.1]]), rows)  # coach 0.1 below: mean gap 0.05
+    assert w[1] == pytest.approx(0.25 + 4.0 * 0.05)
 
 
 def test_guard_and_config_refuse_unknown_terms():
@@ -102,15 +118,15 @@ def test_trainer_moves_the_weights_when_a_guarded_reward_falls_and_keeps_them_on
         calls.append(len(completions))
         return [1.0 if len(calls) == 1 else 0.0] * len(completions)
 
-    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
+    prompts = build_prompts(ingested.turns, personas[:1], "train", 4, 4, seed=1)  # one persona: one floor
     guard = GuardSection(heads=["personality"], warmup_steps=1, step_size=4.0, max_weight=0.6, smoothing=0.0)
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=4, save_steps=2,
                   precision="fp32", guard=guard)
     seen, logged = [], []
     real = ConvRLGRPOTrainer._update_guard
 
-    def spy(self, rewards):
-        real(self, rewards)
+    def spy(self, rewards, inputs):
+        real(self, rewards, inputs)
         seen.append(self.reward_weights.tolist())
 
     ConvRLGRPOTrainer._update_guard = spy
@@ -120,6 +136,7 @@ def test_trainer_moves_the_weights_when_a_guarded_reward_falls_and_keeps_them_on
         assert seen == [pytest.approx([0.4, 0.25]), pytest.approx([0.4, 0.85])]  # 0.25 + min(0.6, 4 * 1)
         rows = [r for r in logged if "guard/personality/lambda" in r]
         assert rows[-1]["guard/personality/lambda"] == pytest.approx(0.6) and rows[-1]["guard/personality/floor"] == 1.0
+        assert (tmp_path / "checkpoints" / "checkpoint-2" / "reward_guard.json").exists()
         # Resumed from the step-2 checkpoint: the multiplier and floor carry on, no new warm-up.
         rl.max_steps, seen[:] = 3, []
         train_grpo(rl, tiny_policy_dir, prompts, [quality, personality], [0.4, 0.25], tmp_path)

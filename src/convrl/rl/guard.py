@@ -5,20 +5,21 @@ another. In the demo's runs that loss was the persona: replies grew shorter,
 the ``personality`` reward fell (0.18-0.20 -> 0.13-0.16 over 24-48 steps)
 while the composite rose, and the A/B test's personality guardrails then
 failed. ``RewardGuard`` turns such a term into a constraint (reward-constrained
-policy optimisation, Tessler et al. 2019): its floor is the term's mean over
-the first ``warmup_steps`` batches (the policy is still the base model there),
-and a multiplier ``lambda >= 0`` is added to the term's weight, raised by dual
-ascent while a smoothed batch mean sits below ``floor - margin`` and lowered
-again once it is back above::
+policy optimisation, Tessler et al. 2019): its floor, per persona, is the
+term's mean over that persona's first ``warmup_steps`` batches (the policy is
+still near the base model there), and a multiplier ``lambda >= 0`` is added to
+the term's weight, raised by dual ascent while the smoothed deficit (floor -
+margin - score, over the batch's rows) is positive and lowered again once the
+term is back above::
 
     guard = RewardGuard(["personality"], names=["quality", "personality"], base_weights=[0.4, 0.25])
-    weights = guard.update(batch_rewards)        # [rows, terms] -> the weights this batch's advantages use
-    guard.metrics()                              # {"guard/personality/lambda": ..., "/floor", "/mean"}
+    weights = guard.update(batch_rewards, persona_ids)  # [rows, terms] -> the weights its advantages use
+    guard.metrics()                              # {"guard/personality/lambda": ..., "/floor", "/deficit"}
 
 Nothing changes until a guarded term falls below its floor; ``lambda`` is capped
-at ``max_weight``. ``restore`` picks the state up from a resumed run's log
-history, so a resumed run keeps its multipliers. Used by ``convrl.rl.trainer``
-(``rl.guard``).
+at ``max_weight``. ``state``/``load_state`` round-trip it through checkpoints
+(``convrl.rl.trainer`` saves it beside each one), so a resumed run keeps its
+multipliers and floors. Used by ``convrl.rl.trainer`` (``rl.guard``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class RewardGuard:
         self.margin, self.warmup, self.step_size = margin, warmup_steps, step_size
         self.max_weight, self.smoothing = max_weight, smoothing
         self.steps = 0
-        self.floor = {h: 0.0 for h in self.heads}
-        self.mean = {h: float("nan") for h in self.heads}
+        # Floors per group (persona): a persona card sets how high its personality score can go, and a batch
+        # holds only a few prompts, so one floor for all would mistake the persona mix for a drop.
+        self.floors: dict[str, dict[str, list[float]]] = {h: {} for h in self.heads}  # group -> [floor, batches]
+        self.deficit = {h: 0.0 for h in self.heads}
         self.lam = {h: 0.0 for h in self.heads}
 
     def weights(self) -> np.ndarray:
@@ -55,21 +58,35 @@ class RewardGuard:
             w[k] += self.lam[h]
         return w
 
-    def update(self, per_func: np.ndarray) -> np.ndarray:
-        """Take one batch's rewards [rows, terms]; return the weights its advantages should use."""
+    def floor(self, head: str) -> float:
+        """The head's floor averaged over the groups seen (for logs)."""
+        f = [v[0] for v in self.floors[head].values()]
+        return float(np.mean(f)) if f else float("nan")
+
+    def update(self, per_func: np.ndarray, groups=None) -> np.ndarray:
+        """Take one batch's rewards [rows, terms] (``groups``: each row's persona); return the weights to use."""
         per_func = np.asarray(per_func, dtype=np.float64)
+        groups = ["" if g is None else str(g) for g in groups] if groups is not None else [""] * len(per_func)
+        if len(groups) != len(per_func):
+            groups = [""] * len(per_func)
         self.steps += 1
         for h, k in self.index.items():
-            batch = float(np.nanmean(per_func[:, k]))
-            if self.steps <= self.warmup:
-                # The floor is the plain mean of the warm-up batches: the base model's level of the term.
-                self.floor[h] += (batch - self.floor[h]) / self.steps
-                self.mean[h] = self.floor[h]
+            gaps = []
+            for g in dict.fromkeys(groups):
+                vals = per_func[[i for i, x in enumerate(groups) if x == g], k]
+                value = float(np.nanmean(vals))
+                floor = self.floors[h].setdefault(g, [0.0, 0])
+                if floor[1] < self.warmup:
+                    # A group's floor is the plain mean of its first warm-up batches: the base model's level.
+                    floor[1] += 1
+                    floor[0] += (value - floor[0]) / floor[1]
+                    continue
+                gaps.extend([floor[0] - self.margin - value] * len(vals))
+            if not gaps:
                 continue
-            # Batches of a few prompts are noisy (persona and prompt change every step): smooth before reacting.
-            self.mean[h] = self.smoothing * self.mean[h] + (1 - self.smoothing) * batch
-            deficit = (self.floor[h] - self.margin) - self.mean[h]
-            self.lam[h] = float(np.clip(self.lam[h] + self.step_size * deficit, 0.0, self.max_weight))
+            # Batches are noisy (prompts change every step): smooth the deficit before reacting to it.
+            self.deficit[h] = self.smoothing * self.deficit[h] + (1 - self.smoothing) * float(np.mean(gaps))
+            self.lam[h] = float(np.clip(self.lam[h] + self.step_size * self.deficit[h], 0.0, self.max_weight))
         return self.weights()
 
     def extra_weights(self) -> dict[str, float]:
@@ -80,20 +97,18 @@ class RewardGuard:
         out = {}
         for h in self.heads:
             out[f"guard/{h}/lambda"] = self.lam[h]
-            out[f"guard/{h}/floor"] = self.floor[h]
-            out[f"guard/{h}/mean"] = self.mean[h]
+            out[f"guard/{h}/floor"] = self.floor(h)
+            out[f"guard/{h}/deficit"] = self.deficit[h]
         return out
 
-    def restore(self, log_history: list[dict], steps: int) -> bool:
-        """Resume from the last logged ``guard/*`` values of a checkpoint's log history; False when none."""
-        if not self.heads:
-            return False
-        last = next((e for e in reversed(log_history or []) if f"guard/{self.heads[0]}/lambda" in e), None)
-        if last is None:
-            return False
+    def state(self) -> dict:
+        """JSON-able state (multipliers, smoothed deficits, floors per group) for checkpoints."""
+        return {"steps": self.steps, "lam": dict(self.lam), "deficit": dict(self.deficit),
+                "floors": {h: {g: list(v) for g, v in f.items()} for h, f in self.floors.items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
         for h in self.heads:
-            self.lam[h] = float(last.get(f"guard/{h}/lambda", 0.0))
-            self.floor[h] = float(last.get(f"guard/{h}/floor", 0.0))
-            self.mean[h] = float(last.get(f"guard/{h}/mean", self.floor[h]))
-        self.steps = int(steps)
-        return True
+            self.lam[h] = float(state["lam"].get(h, 0.0))
+            self.deficit[h] = float(state["deficit"].get(h, 0.0))
+            self.floors[h] = {g: [float(v[0]), int(v[1])] for g, v in state["floors"].get(h, {}).items()}

@@ -22,7 +22,9 @@ Levers (results are the same computation, tests compare each against the plain o
   temperature-1 log-probs to the fluency head (``rewards.fluency``).
 
 Learning options: ``turn_credit`` (MT-GRPO-style turn-level advantages for
-multi-turn rollouts, from ``turn_rewards``) and per-head advantage logging
+multi-turn rollouts, from ``turn_rewards``), ``guard`` (``rl.guard``: Lagrange
+multipliers on the weights of reward terms RL may not trade away, ``rl.guard``;
+their state is saved beside each checkpoint) and per-head advantage logging
 (``advantages/<head>/...``: how much each reward head moves the update).
 
 The overridden TRL methods are private; ``OVERRIDES`` records their signatures
@@ -32,11 +34,15 @@ changes them.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer, RLOOTrainer
 from trl.trainer.utils import pad
 
@@ -82,6 +88,27 @@ class ConvRLTrainerConfig:
         return cls(fast_rollouts=False, share_prompt_prefix=False, carry_kv_cache=False, log_head_advantages=False)
 
 
+class GuardCheckpoint(TrainerCallback):
+    """Saves the ``RewardGuard`` state beside each checkpoint, so a resumed run keeps multipliers and floors."""
+
+    FILE = "reward_guard.json"
+
+    def __init__(self, guard: RewardGuard):
+        self.guard = guard
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if ckpt.is_dir():
+            (ckpt / self.FILE).write_text(json.dumps(self.guard.state()))
+
+    def load(self, checkpoint: str) -> bool:
+        f = Path(checkpoint) / self.FILE
+        if not f.exists():
+            return False
+        self.guard.load_state(json.loads(f.read_text()))
+        return True
+
+
 class ConvRLTrainerMixin:
     """The overrides shared by the GRPO and RLOO trainers below (see the module docstring)."""
 
@@ -93,8 +120,16 @@ class ConvRLTrainerMixin:
         self._timing: dict[str, float] = {}
         self._last_rewards_per_func = None
         super().__init__(*args, **kwargs)
-        self._guard = (RewardGuard(names=self.reward_func_names, base_weights=self.reward_weights.tolist(),
-                                   **self.convrl.guard) if self.convrl.guard else None)
+        self._guard = None
+        if self.convrl.guard:
+            self._guard = RewardGuard(names=self.reward_func_names, base_weights=self.reward_weights.tolist(),
+                                      **self.convrl.guard)
+            self.add_callback(GuardCheckpoint(self._guard))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self._guard is not None and isinstance(resume_from_checkpoint, str):
+            GuardCheckpoint(self._guard).load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ---- log-prob passes -------------------------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
@@ -199,14 +234,13 @@ class ConvRLTrainerMixin:
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards_per_func = rewards
         if self._guard is not None and self.model.training:
-            self._update_guard(rewards)
+            self._update_guard(rewards, inputs)
         return rewards
 
-    def _update_guard(self, rewards) -> None:
+    def _update_guard(self, rewards, inputs) -> None:
         """Move the guarded terms' multipliers on this batch; TRL's advantages then use the new weights."""
-        if self._guard.steps == 0 and self.state.global_step > 0:  # resumed: keep the multipliers of the run
-            self._guard.restore(self.state.log_history, self.state.global_step // max(1, self.num_iterations))
-        weights = self._guard.update(rewards.detach().float().cpu().numpy())
+        groups = [x.get("persona_id") for x in inputs] if self.accelerator.num_processes == 1 else None
+        weights = self._guard.update(rewards.detach().float().cpu().numpy(), groups)
         self.reward_weights = torch.as_tensor(weights, dtype=self.reward_weights.dtype)
         for name, value in self._guard.metrics().items():
             self._metrics["train"][name].append(value)
