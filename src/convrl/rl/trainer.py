@@ -23,8 +23,8 @@ Levers (results are the same computation, tests compare each against the plain o
 
 Learning options: ``turn_credit`` (MT-GRPO-style turn-level advantages for
 multi-turn rollouts, from ``turn_rewards``), ``guard`` (``rl.guard``: Lagrange
-multipliers on the weights of reward terms RL may not trade away, ``rl.guard``;
-their state is saved beside each checkpoint) and per-head advantage logging
+multipliers on the weights of reward terms RL may not trade away; their state
+is saved beside each checkpoint) and per-head advantage logging
 (``advantages/<head>/...``: how much each reward head moves the update).
 
 The overridden TRL methods are private; ``OVERRIDES`` records their signatures
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOTrainer, RLOOTrainer
 from trl.trainer.utils import pad
 
@@ -127,8 +127,11 @@ class ConvRLTrainerMixin:
             self.add_callback(GuardCheckpoint(self._guard))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if self._guard is not None and isinstance(resume_from_checkpoint, str):
-            GuardCheckpoint(self._guard).load(resume_from_checkpoint)
+        ckpt = resume_from_checkpoint
+        if ckpt is True:  # Trainer's own "the last one in output_dir"
+            ckpt = get_last_checkpoint(self.args.output_dir)
+        if self._guard is not None and isinstance(ckpt, str):
+            GuardCheckpoint(self._guard).load(ckpt)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ---- log-prob passes -------------------------------------------------------------------------------------
