@@ -80,7 +80,7 @@ def test_guard_and_config_refuse_unknown_terms():
         load_config("tiny", ["rl.guard.heads=[personality]", "rl.guard.smoothing=1.0"])
     cfg = load_config("tiny", ["rl.guard.heads=[personality,ending]", "rl.guard.margin=0.01"])
     assert cfg.rl.guard.trainer_kwargs()["heads"] == ["personality", "ending"]
-    assert load_config("tiny").rl.guard.trainer_kwargs() is None
+    assert load_config("tiny", ["rl.guard.heads=[]"]).rl.guard.trainer_kwargs() is None
 
 
 def test_turn_rewards_add_the_guard_multipliers(tiny_encoder):
