@@ -103,15 +103,15 @@ class ShapingSection:
 class GuardSection:
     """Reward terms RL may not trade away (``rl.guard.*``; ``convrl.rl.guard``): Lagrange multipliers on their weights."""
     heads: list[str] = field(default_factory=list, metadata={
-        "help": "Reward terms held at their starting level (e.g. [personality]): while one's smoothed batch mean is "
-                "below its floor (its mean over the warm-up steps) minus margin, its weight grows; [] = off."})
+        "help": "Reward terms held at their starting level (e.g. [personality]): while one sits below its floor "
+                "(per persona, its mean over the warm-up batches) minus margin, its weight grows; [] = off."})
     margin: float = field(default=0.0, metadata={"help": "Drop below the floor allowed before the weight grows."})
-    warmup_steps: int = field(default=4, metadata={"help": "Rollout batches whose mean sets each term's floor."})
+    warmup_steps: int = field(default=4, metadata={"help": "Rollout batches per persona whose mean sets its floor."})
     step_size: float = field(default=4.0, metadata={
         "help": "Dual-ascent step: weight added per step per unit of the term below its floor."})
     max_weight: float = field(default=1.0, metadata={"help": "Cap on the weight added to a guarded term."})
     smoothing: float = field(default=0.5, metadata={
-        "help": "Exponential smoothing of the batch means in [0, 1) (batches of a few prompts are noisy)."})
+        "help": "Exponential smoothing of each batch's deficit in [0, 1) (batches of a few prompts are noisy)."})
 
     def validate(self) -> None:
         unknown = [h for h in self.heads if h not in RL_TERMS]

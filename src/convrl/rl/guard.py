@@ -68,7 +68,7 @@ class RewardGuard:
         per_func = np.asarray(per_func, dtype=np.float64)
         groups = ["" if g is None else str(g) for g in groups] if groups is not None else [""] * len(per_func)
         if len(groups) != len(per_func):
-            groups = [""] * len(per_func)
+            raise ValueError(f"{len(groups)} groups for {len(per_func)} reward rows")
         self.steps += 1
         for h, k in self.index.items():
             gaps = []

@@ -79,11 +79,11 @@ class ConversationScores:
         ``extra_weights`` adds to the terms' weights (``rl.guard``'s multipliers), so turn-level credit
         weighs the turns as the sequence advantage does.
         """
+        if not self._turn_terms:
+            return np.zeros((0, 0))
         weights = {**{h: self.scorer.weights.get(h, 0.0) for h in HEADS}, **self.shaping_weights}
         for h, w in (extra_weights or {}).items():
             weights[h] = weights.get(h, 0.0) + w
-        if not self._turn_terms:
-            return np.zeros((0, 0))
         # consistency is a whole-conversation term: it has no per-turn score, so it adds nothing here
         return sum(w * self._turn_terms[h] for h, w in weights.items() if h in self._turn_terms)
 
