@@ -38,6 +38,17 @@ def test_guard_raises_the_weight_while_below_the_floor_caps_it_and_lets_go_after
     assert w[1] == pytest.approx(0.25) and g.lam["personality"] == 0.0
 
 
+def test_guard_caps_single_terms_with_max_weights():
+    g = RewardGuard(["quality", "personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1,
+                    step_size=4.0, max_weight=0.5, max_weights={"personality": 1.0}, smoothing=0.0)
+    g.update(batch(0.5, 0.5))
+    for _ in range(10):
+        w = g.update(batch(0.0, 0.0))                  # both far below their floors
+    assert w[0] == pytest.approx(0.4 + 0.5) and w[1] == pytest.approx(0.25 + 1.0)
+    with pytest.raises(ValueError, match="not guarded heads"):
+        RewardGuard(["quality"], ["quality", "personality"], [0.4, 0.25], max_weights={"personality": 1.0})
+
+
 def test_guard_margin_smoothing_metrics_and_state_round_trip():
     g = RewardGuard(["personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1, margin=0.05,
                     smoothing=0.5)
@@ -78,6 +89,10 @@ def test_guard_and_config_refuse_unknown_terms():
         load_config("tiny", ["rl.guard.heads=[persona]"])
     with pytest.raises(ConfigError, match="smoothing"):
         load_config("tiny", ["rl.guard.heads=[personality]", "rl.guard.smoothing=1.0"])
+    with pytest.raises(ConfigError, match="does not guard"):
+        load_config("tiny", ["rl.guard.heads=[quality]", "rl.guard.max_weights.personality=1.0"])
+    cfg = load_config("tiny", ["rl.guard.heads=[quality,personality]", "rl.guard.max_weights.personality=1.0"])
+    assert cfg.rl.guard.trainer_kwargs()["max_weights"] == {"personality": 1.0}
     cfg = load_config("tiny", ["rl.guard.heads=[personality,ending]", "rl.guard.margin=0.01"])
     assert cfg.rl.guard.trainer_kwargs()["heads"] == ["personality", "ending"]
     assert load_config("tiny", ["rl.guard.heads=[]"]).rl.guard.trainer_kwargs() is None

@@ -110,6 +110,8 @@ class GuardSection:
     step_size: float = field(default=4.0, metadata={
         "help": "Dual-ascent step: weight added per step per unit of the term below its floor."})
     max_weight: float = field(default=1.0, metadata={"help": "Cap on the weight added to a guarded term."})
+    max_weights: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Per-term caps overriding max_weight, e.g. {personality: 1.0} (the term must be in heads)."})
     smoothing: float = field(default=0.5, metadata={
         "help": "Exponential smoothing of each batch's deficit in [0, 1) (batches of a few prompts are noisy)."})
 
@@ -121,13 +123,20 @@ class GuardSection:
             raise ConfigError("rl.guard needs warmup_steps >= 1, step_size > 0, max_weight >= 0 and margin >= 0")
         if not 0.0 <= self.smoothing < 1.0:
             raise ConfigError(f"rl.guard.smoothing must lie in [0, 1), got {self.smoothing}")
+        stray = [h for h in self.max_weights if h not in self.heads]
+        if stray:
+            raise ConfigError(f"rl.guard.max_weights names {stray}, which rl.guard.heads does not guard; "
+                              f"add them to rl.guard.heads ({self.heads}) or drop their caps")
+        if any(v < 0 for v in self.max_weights.values()):
+            raise ConfigError(f"rl.guard.max_weights must be >= 0, got {self.max_weights}")
 
     def trainer_kwargs(self) -> dict | None:
         """``RewardGuard`` settings for the trainer, or None when nothing is guarded."""
         if not self.heads:
             return None
         return {"heads": list(self.heads), "margin": self.margin, "warmup_steps": self.warmup_steps,
-                "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing}
+                "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing,
+                "max_weights": dict(self.max_weights)}
 
 
 @dataclass

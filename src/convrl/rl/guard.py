@@ -17,9 +17,9 @@ term is back above::
     guard.metrics()                              # {"guard/personality/lambda": ..., "/floor", "/deficit"}
 
 Nothing changes until a guarded term falls below its floor; ``lambda`` is capped
-at ``max_weight``. ``state``/``load_state`` round-trip it through checkpoints
-(``convrl.rl.trainer`` saves it beside each one), so a resumed run keeps its
-multipliers and floors. Used by ``convrl.rl.trainer`` (``rl.guard``).
+at ``max_weight`` (``max_weights`` caps single terms differently).
+``state``/``load_state`` round-trip it through checkpoints (``convrl.rl.trainer``
+saves it beside each one), so a resumed run keeps its multipliers and floors. Used by ``convrl.rl.trainer`` (``rl.guard``).
 """
 
 from __future__ import annotations
@@ -31,19 +31,25 @@ class RewardGuard:
     """Lagrange multipliers keeping ``heads`` (reward-function names) at their starting level."""
 
     def __init__(self, heads, names, base_weights, margin: float = 0.0, warmup_steps: int = 4,
-                 step_size: float = 4.0, max_weight: float = 1.0, smoothing: float = 0.5):
+                 step_size: float = 4.0, max_weight: float = 1.0, smoothing: float = 0.5,
+                 max_weights: dict[str, float] | None = None):
         names = list(names)
         unknown = [h for h in heads if h not in names]
         if unknown:
             raise ValueError(f"rl.guard.heads {unknown} are not rewards of this run; rewards: {', '.join(names)}")
-        if warmup_steps < 1 or step_size <= 0 or max_weight < 0 or margin < 0 or not 0 <= smoothing < 1:
+        caps = {h: float((max_weights or {}).get(h, max_weight)) for h in heads}
+        stray = sorted(set(max_weights or {}) - set(heads))
+        if stray:
+            raise ValueError(f"max_weights names {stray}, which are not guarded heads ({list(heads)})")
+        if warmup_steps < 1 or step_size <= 0 or min(caps.values(), default=0) < 0 or margin < 0 \
+                or not 0 <= smoothing < 1:
             raise ValueError("RewardGuard needs warmup_steps >= 1, step_size > 0, max_weight >= 0, margin >= 0 "
                              "and smoothing in [0, 1)")
         self.heads = list(dict.fromkeys(heads))
         self.index = {h: names.index(h) for h in self.heads}
         self.base = np.asarray(base_weights, dtype=np.float64)
         self.margin, self.warmup, self.step_size = margin, warmup_steps, step_size
-        self.max_weight, self.smoothing = max_weight, smoothing
+        self.caps, self.smoothing = caps, smoothing
         self.steps = 0
         # Floors per group (persona): a persona card sets how high its personality score can go, and a batch
         # holds only a few prompts, so one floor for all would mistake the persona mix for a drop.
@@ -86,7 +92,7 @@ class RewardGuard:
                 continue
             # Batches are noisy (prompts change every step): smooth the deficit before reacting to it.
             self.deficit[h] = self.smoothing * self.deficit[h] + (1 - self.smoothing) * float(np.mean(gaps))
-            self.lam[h] = float(np.clip(self.lam[h] + self.step_size * self.deficit[h], 0.0, self.max_weight))
+            self.lam[h] = float(np.clip(self.lam[h] + self.step_size * self.deficit[h], 0.0, self.caps[h]))
         return self.weights()
 
     def extra_weights(self) -> dict[str, float]:
