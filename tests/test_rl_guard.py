@@ -158,3 +158,46 @@ def test_trainer_moves_the_weights_when_a_guarded_reward_falls_and_keeps_them_on
     finally:
         ConvRLGRPOTrainer._update_guard = real
     assert seen == [pytest.approx([0.4, 0.85])]
+
+
+def test_trl_advantages_use_the_guarded_weights(ingested, personas, tiny_policy_dir, tmp_path):
+    """The multipliers must reach the policy gradient: TRL's advantages are computed with the moved weights."""
+    from convrl.config import RLConfig
+    from convrl.config.rl import GuardSection
+    from convrl.data.prompts import build_prompts
+    from convrl.rl.advantages import group_advantages
+    from convrl.rl.grpo import train_grpo
+    from convrl.rl.trainer import ConvRLGRPOTrainer
+
+    calls = []
+
+    def quality(prompts, completions, completion_ids, **kw):
+        return [float(sum(ids) % 3) for ids in completion_ids]
+
+    def personality(prompts, completions, completion_ids, **kw):  # 1 on the first batch, then lower, varying
+        calls.append(len(completions))
+        return [1.0] * len(completions) if len(calls) == 1 else [0.1 * (sum(ids) % 7) for ids in completion_ids]
+
+    prompts = build_prompts(ingested.turns, personas[:1], "train", 4, 4, seed=3)
+    guard = GuardSection(heads=["personality"], warmup_steps=1, step_size=4.0, max_weight=2.0, smoothing=0.0)
+    rl = RLConfig(max_steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, save_steps=10,
+                  precision="fp32", guard=guard)
+    batches = []
+    real = ConvRLGRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        out = real(self, inputs)
+        batches.append((self._last_rewards_per_func.float().cpu().numpy(), self.reward_weights.numpy().copy(),
+                        out["advantages"].cpu().numpy()))
+        return out
+
+    ConvRLGRPOTrainer._generate_and_score_completions = spy
+    try:
+        train_grpo(rl, tiny_policy_dir, prompts, [quality, personality], [0.4, 0.25], tmp_path)
+    finally:
+        ConvRLGRPOTrainer._generate_and_score_completions = real
+    per_func, weights, adv = batches[-1]
+    assert weights[1] > 0.25 + 1e-6                                       # the guard moved personality's weight
+    np.testing.assert_allclose(adv, group_advantages(per_func, weights, 4), atol=1e-4)
+    plain = group_advantages(per_func, np.array([0.4, 0.25]), 4)
+    assert np.abs(adv - plain).max() > 1e-3, "advantages ignore the guard's weights"
