@@ -236,3 +236,20 @@ def test_real_rated_sets_convert():
     assert holistic_items(SHARED_DATA / "holistic_eval")[1]["coherence_items"] == 200
     assert hh_rlhf_items(SHARED_DATA / "hh_rlhf")[1]["pairs"] >= 2300
     assert toxichat_items(SHARED_DATA / "toxichat", "test")[1]["items"] >= 590
+
+
+def test_dialogue_features_best_moments_substance_and_echo(tiny_encoder):
+    parrot = [{"role": "user", "content": "my laptop will not start after the update"},
+              {"role": "assistant", "content": "my laptop will not start after the update"},
+              {"role": "user", "content": "yes that is what i said"},
+              {"role": "assistant", "content": "yes that is what i said"}]
+    varied = [{"role": "user", "content": "my laptop will not start after the update"},
+              {"role": "assistant", "content": "Try holding the power button for ten seconds, then restart."},
+              {"role": "user", "content": "ok"},
+              {"role": "assistant", "content": "ok"}]
+    x = dialogue_features(tiny_encoder, [parrot, varied], [["i fix computers."], ["i fix computers."]])
+    col = {f: x[:, k] for k, f in enumerate(FEATURES)}
+    assert np.all(col["rel_top3"] >= col["rel_mean"] - 1e-9)
+    assert np.all(col["persona_sim_top3"] >= col["persona_sim"] - 1e-9)
+    assert col["echo_mean"][0] == 1.0 and col["echo_mean"][1] == 0.5   # "ok" after "ok" is a copy too
+    assert col["substance_mean"][1] > 0 and np.isfinite(x).all()

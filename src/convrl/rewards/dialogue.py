@@ -6,9 +6,13 @@ together, and how the conversation went for them. Scoring only the last reply
 throws that away. ``dialogue_features`` describes a conversation by
 
 * the assistant's turns: mean / min / last relevance to the user turn before
-  them (cosine), length, questions asked, repetition inside and across turns
-  (max cosine between two own turns, exact repeats), degenerate turns;
-* consistency: mean cosine between consecutive own turns, persona similarity;
+  them (cosine), the mean of its three best (a conversation's best moments:
+  the rule the heads' dialogue scores use, ``meta_eval.stats``), length,
+  questions asked, substance (content words), how much of the user's turn it
+  copies, repetition inside and across turns (max cosine between two own
+  turns, exact repeats), degenerate turns;
+* consistency: mean cosine between consecutive own turns, persona similarity
+  (mean and best three);
 * the user's reactions: how much they write and whether that grows, their
   questions, sentiment (VADER) overall and at the end, complaints ("you are a
   bot", "that makes no sense"), how many turns they stayed;
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from convrl.rewards.heads import is_degenerate
-from convrl.rewards.text_signals import repetition_rate
+from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score
 
 COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
                         r"does not make sense|what\?|stupid|boring|you already said|you said that|repeat|"
@@ -41,7 +45,13 @@ COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no s
 FEATURES = ("n_assistant", "n_user", "rel_mean", "rel_min", "rel_last", "len_mean", "len_last", "question_share",
             "self_repeat_max", "exact_repeats", "repetition_mean", "degenerate_share", "consistency_mean",
             "persona_sim", "user_len_mean", "user_len_growth", "user_question_share", "user_sentiment",
-            "user_sentiment_last", "user_complaints", "user_len_last")
+            "user_sentiment_last", "user_complaints", "user_len_last", "rel_top3", "persona_sim_top3",
+            "substance_mean", "echo_mean")
+TOP_K = 3  # "best moments": the mean of a conversation's three best-scored turns (as meta_eval.stats.DIALOGUE_TOP_K)
+
+
+def _top_mean(values, k: int = TOP_K) -> float:
+    return float(np.mean(sorted(values, reverse=True)[:k])) if len(values) else 0.0
 
 
 @lru_cache(maxsize=1)
@@ -81,7 +91,10 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
         ulens = [len(t.split()) for t in usr] or [0]
         half = max(1, len(ulens) // 2)
         sent = [sia.polarity_scores(t)["compound"] for t in usr] or [0.0]
-        p_sim = float(np.mean(b_emb @ emb[" ".join(persona)])) if persona and b_txt else 0.0
+        p_sims = list(b_emb @ emb[" ".join(persona)]) if persona and b_txt else []
+        p_sim = float(np.mean(p_sims)) if p_sims else 0.0
+        echo = [echo_rate(msgs[i]["content"], msgs[i - 1]["content"]) for i in bot
+                if i > 0 and msgs[i - 1]["role"] == "user"] or [0.0]
         rows.append([
             np.log1p(n_bot_all), np.log1p(len(usr)), np.mean(rel), np.min(rel), rel[-1],
             np.log1p(np.mean(lens)), np.log1p(lens[-1]), np.mean(["?" in t for t in b_txt] or [0.0]),
@@ -90,7 +103,8 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
             np.mean(consec), p_sim, np.log1p(np.mean(ulens)),
             np.log1p(np.mean(ulens[half:])) - np.log1p(np.mean(ulens[:half])) if len(ulens) > 1 else 0.0,
             np.mean(["?" in t for t in usr] or [0.0]), np.mean(sent), sent[-1],
-            float(sum(bool(COMPLAINTS.search(t)) for t in usr)) / max(1, len(usr)), np.log1p(ulens[-1])])
+            float(sum(bool(COMPLAINTS.search(t)) for t in usr)) / max(1, len(usr)), np.log1p(ulens[-1]),
+            _top_mean(rel), _top_mean(p_sims), np.mean([substance_score(t) for t in b_txt] or [0.0]), np.mean(echo)])
     return np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(FEATURES))
 
 
@@ -157,11 +171,35 @@ def rated_dialogues(paths: list[str], max_per_source: int = 0) -> list[dict]:
     return out
 
 
+def standardized_scores(dialogues: list[dict], test: np.ndarray) -> np.ndarray:
+    """Each dialogue's rating as a z-score within its source, with the training side's mean and spread."""
+    src = np.array([d["source"] for d in dialogues])
+    y = np.array([d["score"] for d in dialogues], dtype=np.float64)
+    z = np.zeros_like(y)
+    for s in np.unique(src):  # per-source scales differ (1-5 stars vs mean satisfaction); train-side stats only
+        m, t = src == s, (src == s) & ~test
+        ref = y[t] if t.sum() > 1 else y[m]
+        z[m] = (y[m] - ref.mean()) / (ref.std() + 1e-9)
+    return z
+
+
+def fit_dialogue_judge(x: np.ndarray, z: np.ndarray, train: np.ndarray,
+                       alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1e3)) -> DialogueJudge:
+    """Ridge (alpha by leave-one-out) from features ``x`` to z-scored ratings ``z`` on the ``train`` rows."""
+    from sklearn.linear_model import RidgeCV
+
+    mean, scale = x[train].mean(0), x[train].std(0) + 1e-9
+    model = RidgeCV(alphas=alphas).fit((x[train] - mean) / scale, z[train])
+    lo, hi = np.percentile(model.predict((x[train] - mean) / scale), [2, 98])
+    judge = DialogueJudge(model.coef_, model.intercept_, mean, scale, lo, hi)
+    judge.metrics["ridge_alpha"] = float(model.alpha_)
+    return judge
+
+
 def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: float = 0.3, seed: int = 13,
                          alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1e3)) -> tuple[DialogueJudge, dict]:
     """Ridge on the training-side dialogues; Spearman per source on the held-out ones (beside length and turns)."""
     from scipy import stats
-    from sklearn.linear_model import RidgeCV
 
     from convrl.rewards.human_data import held_out
 
@@ -170,22 +208,13 @@ def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: floa
     test = np.array([held_out(d["id"], held_out_fraction, seed) for d in dialogues])
     src = np.array([d["source"] for d in dialogues])
     y = np.array([d["score"] for d in dialogues], dtype=np.float64)
-    z = np.zeros_like(y)
-    for s in np.unique(src):  # per-source scales differ (1-5 stars vs mean satisfaction); train-side stats only
-        m, t = src == s, (src == s) & ~test
-        ref = y[t] if t.sum() > 1 else y[m]
-        z[m] = (y[m] - ref.mean()) / (ref.std() + 1e-9)
     if test.all() or (~test).sum() < 10:
         raise ValueError(f"dialogue judge: need at least 10 training dialogues, got {int((~test).sum())}")
     x = dialogue_features(encoder, [d["messages"] for d in dialogues], [d.get("persona") or [] for d in dialogues])
-    mean, scale = x[~test].mean(0), x[~test].std(0) + 1e-9
-    model = RidgeCV(alphas=alphas).fit((x[~test] - mean) / scale, z[~test])
-    raw = model.predict((x[~test] - mean) / scale)
-    lo, hi = np.percentile(raw, [2, 98])
-    judge = DialogueJudge(model.coef_, model.intercept_, mean, scale, lo, hi)
+    judge = fit_dialogue_judge(x, standardized_scores(dialogues, test), ~test, alphas)
     pred = judge.predict_raw(x)
     metrics = {"train_dialogues": float((~test).sum()), "test_dialogues": float(test.sum()),
-               "ridge_alpha": float(model.alpha_)}
+               "ridge_alpha": judge.metrics["ridge_alpha"]}
     for s in np.unique(src):
         m = (src == s) & test
         if m.sum() >= 10:

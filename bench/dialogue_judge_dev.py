@@ -1,0 +1,105 @@
+"""Choose the dialogue-level judge's features and training size on the training side only.
+
+The dialogue judge (``convrl.rewards.dialogue``) is a ridge regression from
+whole-conversation features to a dialogue's human rating. This script never
+touches the dialogues ``convrl meta-eval`` holds out (``held_out(id, 0.3, 13)``):
+it splits the *training side* again (``held_out(id, 0.25, 14)`` = dev), fits
+on the rest and prints the dev Spearman per source for each feature set and
+training size, with 95% bootstrap CIs::
+
+    .venv/bin/python bench/dialogue_judge_dev.py                      # ../shared/data, every rated dialogue
+    .venv/bin/python bench/dialogue_judge_dev.py --max-per-source 300 --threads 2
+
+Feature sets: ``base`` = the judge's first 21 features (the previous round's),
+``all`` = every feature in ``FEATURES``. Sizes: ``cap`` = at most
+``--cap`` training dialogues per source (what ``rewards.dialogue_max_per_source
+=150`` gave after the held-out split: 105), ``full`` = every training-side one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BASE_FEATURES = 21
+
+
+def _spearman_ci(pred, y, rng, n_boot: int = 1000) -> tuple[float, float, float]:
+    import numpy as np
+    from scipy import stats
+
+    rho = float(stats.spearmanr(pred, y).statistic)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    boots = [stats.spearmanr(pred[i], y[i]).statistic for i in idx]
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return rho, float(lo), float(hi)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--max-per-source", type=int, default=0, help="rated dialogues loaded per source (0 = all)")
+    p.add_argument("--cap", type=int, default=105, help="training dialogues per source in the 'cap' size")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=13)
+    a = p.parse_args(argv)
+    data = Path(a.data)
+    if not (data / "convai2_human_eval").is_dir():
+        print(f"no rated dialogue sets under {data}", file=sys.stderr)
+        return 2
+    import numpy as np
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from convrl import models
+    from convrl.rewards.dialogue import FEATURES, dialogue_features, fit_dialogue_judge, rated_dialogues, \
+        standardized_scores
+    from convrl.rewards.encoder import SentenceEncoder
+    from convrl.rewards.human_data import held_out
+
+    t0 = time.time()
+    every = rated_dialogues([str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.max_per_source)
+    side = [d for d in every if not held_out(d["id"], 0.3, 13)]  # meta-eval's held-out dialogues never enter
+    dev = np.array([held_out(d["id"], 0.25, 14) for d in side])
+    src = np.array([d["source"] for d in side])
+    y = np.array([d["score"] for d in side], dtype=np.float64)
+    encoder = SentenceEncoder(models.resolve_encoder("all-minilm-l6-v2"))
+    x = dialogue_features(encoder, [d["messages"] for d in side], [d.get("persona") or [] for d in side])
+    print(f"{len(side)} training-side dialogues ({int(dev.sum())} dev), features in {time.time() - t0:.0f} s")
+    z = standardized_scores(side, dev)
+    rank = np.zeros(len(side), dtype=int)  # a fixed order inside each source for the capped size
+    for s in np.unique(src):
+        m = np.flatnonzero((src == s) & ~dev)
+        rank[m] = np.arange(len(m))
+    sets = {"base": list(range(BASE_FEATURES)), "all": list(range(len(FEATURES)))}
+    groups = {s: src == s for s in np.unique(src)}
+    groups["user_satisfaction (all corpora)"] = np.char.startswith(src.astype(str), "satisfaction")
+    print("| features | training size | train dialogues | source | dev n | dev Spearman [95% CI] |")
+    print("|---|---|---|---|---|---|")
+    for size in ("cap", "full"):
+        train = ~dev & ((rank < a.cap) if size == "cap" else True)
+        for name, cols in sets.items():
+            xs = np.zeros_like(x)
+            xs[:, cols] = x[:, cols]
+            judge = fit_dialogue_judge(xs, z, train)
+            pred = judge.predict_raw(xs)
+            for g, m in groups.items():
+                m = m & dev
+                if m.sum() < 10:
+                    continue
+                # Pooled corpora: z-scores, so each corpus's own scale does not decide the ranking.
+                target = z[m] if g.startswith("user_satisfaction") else y[m]
+                rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(a.seed))
+                print(f"| {name} | {size} | {int(train.sum())} | {g} | {int(m.sum())} | "
+                      f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    print(f"total {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
