@@ -14,6 +14,8 @@ Feature sets: ``base`` = the judge's first 21 features (the previous round's),
 ``all`` = every feature in ``FEATURES``. Sizes: ``cap`` = at most
 ``--cap`` training dialogues per source (what ``rewards.dialogue_max_per_source
 =150`` gave after the held-out split: 105), ``full`` = every training-side one.
+Models: ``ridge`` (the previous round's) and ``gbm`` (gradient-boosted trees,
+the default since this comparison).
 """
 
 from __future__ import annotations
@@ -79,24 +81,22 @@ def main(argv=None) -> int:
     sets = {"base": list(range(BASE_FEATURES)), "all": list(range(len(FEATURES)))}
     groups = {s: src == s for s in np.unique(src)}
     groups["user_satisfaction (all corpora)"] = np.char.startswith(src.astype(str), "satisfaction")
-    print("| features | training size | train dialogues | source | dev n | dev Spearman [95% CI] |")
-    print("|---|---|---|---|---|---|")
-    for size in ("cap", "full"):
+    print("| model | features | training size | train dialogues | source | dev n | dev Spearman [95% CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, size, name in [(k, s, n) for k in ("ridge", "gbm") for s in ("cap", "full") for n in sets]:
         train = ~dev & ((rank < a.cap) if size == "cap" else True)
-        for name, cols in sets.items():
-            xs = np.zeros_like(x)
-            xs[:, cols] = x[:, cols]
-            judge = fit_dialogue_judge(xs, z, train)
-            pred = judge.predict_raw(xs)
-            for g, m in groups.items():
-                m = m & dev
-                if m.sum() < 10:
-                    continue
-                # Pooled corpora: z-scores, so each corpus's own scale does not decide the ranking.
-                target = z[m] if g.startswith("user_satisfaction") else y[m]
-                rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(a.seed))
-                print(f"| {name} | {size} | {int(train.sum())} | {g} | {int(m.sum())} | "
-                      f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+        xs = np.zeros_like(x)
+        xs[:, sets[name]] = x[:, sets[name]]
+        pred = fit_dialogue_judge(xs, z, train, kind).predict_raw(xs)
+        for g, m in groups.items():
+            m = m & dev
+            if m.sum() < 10:
+                continue
+            # Pooled corpora: z-scores, so each corpus's own scale does not decide the ranking.
+            target = z[m] if g.startswith("user_satisfaction") else y[m]
+            rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(a.seed))
+            print(f"| {kind} | {name} | {size} | {int(train.sum())} | {g} | {int(m.sum())} | "
+                  f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
     print(f"total {time.time() - t0:.0f} s")
     return 0
 

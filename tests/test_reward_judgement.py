@@ -135,6 +135,30 @@ def test_dialogue_judge_reads_the_whole_conversation(tiny_encoder, tmp_path):
     assert s.shape == (6,) and np.all(np.isfinite(s)) and np.all((s >= 0) & (s <= 1))
     with pytest.raises(ValueError, match="no rated dialogues"):
         train_dialogue_judge(tiny_encoder, [])
+    ridge, m2 = train_dialogue_judge(tiny_encoder, ds, kind="ridge")
+    assert m2["test_spearman_convai2"] > 0.5
+    assert np.allclose(DialogueJudge.load(ridge.save(tmp_path / "ridge")).score(tiny_encoder, convs),
+                       ridge.score(tiny_encoder, convs))
+
+
+def test_dialogue_judge_load_refuses_old_formats_and_foreign_types(tiny_encoder, tmp_path):
+    import json
+
+    import skops.io as sio
+
+    judge, _ = train_dialogue_judge(tiny_encoder, _dialogues(40))
+    d = judge.save(tmp_path / "dialogue")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "judge.json").write_text(json.dumps({"type": "dialogue-ridge", "features": list(FEATURES)}))
+    with pytest.raises(ValueError, match="retrain it"):
+        DialogueJudge.load(old)
+    # A model file holding anything but scikit-learn / numpy objects is not loaded (skops, no pickle).
+    from collections import Counter
+
+    sio.dump({"model": judge.model, "extra": Counter("aab")}, d / "model.skops")
+    with pytest.raises(ValueError, match="refusing to load"):
+        DialogueJudge.load(d)
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,8 @@ class RewardsConfig:
         metadata={"help": "ConvAI2 human-eval / user-satisfaction folders: train the dialogue-level judge (a whole "
                   "conversation's rating from all its turns and the user's reactions); [] = none."})
     dialogue_max_per_source: int = field(
-        default=300, metadata={"help": "Rated dialogues per source for the dialogue judge (embedding dominates cost)."})
+        default=300, metadata={"help": "Rated dialogues per source for the dialogue judge (embedding dominates "
+                               "cost); 0 = every one."})
     safety_data: str = field(
         default="", metadata={"help": "ToxiChat folder: train the safety judge (judge_safety, an A/B guardrail) on "
                               "its crowd-labelled offensive / safe turns; empty = no safety judge."})
