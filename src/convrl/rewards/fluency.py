@@ -96,9 +96,7 @@ class FluencyScorer:
         return torch.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     def _score_shared(self, p_ids: list[int], idx: list[int], responses: list[str], out: np.ndarray) -> None:
-        # Only the prefix's last logit is used: the LM head over every prefix position (49k-token vocabulary)
-        # cost about as much as two transformer layers.
-        pre = self.model(input_ids=torch.tensor([p_ids]), use_cache=True, logits_to_keep=1)
+        pre = self.model(input_ids=torch.tensor([p_ids]), use_cache=True)
         first_logit = pre.logits[:, -1:]  # predicts each reply's first token
         cache = pre.cache
         r_ids = {i: self._reply_ids(responses[i]) for i in idx}
