@@ -201,3 +201,24 @@ def test_trl_advantages_use_the_guarded_weights(ingested, personas, tiny_policy_
     np.testing.assert_allclose(adv, group_advantages(per_func, weights, 4), atol=1e-4)
     plain = group_advantages(per_func, np.array([0.4, 0.25]), 4)
     assert np.abs(adv - plain).max() > 1e-3, "advantages ignore the guard's weights"
+
+
+def test_guard_fixed_floor_is_a_constraint_from_the_first_batch():
+    """floors={ending: 0.8}: "at least 80% of turns end" -- no warm-up, the weight grows while fewer end."""
+    g = RewardGuard(["ending"], ["quality", "ending"], [0.4, 0.05], warmup_steps=4, step_size=4.0, max_weight=0.5,
+                    smoothing=0.0, floors={"ending": 0.8})
+    w = g.update(batch(0.5, 0.5))                      # 30 points short on the first batch already
+    assert w[1] == pytest.approx(0.05 + 0.5)            # 4 * 0.3 = 1.2, capped at 0.5
+    assert g.floor("ending") == pytest.approx(0.8)
+    for _ in range(5):
+        w = g.update(batch(0.5, 1.0))                  # every turn ends: the multiplier goes back to 0
+    assert w[1] == pytest.approx(0.05)
+    fresh = RewardGuard(["ending"], ["quality", "ending"], [0.4, 0.05], floors={"ending": 0.8})
+    fresh.load_state(json.loads(json.dumps(g.state())))
+    assert fresh.floor("ending") == pytest.approx(0.8)
+    from convrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rl.guard.floors names"):
+        load_config("tiny", ["rl.guard.heads=[quality]", "rl.guard.floors.ending=0.8"])
+    cfg = load_config("tiny", ["rl.guard.heads=[ending]", "rl.guard.floors.ending=0.8"])
+    assert cfg.rl.guard.trainer_kwargs()["floors"] == {"ending": 0.8}

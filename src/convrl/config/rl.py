@@ -114,6 +114,9 @@ class GuardSection:
         "help": "Per-term caps overriding max_weight, e.g. {personality: 1.0} (the term must be in heads)."})
     smoothing: float = field(default=0.5, metadata={
         "help": "Exponential smoothing of each batch's deficit in [0, 1) (batches of a few prompts are noisy)."})
+    floors: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Fixed floors instead of the warm-up mean, e.g. {ending: 0.8}: at least 80% of policy turns end "
+                "before their budget (the term must be in heads)."})
 
     def validate(self) -> None:
         unknown = [h for h in self.heads if h not in RL_TERMS]
@@ -123,10 +126,11 @@ class GuardSection:
             raise ConfigError("rl.guard needs warmup_steps >= 1, step_size > 0, max_weight >= 0 and margin >= 0")
         if not 0.0 <= self.smoothing < 1.0:
             raise ConfigError(f"rl.guard.smoothing must lie in [0, 1), got {self.smoothing}")
-        stray = [h for h in self.max_weights if h not in self.heads]
-        if stray:
-            raise ConfigError(f"rl.guard.max_weights names {stray}, which rl.guard.heads does not guard; "
-                              f"add them to rl.guard.heads ({self.heads}) or drop their caps")
+        for key, given in (("max_weights", self.max_weights), ("floors", self.floors)):
+            stray = [h for h in given if h not in self.heads]
+            if stray:
+                raise ConfigError(f"rl.guard.{key} names {stray}, which rl.guard.heads does not guard; "
+                                  f"add them to rl.guard.heads ({self.heads}) or drop them from rl.guard.{key}")
         if any(v < 0 for v in self.max_weights.values()):
             raise ConfigError(f"rl.guard.max_weights must be >= 0, got {self.max_weights}")
 
@@ -136,7 +140,7 @@ class GuardSection:
             return None
         return {"heads": list(self.heads), "margin": self.margin, "warmup_steps": self.warmup_steps,
                 "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing,
-                "max_weights": dict(self.max_weights)}
+                "max_weights": dict(self.max_weights), "floors": dict(self.floors)}
 
 
 @dataclass

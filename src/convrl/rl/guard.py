@@ -17,9 +17,12 @@ term is back above::
     guard.metrics()                              # {"guard/personality/lambda": ..., "/floor", "/deficit"}
 
 Nothing changes until a guarded term falls below its floor; ``lambda`` is capped
-at ``max_weight`` (``max_weights`` caps single terms differently).
+at ``max_weight`` (``max_weights`` caps single terms differently). ``floors``
+fixes a term's floor instead of the warm-up mean: ``{"ending": 0.8}`` is the
+constraint "at least 80% of policy turns end before their budget".
 ``state``/``load_state`` round-trip it through checkpoints (``convrl.rl.trainer``
-saves it beside each one), so a resumed run keeps its multipliers and floors. Used by ``convrl.rl.trainer`` (``rl.guard``).
+saves it beside each one), so a resumed run keeps its multipliers and floors.
+Used by ``convrl.rl.trainer`` (``rl.guard``).
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ class RewardGuard:
 
     def __init__(self, heads, names, base_weights, margin: float = 0.0, warmup_steps: int = 4,
                  step_size: float = 4.0, max_weight: float = 1.0, smoothing: float = 0.5,
-                 max_weights: dict[str, float] | None = None):
+                 max_weights: dict[str, float] | None = None, floors: dict[str, float] | None = None):
         names = list(names)
         unknown = [h for h in heads if h not in names]
         if unknown:
             raise ValueError(f"rl.guard.heads {unknown} are not rewards of this run; rewards: {', '.join(names)}")
         caps = {h: float((max_weights or {}).get(h, max_weight)) for h in heads}
-        stray = sorted(set(max_weights or {}) - set(heads))
+        stray = sorted((set(max_weights or {}) | set(floors or {})) - set(heads))
         if stray:
-            raise ValueError(f"max_weights names {stray}, which are not guarded heads ({list(heads)})")
+            raise ValueError(f"max_weights / floors name {stray}, which are not guarded heads ({list(heads)})")
         if warmup_steps < 1 or step_size <= 0 or min(caps.values(), default=0) < 0 or margin < 0 \
                 or not 0 <= smoothing < 1:
             raise ValueError("RewardGuard needs warmup_steps >= 1, step_size > 0, max_weight >= 0, margin >= 0 "
@@ -50,6 +53,7 @@ class RewardGuard:
         self.base = np.asarray(base_weights, dtype=np.float64)
         self.margin, self.warmup, self.step_size = margin, warmup_steps, step_size
         self.caps, self.smoothing = caps, smoothing
+        self.fixed = {h: float(v) for h, v in (floors or {}).items()}
         self.steps = 0
         # Floors per group (persona): a persona card sets how high its personality score can go, and a batch
         # holds only a few prompts, so one floor for all would mistake the persona mix for a drop.
@@ -81,7 +85,7 @@ class RewardGuard:
             for g in dict.fromkeys(groups):
                 vals = per_func[[i for i, x in enumerate(groups) if x == g], k]
                 value = float(np.nanmean(vals))
-                floor = self.floors[h].setdefault(g, [0.0, 0])
+                floor = self.floors[h].setdefault(g, [self.fixed.get(h, 0.0), self.warmup if h in self.fixed else 0])
                 if floor[1] < self.warmup:
                     # A group's floor is the plain mean of its first warm-up batches: the base model's level.
                     floor[1] += 1
