@@ -1,6 +1,6 @@
 """Choose the dialogue-level judge's features and training size on the training side only.
 
-The dialogue judge (``convrl.rewards.dialogue``) is a ridge regression from
+The dialogue judge (``convrl.rewards.dialogue``) is a regressor from
 whole-conversation features to a dialogue's human rating. This script never
 touches the dialogues ``convrl meta-eval`` holds out (``held_out(id, 0.3, 13)``):
 it splits the *training side* again (``held_out(id, 0.25, 14)`` = dev), fits

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-DIALOGUE_TOP_K = 3
+# The dialogue judge reads the same best moments (its rel_top3 / persona_sim_top3 features): one rule.
+from convrl.rewards.dialogue import TOP_K as DIALOGUE_TOP_K
 
 # ------------------------------------------------------------------ statistics
 

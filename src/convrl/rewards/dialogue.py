@@ -53,7 +53,8 @@ FEATURES = ("n_assistant", "n_user", "rel_mean", "rel_min", "rel_last", "len_mea
             "user_sentiment_last", "user_complaints", "user_len_last", "rel_top3", "persona_sim_top3",
             "substance_mean", "echo_mean")
 MODEL_FILE = "model.skops"
-TOP_K = 3  # "best moments": the mean of a conversation's three best-scored turns (as meta_eval.stats.DIALOGUE_TOP_K)
+# "Best moments": the mean of a conversation's three best-scored turns; meta_eval.stats scores dialogues so too.
+TOP_K = 3
 
 
 def _top_mean(values, k: int = TOP_K) -> float:
@@ -88,8 +89,9 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
         bot = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         b_txt = [msgs[i]["content"] for i in bot]
         b_emb = np.stack([emb[t] for t in b_txt]) if b_txt else np.zeros((0, encoder.dim))
-        rel = [float(emb[msgs[i]["content"]] @ emb[msgs[i - 1]["content"]]) for i in bot
-               if i > 0 and msgs[i - 1]["role"] == "user"] or [0.0]
+        answers = [i for i in bot if i > 0 and msgs[i - 1]["role"] == "user"]  # replies to a user turn
+        rel = [float(emb[msgs[i]["content"]] @ emb[msgs[i - 1]["content"]]) for i in answers] or [0.0]
+        echo = [echo_rate(msgs[i]["content"], msgs[i - 1]["content"]) for i in answers] or [0.0]
         sims = b_emb @ b_emb.T if len(b_txt) > 1 else np.zeros((1, 1))
         off = sims[~np.eye(len(sims), dtype=bool)] if len(b_txt) > 1 else np.zeros(1)
         consec = [float(sims[k, k + 1]) for k in range(len(b_txt) - 1)] or [0.0]
@@ -99,8 +101,6 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
         sent = [sia.polarity_scores(t)["compound"] for t in usr] or [0.0]
         p_sims = list(b_emb @ emb[" ".join(persona)]) if persona and b_txt else []
         p_sim = float(np.mean(p_sims)) if p_sims else 0.0
-        echo = [echo_rate(msgs[i]["content"], msgs[i - 1]["content"]) for i in bot
-                if i > 0 and msgs[i - 1]["role"] == "user"] or [0.0]
         rows.append([
             np.log1p(n_bot_all), np.log1p(len(usr)), np.mean(rel), np.min(rel), rel[-1],
             np.log1p(np.mean(lens)), np.log1p(lens[-1]), np.mean(["?" in t for t in b_txt] or [0.0]),

@@ -78,7 +78,8 @@ class ConvRLTrainerConfig:
         "help": "Callable () -> [rows, turns] per-turn rewards of the last scored batch (turn_credit > 0)."})
     guard: dict | None = field(default=None, metadata={
         "help": "RewardGuard settings (heads, margin, warmup_steps, step_size, max_weight, max_weights, "
-                "smoothing): reward terms held at their starting level by Lagrange multipliers on their weights; None = off."})
+                "smoothing, floors): reward terms held at a floor by Lagrange multipliers on their weights; "
+                "None = off."})
     log_head_advantages: bool = field(default=True, metadata={
         "help": "Log per reward head its group-normalised advantage spread and correlation with the advantage."})
 
