@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -96,6 +97,21 @@ def summarize_seed(r: dict) -> dict:
             "fact_recall": (m.get("baseline_selfplay_fact_recall"), m.get("candidate_selfplay_fact_recall"))}
 
 
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU and its bf16 units, e.g. "AMD EPYC, AVX512-BF16": a run's figures hold for one CPU (bf16 kernels
+    round differently from one to the next, so the same seed trains a different policy) and its minutes too."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    units = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
+    return f"{fields.get('model name', platform.machine() or 'unknown CPU')}, {'/'.join(units) or 'no bf16 units'}"
+
+
 def _ci(t) -> str:
     d, lo, hi = t
     return "n/a" if d is None else f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
@@ -151,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
               f"decision {s['decision']}, worse: {', '.join(s['significantly_worse']) or 'none'}, "
               f"{s['minutes']:.1f} min", flush=True)
     text = (f"`bench/learning_evidence.py --config {a.config} --seed-list {' '.join(map(str, seeds))}"
-            + "".join(f" --set {x}" for x in a.set) + f"` ({os.cpu_count()} CPU cores)\n\n" + table(rows))
+            + "".join(f" --set {x}" for x in a.set) + f"` ({os.cpu_count()} CPU cores: {cpu_description()})\n\n"
+            + table(rows))
     print(text)
     if a.markdown:
         Path(a.markdown).write_text(text + "\n")

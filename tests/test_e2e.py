@@ -4,6 +4,8 @@ import pytest
 
 from convrl import tracking
 from convrl.cli import main
+from convrl.home import convrl_home
+from tests.benches import load_bench
 
 
 @pytest.mark.slow
@@ -26,6 +28,15 @@ def test_tiny_pipeline_end_to_end(mlflow_store, capsys):
     assert "A/B decision" in out and "Held-out evaluation" in out
     if parent.data.tags["convrl.decision"] == "promote":
         assert tracking.alias_version("convrl-policy", "champion") is not None
+    # bench/learning_evidence.py (the README's learning table) reads exactly these from a run.
+    evidence = load_bench("learning_evidence")
+    decision = evidence._find_decision(convrl_home() / "runs" / "e2e-tiny")
+    assert decision is not None and decision["outcome"] == parent.data.tags["convrl.decision"]
+    row = evidence.summarize_seed({"seed": 13, "minutes": 1.0, "decision": decision, "metrics": m})
+    assert None not in row["composite"] and None not in row["judge_composite"]
+    assert 0.0 <= row["clipped_ratio_last"] <= 1.0
+    assert None not in row["selfplay_repeat"] and None not in row["fact_recall"]
+    assert "n/a" not in evidence.table([row])
 
 
 @pytest.mark.slow

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.benches import load_bench
 
 
 def test_gpu_preset_is_a_bigger_policy_in_bf16_on_the_multi_turn_path(tmp_path, monkeypatch):
@@ -37,10 +34,7 @@ def test_gpu_preset_is_a_bigger_policy_in_bf16_on_the_multi_turn_path(tmp_path, 
 
 
 def _load_smoke():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "bench" / "gpu_smoke.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gpu_smoke")
 
 
 def test_gpu_smoke_refuses_a_cpu_unless_asked(monkeypatch):
