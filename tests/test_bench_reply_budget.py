@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.benches import load_bench
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benches import load_bench, run_bench
 
 
 def _bench():
@@ -25,11 +18,8 @@ def test_a_reply_ends_inside_a_budget_only_with_room_for_its_end_token():
 
 
 def test_reply_budget_bench_prints_a_row_per_closing_line_with_shares_falling_with_the_budget():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "reply_budget.py"), "--config", "tiny",
-                          "--prompts", "4", "--budgets", "2", "6", "--instruction", "Reply in one sentence."],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_bench("reply_budget", "--config", "tiny", "--prompts", "4", "--budgets", "2", "6",
+                    "--instruction", "Reply in one sentence.")
     table = [line for line in out.stdout.splitlines() if line.startswith("|")]
     assert "cut at 2" in table[0] and "cut at 6" in table[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]

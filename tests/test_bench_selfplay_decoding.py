@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benches import run_bench
 
 
 def test_selfplay_decoding_bench_prints_a_row_per_model_and_decoding():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "selfplay_decoding.py"), "--candidate", "tiny-llama",
-                          "--base", "tiny-llama", "--conversations", "1", "--ngram", "0", "2"],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_bench("selfplay_decoding", "--candidate", "tiny-llama", "--base", "tiny-llama", "--conversations", "1",
+                    "--ngram", "0", "2")
     table = [line for line in out.stdout.splitlines() if line.startswith("|")]
     assert "self_repetition" in table[0] and "fact_recall" in table[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benches import run_bench
 
 
 def _free_port() -> int:
@@ -22,12 +18,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_serve_load_bench_reports_every_phase_and_loses_nothing():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--model", "tiny-llama",
-                          "--load-s", "4", "--sessions", "4", "--max-tokens", "8", "--temperature", "0",
-                          "--port", str(_free_port())],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_bench("serve_load", "--model", "tiny-llama", "--load-s", "4", "--sessions", "4", "--max-tokens", "8",
+                    "--temperature", "0", "--port", str(_free_port()))
     report = json.loads(out.stdout[out.stdout.index("{"):])
     assert report["temperature"] == 0.0
     # Phases 1 and 2 are the same 8 two-turn conversations: 16 replies each, none failed.
