@@ -105,8 +105,7 @@ def cpu_description(cpuinfo: str | None = None) -> str:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return platform.processor() or platform.machine() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
     flags = set(fields.get("flags", "").split())
     units = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
     return f"{fields.get('model name', platform.machine() or 'unknown CPU')}, {'/'.join(units) or 'no bf16 units'}"

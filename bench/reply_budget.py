@@ -48,23 +48,15 @@ def main() -> int:
 
     from convrl import models
     from convrl.config import load_config
-    from convrl.data.ingest import ingest
+    from convrl.data.personas import CLOSING_LINE as closing
     from convrl.data.personas import load_personas
     from convrl.data.prompts import build_prompts
     from convrl.rl.generation import Generator
+    from convrl.stages.data import ingest_config
 
     cfg = load_config(a.config)
-    closing = "Stay in character, keep replies short, and keep the user engaged."
-    d = cfg.data
-    turns = ingest(d.sources, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                   max_conversations=d.max_conversations, max_turn_chars=d.max_turn_chars,
-                   max_turn_tokens=d.max_turn_tokens, near_duplicate_threshold=d.near_duplicate_threshold,
-                   pii=d.pii).turns
-    personas = load_personas(d.personas)
-    rows = build_prompts(turns, personas, "test", a.prompts, cfg.rl.max_prompt_turns, cfg.eval.seed,
-                         token_budget=cfg.rl.prompt_token_budget)
-    if any(closing not in r["prompt"][0]["content"] for r in rows):
-        raise SystemExit(f"the system prompt no longer ends with {closing!r}: update this script")
+    rows = build_prompts(ingest_config(cfg).turns, load_personas(cfg.data.personas), "test", a.prompts,
+                         cfg.rl.max_prompt_turns, cfg.eval.seed, token_budget=cfg.rl.prompt_token_budget)
     gen = Generator(models.resolve_policy(cfg.models.policy), dtype=cfg.eval.precision)
     budget = max(a.budgets) + 1
     table = []

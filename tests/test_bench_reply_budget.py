@@ -5,12 +5,8 @@ from __future__ import annotations
 from tests.benches import load_bench, run_bench
 
 
-def _bench():
-    return load_bench("reply_budget")
-
-
 def test_a_reply_ends_inside_a_budget_only_with_room_for_its_end_token():
-    share = _bench().cut_off_share
+    share = load_bench("reply_budget").cut_off_share
     # 63 tokens + the end-of-turn token fit in 64; 64 tokens do not.
     assert share([63], 64) == 0.0 and share([64], 64) == 1.0
     assert share([10, 70, 100, 30], 64) == 0.5

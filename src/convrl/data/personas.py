@@ -28,6 +28,10 @@ class PersonaError(ValueError):
     pass
 
 
+# The system prompt's last line (bench/reply_budget.py swaps it to test other length instructions).
+CLOSING_LINE = "Stay in character, keep replies short, and keep the user engaged."
+
+
 @dataclass
 class Persona:
     persona_id: str
@@ -56,7 +60,7 @@ class Persona:
             lines.append("About you: " + " ".join(self.facts))
         if user_emotion and user_emotion != "neutral":
             lines.append(f"The user seems {user_emotion}: be {self.tone_for(user_emotion)}.")
-        lines.append("Stay in character, keep replies short, and keep the user engaged.")
+        lines.append(CLOSING_LINE)
         return "\n".join(lines)
 
     def to_row(self) -> dict:

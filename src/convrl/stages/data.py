@@ -42,6 +42,15 @@ def data_card(turns: pd.DataFrame) -> dict:
     }
 
 
+def ingest_config(cfg: Config):
+    """``ingest`` of ``cfg.data`` as the pipeline runs it (remote sources copied first): same split, same rows."""
+    d = cfg.data
+    return ingest(localize_sources(cfg).data.sources, seed=d.seed, val_fraction=d.val_fraction,
+                  test_fraction=d.test_fraction, max_conversations=d.max_conversations,
+                  max_turn_chars=d.max_turn_chars, quarantine_threshold=d.quarantine_threshold,
+                  max_turn_tokens=d.max_turn_tokens, near_duplicate_threshold=d.near_duplicate_threshold, pii=d.pii)
+
+
 def ingest_compute(cfg: Config, turns_path: str, personas_path: str, quarantine_path: str,
                    summary_path: str) -> dict:
     """Ingest without MLflow (the cached pipeline step): the three tables and a summary for ``ingest_record``.
@@ -60,11 +69,7 @@ def ingest_compute(cfg: Config, turns_path: str, personas_path: str, quarantine_
     with cached.deferred_errors(summary):
         personas = load_personas(d.personas)
         try:
-            result = ingest(localize_sources(cfg).data.sources, seed=d.seed,
-                            val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                            max_conversations=d.max_conversations, max_turn_chars=d.max_turn_chars,
-                            quarantine_threshold=d.quarantine_threshold, max_turn_tokens=d.max_turn_tokens,
-                            near_duplicate_threshold=d.near_duplicate_threshold, pii=d.pii)
+            result = ingest_config(cfg)
         except IngestError as exc:
             # Keep the table the error tells people to inspect; the record step logs it.
             partial = getattr(exc, "result", None)
