@@ -160,6 +160,27 @@ class SpeedSection:
 
 
 @dataclass
+class WarmStartSection:
+    """Ending warm-start before RL (``rl.warmstart.*``; ``convrl.rl.warmstart``): a short SFT of the LoRA
+    adapter on the base model's own replies to the RL prompts, each cut at its last sentence end."""
+    enabled: bool = field(default=False, metadata={
+        "help": "SFT the adapter on self-generated replies cut at a sentence end before GRPO/RLOO, so RL starts "
+                "from a policy that ends its turns (the reference becomes that policy)."})
+    max_tokens: int = field(default=48, metadata={
+        "help": "Token budget of the base model's replies; each is cut at its last sentence end inside it."})
+    min_words: int = field(default=4, metadata={"help": "Replies shorter than this once cut are left out."})
+    epochs: float = field(default=1.0, metadata={"help": "Epochs over the warm-start examples."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-start SFT."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per SFT step."})
+
+    def validate(self) -> None:
+        if self.max_tokens < 8 or self.min_words < 1 or self.batch_size < 1:
+            raise ConfigError("rl.warmstart: max_tokens must be >= 8, min_words and batch_size >= 1")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("rl.warmstart: epochs and learning_rate must be > 0")
+
+
+@dataclass
 class RLConfig:
     algorithm: str = field(default="grpo", metadata={
         "help": "grpo (TRL GRPOTrainer, single- or multi-turn), rloo (TRL RLOOTrainer, single-turn) or dpo "
@@ -179,6 +200,8 @@ class RLConfig:
     guard: GuardSection = field(default_factory=GuardSection, metadata={
         "help": "Reward terms held at their starting level by Lagrange multipliers (rl.guard.*)."})
     speed: SpeedSection = field(default_factory=SpeedSection, metadata={"help": "Speed levers (rl.speed.*)."})
+    warmstart: WarmStartSection = field(default_factory=WarmStartSection, metadata={
+        "help": "Ending warm-start SFT before RL (rl.warmstart.*)."})
     multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
         "help": "How GRPO combines the rewards: sum_then_normalize (weighted sum, then normalised per group) or "
                 "normalize_then_sum (each reward normalised per group first, then weighted; GDPO)."})
@@ -228,3 +251,6 @@ class RLConfig:
                               f"got {self.num_iterations}")
         if self.num_generations < 2:
             raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")
+        if self.warmstart.enabled and (self.algorithm == "dpo" or not self.lora.enabled):
+            raise ConfigError("rl.warmstart warm-starts the LoRA adapter of grpo/rloo: set rl.algorithm=grpo or rloo "
+                              "with rl.lora.enabled=true, or rl.warmstart.enabled=false")

@@ -33,6 +33,7 @@ class RLResult:
     steps: int = 0
     resumed_from: str | None = None
     seconds: float = 0.0
+    warmstart: dict | None = None  # rl.warmstart's summary (examples, loss, seconds, sample replies)
 
 
 def last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -240,6 +241,13 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
     rows = dataset_rows(prompts)
     ds = Dataset.from_list(rows)
     model, tok, peft_config = load_policy(rl, base_dir)
+    warm = None
+    if rl.warmstart.enabled:
+        from convrl.rl.warmstart import warm_start
+
+        # RL continues the warm-started adapter; TRL copies it as the frozen reference ("ref" adapter).
+        model, warm = warm_start(rl, base_dir, model, tok, peft_config, prompts, out)
+        peft_config = None
     history: list[dict] = []
     algorithm = rl.algorithm if rl.algorithm in ("grpo", "rloo") else "grpo"
     trainer_cls = ConvRLRLOOTrainer if algorithm == "rloo" else ConvRLGRPOTrainer
@@ -266,4 +274,4 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
             scorer.reference_logprobs = None  # the scorer outlives training (evaluation, sample tables)
     seconds = time.time() - t0
     policy_dir = export_policy(trainer.model, tok, base_dir, out, trainer.state.global_step, resume, algorithm)
-    return RLResult(str(policy_dir), history, trainer.state.global_step, resume, seconds)
+    return RLResult(str(policy_dir), history, trainer.state.global_step, resume, seconds, warm)

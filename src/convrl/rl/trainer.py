@@ -167,7 +167,8 @@ class ConvRLTrainerMixin:
             compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
 
     def _is_reference_pass(self, model) -> bool:
-        # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, no grad.
+        # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, or with its
+        # frozen "ref" copy of a pretrained (e.g. warm-started, rl.warmstart) adapter active; no grad.
         if torch.is_grad_enabled() or not prefix.plain_lm_head(model.config):
             return False
         if self.ref_model is not None:
@@ -175,7 +176,8 @@ class ConvRLTrainerMixin:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         layers = [m for m in self.accelerator.unwrap_model(model).modules() if isinstance(m, BaseTunerLayer)]
-        return bool(layers) and all(m.disable_adapters for m in layers)
+        return bool(layers) and (all(m.disable_adapters for m in layers)
+                                 or all(list(m.active_adapters) == ["ref"] for m in layers))
 
     # ---- rollouts --------------------------------------------------------------------------------------------
     def _fast_generation_ok(self) -> bool:

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     info = {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from,
             "history": result.history, "num_prompts": len(inputs.prompts), "world_size": world,
-            "policy_subdir": Path(result.policy_dir).name, "metrics_run_id": logger.run_id}
+            "policy_subdir": Path(result.policy_dir).name, "metrics_run_id": logger.run_id,
+            "warmstart": result.warmstart}
     tmp = shared / "result.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(shared / "result.json")  # atomic: the RL step never reads half a file

@@ -65,6 +65,10 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
                         run.log_table(table, f"samples/step_{step:05d}.json")
 
             result = train_policy(cfg, inputs, out_dir, on_log=on_log)
+        if result.warmstart:  # the ending warm-start SFT before RL (rl.warmstart)
+            run.log_dict(result.warmstart, "warmstart.json")
+            run.log_metrics({f"warmstart/{k}": float(v) for k, v in result.warmstart.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         fig = plot_reward_curves(result.history)
         run.log_figure(fig, "reward_curves.png")
         run.log_dict(result.history, "training_history.json")

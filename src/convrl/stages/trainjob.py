@@ -289,4 +289,5 @@ def train_on_cluster(cfg: Config, run: Any, turns_path: str, personas_path: str,
     shutil.copytree(workdir / "out" / info.get("policy_subdir", "policy"), policy_dir)
     shutil.rmtree(workdir, ignore_errors=True)
     delete(name, namespace, api)  # finished: free the JobSet and its pods
-    return RLResult(str(policy_dir), info["history"], info["steps"], info.get("resumed_from"), info["seconds"])
+    return RLResult(str(policy_dir), info["history"], info["steps"], info.get("resumed_from"), info["seconds"],
+                    info.get("warmstart"))
