@@ -172,3 +172,53 @@ def test_grpo_continues_the_warm_started_adapter_against_it(ingested, personas, 
     policy = AutoModelForCausalLM.from_pretrained(res.policy_dir, dtype=torch.float32).state_dict()
     merged_ws = ref.merge_and_unload().state_dict()
     assert any(not torch.equal(v, policy[k]) for k, v in merged_ws.items() if k in policy)
+
+
+def test_best_of_picks_the_best_scoring_reply_that_ends_a_sentence():
+    prompts = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}], [{"role": "user", "content": "c"}]]
+    candidates = [["Short one. and", "A much longer reply here. Another sentence ends. trailing"],
+                  ["Greedy reply ends.", "tiny."],
+                  ["no end", "none here either"]]
+    calls = []
+
+    def by_words(contexts, texts, idx):
+        calls.append(list(idx))
+        return np.array([len(t.split()) for t in texts], dtype=float)
+
+    best = warmstart.best_of(prompts, candidates, 2, by_words)
+    assert best == ["A much longer reply here. Another sentence ends.", "Greedy reply ends.", "no end"]
+    assert calls == [[0, 0, 1]]  # one scoring call; "tiny." is too short once cut, prompt 2 has nothing to score
+    # The greedy reply stands for a prompt with no candidate that ends: warm_start_examples then drops it.
+    assert len(warmstart.warm_start_examples(prompts, best, 2)) == 2
+
+
+def test_warm_start_with_candidates_trains_on_the_scorer_s_pick(ingested, personas, tiny_policy_dir, tmp_path,
+                                                                 monkeypatch, one_thread):
+    from convrl.data.prompts import build_prompts
+    from convrl.rewards.heads import ScoreBatch
+    from convrl.rl.grpo import load_policy
+
+    def fake(self, conversations, do_sample=False, **kw):
+        text = "Sampled reply that is longer. Yes it is. and" if do_sample else "Greedy reply here. and"
+        return [text] * len(conversations)
+
+    monkeypatch.setattr(Generator, "generate", fake)
+    seen_personas = []
+
+    class Scorer:
+        def score(self, contexts, texts, personas):
+            seen_personas.extend(personas)
+            s = np.array([len(t) for t in texts], dtype=float)
+            return ScoreBatch({}, s, {})
+
+    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
+    by_id = {p.persona_id: p for p in personas}
+    rl = RLConfig(precision="fp32", warmstart=WarmStartSection(enabled=True, candidates=3, min_words=2, batch_size=4))
+    model, tok, peft = load_policy(rl, tiny_policy_dir)
+    with pytest.raises(ValueError, match="scorer"):
+        warmstart.warm_start(rl, tiny_policy_dir, model, tok, peft, prompts, tmp_path)
+    model, tok, peft = load_policy(rl, tiny_policy_dir)
+    _, summary = warmstart.warm_start(rl, tiny_policy_dir, model, tok, peft, prompts, tmp_path, Scorer(), by_id)
+    assert summary["candidates"] == 3 and summary["picked_sampled"] == 4 and summary["examples"] == 4
+    assert summary["samples"][0] == "Sampled reply that is longer. Yes it is."
+    assert seen_personas and all(p is by_id[q["persona_id"]] for p, q in zip(seen_personas[::3], prompts))

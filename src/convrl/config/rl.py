@@ -172,10 +172,14 @@ class WarmStartSection:
     epochs: float = field(default=1.0, metadata={"help": "Epochs over the warm-start examples."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-start SFT."})
     batch_size: int = field(default=8, metadata={"help": "Examples per SFT step."})
+    candidates: int = field(default=1, metadata={
+        "help": "Replies per prompt: the greedy one plus candidates-1 sampled at rl.temperature; above 1 the one "
+                "with the best composite reward among those that end a sentence is kept (best-of-n, as in "
+                "rejection-sampling fine-tuning)."})
 
     def validate(self) -> None:
-        if self.max_tokens < 8 or self.min_words < 1 or self.batch_size < 1:
-            raise ConfigError("rl.warmstart: max_tokens must be >= 8, min_words and batch_size >= 1")
+        if self.max_tokens < 8 or self.min_words < 1 or self.batch_size < 1 or self.candidates < 1:
+            raise ConfigError("rl.warmstart: max_tokens must be >= 8, min_words, batch_size and candidates >= 1")
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("rl.warmstart: epochs and learning_rate must be > 0")
 

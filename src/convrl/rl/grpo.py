@@ -221,13 +221,14 @@ def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
 
 def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callable], reward_weights: list[float],
                out_dir: str | Path, on_log: Callable[[dict, int], None] | None = None, rollout=None,
-               scorer=None, turn_rewards=None) -> RLResult:
+               scorer=None, turn_rewards=None, personas_by_id: dict | None = None) -> RLResult:
     """GRPO (single- or multi-turn: pass a ``MultiTurnRollout``) or RLOO, resuming from the last checkpoint.
 
     ``scorer`` (the ``RewardScorer`` behind ``reward_funcs``) lets the KL
     reference pass supply its fluency log-probs (``fluency_from_reference``);
     ``turn_rewards`` (``ConversationScores.turn_rewards``) feeds turn-level
-    credit when ``rl.multiturn.turn_credit > 0``.
+    credit when ``rl.multiturn.turn_credit > 0``; ``personas_by_id`` lets the warm-start (``rl.warmstart``) score
+    replies in their persona.
     """
     from convrl.rl.trainer import ConvRLGRPOTrainer, ConvRLRLOOTrainer
 
@@ -246,7 +247,7 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
         from convrl.rl.warmstart import warm_start
 
         # RL continues the warm-started adapter; TRL copies it as the frozen reference ("ref" adapter).
-        model, warm = warm_start(rl, base_dir, model, tok, peft_config, prompts, out)
+        model, warm = warm_start(rl, base_dir, model, tok, peft_config, prompts, out, scorer, personas_by_id)
         peft_config = None
     history: list[dict] = []
     algorithm = rl.algorithm if rl.algorithm in ("grpo", "rloo") else "grpo"

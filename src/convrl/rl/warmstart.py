@@ -52,6 +52,22 @@ def warm_start_examples(prompts: list[list[dict]], replies: list[str], min_words
     return rows
 
 
+def best_of(prompts: list[list[dict]], candidates: list[list[str]], min_words: int, score) -> list[str]:
+    """Per prompt, the candidate that scores best (``score(contexts, replies, rows) -> array``) once cut at its
+    last sentence end; the greedy reply (first) when none ends a sentence, for ``warm_start_examples`` to drop."""
+    flat = [(i, cut) for i, cands in enumerate(candidates) for c in cands
+            if (cut := cut_at_sentence_end(c, min_words)) is not None]
+    best = [cands[0] for cands in candidates]
+    if not flat:
+        return best
+    scores = score([prompts[i] for i, _ in flat], [c for _, c in flat], [i for i, _ in flat])
+    top: dict[int, float] = {}
+    for (i, cut), s in zip(flat, scores):
+        if i not in top or s > top[i]:
+            top[i], best[i] = float(s), cut
+    return best
+
+
 def sft_args(rl, out_dir: Path, n_examples: int):
     from trl import SFTConfig
 
@@ -78,8 +94,13 @@ def sft_trainer(rl, model, tok, peft_config, rows: list[dict], out: Path):
                       processing_class=tok, peft_config=peft_config)
 
 
-def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], out_dir: str | Path):
-    """(PEFT model whose adapter ends its turns, summary dict); loads ``<out>/warmstart`` when a run saved it."""
+def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], out_dir: str | Path,
+               scorer=None, personas_by_id: dict | None = None):
+    """(PEFT model whose adapter ends its turns, summary dict); loads ``<out>/warmstart`` when a run saved it.
+
+    With ``rl.warmstart.candidates > 1`` the ``scorer`` (a ``RewardScorer``) picks each prompt's best reply by the
+    composite reward in its persona (``personas_by_id``).
+    """
     from peft import PeftModel
 
     out = Path(out_dir)
@@ -98,6 +119,22 @@ def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], 
     gen = Generator(base_dir, dtype=rl.precision)
     replies = gen.generate(conversations, max_new_tokens=ws.max_tokens, batch_size=32,
                            no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM, progress=True, desc="warm-start replies")
+    picked = {}
+    if ws.candidates > 1:
+        if scorer is None:
+            raise ValueError("rl.warmstart.candidates > 1 picks replies by the composite reward: pass the scorer")
+        sampled = [gen.generate(conversations, max_new_tokens=ws.max_tokens, batch_size=32, do_sample=True,
+                                temperature=rl.temperature, seed=rl.seed + 1000 * k, progress=True,
+                                desc=f"warm-start samples {k}/{ws.candidates - 1}")
+                   for k in range(1, ws.candidates)]
+        by_id = personas_by_id or {}
+
+        def composite(contexts, texts, idx):
+            return scorer.score(contexts, texts, [by_id.get(prompts[i].get("persona_id")) for i in idx]).composite
+
+        greedy = replies
+        replies = best_of(conversations, [list(c) for c in zip(greedy, *sampled)], ws.min_words, composite)
+        picked = {"picked_sampled": sum(r != cut_at_sentence_end(g, ws.min_words) for r, g in zip(replies, greedy))}
     del gen
     rows = warm_start_examples(conversations, replies, ws.min_words)
     if not rows:
@@ -116,7 +153,8 @@ def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], 
     peft_model.save_pretrained(str(saved))
     summary = {"examples": len(rows), "replies": len(replies), "steps": trainer.state.global_step,
                "train_loss": float(result.training_loss), "generate_seconds": round(generate_s, 1),
-               "seconds": round(time.time() - t0, 1), "max_tokens": ws.max_tokens,
+               "seconds": round(time.time() - t0, 1), "max_tokens": ws.max_tokens, "candidates": ws.candidates,
+               **picked,
                "words_per_reply": round(sum(len(r["completion"][0]["content"].split()) for r in rows) / len(rows), 1),
                "samples": [r["completion"][0]["content"] for r in rows[:8]]}
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))

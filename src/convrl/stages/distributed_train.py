@@ -111,7 +111,8 @@ def train_policy(cfg: Config, inputs: TrainingInputs, out_dir: str | Path, on_lo
                          personas_by_id=inputs.personas_by_id)
     turn_rewards = inputs.conversation_scores.turn_rewards if inputs.conversation_scores is not None else None
     return train_grpo(cfg.rl, base_dir, inputs.prompts, inputs.funcs, inputs.weights, out_dir, on_log=on_log,
-                      rollout=inputs.rollout, scorer=inputs.scorer, turn_rewards=turn_rewards)
+                      rollout=inputs.rollout, scorer=inputs.scorer, turn_rewards=turn_rewards,
+                      personas_by_id=inputs.personas_by_id)
 
 
 class Rank0Logger:
