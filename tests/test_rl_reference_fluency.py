@@ -94,18 +94,14 @@ def test_multiturn_scores_take_each_turns_span(tiny_encoder, tiny_policy_dir, mo
     assert given[0].tolist() == pytest.approx([-1.0, -4.0])  # each turn's own tokens, EOS and user glue left out
 
 
-@pytest.mark.parametrize("mask_truncated", [True, False])
-def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_encoder, tiny_policy_dir, tmp_path,
-                                                     monkeypatch, mask_truncated):
-    from transformers import AutoModelForCausalLM
-
+def spy_reference_pass(monkeypatch, ingested, personas, tiny_encoder, tiny_policy_dir):
+    """(scorer with the fluency LM, 4 prompts, reward funcs, weights, seen, lm_calls) for GRPO on the tiny policy:
+    ``seen`` collects each reference pass's (ids, mask, logits_to_keep, plain log-probs), ``lm_calls`` each time
+    the fluency LM itself had to run."""
     import convrl.rl.prefix as prefix
-    from convrl.config import RLConfig
     from convrl.data.prompts import build_prompts
-    from convrl.rl.grpo import train_grpo
 
-    flu = FluencyScorer(tiny_policy_dir, dtype=torch.float32)
-    scorer = RewardScorer(tiny_encoder, None, flu)
+    scorer = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
     prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
     funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
     seen, lm_calls = [], []
@@ -119,6 +115,19 @@ def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_enc
     monkeypatch.setattr(prefix, "shared_prefix_ref_logps", spy)
     monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda self, c, r: lm_calls.append(len(r)) or
                         np.zeros(len(r), dtype=np.float32))
+    return scorer, prompts, funcs, weights, seen, lm_calls
+
+
+@pytest.mark.parametrize("mask_truncated", [True, False])
+def test_grpo_reference_pass_feeds_the_fluency_head(ingested, personas, tiny_encoder, tiny_policy_dir, tmp_path,
+                                                     monkeypatch, mask_truncated):
+    from transformers import AutoModelForCausalLM
+
+    from convrl.config import RLConfig
+    from convrl.rl.grpo import train_grpo
+
+    scorer, prompts, funcs, weights, seen, lm_calls = spy_reference_pass(monkeypatch, ingested, personas,
+                                                                         tiny_encoder, tiny_policy_dir)
     # Masked: truncated rows (a random tiny model rarely ends in 8 tokens) must still be scored. Unmasked: the
     # policy moves, so reading the policy instead of the frozen base would show.
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=8, save_steps=10,

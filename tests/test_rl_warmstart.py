@@ -128,27 +128,12 @@ def test_grpo_continues_the_warm_started_adapter_against_it(ingested, personas, 
     """GRPO trains the warm-started adapter; the KL reference (and the fluency head) read its frozen copy."""
     from transformers import AutoModelForCausalLM
 
-    import convrl.rl.prefix as prefix
-    from convrl.data.prompts import build_prompts
-    from convrl.rewards.fluency import FluencyScorer
-    from convrl.rewards.heads import RewardScorer
+    from tests.test_rl_reference_fluency import spy_reference_pass
+
     from convrl.rl.grpo import train_grpo
 
-    flu = FluencyScorer(tiny_policy_dir, dtype=torch.float32)
-    scorer = RewardScorer(tiny_encoder, None, flu)
-    prompts = build_prompts(ingested.turns, personas, "train", 4, 4, seed=1)
-    funcs, weights = scorer.trl_reward_funcs({p.persona_id: p for p in personas})
-    seen, lm_calls = [], []
-    real_ref = prefix.shared_prefix_ref_logps
-
-    def spy(model, input_ids, attention_mask, logits_to_keep, *a, **kw):
-        out = real_ref(model, input_ids, attention_mask, logits_to_keep, *a, **kw)
-        seen.append((input_ids.clone(), attention_mask.clone(), logits_to_keep, out[1].clone()))
-        return out
-
-    monkeypatch.setattr(prefix, "shared_prefix_ref_logps", spy)
-    monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda self, c, r: lm_calls.append(len(r)) or
-                        np.zeros(len(r), dtype=np.float32))
+    scorer, prompts, funcs, weights, seen, lm_calls = spy_reference_pass(monkeypatch, ingested, personas,
+                                                                         tiny_encoder, tiny_policy_dir)
     rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=8, save_steps=10,
                   precision="fp32", learning_rate=0.05, mask_truncated_completions=False,
                   warmstart=WarmStartSection(enabled=True, epochs=2, learning_rate=0.02, batch_size=2, min_words=3))
