@@ -371,3 +371,25 @@ def test_inline_rl_stage_with_each_algorithm(staged, tmp_path, algorithm):
         assert (out / "preference_pairs.jsonl").exists() and "dpo/pairs" in run.data.metrics
     else:
         assert "rewards/quality/mean" in run.data.metrics
+
+
+def test_inline_rl_stage_logs_the_warm_start(staged, tmp_path, monkeypatch):
+    """rl.warmstart runs inside the RL stage before GRPO; its summary reaches MLflow as metrics and warmstart.json."""
+    from convrl.rl.generation import Generator
+    from convrl.stages.rl import rl_stage
+
+    # A random tiny policy never ends a sentence: hand the warm-start replies that do.
+    monkeypatch.setattr(Generator, "generate", lambda self, c, **kw: ["Happy to help. Tell me more about it and"] * len(c))
+    parent, d = staged
+    cfg = load_config("tiny", ["rl.turns=1", "rl.max_steps=1", "rl.precision=fp32", "rl.warmstart.enabled=true",
+                               "rl.warmstart.min_words=3"])
+    out = tmp_path / "policy-artifact"
+    out.mkdir()
+    meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
+    assert meta.summary["rl/steps"] == 1 and (out / "warmstart" / "adapter_config.json").exists()
+    run = tracking.get_run(meta.stage_run_id)
+    n = cfg.rl.max_steps * cfg.rl.prompts_per_step
+    assert run.data.metrics["warmstart/examples"] == n and run.data.metrics["warmstart/steps"] >= 1
+    assert run.data.params["rl.warmstart.enabled"] == "True"
+    logged = tracking.client().download_artifacts(meta.stage_run_id, "warmstart.json", str(tmp_path))
+    assert json.loads(open(logged).read())["samples"][0] == "Happy to help."
