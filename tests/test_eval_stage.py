@@ -54,7 +54,7 @@ def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_
     assert scores.groupby("model").size().to_dict() == {"baseline": 6, "candidate": 6}
 
     assert out["baseline"].startswith("base model tiny-llama")
-    assert {"satisfaction", "engagement_rate", "judge_composite", "reward_judge_gaps",
+    assert {"satisfaction", "engagement_rate", "judge_composite", "reward_judge_gaps", "reward_conflicts",
             "selfplay_coherence"} <= set(out["headline"])
     assert all(isinstance(v, float) for v in out["headline"].values())
     assert isinstance(out["flagged_gaps"], list)
@@ -69,6 +69,9 @@ def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_
     stage = [r for r in tracking.stage_runs(parent) if r.data.tags.get(tracking.STAGE_TAG) == "evaluate"][0]
     arts = {a.path for a in tracking.client().list_artifacts(stage.info.run_id, "report")}
     assert "report/report.html" in arts
+    # Which reward heads pull against each other on the baseline's replies is a table on the stage run.
+    eval_arts = {a.path for a in tracking.client().list_artifacts(stage.info.run_id, "eval")}
+    assert {"eval/reward_conflicts.json", "eval/reward_judge_gaps.json"} <= eval_arts
     # Evaluation's phases are timed like the RL stage's: decoding, scoring, self-play.
     for phase in ("generate", "score", "selfplay"):
         assert stage.data.metrics[f"timing/eval_{phase}_s"] > 0, phase

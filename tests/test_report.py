@@ -44,7 +44,8 @@ def test_report_has_every_section(personas, panel, selfplay):
     r = _report(personas, panel, selfplay, no_repeat_ngram_size=4, precision="bf16")
     # The decoding both models were compared under is stated (issue 13: "state which settings").
     assert "greedy bf16 decoding with no repeated 4-token n-gram" in r.html and "4-token n-gram" in r.markdown
-    for title in ("At a glance", "Use-case metrics", "Reward heads vs held-out judges", "Per persona",
+    for title in ("At a glance", "Use-case metrics", "Reward heads vs held-out judges",
+                  "Reward heads that pull against each other", "Per persona",
                   "Multi-turn self-play", "Sample replies side by side", "All metrics", "How to read this report"):
         assert f"{title}" in r.html and f"## {title}" in r.markdown, title
     for label in ("Engagement rate (%)", "Response relevance (%)", "Personality consistency (%)",
@@ -104,4 +105,49 @@ def test_headline_shows_each_use_case_rate_beside_its_expected_range(personas, p
     assert "Facts recalled later in self-play" in r.html
     a = analyze(synthetic_scores(18, personas=personas, judges=panel), n_boot=100, selfplay=selfplay.summary)
     assert "engagement_rate_target_gap" in a.headline and "selfplay_fact_recall" in a.headline
+    r.close()
+
+
+def _heads_frame(n: int, seed: int, relevance_from_personality: float) -> pd.DataFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    personality = rng.random(n)
+    relevance = relevance_from_personality * personality + (1 - abs(relevance_from_personality)) * rng.random(n)
+    return pd.DataFrame({"model": ["baseline"] * n + ["candidate"] * n,
+                         "personality": np.r_[personality, rng.random(n)],
+                         "relevance": np.r_[relevance, rng.random(n)],
+                         "quality": np.r_[rng.random(n), rng.random(n)], "engagement": np.r_[rng.random(n), rng.random(n)]})
+
+
+def test_head_conflicts_flags_heads_that_pull_against_each_other():
+    from convrl.eval.metrics import head_conflicts
+
+    c = head_conflicts(_heads_frame(96, 0, -0.8)).set_index(["head_a", "head_b"])
+    assert len(c) == 6 and c["n"].eq(96).all()          # every pair of the four weighted heads, baseline rows only
+    pr = c.loc[("personality", "relevance")]
+    assert pr["rho"] < -0.5 and pr["lo"] < pr["rho"] < pr["hi"] < 0 and pr["conflict"]
+    assert int(c["conflict"].sum()) == 1                 # independent heads are not flagged
+    # Positively related heads are not a conflict, and the CI narrows with more replies.
+    c2 = head_conflicts(_heads_frame(400, 1, 0.8)).set_index(["head_a", "head_b"]).loc[("personality", "relevance")]
+    assert c2["rho"] > 0.5 and not c2["conflict"] and (c2["hi"] - c2["lo"]) < (pr["hi"] - pr["lo"])
+    # A constant head (no persona cards) has no correlation and is never flagged.
+    flat = _heads_frame(50, 2, -0.8).assign(personality=0.5)
+    row = head_conflicts(flat).set_index(["head_a", "head_b"]).loc[("personality", "relevance")]
+    assert row["rho"] != row["rho"] and not row["conflict"]
+
+
+def test_report_shows_conflicting_heads_and_counts_them_in_the_headline(personas, panel):
+    import numpy as np
+
+    scores = synthetic_scores(40, personas=personas, judges=panel)
+    base = scores["model"] == "baseline"
+    # Make the baseline's relevance the mirror image of its personality: the pair RL would trade.
+    scores.loc[base, "relevance"] = 1.0 - scores.loc[base, "personality"].to_numpy() + np.linspace(0, 0.01, base.sum())
+    a = analyze(scores, n_boot=100)
+    assert a.headline["reward_conflicts"] >= 1
+    r = build_report(a, "base model tiny-llama")
+    assert "Reward heads that pull against each other" in r.html
+    assert "conflict: RL can trade one for the other" in r.html
+    assert "| personality | relevance |" in r.markdown or "| relevance | personality |" in r.markdown
     r.close()

@@ -7,7 +7,11 @@ numbers::
 
     from convrl.eval.metrics import analyze
     a = analyze(scores, threshold=0.5)
-    a.summary["candidate/engagement_rate"], a.gaps, a.persona, a.headline
+    a.summary["candidate/engagement_rate"], a.gaps, a.persona, a.headline, a.conflicts
+
+``a.conflicts`` shows which reward heads pull against each other on the
+baseline's replies (what RL starts from): a pair whose rank correlation is
+significantly negative is one RL will trade, one against the other.
 
 Use-case metrics (per reply, then averaged; rates are % of replies whose judge
 score reaches ``threshold``):
@@ -179,6 +183,35 @@ def reward_judge_gaps(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 13, 
     return pd.DataFrame(rows)
 
 
+def head_conflicts(scores: pd.DataFrame, model: str = "baseline", conf: float = 0.95) -> pd.DataFrame:
+    """Spearman correlation of every pair of reward heads over ``model``'s replies, with a CI.
+
+    A pair is a ``conflict`` when its CI lies below 0: on the replies RL starts
+    from, a reply that scores higher on one head tends to score lower on the
+    other, and RL on a weighted sum of the two trades one for the other. (On
+    the demo's base model personality correlates about -0.5 with relevance:
+    README "Does it learn?".) The CI is Fisher's z with Fieller's variance for
+    Spearman's rho, ``1.06 / (n - 3)``.
+    """
+    g = scores[scores["model"] == model] if "model" in scores else scores
+    heads = [h for h in HEADS if h in g]
+    n, z = len(g), stats.norm.ppf(0.5 + conf / 2)
+    rows = []
+    for i, a in enumerate(heads):
+        for b in heads[i + 1:]:
+            with warnings.catch_warnings():  # a constant head (e.g. no persona cards) has no rank correlation
+                warnings.simplefilter("ignore")
+                rho = float(stats.spearmanr(g[a], g[b]).statistic) if n > 3 else float("nan")
+            if rho == rho:
+                half = z * np.sqrt(1.06 / (n - 3))
+                zr = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+                lo, hi = float(np.tanh(zr - half)), float(np.tanh(zr + half))
+            else:
+                lo = hi = float("nan")
+            rows.append({"head_a": a, "head_b": b, "rho": rho, "lo": lo, "hi": hi, "n": n, "conflict": bool(hi < 0)})
+    return pd.DataFrame(rows, columns=["head_a", "head_b", "rho", "lo", "hi", "n", "conflict"])
+
+
 @dataclass
 class Analysis:
     scores: pd.DataFrame                      # per reply, with use-case indicator columns
@@ -189,6 +222,7 @@ class Analysis:
     selfplay: dict[str, float] = field(default_factory=dict)  # {model}/{metric}
     headline: dict[str, float] = field(default_factory=dict)
     threshold: float = 0.5
+    conflicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # head pairs: rho over the baseline's replies
 
 
 HEADLINE = {"satisfaction": "satisfaction", "engagement_rate": "engagement_rate",
@@ -211,6 +245,9 @@ def analyze(scores: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000, se
             headline[f"{k}_delta"] = summary[f"candidate/{k}"] - summary[f"baseline/{k}"]
     if len(gaps):
         headline["reward_judge_gaps"] = float(gaps["flagged"].sum())
+    conflicts = head_conflicts(df)
+    if len(conflicts):
+        headline["reward_conflicts"] = float(conflicts["conflict"].sum())
     for k, v in list(headline.items()):
         gap = target_gap(HEADLINE.get(k, k), v)
         if gap is not None:
@@ -218,4 +255,4 @@ def analyze(scores: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000, se
     for k in ("coherence", "persona_consistency", "contradiction_rate", "self_repetition", "fact_recall"):
         if f"candidate/{k}" in selfplay:
             headline[f"selfplay_{k}"] = selfplay[f"candidate/{k}"]
-    return Analysis(df, summary, ci, gaps, per_persona(scores, threshold), selfplay, headline, threshold)
+    return Analysis(df, summary, ci, gaps, per_persona(scores, threshold), selfplay, headline, threshold, conflicts)

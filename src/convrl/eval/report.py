@@ -1,7 +1,8 @@
 """Evaluation report: a standalone HTML page (figures inlined) and Markdown (figures as PNG files).
 
 Sections: headline cards, use-case metrics with 95% CIs, reward heads against
-held-out judges (with flagged reward-judge gaps), per-persona comparison,
+held-out judges (with flagged reward-judge gaps), how far the judges agree with
+people, reward heads that conflict on the baseline's replies, per-persona comparison,
 multi-turn self-play (metrics and transcripts side by side), sample replies
 side by side, every other metric, and how each number is computed::
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from convrl.eval import plots
 from convrl.eval.metrics import LABELS, TARGETS, USE_CASE, Analysis, target_gap
+from convrl.eval.report_sections import conflicts_section, judge_agreement_section
 from convrl.eval.selfplay import SUMMARY_METRICS
 
 LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
@@ -167,23 +169,6 @@ def _bubbles(conv: pd.DataFrame, notes: dict[int, str]) -> str:
     return "".join(out)
 
 
-def judge_agreement_section(judge_columns: list[str]) -> tuple[list[str], list[str]]:
-    """HTML and Markdown rows: each judge in the scores, which human ratings it was checked on, and how well."""
-    from convrl.eval.judges import AGREEMENT
-
-    rows = [(c, AGREEMENT[c]) for c in judge_columns if c in AGREEMENT]
-    if not rows:
-        return [], []
-    h = ["<h2>How far the judges agree with people</h2><p>Measured with <code>convrl meta-eval</code> on human-rated "
-         "sets never used to build the judge (Spearman, 95% cluster-bootstrap CI).</p>",
-         "<table><tr><th>judge</th><th>human ratings</th><th>agreement</th></tr>"]
-    md = ["## How far the judges agree with people", "", "| judge | human ratings | agreement |", "|---|---|---|"]
-    for c, info in rows:
-        h.append(f"<tr><td>{_e(c)}</td><td>{_e(info['data'])}</td><td>{_e(info['value'])}</td></tr>")
-        md.append(f"| {c} | {info['data']} | {info['value']} |")
-    return h + ["</table>"], md + [""]
-
-
 def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict | None = None,
                  n_samples: int = 6, title: str = "convrl evaluation report", no_repeat_ngram_size: int = 0,
                  precision: str = "fp32") -> Report:
@@ -281,6 +266,9 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     ah, amd = judge_agreement_section([c for c in scores.columns if c.startswith("judge_")])
     h += ah
     md += amd
+    ch, cmd = conflicts_section(a.conflicts)
+    h += ch
+    md += cmd
 
     pt = a.persona.reset_index()
     pcols = [c for c in ("replies", "satisfaction") + tuple(r for r in USE_CASE if r != "satisfaction")

@@ -88,6 +88,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         run.set_tags({"convrl.eval_cache_hits": ", ".join(cache.hits) or "none"})
         run.log_table(scores, "eval/scores.json")
         run.log_table(a.gaps, "eval/reward_judge_gaps.json")
+        run.log_table(a.conflicts, "eval/reward_conflicts.json")
         run.log_dict(a.headline, "eval/headline.json")
         # The candidate's LoggedModel carries its own evaluation, visible wherever the model is.
         if policy.logged_model:
