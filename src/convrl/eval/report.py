@@ -25,7 +25,7 @@ import pandas as pd
 
 from convrl.eval import plots
 from convrl.eval.metrics import LABELS, TARGETS, USE_CASE, Analysis, target_gap
-from convrl.eval.report_sections import conflicts_section, judge_agreement_section
+from convrl.eval.report_sections import conflicts_section, escape, judge_agreement_section
 from convrl.eval.selfplay import SUMMARY_METRICS
 
 LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
@@ -118,8 +118,7 @@ def _target(metric: str, value: float) -> tuple[str, str]:
             f"<div class='b'>expected {rng} &middot; <span class='{cls}'>{status}</span></div>")
 
 
-def _e(x) -> str:
-    return html.escape(str(x))
+_e = escape
 
 
 def _compare_rows(metrics, labels, value, models):

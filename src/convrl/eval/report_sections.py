@@ -12,8 +12,12 @@ import html
 import pandas as pd
 
 
-def _e(x) -> str:
+def escape(x) -> str:
+    """Any value as HTML-escaped text (model replies go into the report verbatim)."""
     return html.escape(str(x))
+
+
+_e = escape
 
 
 def judge_agreement_section(judge_columns: list[str]) -> tuple[list[str], list[str]]:
