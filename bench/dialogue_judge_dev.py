@@ -10,8 +10,11 @@ training size, with 95% bootstrap CIs::
     .venv/bin/python bench/dialogue_judge_dev.py                      # ../shared/data, every rated dialogue
     .venv/bin/python bench/dialogue_judge_dev.py --max-per-source 300 --threads 2
 
-Feature sets: ``base`` = the judge's first 21 features (the previous round's),
-``all`` = every feature in ``FEATURES``. Sizes: ``cap`` = at most
+Feature sets: ``base`` = the judge's first 21 features (an earlier round's),
+``conversation`` = the 25 of ``CONVERSATION_FEATURES`` (the previous round's),
+``+cues`` = with the lexical cues of ``convrl.rewards.reactions``, ``+reaction`` =
+with the turn-level reaction model (fitted on the training rows, out-of-fold
+on them), ``all`` = every feature in ``FEATURES``. Sizes: ``cap`` = at most
 ``--cap`` training dialogues per source (what ``rewards.dialogue_max_per_source
 =150`` gave after the held-out split: 105), ``full`` = every training-side one.
 Models: ``ridge`` (the previous round's) and ``gbm`` (gradient-boosted trees,
@@ -59,10 +62,11 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from convrl import models
-    from convrl.rewards.dialogue import FEATURES, dialogue_features, fit_dialogue_judge, rated_dialogues, \
-        standardized_scores
+    from convrl.rewards.dialogue import CONVERSATION_FEATURES, FEATURES, dialogue_features, fit_dialogue_judge, \
+        rated_dialogues, standardized_scores
     from convrl.rewards.encoder import SentenceEncoder
     from convrl.rewards.human_data import held_out
+    from convrl.rewards.reactions import CUE_FEATURES, REACTION_FEATURES, crossfit_reaction
 
     t0 = time.time()
     every = rated_dialogues([str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.max_per_source)
@@ -78,13 +82,22 @@ def main(argv=None) -> int:
     for s in np.unique(src):
         m = np.flatnonzero((src == s) & ~dev)
         rank[m] = np.arange(len(m))
-    sets = {"base": list(range(BASE_FEATURES)), "all": list(range(len(FEATURES)))}
+    n_conv, n_cue, n_react = len(CONVERSATION_FEATURES), len(CUE_FEATURES), len(REACTION_FEATURES)
+    sets = {"base": list(range(BASE_FEATURES)), "conversation": list(range(n_conv)),
+            "+cues": list(range(n_conv + n_cue)),
+            "+reaction": list(range(n_conv)) + list(range(n_conv + n_cue, n_conv + n_cue + n_react)),
+            "all": list(range(len(FEATURES)))}
+    convs, ids = [d["messages"] for d in side], [d["id"] for d in side]
     groups = {s: src == s for s in np.unique(src)}
     groups["user_satisfaction (all corpora)"] = np.char.startswith(src.astype(str), "satisfaction")
     print("| model | features | training size | train dialogues | source | dev n | dev Spearman [95% CI] |")
     print("|---|---|---|---|---|---|---|")
+    trains = {size: ~dev & ((rank < a.cap) if size == "cap" else True) for size in ("cap", "full")}
+    # The reaction model is fitted on each size's training rows only (out-of-fold on them).
+    reactions = {size: crossfit_reaction(convs, train, ids)[0] for size, train in trains.items()}
     for kind, size, name in [(k, s, n) for k in ("ridge", "gbm") for s in ("cap", "full") for n in sets]:
-        train = ~dev & ((rank < a.cap) if size == "cap" else True)
+        train = trains[size]
+        x[:, len(FEATURES) - n_react:] = reactions[size]
         xs = np.zeros_like(x)
         xs[:, sets[name]] = x[:, sets[name]]
         pred = fit_dialogue_judge(xs, z, train, kind).predict_raw(xs)

@@ -16,6 +16,9 @@ throws that away. ``dialogue_features`` describes a conversation by
 * the user's reactions: how much they write and whether that grows, their
   questions, sentiment (VADER) overall and at the end, complaints ("you are a
   bot", "that makes no sense"), how many turns they stayed;
+* how it went (``convrl.rewards.reactions``): cues of apologies, corrections,
+  things done and thanks, and a turn-level reaction model trained on the
+  turns people rated (out-of-fold on the judge's own training rows);
 
 and ``DialogueJudge`` is a gradient-boosted tree ensemble (scikit-learn's
 ``HistGradientBoostingRegressor``; ``kind="ridge"`` for a linear one) from those
@@ -42,16 +45,18 @@ from pathlib import Path
 import numpy as np
 
 from convrl.rewards.heads import is_degenerate
+from convrl.rewards.reactions import CUE_FEATURES, REACTION_FEATURES, ReactionModel, crossfit_reaction, cue_features
 from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score
 
 COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
                         r"does not make sense|what\?|stupid|boring|you already said|you said that|repeat|"
                         r"not answering|answer my question|weird|nonsense)\b", re.I)
-FEATURES = ("n_assistant", "n_user", "rel_mean", "rel_min", "rel_last", "len_mean", "len_last", "question_share",
-            "self_repeat_max", "exact_repeats", "repetition_mean", "degenerate_share", "consistency_mean",
-            "persona_sim", "user_len_mean", "user_len_growth", "user_question_share", "user_sentiment",
-            "user_sentiment_last", "user_complaints", "user_len_last", "rel_top3", "persona_sim_top3",
-            "substance_mean", "echo_mean")
+CONVERSATION_FEATURES = ("n_assistant", "n_user", "rel_mean", "rel_min", "rel_last", "len_mean", "len_last",
+                         "question_share", "self_repeat_max", "exact_repeats", "repetition_mean", "degenerate_share",
+                         "consistency_mean", "persona_sim", "user_len_mean", "user_len_growth", "user_question_share",
+                         "user_sentiment", "user_sentiment_last", "user_complaints", "user_len_last", "rel_top3",
+                         "persona_sim_top3", "substance_mean", "echo_mean")
+FEATURES = CONVERSATION_FEATURES + CUE_FEATURES + REACTION_FEATURES
 MODEL_FILE = "model.skops"
 # "Best moments": the mean of a conversation's three best-scored turns; meta_eval.stats scores dialogues so too.
 TOP_K = 3
@@ -69,11 +74,12 @@ def _vader():
 
 
 def dialogue_features(encoder, conversations: list[list[dict]], personas: list[list[str]] | None = None,
-                      max_messages: int = 24) -> np.ndarray:
+                      reaction: ReactionModel | None = None, max_messages: int = 24) -> np.ndarray:
     """(n, len(FEATURES)) features of each whole conversation (message lists with user / assistant roles).
 
     Only the last ``max_messages`` messages are embedded (long task-oriented sessions would otherwise
-    dominate the cost); counts, lengths and the user's sentiment use the whole conversation.
+    dominate the cost); counts, lengths, cues and the user's sentiment use the whole conversation. The
+    reaction columns are 0 without a fitted ``reaction`` model.
     """
     personas = personas or [[] for _ in conversations]
     convs = [[m for m in c if m["role"] in ("user", "assistant")] for c in conversations]
@@ -111,22 +117,26 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
             np.mean(["?" in t for t in usr] or [0.0]), np.mean(sent), sent[-1],
             float(sum(bool(COMPLAINTS.search(t)) for t in usr)) / max(1, len(usr)), np.log1p(ulens[-1]),
             _top_mean(rel), _top_mean(p_sims), np.mean([substance_score(t) for t in b_txt] or [0.0]), np.mean(echo)])
-    return np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(FEATURES))
+    base = np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(CONVERSATION_FEATURES))
+    react = (reaction or ReactionModel()).features(conversations)
+    return np.hstack([base, cue_features(conversations), react])
 
 
 class DialogueJudge:
     """A fitted regressor over ``dialogue_features``; predictions rescaled to [0, 1] by training quantiles."""
 
-    def __init__(self, model, lo: float, hi: float, kind: str = "gbm", metrics: dict | None = None):
+    def __init__(self, model, lo: float, hi: float, kind: str = "gbm", metrics: dict | None = None,
+                 reaction: ReactionModel | None = None):
         self.model, self.kind = model, kind
         self.lo, self.hi = float(lo), float(hi)
         self.metrics = dict(metrics or {})
+        self.reaction = reaction or ReactionModel()
 
     def predict_raw(self, features: np.ndarray) -> np.ndarray:
         return self.model.predict(features)
 
     def score(self, encoder, conversations: list[list[dict]], personas: list[list[str]] | None = None) -> np.ndarray:
-        raw = self.predict_raw(dialogue_features(encoder, conversations, personas))
+        raw = self.predict_raw(dialogue_features(encoder, conversations, personas, self.reaction))
         return np.clip((raw - self.lo) / max(self.hi - self.lo, 1e-9), 0, 1).astype(np.float32)
 
     def save(self, out: str | Path) -> Path:
@@ -138,7 +148,9 @@ class DialogueJudge:
         sio.dump(self.model, out / MODEL_FILE)
         (out / "judge.json").write_text(json.dumps({"type": f"dialogue-{self.kind}", "features": list(FEATURES),
                                                     "lo": self.lo, "hi": self.hi, "sklearn": sklearn.__version__,
+                                                    "reaction_exchanges": self.reaction.exchanges_fitted,
                                                     "metrics": self.metrics}, indent=2))
+        self.reaction.save(out)
         return out
 
     @classmethod
@@ -155,7 +167,8 @@ class DialogueJudge:
         if foreign:
             raise ValueError(f"{d / MODEL_FILE}: refusing to load types other than scikit-learn's: {foreign}")
         model = sio.load(d / MODEL_FILE, trusted=types)
-        return cls(model, meta["lo"], meta["hi"], meta["type"].removeprefix("dialogue-"), meta.get("metrics"))
+        reaction = ReactionModel.load(d, meta.get("reaction_exchanges", 0))
+        return cls(model, meta["lo"], meta["hi"], meta["type"].removeprefix("dialogue-"), meta.get("metrics"), reaction)
 
 
 def rated_dialogues(paths: list[str], max_per_source: int = 0) -> list[dict]:
@@ -198,8 +211,10 @@ def standardized_scores(dialogues: list[dict], test: np.ndarray) -> np.ndarray:
     return z
 
 
-def fit_dialogue_judge(x: np.ndarray, z: np.ndarray, train: np.ndarray, kind: str = "gbm") -> DialogueJudge:
-    """A regressor from features ``x`` to z-scored ratings ``z`` on the ``train`` rows.
+def fit_dialogue_judge(x: np.ndarray, z: np.ndarray, train: np.ndarray, kind: str = "gbm",
+                       reaction: ReactionModel | None = None) -> DialogueJudge:
+    """A regressor from features ``x`` to z-scored ratings ``z`` on the ``train`` rows (``reaction``: the model
+    behind ``x``'s reaction columns, kept with the judge so new conversations get the same features).
 
     ``gbm``: 300 boosting rounds at learning rate 0.03, 15 leaves a tree, at least 30 dialogues a leaf (fewer on
     small sets), L2 1.0 -- the best of three settings on the training side's dev split. ``ridge``: standardised
@@ -221,7 +236,7 @@ def fit_dialogue_judge(x: np.ndarray, z: np.ndarray, train: np.ndarray, kind: st
         raise ValueError(f"dialogue judge kind must be gbm or ridge, got {kind!r}")
     model.fit(x[train], z[train])
     lo, hi = np.percentile(model.predict(x[train]), [2, 98])
-    return DialogueJudge(model, lo, hi, kind)
+    return DialogueJudge(model, lo, hi, kind, reaction=reaction)
 
 
 def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: float = 0.3, seed: int = 13,
@@ -238,10 +253,13 @@ def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: floa
     y = np.array([d["score"] for d in dialogues], dtype=np.float64)
     if test.all() or (~test).sum() < 10:
         raise ValueError(f"dialogue judge: need at least 10 training dialogues, got {int((~test).sum())}")
-    x = dialogue_features(encoder, [d["messages"] for d in dialogues], [d.get("persona") or [] for d in dialogues])
-    judge = fit_dialogue_judge(x, standardized_scores(dialogues, test), ~test, kind)
+    convs = [d["messages"] for d in dialogues]
+    x = dialogue_features(encoder, convs, [d.get("persona") or [] for d in dialogues])
+    x[:, -len(REACTION_FEATURES):], reaction = crossfit_reaction(convs, ~test, [d["id"] for d in dialogues])
+    judge = fit_dialogue_judge(x, standardized_scores(dialogues, test), ~test, kind, reaction)
     pred = judge.predict_raw(x)
-    metrics = {"train_dialogues": float((~test).sum()), "test_dialogues": float(test.sum())}
+    metrics = {"train_dialogues": float((~test).sum()), "test_dialogues": float(test.sum()),
+               "reaction_exchanges": float(reaction.exchanges_fitted)}
     for s in np.unique(src):
         m = (src == s) & test
         if m.sum() >= 10:

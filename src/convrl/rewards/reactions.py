@@ -1,0 +1,153 @@
+"""How the user took the conversation: lexical cues and a turn-level reaction model for the dialogue judge.
+
+A person rating a whole conversation remembers how it went for them: whether
+the assistant had to apologise ("sorry, there are no hotels..."), whether they
+had to correct it ("no, I said the north"), whether it got things done
+("booked, your reference number is...") and whether they thanked it at the end.
+``cue_features`` counts those cues in a conversation's text. ``ReactionModel``
+learns the same from people: a TF-IDF ridge regression from each exchange (the
+assistant's turn and the user's next turn) to the satisfaction a rater gave at
+that turn (the user-satisfaction sessions rate every turn), whose per-exchange
+predictions the dialogue judge reads as the mean, minimum, last and mean of the
+last three. It only reads the messages' text, never their ratings::
+
+    model = ReactionModel.fit(conversations)            # message lists; assistant turns with ratings.satisfaction
+    model.features(conversations)                       # (n, len(REACTION_FEATURES))
+    feats, model = crossfit_reaction(conversations, train_mask, ids)   # out-of-fold on the training rows
+
+Chosen on the training side only (``bench/dialogue_judge_dev.py``: the dev split of the training-side dialogues,
+never meta-eval's held-out ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+_SORRY = re.compile(r"\b(sorry|unfortunately|i'm afraid|there (are|is) no|not available|unable|can't find|"
+                    r"cannot find|couldn't find|didn't find|don't have|no (hotels?|restaurants?|trains?|results|"
+                    r"matches))\b", re.I)
+_DONE = re.compile(r"\b(booked|booking (is|was) (successful|complete)|reference (number|code)|confirmation|"
+                   r"confirmed|reserved|all set|have a (great|nice|good)|you're welcome|glad (i|to))\b", re.I)
+_CORRECT = re.compile(r"^\s*(no\b|nope|actually|not\b)|\b(instead|i said|i already|again|wrong|that's not|"
+                      r"that is not|not what|didn't ask|i meant|rather)\b", re.I)
+_THANKS = re.compile(r"\b(thank|thanks|great|perfect|awesome|excellent|wonderful|helpful|appreciate)\b", re.I)
+_NEGATIVE = re.compile(r"\b(not interested|don't like|hate|boring|bad|terrible|worse|disappoint|frustrat|annoy|"
+                       r"useless)\b", re.I)
+CUE_FEATURES = ("bot_sorry", "bot_done", "user_correct", "user_thanks", "user_thanks_end", "user_negative",
+                "bot_sorry_count", "user_correct_count")
+REACTION_FEATURES = ("reaction_mean", "reaction_min", "reaction_last", "reaction_last3")
+REACTION_FILE = "reaction.skops"
+# Fewer labelled exchanges than this and the model is not fitted (its features stay 0 and the trees ignore them).
+MIN_EXCHANGES = 50
+
+
+def _turns(conversation: list[dict]) -> tuple[list[str], list[str]]:
+    msgs = [m for m in conversation if m.get("role") in ("user", "assistant")]
+    return ([m["content"] for m in msgs if m["role"] == "user"],
+            [m["content"] for m in msgs if m["role"] == "assistant"])
+
+
+def cue_features(conversations: list[list[dict]]) -> np.ndarray:
+    """(n, len(CUE_FEATURES)): shares of turns with each cue (apology, done, correction, thanks, ...) and counts."""
+    def share(rx, texts):
+        return float(np.mean([bool(rx.search(t)) for t in texts])) if texts else 0.0
+
+    rows = []
+    for conv in conversations:
+        usr, bot = _turns(conv)
+        rows.append([share(_SORRY, bot), share(_DONE, bot), share(_CORRECT, usr), share(_THANKS, usr),
+                     share(_THANKS, usr[-2:]), share(_NEGATIVE, usr), float(sum(bool(_SORRY.search(t)) for t in bot)),
+                     float(sum(bool(_CORRECT.search(t)) for t in usr))])
+    return np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(CUE_FEATURES))
+
+
+def exchanges(conversation: list[dict]) -> list[tuple[str, float | None]]:
+    """Each assistant turn with the user's next turn as one text, and the satisfaction rated there (or None)."""
+    msgs = [m for m in conversation if m.get("role") in ("user", "assistant")]
+    out = []
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "user" else ""
+        label = (m.get("ratings") or {}).get("satisfaction")
+        out.append((f"SYS {m['content']} || USR {nxt}", None if label is None else float(label)))
+    return out
+
+
+class ReactionModel:
+    """TF-IDF (word 1-2-grams) ridge from an exchange's text to the satisfaction rated at that turn."""
+
+    def __init__(self, pipeline=None, exchanges_fitted: int = 0):
+        self.pipeline, self.exchanges_fitted = pipeline, int(exchanges_fitted)
+
+    @classmethod
+    def fit(cls, conversations: list[list[dict]]) -> "ReactionModel":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+
+        pairs = [(t, y) for c in conversations for t, y in exchanges(c) if y is not None]
+        if len(pairs) < MIN_EXCHANGES:
+            return cls(None, len(pairs))
+        texts, y = zip(*pairs)
+        pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), Ridge(alpha=3.0))
+        pipe.fit(list(texts), np.asarray(y, dtype=np.float64))
+        return cls(pipe, len(pairs))
+
+    def features(self, conversations: list[list[dict]]) -> np.ndarray:
+        out = np.zeros((len(conversations), len(REACTION_FEATURES)))
+        if self.pipeline is None:
+            return out
+        texts = [[t for t, _ in exchanges(c)] for c in conversations]
+        flat = [t for ts in texts for t in ts]
+        pred = self.pipeline.predict(flat) if flat else np.zeros(0)
+        k = 0
+        for i, ts in enumerate(texts):
+            s, k = pred[k:k + len(ts)], k + len(ts)
+            if len(s):
+                out[i] = [s.mean(), s.min(), s[-1], s[-3:].mean()]
+        return out
+
+    def save(self, folder: str | Path) -> None:
+        import skops.io as sio
+
+        if self.pipeline is not None:
+            sio.dump(self.pipeline, Path(folder) / REACTION_FILE)
+
+    @classmethod
+    def load(cls, folder: str | Path, exchanges_fitted: int = 0) -> "ReactionModel":
+        import skops.io as sio
+
+        f = Path(folder) / REACTION_FILE
+        if not f.is_file():
+            return cls(None, exchanges_fitted)
+        types = sio.get_untrusted_types(file=f)
+        foreign = [t for t in types if not t.startswith(("sklearn.", "numpy.", "scipy.sparse."))]
+        if foreign:
+            raise ValueError(f"{f}: refusing to load types other than scikit-learn's: {foreign}")
+        return cls(sio.load(f, trusted=types), exchanges_fitted)
+
+
+def crossfit_reaction(conversations: list[list[dict]], train: np.ndarray, ids: list[str],
+                      folds: int = 5) -> tuple[np.ndarray, ReactionModel]:
+    """Reaction features with no row scored by a model that saw its own ratings, and the model for new data.
+
+    Training rows get out-of-fold predictions (``folds`` folds by a hash of the dialogue id), so the judge
+    fitted on them learns how far to trust the reaction model on unseen dialogues; the other rows get the
+    model fitted on every training row, which is the one returned.
+    """
+    train = np.asarray(train, dtype=bool)
+    fold = np.array([int(hashlib.sha1(i.encode()).hexdigest(), 16) % folds for i in ids])
+    out = np.zeros((len(conversations), len(REACTION_FEATURES)))
+    for k in range(folds):
+        fit_rows, apply_rows = np.flatnonzero(train & (fold != k)), np.flatnonzero(train & (fold == k))
+        model = ReactionModel.fit([conversations[i] for i in fit_rows])
+        out[apply_rows] = model.features([conversations[i] for i in apply_rows])
+    full = ReactionModel.fit([conversations[i] for i in np.flatnonzero(train)])
+    rest = np.flatnonzero(~train)
+    out[rest] = full.features([conversations[i] for i in rest])
+    return out, full

@@ -1,0 +1,90 @@
+"""The dialogue judge's reaction features: lexical cues and the turn-level reaction model (rewards/reactions.py)."""
+
+import numpy as np
+import pytest
+
+from convrl.rewards.dialogue import DialogueJudge, dialogue_features, train_dialogue_judge
+from convrl.rewards.reactions import (CUE_FEATURES, MIN_EXCHANGES, REACTION_FEATURES, REACTION_FILE, ReactionModel,
+                                      crossfit_reaction, cue_features)
+
+GOOD = [("Your table is booked, the reference number is XYZ12.", "Thanks, that's perfect!", 5.0),
+        ("I found a cheap place in the centre, shall I book it?", "Great, yes please book it.", 4.5)]
+BAD = [("Sorry, there are no restaurants matching that.", "No, I said the centre, not the north.", 1.5),
+       ("Unfortunately I can't find that train.", "That's wrong again, I asked for Monday instead.", 1.0)]
+
+
+def _session(i: int, good: bool, rated: bool = True) -> dict:
+    msgs = [{"role": "user", "content": f"I need a restaurant for {2 + i % 5} people tonight."}]
+    for t, (bot, user, score) in enumerate((GOOD if good else BAD) * (1 + i % 2)):
+        msgs.append({"role": "assistant", "content": bot.replace("XYZ12", f"R{i}{t}")})
+        if rated:
+            msgs[-1]["ratings"] = {"satisfaction": score}
+        msgs.append({"role": "user", "content": user})
+    return {"id": f"s{i}", "messages": msgs, "persona": [], "score": 4.5 if good else 1.5,
+            "source": "satisfaction-TEST"}
+
+
+def test_cue_features_find_apologies_corrections_done_and_thanks():
+    x = cue_features([_session(0, True)["messages"], _session(0, False)["messages"], []])
+    col = {f: x[:, k] for k, f in enumerate(CUE_FEATURES)}
+    assert x.shape == (3, len(CUE_FEATURES)) and np.all(x[2] == 0)
+    assert col["bot_done"][0] > 0 == col["bot_done"][1]
+    assert col["user_thanks_end"][0] == 1.0 and col["user_thanks_end"][1] == 0.0
+    assert col["bot_sorry"][1] == 1.0 and col["bot_sorry"][0] == 0.0
+    # Both replies to the assistant corrected it; the opening request did not.
+    assert col["user_correct"][1] == pytest.approx(2 / 3) and col["user_correct_count"][1] == 2.0
+
+
+def test_reaction_model_learns_from_rated_turns_and_never_reads_ratings():
+    train = [_session(i, i % 2 == 0)["messages"] for i in range(60)]
+    model = ReactionModel.fit(train)
+    assert model.pipeline is not None and model.exchanges_fitted == 60 * 3
+    new = [_session(101, True, rated=False)["messages"], _session(102, False, rated=False)["messages"]]
+    f = model.features(new)
+    assert f.shape == (2, len(REACTION_FEATURES)) and np.all(f[0] > f[1])
+    # Ratings are labels only: a conversation scores the same with or without them.
+    assert np.allclose(model.features([_session(101, True)["messages"]]), f[:1])
+    # Too few rated exchanges: no model, features 0 (the trees then ignore them).
+    few = ReactionModel.fit(train[: MIN_EXCHANGES // 3 - 1])
+    assert few.pipeline is None and np.all(few.features(new) == 0)
+
+
+def test_crossfit_scores_training_rows_out_of_fold():
+    ds = [_session(i, i % 3 != 0) for i in range(80)]
+    convs, ids = [d["messages"] for d in ds], [d["id"] for d in ds]
+    train = np.array([i < 60 for i in range(80)])
+    feats, full = crossfit_reaction(convs, train, ids)
+    assert full.exchanges_fitted == sum(len(c) // 2 for c in convs[:60])
+    assert np.allclose(feats[~train], full.features(convs[60:]))            # unseen rows: the returned model
+    in_sample = full.features(convs[:60])
+    assert not np.allclose(feats[train], in_sample)                        # seen rows: a model without them
+    good = np.array([i % 3 != 0 for i in range(80)])
+    assert feats[train & good, 0].mean() > feats[train & ~good, 0].mean()
+
+
+def test_dialogue_judge_keeps_its_reaction_model(tiny_encoder, tmp_path):
+    ds = [_session(i, i % 2 == 0) for i in range(70)]
+    judge, m = train_dialogue_judge(tiny_encoder, ds)
+    assert m["reaction_exchanges"] > 0 and judge.reaction.pipeline is not None
+    d = judge.save(tmp_path / "dialogue")
+    assert (d / REACTION_FILE).is_file()
+    convs = [_session(200 + k, k % 2 == 0, rated=False)["messages"] for k in range(4)]
+    loaded = DialogueJudge.load(d)
+    s = loaded.score(tiny_encoder, convs)
+    assert np.allclose(s, judge.score(tiny_encoder, convs)) and s[0] > s[1]
+    assert loaded.reaction.exchanges_fitted == judge.reaction.exchanges_fitted
+    # The judge's features for new conversations carry the saved reaction model's predictions.
+    feats = dialogue_features(tiny_encoder, convs, None, loaded.reaction)[:, -len(REACTION_FEATURES):]
+    assert np.allclose(feats, judge.reaction.features(convs)) and np.all(feats[0] > feats[1])
+    assert np.all(dialogue_features(tiny_encoder, convs)[:, -len(REACTION_FEATURES):] == 0)
+
+
+def test_reaction_model_load_refuses_foreign_types(tmp_path):
+    from collections import Counter
+
+    import skops.io as sio
+
+    sio.dump({"extra": Counter("aab")}, tmp_path / REACTION_FILE)
+    with pytest.raises(ValueError, match="refusing to load"):
+        ReactionModel.load(tmp_path)
+    assert ReactionModel.load(tmp_path / "none").pipeline is None
