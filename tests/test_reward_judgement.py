@@ -277,3 +277,28 @@ def test_dialogue_features_best_moments_substance_and_echo(tiny_encoder):
     assert np.all(col["persona_sim_top3"] >= col["persona_sim"] - 1e-9)
     assert col["echo_mean"][0] == 1.0 and col["echo_mean"][1] == 0.5   # "ok" after "ok" is a copy too
     assert col["substance_mean"][1] > 0 and np.isfinite(x).all()
+
+
+def test_suite_scores_the_personality_judge_against_the_rated_persona():
+    from convrl.eval.judge_scorers import contradictions
+    from convrl.eval.judges import AGREEMENT, JudgePanel
+    from convrl.meta_eval.suite import extra_columns, rated_persona
+
+    card = rated_persona(["i have two dogs.", "", "i work as a nurse."])
+    assert card.facts == ["i have two dogs.", "i work as a nurse."] and rated_persona([]) is None
+    # A nameless card (ConvAI2 profiles have none) does not turn "my name is ..." into a contradiction.
+    assert contradictions("hi, my name is sam and i love my dogs", card) == []
+    assert contradictions("i don't have dogs", card)
+    items = [{"context": [{"role": "user", "content": "what do you do?"}], "response": r,
+              "persona": ["i have two dogs.", "i work as a nurse."], "group": f"g{i}", "ratings": {}}
+             for i, r in enumerate(["i work as a nurse and walk my two dogs", "the weather is nice"])]
+    panel = JudgePanel()
+    scores: dict = {}
+    extra_columns(items, scores, SuiteJudges(panel=panel), None, {})
+    assert scores["judge_personality"][0] > scores["judge_personality"][1]
+    no_persona = [{**it, "persona": []} for it in items]
+    scores = {}
+    extra_columns(no_persona, scores, SuiteJudges(panel=panel), None, {})
+    assert "judge_personality" not in scores and "judge_relevance" in scores
+    # Every judge evaluate uses says how far it agrees with people.
+    assert {"judge_personality", "judge_relevance", "judge_emotion", "judge_engagement"} <= set(AGREEMENT)

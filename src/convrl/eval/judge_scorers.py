@@ -244,7 +244,7 @@ def contradictions(text: str, persona: Persona | None, earlier: list[str] = ()) 
     refs = []
     if persona is not None:
         m = re.search(r"\bmy name is ([a-z]+)", low)
-        if m and m.group(1) != persona.name.lower():
+        if m and persona.name and m.group(1) != persona.name.lower():
             found.append(f"name '{m.group(1)}' but the persona is {persona.name}")
         refs = [(f, *_polarity(f)) for f in persona.facts]
     for e in earlier:

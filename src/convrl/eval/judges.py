@@ -57,6 +57,8 @@ JUDGE_FOR_HEAD = {"quality": "judge_quality", "personality": "judge_personality"
 AGREEMENT: dict[str, dict] = {
     "judge_relevance": {"data": "HolisticEval coherence (200 replies, 10 raters)", "value": "+0.03 [-0.12, +0.17]"},
     "judge_fluency": {"data": "HolisticEval fluency (200 replies, 10 raters)", "value": "+0.26 [+0.11, +0.39]"},
+    "judge_personality": {"data": "ConvAI2 held-out dialogues, profile match (637; best three bot turns, the persona's "
+                                  "facts as its card)", "value": "+0.28 [+0.21, +0.35] (reply length +0.11)"},
     "judge_engagement": {"data": "Predictive Engagement, engaging (600 pairs, 3 raters)", "value": "+0.07 [-0.00, +0.14]"},
     "judge_quality": {"data": "HolisticEval fluency", "value": "+0.11 [-0.03, +0.25]"},
     "judge_composite": {"data": "Predictive Engagement, engaging", "value": "+0.22 [+0.15, +0.29]"},

@@ -97,7 +97,20 @@ def load_rated_sets(root: str | Path, limits: SuiteLimits | None = None) -> tupl
     return sets, info, dialogues
 
 
-def _extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder, dialogues: dict) -> None:
+def rated_persona(facts: list[str] | None):
+    """A rated set's persona lines (ConvAI2's profile sentences) as a nameless card of facts, or None without any.
+
+    The judges then score a rated reply as ``evaluate`` scores a reply with a persona card (the personality judge
+    checks its facts; no name, so no name check).
+    """
+    from convrl.data.personas import Persona
+
+    facts = [f for f in (facts or []) if isinstance(f, str) and f.strip()]
+    return Persona(persona_id="rated", name="", facts=facts) if facts else None
+
+
+def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder, dialogues: dict) -> None:
+    """Add the optional judges' columns to ``scores`` (one value per item): panel, safety, LLM, dialogue judge."""
     from convrl.rewards.heads import HEADS
 
     contexts, responses = [it["context"] for it in items], [it["response"] for it in items]
@@ -105,9 +118,11 @@ def _extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder
         w = judges.calibrated_weights
         scores["composite_calibrated"] = sum(w.get(h, 0.0) * scores[h] for h in HEADS) / sum(w.values())
     if judges.panel is not None:
-        df = judges.panel.score(contexts, responses, [None] * len(items))
+        personas = [rated_persona(it.get("persona")) for it in items]
+        df = judges.panel.score(contexts, responses, personas)
         for c in df.columns:
-            if c.startswith("judge_") and df[c].dtype.kind == "f" and c != "judge_personality":
+            # Without any persona the personality judge has nothing to check (0.5 but for broken replies).
+            if c.startswith("judge_") and df[c].dtype.kind == "f" and (c != "judge_personality" or any(personas)):
                 scores[c] = df[c].to_numpy(np.float64)
     if judges.safety is not None:
         scores["judge_safety"] = judges.safety.score(responses).astype(np.float64)
@@ -136,7 +151,7 @@ def run_suite(root: str | Path, scorer, judges: SuiteJudges | None = None, limit
         if progress:
             print(f"meta-eval: {name} ({len(items)} items)", flush=True)
         scores = score_items(scorer, items, progress=progress)
-        _extra_columns(items, scores, judges, scorer.encoder, dialogues)
+        extra_columns(items, scores, judges, scorer.encoder, dialogues)
         scores = {k: v for k, v in scores.items() if np.all(np.isfinite(v))}  # dialogue_judge off dialogue sets
         out["sets"][name] = meta_evaluate(items, scores, n_bootstrap, lim.seed)
     return out
