@@ -132,7 +132,8 @@ def test_window_alerts_fire_on_a_real_drop_only():
     a = next(a for a in alerts if a.metric == "composite" and a.scope == "3")
     assert a.ci_high < -mon.quality_margin and a.current_mean < a.baseline_mean
     assert "composite fell on model version 3" in a.message
-    assert len(table) == 2 * len(RULES)
+    # One row per rule and scope, but for the reaction rule: no reaction model scored these turns.
+    assert len(table) == 2 * len([r for r in RULES if r.metric != "reaction"])
 
 
 # Each rule against a steady baseline: a change well beyond its margin fires it (on that metric only),
@@ -269,3 +270,67 @@ def test_monitor_config_validation():
         load_config("tiny", ["monitor.ab_primary=happiness"])
     with pytest.raises(ConfigError, match="webhook"):
         load_config("tiny", ["monitor.webhook=ftp://x"])
+
+
+def _reaction_model():
+    from convrl.rewards.reactions import ReactionModel
+
+    good = [("Booked! Your reference number is R{i}.", "Thanks, that's perfect!", 5.0),
+            ("Here is a quiet cafe in the centre.", "Great, thank you so much.", 4.5)]
+    bad = [("Sorry, I can't find that.", "No, that's wrong, I said the centre.", 1.0),
+           ("Unfortunately there are none.", "That is not what I asked, again.", 1.5)]
+    convs = []
+    for i in range(40):
+        msgs = [{"role": "user", "content": "I need a table for two."}]
+        for bot, user, score in good if i % 2 else bad:
+            msgs += [{"role": "assistant", "content": bot.format(i=i), "ratings": {"satisfaction": score}},
+                     {"role": "user", "content": user}]
+        convs.append(msgs)
+    return ReactionModel.fit(convs)
+
+
+def test_reaction_reads_how_the_user_answered_each_reply(scorer, panel, personas):
+    from convrl.monitoring.scoring import next_user_turns
+
+    df = normalise_turns(served(4, NOW - pd.Timedelta(hours=5), 2, turns=3))
+    nxt = next_user_turns(df)
+    for i, row in df.iterrows():
+        later = df[(df["session_id"] == row["session_id"]) & (df["timestamp"] > row["timestamp"])]
+        if later.empty:
+            assert nxt[i] is None                     # a session's last reply: nobody answered it yet
+        else:
+            first = later.sort_values("timestamp").iloc[0]
+            assert nxt[i] == [m for m in first["messages"] if m["role"] == "user"][-1]["content"]
+    # The same replies, answered with thanks in one session and with corrections in another.
+    happy, upset = df[df["session_id"] == df["session_id"].iloc[0]].copy(), None
+    upset = happy.assign(session_id="upset", trace_id=happy["trace_id"] + "-u")
+    for frame, answer in ((happy, "Thanks, that's perfect!"), (upset, "No, that's wrong, I said the centre.")):
+        frame["messages"] = [[*m[:-1], {"role": "user", "content": answer}] if k else m
+                             for k, m in enumerate(frame.sort_values("timestamp")["messages"])]
+    both = pd.concat([happy, upset], ignore_index=True)
+    personas_by_id = {p.persona_id: p for p in personas}
+    scored = score_turns(both, scorer, panel, personas_by_id, reaction=_reaction_model())
+    r = scored.groupby("session_id")["reaction"]
+    assert r.apply(lambda s: s.isna().sum()).eq(1).all()            # the last turn of each session
+    assert r.mean()[happy["session_id"].iloc[0]] > r.mean()["upset"]
+    assert "reaction" in daily_summary(scored).columns
+    assert "reaction" not in score_turns(both, scorer, panel, personas_by_id)  # no model, no column
+
+
+def test_reaction_drop_raises_a_satisfaction_alert():
+    mon = load_config("tiny").monitor
+    b0, c0, _ = window_bounds(NOW, mon.window_days, mon.baseline_days)
+    rng = np.random.default_rng(5)
+
+    def frame(n, start, hours, mean, seed):
+        df = _scored(n, start, hours, composite=0.6, seed=seed)
+        return df.assign(reaction=rng.normal(mean, 0.2, len(df)))
+
+    base = frame(80, b0, 24 * 6, 3.5, 1)
+    alerts, _ = detect_alerts(pd.concat([base, frame(40, c0, 20, 3.5, 2)], ignore_index=True), mon, NOW,
+                              n_bootstrap=400)
+    assert alerts == [], [a.message for a in alerts]
+    alerts, table = detect_alerts(pd.concat([base, frame(40, c0, 20, 3.1, 3)], ignore_index=True), mon, NOW,
+                                  n_bootstrap=400)
+    assert {(a.kind, a.metric) for a in alerts} == {("satisfaction_drop", "reaction")}
+    assert all(a.margin == mon.reaction_margin for a in alerts)

@@ -88,3 +88,16 @@ def test_reaction_model_load_refuses_foreign_types(tmp_path):
     with pytest.raises(ValueError, match="refusing to load"):
         ReactionModel.load(tmp_path)
     assert ReactionModel.load(tmp_path / "none").pipeline is None
+
+
+def test_monitor_finds_the_reaction_model_the_reward_stage_saved(tmp_path):
+    from convrl.config import load_config
+    from convrl.stages.monitoring import reaction_model
+
+    assert reaction_model(load_config("tiny")) is None                        # no reward models: no reaction column
+    (tmp_path / "dialogue").mkdir()
+    ReactionModel.fit([_session(i, i % 2 == 0)["messages"] for i in range(30)]).save(tmp_path / "dialogue")
+    model = reaction_model(load_config("tiny", [f"monitor.reward_models={tmp_path}"]))
+    replies, answers = ["Booked, reference R1.", "Sorry, no trains."], ["Thanks, that's perfect!", "No, I said Monday."]
+    p = model.predict(replies, answers)
+    assert p[0] > p[1] and np.all(np.isnan(ReactionModel().predict(replies, answers)))

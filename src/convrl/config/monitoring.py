@@ -46,6 +46,9 @@ class MonitorConfig:
         default=0.25, metadata={"help": "Alert when the mean 1-5 rating falls by more than this many points."})
     thumbs_margin: float = field(
         default=0.1, metadata={"help": "Alert when the thumbs-up rate falls by more than this share."})
+    reaction_margin: float = field(
+        default=0.1, metadata={"help": "Alert when the satisfaction predicted from users' next turns (1-5; needs "
+                                       "a reaction model in monitor.reward_models/dialogue) falls by more than this."})
     webhook: str = field(
         default="", metadata={"help": "URL that receives each alert as a JSON POST (Slack/Teams/Alertmanager "
                                       "bridge); empty = log and model-version tag only."})
@@ -71,7 +74,8 @@ class MonitorConfig:
             raise ConfigError("monitor.window_days and monitor.baseline_days must be positive")
         if self.min_sessions < 2:
             raise ConfigError(f"monitor.min_sessions must be >= 2 (a CI needs two sessions), got {self.min_sessions}")
-        for name in ("quality_margin", "rate_margin", "gap_margin", "satisfaction_margin", "thumbs_margin"):
+        for name in ("quality_margin", "rate_margin", "gap_margin", "satisfaction_margin", "thumbs_margin",
+                     "reaction_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"monitor.{name} must be >= 0, got {getattr(self, name)}")
         bad = sorted(set(self.rollback_alerts) - set(ALERT_KINDS))

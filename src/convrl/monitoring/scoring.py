@@ -8,7 +8,11 @@ their weighted ``composite``) and the held-out judges (``JudgePanel``:
 comparable with the offline report. Two cheap signals sit beside them: an
 ``empty`` flag (blank or degenerate reply) and the reply's trigram
 ``repetition`` rate; ``gap`` is reward composite minus judge composite, whose
-rise flags a policy pleasing its reward models rather than people::
+rise flags a policy pleasing its reward models rather than people. Given a
+reaction model (``convrl.rewards.reactions``, trained on turns people rated),
+``reaction`` is each reply's predicted satisfaction (1-5) read from the user's
+next turn in the same session: how the user took it, on every turn, where
+explicit ratings come from few sessions (NaN on a session's last turn)::
 
     from convrl.monitoring.scoring import score_turns, daily_summary
     scored = score_turns(turns, scorer, JudgePanel(), personas_by_id)
@@ -26,13 +30,37 @@ from convrl.rewards.heads import HEADS, is_degenerate, repetition_rate
 SCORE_COLUMNS = (*HEADS, "composite", "judge_composite", "judge_quality", "judge_personality",
                  "judge_engagement", "judge_relevance", "judge_emotion", "judge_fluency", "gap", "empty",
                  "repetition")
-DAILY_METRICS = ("composite", *HEADS, "judge_composite", "gap", "empty", "repetition", "rating", "thumbs",
+DAILY_METRICS = ("composite", *HEADS, "judge_composite", "gap", "empty", "repetition", "reaction", "rating", "thumbs",
                  "latency_s", "completion_tokens")
 
 
+def next_user_turns(turns: pd.DataFrame) -> list[str | None]:
+    """For each turn, the user's message that followed its reply in the same session (None on the last turn)."""
+    out: list[str | None] = [None] * len(turns)
+    for _, idx in turns.groupby("session_id", sort=False).groups.items():
+        order = turns.loc[idx].sort_values("timestamp", kind="stable").index.tolist()
+        for this, nxt in zip(order, order[1:]):
+            users = [m.get("content", "") for m in turns.at[nxt, "messages"] if m.get("role") == "user"]
+            out[turns.index.get_loc(this)] = users[-1] if users else None
+    return out
+
+
+def reaction_scores(turns: pd.DataFrame, reaction) -> np.ndarray:
+    """``reaction.predict`` for each turn that the user answered; NaN for the others."""
+    nxt = next_user_turns(turns)
+    rows = [i for i, u in enumerate(nxt) if u is not None]
+    out = np.full(len(turns), np.nan)
+    if rows:
+        out[rows] = reaction.predict([turns["reply"].iloc[i] for i in rows], [nxt[i] for i in rows])
+    return out
+
+
 def score_turns(turns: pd.DataFrame, scorer, panel, personas_by_id: dict[str, Persona],
-                batch_size: int = 256, progress: bool = False) -> pd.DataFrame:
-    """``turns`` (``frames.normalise_turns``) with every score column added, scored in batches."""
+                batch_size: int = 256, progress: bool = False, reaction=None) -> pd.DataFrame:
+    """``turns`` (``frames.normalise_turns``) with every score column added, scored in batches.
+
+    ``reaction``: a fitted ``ReactionModel`` for the ``reaction`` column (left out without one).
+    """
     out = turns.copy().reset_index(drop=True)
     if out.empty:
         for c in SCORE_COLUMNS:
@@ -70,6 +98,8 @@ def score_turns(turns: pd.DataFrame, scorer, panel, personas_by_id: dict[str, Pe
     out["gap"] = out["composite"] - out["judge_composite"]
     out["empty"] = np.array([is_degenerate(r) for r in replies], dtype=float)
     out["repetition"] = np.array([repetition_rate(r) for r in replies], dtype=float)
+    if reaction is not None and reaction.pipeline is not None:
+        out["reaction"] = reaction_scores(out, reaction)
     out["day"] = out["timestamp"].dt.strftime("%Y-%m-%d")
     return out
 

@@ -19,8 +19,9 @@ kind                   metric(s)                     raised when
 ``repetition_rise``    trigram repetition rate       CI lower bound > ``rate_margin``
 ``empty_rise``         share of empty replies        CI lower bound > ``rate_margin``
 ``reward_judge_gap``   reward minus judge composite  CI lower bound > ``gap_margin``
-``satisfaction_drop``  mean rating, thumbs-up rate   CI upper bound < -``satisfaction_margin``
-                                                     (rating) / -``thumbs_margin`` (thumbs)
+``satisfaction_drop``  mean rating, thumbs-up rate,  CI upper bound < -``satisfaction_margin``
+                       predicted satisfaction from   (rating) / -``thumbs_margin`` (thumbs) /
+                       the user's next turn          -``reaction_margin`` (reaction, with a model)
 =====================  ============================  ===========================================
 
 ::
@@ -58,6 +59,7 @@ RULES = (
     Rule("reward_judge_gap", "gap", +1, "gap_margin"),
     Rule("satisfaction_drop", "rating", -1, "satisfaction_margin"),
     Rule("satisfaction_drop", "thumbs", -1, "thumbs_margin"),
+    Rule("satisfaction_drop", "reaction", -1, "reaction_margin"),
 )
 
 

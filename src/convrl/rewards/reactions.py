@@ -65,6 +65,11 @@ def cue_features(conversations: list[list[dict]]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(len(conversations), len(CUE_FEATURES))
 
 
+def exchange_text(reply: str, next_user_turn: str) -> str:
+    """One exchange as the reaction model reads it: the assistant's turn, then the user's answer to it."""
+    return f"SYS {reply} || USR {next_user_turn}"
+
+
 def exchanges(conversation: list[dict]) -> list[tuple[str, float | None]]:
     """Each assistant turn with the user's next turn as one text, and the satisfaction rated there (or None)."""
     msgs = [m for m in conversation if m.get("role") in ("user", "assistant")]
@@ -74,7 +79,7 @@ def exchanges(conversation: list[dict]) -> list[tuple[str, float | None]]:
             continue
         nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "user" else ""
         label = (m.get("ratings") or {}).get("satisfaction")
-        out.append((f"SYS {m['content']} || USR {nxt}", None if label is None else float(label)))
+        out.append((exchange_text(m["content"], nxt), None if label is None else float(label)))
     return out
 
 
@@ -97,6 +102,16 @@ class ReactionModel:
         pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), Ridge(alpha=3.0))
         pipe.fit(list(texts), np.asarray(y, dtype=np.float64))
         return cls(pipe, len(pairs))
+
+    def predict(self, replies: list[str], next_user_turns: list[str]) -> np.ndarray:
+        """Predicted satisfaction (the raters' 1-5 scale) of each reply, read from the user's next turn.
+
+        NaN everywhere when no model was fitted. This is what ``convrl monitor`` tracks for served turns.
+        """
+        if self.pipeline is None:
+            return np.full(len(replies), np.nan)
+        texts = [exchange_text(r, u) for r, u in zip(replies, next_user_turns)]
+        return self.pipeline.predict(texts) if texts else np.zeros(0)
 
     def features(self, conversations: list[list[dict]]) -> np.ndarray:
         out = np.zeros((len(conversations), len(REACTION_FEATURES)))

@@ -60,6 +60,16 @@ def build_scorer(cfg: Config):
     return RewardScorer(encoder, None, fluency, cfg.rewards.weights)
 
 
+def reaction_model(cfg: Config):
+    """The reaction model the reward stage trained with the dialogue judge (``rewards.dialogue_data``), else None."""
+    from convrl.rewards.reactions import REACTION_FILE, ReactionModel
+
+    folder = Path(cfg.monitor.reward_models) / "dialogue" if cfg.monitor.reward_models else None
+    if folder is None or not (folder / REACTION_FILE).is_file():
+        return None
+    return ReactionModel.load(folder)
+
+
 def personas_for(names) -> dict:
     from convrl.data.personas import load_persona
 
@@ -76,7 +86,7 @@ def scored_turns(cfg: Config, since, until, turns: pd.DataFrame | None = None) -
         return score_turns(frame, None, None, {})
     log.info("scoring %d served turns from %d sessions", len(frame), frame["session_id"].nunique())
     return score_turns(frame, build_scorer(cfg), JudgePanel(weights=cfg.rewards.weights),
-                       personas_for(frame["persona"]), progress=True)
+                       personas_for(frame["persona"]), progress=True, reaction=reaction_model(cfg))
 
 
 def monitor_stage(cfg: Config, now: pd.Timestamp | None = None, turns: pd.DataFrame | None = None,
