@@ -151,3 +151,26 @@ def test_cli_reports_missing_traffic_clearly(mlflow_store, capsys):
     assert "no served turns" in err and "convrl serve" in err
     with pytest.raises(SystemExit, match="relative time"):
         main(["ab", "online", "--config", "tiny", "--since", "last tuesday"])
+
+
+def test_online_ab_can_decide_on_satisfaction_read_from_users_answers():
+    from convrl.monitoring.frames import session_table
+
+    cfg = load_config("tiny", ["monitor.ab_primary=predicted_satisfaction"])
+    settings = ab_settings(cfg.ab, cfg.monitor)
+    rng = np.random.default_rng(3)
+    sessions = _sessions(0.0)
+    # Nobody rated, but every session answered: the reaction model's reading decides.
+    sessions["satisfaction"] = np.nan
+    lift = 0.4 * (sessions["variant"] == "challenger")
+    sessions["predicted_satisfaction"] = rng.normal(3.2, 0.2, len(sessions)) + lift
+    decision, _ = online_decision(sessions, settings)
+    assert decision.outcome == "promote" and decision.metrics["predicted_satisfaction"]["n_baseline"] == 30
+    # Without a reaction model the column is there, empty, and the default primary still decides.
+    turns = pd.DataFrame({"session_id": ["a", "a", "b"], "variant": ["champion"] * 3, "model_version": ["1"] * 3,
+                          "judge_composite": 0.5, "composite": 0.5, "empty": 0.0, "repetition": 0.0,
+                          "rating": np.nan, "thumbs": np.nan, "trace_id": ["t1", "t2", "t3"],
+                          "timestamp": pd.Timestamp("2026-11-20T12:00:00Z")})
+    assert session_table(turns)["predicted_satisfaction"].isna().all()
+    by_session = session_table(turns.assign(reaction=[4.0, np.nan, 2.0])).set_index("session_id")
+    assert by_session.at["a", "predicted_satisfaction"] == 4.0 and by_session.at["b", "predicted_satisfaction"] == 2.0

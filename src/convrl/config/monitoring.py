@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from convrl.config.base import ConfigError
 
 ALERT_KINDS = ("quality_drop", "repetition_rise", "empty_rise", "reward_judge_gap", "satisfaction_drop")
-SESSION_METRICS = ("satisfaction", "thumbs_up", "judge_composite", "reward_composite", "session_turns",
-                   "empty_rate", "repetition")
+SESSION_METRICS = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "reward_composite",
+                   "session_turns", "empty_rate", "repetition")
 
 
 @dataclass

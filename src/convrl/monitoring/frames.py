@@ -72,17 +72,22 @@ def session_table(scored: pd.DataFrame) -> pd.DataFrame:
     """One row per (session, variant): the session-level metrics the online A/B compares.
 
     ``satisfaction`` is the mean 1-5 rating and ``thumbs_up`` the share of thumbs up
-    (NaN when the session gave none); judge and reward scores are the session's
-    mean over turns; ``session_turns`` counts served turns.
+    (NaN when the session gave none); ``predicted_satisfaction`` the mean of the
+    turns' ``reaction`` (satisfaction read from the user's answers; NaN without a
+    reaction model); judge and reward scores are the session's mean over turns;
+    ``session_turns`` counts served turns.
     """
     need = {"session_id", "variant", "model_version", "judge_composite", "composite", "empty", "repetition"}
     missing = sorted(need - set(scored.columns))
     if missing:
         raise MonitoringDataError(f"session_table needs scored turns (monitoring.scoring.score_turns); "
                                   f"missing {missing}")
+    if "reaction" not in scored.columns:
+        scored = scored.assign(reaction=float("nan"))
     g = scored.groupby(["session_id", "variant"], sort=True, dropna=False)
     out = g.agg(model_version=("model_version", "last"), satisfaction=("rating", "mean"),
-                thumbs_up=("thumbs", "mean"), judge_composite=("judge_composite", "mean"),
+                thumbs_up=("thumbs", "mean"), predicted_satisfaction=("reaction", "mean"),
+                judge_composite=("judge_composite", "mean"),
                 reward_composite=("composite", "mean"), session_turns=("trace_id", "count"),
                 empty_rate=("empty", "mean"), repetition=("repetition", "mean"),
                 started=("timestamp", "min")).reset_index()

@@ -5,6 +5,7 @@ unpaired: :func:`convrl.eval.ab.compare_unpaired` applies the same bootstrap CI,
 Holm-corrected tests, guardrails and promote / reject / inconclusive rules as the
 offline A/B, one row per session. Metrics per session (``frames.session_table``):
 ``satisfaction`` (mean 1-5 rating), ``thumbs_up`` (share of thumbs up),
+``predicted_satisfaction`` (read from the users' answers, with a reaction model),
 ``judge_composite`` and ``reward_composite`` (means over turns),
 ``session_turns``, ``empty_rate``, ``repetition``. Lower-is-better metrics
 (empty rate, repetition) enter negated, so for every metric a guardrail reads
@@ -21,13 +22,15 @@ import pandas as pd
 
 from convrl.eval.ab import ABSettings, Decision, compare_unpaired
 
-HIGHER_IS_BETTER = ("satisfaction", "thumbs_up", "judge_composite", "reward_composite", "session_turns")
+HIGHER_IS_BETTER = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "reward_composite",
+                    "session_turns")
 LOWER_IS_BETTER = ("empty_rate", "repetition")
 
 
 def metric_table(sessions: pd.DataFrame) -> pd.DataFrame:
     """The numeric columns the decision compares, lower-is-better ones negated."""
-    out = sessions[list(HIGHER_IS_BETTER)].astype(float).copy()
+    # predicted_satisfaction is absent (NaN) where no reaction model scored the turns.
+    out = sessions.reindex(columns=list(HIGHER_IS_BETTER)).astype(float)
     for m in LOWER_IS_BETTER:
         out[m] = -sessions[m].astype(float)
     return out
