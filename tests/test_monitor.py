@@ -257,6 +257,8 @@ def test_daily_figure_draws_each_metric(tmp_path):
     assert len(titles) == 7 and "thumbs-up rate" not in titles  # no thumbs given: no empty panel
     fig.savefig(tmp_path / "d.png")
     assert (tmp_path / "d.png").stat().st_size > 5000
+    with_reaction = daily_summary(df.assign(reaction=3.5))
+    assert "satisfaction read from answers (1-5)" in [ax.get_title() for ax in daily_figure(with_reaction).axes]
     with pytest.raises(ValueError, match="no metric"):
         daily_figure(daily[["model_version", "day"]])
 
