@@ -88,6 +88,8 @@ def test_reaction_model_load_refuses_foreign_types(tmp_path):
     with pytest.raises(ValueError, match="refusing to load"):
         ReactionModel.load(tmp_path)
     assert ReactionModel.load(tmp_path / "none").pipeline is None
+    ReactionModel().save(tmp_path)                      # saving "no model" over a folder clears the old file
+    assert not (tmp_path / REACTION_FILE).exists() and ReactionModel.load(tmp_path).pipeline is None
 
 
 def test_monitor_finds_the_reaction_model_the_reward_stage_saved(tmp_path):

@@ -130,8 +130,11 @@ class ReactionModel:
     def save(self, folder: str | Path) -> None:
         import skops.io as sio
 
+        f = Path(folder) / REACTION_FILE
         if self.pipeline is not None:
-            sio.dump(self.pipeline, Path(folder) / REACTION_FILE)
+            sio.dump(self.pipeline, f)
+        else:
+            f.unlink(missing_ok=True)  # a judge saved over an older one must not load the older one's model
 
     @classmethod
     def load(cls, folder: str | Path, exchanges_fitted: int = 0) -> "ReactionModel":
