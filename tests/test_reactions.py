@@ -103,3 +103,34 @@ def test_monitor_finds_the_reaction_model_the_reward_stage_saved(tmp_path):
     replies, answers = ["Booked, reference R1.", "Sorry, no trains."], ["Thanks, that's perfect!", "No, I said Monday."]
     p = model.predict(replies, answers)
     assert p[0] > p[1] and np.all(np.isnan(ReactionModel().predict(replies, answers)))
+
+
+def _satisfaction_folder(root, n: int = 70):
+    """A user-satisfaction folder in the released format: tab-separated turns, per-turn scores, an OVERALL line."""
+    blocks = []
+    for i in range(n):
+        good = i % 2 == 0
+        lines = [f"USER\tI need a restaurant for {2 + i % 5} people tonight.\tRestaurant-Inform\t3,3,3"]
+        for bot, user, score in (GOOD if good else BAD) * (1 + (i // 2) % 2):
+            s = ",".join([str(int(round(score)))] * 3)
+            lines += [f"SYSTEM\t{bot}\t", f"USER\t{user}\t\t{s}"]
+        lines.append(f"USER\tOVERALL\t\t{'5,4,5' if good else '1,2,1'}")
+        blocks.append("\n".join(lines))
+    root.mkdir()
+    (root / "MWOZ.txt").write_text("\n\n".join(blocks) + "\n")
+    return root
+
+
+def test_reward_stage_trains_the_reaction_model_and_the_monitor_uses_it(tiny_encoder, tmp_path):
+    from convrl.config import load_config
+    from convrl.rewards.judgement import train_human_judgement
+    from convrl.stages.monitoring import reaction_model
+
+    folder = _satisfaction_folder(tmp_path / "user_satisfaction")
+    rc = load_config("tiny", [f"rewards.dialogue_data=[{folder}]"]).rewards
+    entries, metrics, _ = train_human_judgement(rc, tiny_encoder, "", tmp_path / "rm")
+    assert entries["dialogue_judge"] and metrics["dialogue_judge/reaction_exchanges"] > 0
+    assert (tmp_path / "rm" / "dialogue" / REACTION_FILE).is_file()
+    model = reaction_model(load_config("tiny", [f"monitor.reward_models={tmp_path / 'rm'}"]))
+    p = model.predict(["Booked, reference R9.", "Sorry, no trains."], ["Thanks, that's perfect!", "No, I said Monday."])
+    assert p[0] > p[1]
