@@ -134,3 +134,30 @@ def test_reward_stage_trains_the_reaction_model_and_the_monitor_uses_it(tiny_enc
     model = reaction_model(load_config("tiny", [f"monitor.reward_models={tmp_path / 'rm'}"]))
     p = model.predict(["Booked, reference R9.", "Sorry, no trains."], ["Thanks, that's perfect!", "No, I said Monday."])
     assert p[0] > p[1]
+
+
+def test_meta_eval_reads_each_rated_reply_with_the_users_answer(tiny_encoder):
+    from convrl.meta_eval.suite import SuiteJudges, answer_to, extra_columns
+
+    ds = [_session(i, i % 2 == 0) for i in range(70)]
+    judge, _ = train_dialogue_judge(tiny_encoder, ds)
+    d = _session(500, True)
+    msgs = d["messages"]
+    items = [{"context": msgs[:k], "response": m["content"], "persona": [], "group": d["id"],
+              "ratings": dict(m["ratings"])} for k, m in enumerate(msgs) if m["role"] == "assistant"]
+    assert answer_to(msgs, items[0]) == msgs[2]["content"]
+    assert answer_to(msgs[:-1], items[-1]) == ""                    # the last reply, not answered
+    assert answer_to(msgs, {**items[0], "response": "never said"}) == ""
+    scores: dict = {}
+    extra_columns(items, scores, SuiteJudges(dialogue=judge), tiny_encoder, {d["id"]: d})
+    assert scores["reaction"].shape == (len(items),) and np.isfinite(scores["reaction"]).all()
+    # The same replies, answered with corrections instead of thanks.
+    upset = [dict(m) for m in msgs]
+    for k in range(2, len(upset), 2):
+        upset[k]["content"] = "No, that's wrong, I said the centre."
+    scores_upset: dict = {}
+    extra_columns(items, scores_upset, SuiteJudges(dialogue=judge), tiny_encoder, {d["id"]: {**d, "messages": upset}})
+    assert scores["reaction"].mean() > scores_upset["reaction"].mean()
+    off: dict = {}
+    extra_columns(items, off, SuiteJudges(dialogue=judge), tiny_encoder, {})  # not a dialogue set: no column
+    assert "reaction" not in off

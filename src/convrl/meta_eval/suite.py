@@ -24,7 +24,9 @@ Dialogue-level ratings are predicted from the whole conversation: every head
 scores every assistant turn of a held-out dialogue and the dialogue gets the mean
 of its best three (``stats.DIALOGUE_TOP_K``); the dialogue judge
 (``dialogue_judge`` column; every item of a dialogue carries its conversation's
-score) reads the conversation as a whole::
+score) reads the conversation as a whole, and its reaction model (``reaction``
+column, on the dialogue sets) reads each rated reply with the user's answer to
+it: not a reward, the satisfaction signal ``convrl monitor`` tracks::
 
     result = run_suite("../shared/data", scorer, extra_judges=SuiteJudges(...))
     print(summary_markdown(result))      # the README table: one row per set and rating
@@ -136,6 +138,22 @@ def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder,
                                   [dialogues[g].get("persona") or [] for g in uniq])
         by = dict(zip(uniq, s))
         scores["dialogue_judge"] = np.array([by.get(g, np.nan) for g in groups], dtype=np.float64)
+    reaction = getattr(judges.dialogue, "reaction", None)
+    if reaction is not None and reaction.pipeline is not None and groups and all(g in dialogues for g in groups):
+        # Not a reward (it reads the user's answer, which no reply has when it is scored): what monitoring tracks.
+        answers = [answer_to(dialogues[g]["messages"], it) for g, it in zip(groups, items)]
+        scores["reaction"] = np.asarray(reaction.predict(responses, answers), dtype=np.float64)
+
+
+def answer_to(messages: list[dict], item: dict) -> str:
+    """The user's answer to a rated reply in its dialogue ("" when nobody answered it)."""
+    prev = item["context"][-1]["content"] if item.get("context") else None
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and m["content"] == item["response"] and (
+                prev is None or (i > 0 and messages[i - 1]["content"] == prev)):
+            nxt = messages[i + 1] if i + 1 < len(messages) else None
+            return nxt["content"] if nxt is not None and nxt["role"] == "user" else ""
+    return ""
 
 
 def run_suite(root: str | Path, scorer, judges: SuiteJudges | None = None, limits: SuiteLimits | None = None,
@@ -187,7 +205,7 @@ def summary_rows(result: dict) -> list[dict]:
                          "best_head": f"{bh} {_fmt(by[bh])}" if bh else "n/a",
                          "untrained_best": f"{bu.removesuffix('_untrained')} {_fmt(by[bu])}" if bu else "n/a",
                          "length": _fmt(by.get("baseline:length")),
-                         "dialogue_judge": _fmt(by.get("dialogue_judge")),
+                         "dialogue_judge": _fmt(by.get("dialogue_judge")), "reaction": _fmt(by.get("reaction")),
                          "best_judge": f"{bj} {_fmt(by[bj])}" if bj else "n/a"})
     return rows
 
@@ -211,7 +229,7 @@ def summary_markdown(result: dict) -> str:
     rows = summary_rows(result)
     cols = ["set", "rating", "level", "n", "composite", "composite_calibrated", "composite_untrained", "best_head",
             "untrained_best",
-            "length", "dialogue_judge", "best_judge"]
+            "length", "dialogue_judge", "reaction", "best_judge"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     checks = head_checks(result)
