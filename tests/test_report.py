@@ -151,3 +151,38 @@ def test_report_shows_conflicting_heads_and_counts_them_in_the_headline(personas
     assert "conflict: RL can trade one for the other" in r.html
     assert "| personality | relevance |" in r.markdown or "| relevance | personality |" in r.markdown
     r.close()
+
+
+def _rated_sessions(n: int = 70) -> list[dict]:
+    """Whole rated conversations with per-turn satisfaction, as the dialogue judge trains on them."""
+    good = [("I'm glad you asked! My dog Biscuit loves long walks. What do you enjoy?", "That's lovely, thanks!", 5.0)]
+    bad = [("I don't have a dog. As an AI I cannot feel.", "That makes no sense, you are a bot.", 1.0)]
+    out = []
+    for i in range(n):
+        ok = i % 2 == 0
+        msgs = [{"role": "user", "content": f"Hi there, how is your day {i}?"}]
+        for bot, user, score in (good if ok else bad) * (2 + i % 3):
+            msgs += [{"role": "assistant", "content": bot, "ratings": {"satisfaction": score}},
+                     {"role": "user", "content": user}]
+        out.append({"id": f"s{i}", "messages": msgs, "persona": ["i have a dog named biscuit."],
+                    "score": 4.5 if ok else 1.5, "source": "satisfaction-TEST"})
+    return out
+
+
+def test_selfplay_is_rated_whole_by_the_dialogue_judge(personas, panel, selfplay, tiny_encoder):
+    from convrl.eval.selfplay import judge_conversations
+    from convrl.rewards.dialogue import train_dialogue_judge
+
+    judge, _ = train_dialogue_judge(tiny_encoder, _rated_sessions())
+    rated = judge_conversations(selfplay, judge, tiny_encoder, {p.persona_id: p for p in personas})
+    pc = rated.per_conv
+    assert len(pc) == len(selfplay.per_conv) and pc["dialogue_judge"].between(0, 1).all()
+    assert pc["reaction"].notna().all() and "candidate/dialogue_judge" in rated.summary
+    assert "candidate/reaction" in rated.summary and "candidate/coherence" in rated.summary
+    # Judging again replaces the columns instead of adding more.
+    again = judge_conversations(rated, judge, tiny_encoder, {p.persona_id: p for p in personas})
+    assert list(again.per_conv.columns) == list(pc.columns)
+    r = _report(personas, panel, rated)
+    assert "Dialogue judge: the whole conversation as people rate dialogues (0-1)" in r.html
+    assert "Satisfaction read from the simulated user's answers (1-5)" in r.markdown
+    r.close()

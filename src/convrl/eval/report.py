@@ -38,7 +38,9 @@ SELFPLAY_LABELS = {
     "unprompted_shift_rate": "Unprompted topic shifts", "pivot_followed": "Followed the scripted topic change",
     "engagement": "Engagement judge", "persona_embed_sim": "Encoder similarity to persona card",
     "persona_embed_std": "Spread of that similarity (lower = steadier)",
-    "fact_recall": "Facts recalled later in self-play (name, preference, plan)"}
+    "fact_recall": "Facts recalled later in self-play (name, preference, plan)",
+    "dialogue_judge": "Dialogue judge: the whole conversation as people rate dialogues (0-1)",
+    "reaction": "Satisfaction read from the simulated user's answers (1-5)"}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:24px auto;padding:0 20px;
 color:#202124;line-height:1.45}

@@ -36,7 +36,12 @@ users with the same randomness. Per conversation:
   through the context manager's memory line, as in ``convrl chat``);
 * ``coherence``: mean over turns of 0.3 persona score + 0.25 (no contradiction)
   + 0.2 (no self-repetition) + 0.25 relevance to the user turn; a degenerate
-  turn scores 0.
+  turn scores 0;
+* with a trained dialogue judge (``rewards.dialogue_data``; ``judge_conversations``):
+  ``dialogue_judge``, its rating of the whole conversation (0-1, learned from
+  people's ratings of whole dialogues), and ``reaction``, the satisfaction its
+  reaction model reads from the simulated user's answers (1-5, mean over the
+  replies that were answered).
 """
 
 from __future__ import annotations
@@ -277,7 +282,7 @@ def _pivot_followed(conv: pd.DataFrame, a_idx: list[int], sim: np.ndarray) -> fl
 
 SUMMARY_METRICS = ("coherence", "persona_consistency", "persona_drift", "contradiction_rate", "self_repetition",
                    "degenerate_rate", "user_following", "unprompted_shift_rate", "pivot_followed", "engagement",
-                   "persona_embed_sim", "persona_embed_std", "fact_recall")
+                   "persona_embed_sim", "persona_embed_std", "fact_recall", "dialogue_judge", "reaction")
 
 
 def summarize(per_conv: pd.DataFrame) -> dict[str, float]:
@@ -306,3 +311,24 @@ def evaluate_selfplay(model_dirs: dict[str, str], user_model_dir: str, personas:
     transcripts = run_selfplay(model_dirs, user_model_dir, personas, settings, cache=cache)
     per_turn, per_conv = selfplay_metrics(transcripts, {p.persona_id: p for p in personas}, panel, encoder)
     return SelfPlayResult(transcripts, per_turn, per_conv, summarize(per_conv))
+
+
+def judge_conversations(result: SelfPlayResult, judge, encoder, personas_by_id: dict[str, Persona]) -> SelfPlayResult:
+    """Add the dialogue judge's rating of each whole conversation and the reaction model's reading of the
+    simulated user's answers (``rewards.dialogue.DialogueJudge``) to ``per_conv``, and summarise again."""
+    from convrl.rewards.heads import persona_sentences
+
+    keys, convs, cards, reactions = [], [], [], []
+    for (model, c), conv in result.transcripts.groupby(["model", "conversation"], sort=False):
+        keys.append((model, c))
+        roles, texts = conv["role"].tolist(), conv["text"].tolist()
+        convs.append([{"role": r, "content": t} for r, t in zip(roles, texts)])
+        cards.append(persona_sentences(personas_by_id.get(conv["persona_id"].iloc[0])))
+        answered = [i for i in range(len(roles) - 1) if roles[i] == "assistant" and roles[i + 1] == "user"]
+        pred = judge.reaction.predict([texts[i] for i in answered], [texts[i + 1] for i in answered])
+        reactions.append(float(np.mean(pred)) if len(answered) else float("nan"))
+    scored = pd.DataFrame(keys, columns=["model", "conversation"]).assign(
+        dialogue_judge=judge.score(encoder, convs, cards).astype(float) if convs else [], reaction=reactions)
+    per_conv = result.per_conv.drop(columns=["dialogue_judge", "reaction"], errors="ignore").merge(
+        scored, on=["model", "conversation"], how="left")
+    return SelfPlayResult(result.transcripts, result.per_turn, per_conv, summarize(per_conv))

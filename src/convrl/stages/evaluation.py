@@ -37,7 +37,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
     from convrl.eval.judges import JudgePanel, reference_conversations_from_turns
     from convrl.eval.metrics import analyze
     from convrl.eval.report import write_report
-    from convrl.eval.selfplay import SelfPlaySettings, evaluate_selfplay
+    from convrl.eval.selfplay import SelfPlaySettings, evaluate_selfplay, judge_conversations
 
     e = cfg.eval
     with tracking.stage_run(parent_run_id, "evaluate", cfg.tracking.experiment) as run:
@@ -74,6 +74,9 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             start = time.perf_counter()
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder,
                                          cache=cache)
+            dialogue = RewardBundle.load(reward_dir).dialogue(reward_dir)
+            if dialogue is not None:  # rewards.dialogue_data: whole conversations as people rate them
+                selfplay = judge_conversations(selfplay, dialogue, scorer.encoder, by_id)
             timings["selfplay_s"] = time.perf_counter() - start
             run.log_table(selfplay.transcripts, "eval/selfplay_transcripts.json")
             run.log_table(selfplay.per_conv, "eval/selfplay_conversations.json")
