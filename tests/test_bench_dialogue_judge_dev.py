@@ -1,0 +1,20 @@
+"""bench/dialogue_judge_dev.py end to end on a small sample of the rated dialogues (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.benches import run_bench
+from tests.conftest import SHARED_DATA
+
+
+@pytest.mark.shared_data
+def test_dialogue_judge_dev_compares_every_feature_set_on_the_dev_split():
+    if not (SHARED_DATA / "user_satisfaction").is_dir():
+        pytest.skip(f"{SHARED_DATA} has no user_satisfaction")
+    out = run_bench("dialogue_judge_dev", "--data", str(SHARED_DATA), "--max-per-source", "40", "--cap", "15")
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "dev n" not in line]
+    sets = {r[1].strip() for r in rows}
+    assert sets == {"base", "conversation", "+cues", "+reaction", "all"}
+    assert {r[0].strip() for r in rows} == {"ridge", "gbm"} and {r[2].strip() for r in rows} == {"cap", "full"}
+    assert all(-1 <= float(r[6].split("[")[0]) <= 1 for r in rows)
