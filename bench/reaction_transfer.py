@@ -20,14 +20,15 @@ import numpy as np
 
 def thumbs_with_answers(dialogues: list[dict]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """Rated bot replies that the person answered: (replies, answers, thumbs, dialogue ids)."""
+    from convrl.rewards.reactions import replies_with_answers
+
     replies, answers, thumbs, groups = [], [], [], []
     for d in dialogues:
-        msgs = [m for m in d["messages"] if m["role"] in ("user", "assistant")]
-        for j, m in enumerate(msgs[:-1]):
+        for m, answer in replies_with_answers(d["messages"]):
             thumb = (m.get("ratings") or {}).get("thumb")
-            if m["role"] == "assistant" and thumb is not None and msgs[j + 1]["role"] == "user":
+            if thumb is not None and answer is not None:
                 replies.append(m["content"])
-                answers.append(msgs[j + 1]["content"])
+                answers.append(answer)
                 thumbs.append(float(thumb))
                 groups.append(d["id"])
     return replies, answers, np.array(thumbs), np.array(groups)
@@ -35,17 +36,11 @@ def thumbs_with_answers(dialogues: list[dict]) -> tuple[list[str], list[str], np
 
 def clustered_spearman(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
                        seed: int = 13) -> tuple[float, float, float]:
-    from scipy.stats import spearmanr
+    """Spearman with the meta-eval's 95% CI, whole dialogues resampled (``convrl.meta_eval.stats``)."""
+    from convrl.meta_eval.stats import bootstrap_weights, correlate
 
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(groups)
-    rows = {g: np.flatnonzero(groups == g) for g in uniq}
-    boots = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rows[g] for g in rng.choice(uniq, len(uniq))])
-        boots.append(spearmanr(x[idx], y[idx]).statistic)
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
-    return float(spearmanr(x, y).statistic), float(lo), float(hi)
+    r = correlate(np.asarray(x, float), np.asarray(y, float), bootstrap_weights(groups, n_boot, seed))
+    return r["spearman"], r["spearman_ci"][0], r["spearman_ci"][1]
 
 
 def main(argv=None) -> int:

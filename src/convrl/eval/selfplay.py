@@ -317,16 +317,17 @@ def judge_conversations(result: SelfPlayResult, judge, encoder, personas_by_id: 
     """Add the dialogue judge's rating of each whole conversation and the reaction model's reading of the
     simulated user's answers (``rewards.dialogue.DialogueJudge``) to ``per_conv``, and summarise again."""
     from convrl.rewards.heads import persona_sentences
+    from convrl.rewards.reactions import replies_with_answers
 
     keys, convs, cards, reactions = [], [], [], []
     for (model, c), conv in result.transcripts.groupby(["model", "conversation"], sort=False):
         keys.append((model, c))
-        roles, texts = conv["role"].tolist(), conv["text"].tolist()
-        convs.append([{"role": r, "content": t} for r, t in zip(roles, texts)])
+        messages = [{"role": r, "content": t} for r, t in zip(conv["role"], conv["text"])]
+        convs.append(messages)
         cards.append(persona_sentences(personas_by_id.get(conv["persona_id"].iloc[0])))
-        answered = [i for i in range(len(roles) - 1) if roles[i] == "assistant" and roles[i + 1] == "user"]
-        pred = judge.reaction.predict([texts[i] for i in answered], [texts[i + 1] for i in answered])
-        reactions.append(float(np.mean(pred)) if len(answered) else float("nan"))
+        answered = [(m["content"], a) for m, a in replies_with_answers(messages) if a is not None]
+        pred = judge.reaction.predict([r for r, _ in answered], [a for _, a in answered])
+        reactions.append(float(np.mean(pred)) if answered else float("nan"))
     scored = pd.DataFrame(keys, columns=["model", "conversation"]).assign(
         dialogue_judge=judge.score(encoder, convs, cards).astype(float) if convs else [], reaction=reactions)
     per_conv = result.per_conv.drop(columns=["dialogue_judge", "reaction"], errors="ignore").merge(

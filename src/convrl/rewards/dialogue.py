@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from convrl.rewards.heads import is_degenerate
-from convrl.rewards.reactions import CUE_FEATURES, REACTION_FEATURES, ReactionModel, crossfit_reaction, cue_features
+from convrl.rewards.reactions import (CUE_FEATURES, REACTION_FEATURES, ReactionModel, crossfit_reaction, cue_features,
+                                      load_sklearn)
 from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score
 
 COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
@@ -155,18 +156,12 @@ class DialogueJudge:
 
     @classmethod
     def load(cls, folder: str | Path) -> "DialogueJudge":
-        import skops.io as sio
-
         d = Path(folder)
         meta = json.loads((d / "judge.json").read_text())
         if meta.get("features") != list(FEATURES) or not (d / MODEL_FILE).is_file():
             raise ValueError(f"{d}: dialogue judge trained on other features or by an older convrl; retrain it "
                              "(the reward stage with rewards.dialogue_data)")
-        types = sio.get_untrusted_types(file=d / MODEL_FILE)
-        foreign = [t for t in types if not t.startswith(("sklearn.", "numpy."))]
-        if foreign:
-            raise ValueError(f"{d / MODEL_FILE}: refusing to load types other than scikit-learn's: {foreign}")
-        model = sio.load(d / MODEL_FILE, trusted=types)
+        model = load_sklearn(d / MODEL_FILE)
         reaction = ReactionModel.load(d, meta.get("reaction_exchanges", 0))
         return cls(model, meta["lo"], meta["hi"], meta["type"].removeprefix("dialogue-"), meta.get("metrics"), reaction)
 

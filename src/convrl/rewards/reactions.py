@@ -70,17 +70,31 @@ def exchange_text(reply: str, next_user_turn: str) -> str:
     return f"SYS {reply} || USR {next_user_turn}"
 
 
+def replies_with_answers(conversation: list[dict]) -> list[tuple[dict, str | None]]:
+    """Each assistant message with the user's message right after it (None when nobody answered it)."""
+    msgs = [m for m in conversation if m.get("role") in ("user", "assistant")]
+    return [(m, msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "user" else None)
+            for i, m in enumerate(msgs) if m["role"] == "assistant"]
+
+
 def exchanges(conversation: list[dict]) -> list[tuple[str, float | None]]:
     """Each assistant turn with the user's next turn as one text, and the satisfaction rated there (or None)."""
-    msgs = [m for m in conversation if m.get("role") in ("user", "assistant")]
     out = []
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "user" else ""
+    for m, answer in replies_with_answers(conversation):
         label = (m.get("ratings") or {}).get("satisfaction")
-        out.append((exchange_text(m["content"], nxt), None if label is None else float(label)))
+        out.append((exchange_text(m["content"], answer or ""), None if label is None else float(label)))
     return out
+
+
+def load_sklearn(file: str | Path):
+    """A skops file holding scikit-learn / numpy / scipy.sparse objects only (no pickle); anything else is refused."""
+    import skops.io as sio
+
+    types = sio.get_untrusted_types(file=file)
+    foreign = [t for t in types if not t.startswith(("sklearn.", "numpy.", "scipy.sparse."))]
+    if foreign:
+        raise ValueError(f"{file}: refusing to load types other than scikit-learn's: {foreign}")
+    return sio.load(file, trusted=types)
 
 
 class ReactionModel:
@@ -138,16 +152,8 @@ class ReactionModel:
 
     @classmethod
     def load(cls, folder: str | Path, exchanges_fitted: int = 0) -> "ReactionModel":
-        import skops.io as sio
-
         f = Path(folder) / REACTION_FILE
-        if not f.is_file():
-            return cls(None, exchanges_fitted)
-        types = sio.get_untrusted_types(file=f)
-        foreign = [t for t in types if not t.startswith(("sklearn.", "numpy.", "scipy.sparse."))]
-        if foreign:
-            raise ValueError(f"{f}: refusing to load types other than scikit-learn's: {foreign}")
-        return cls(sio.load(f, trusted=types), exchanges_fitted)
+        return cls(load_sklearn(f), exchanges_fitted) if f.is_file() else cls(None, exchanges_fitted)
 
 
 def crossfit_reaction(conversations: list[list[dict]], train: np.ndarray, ids: list[str],

@@ -53,8 +53,9 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         model_dirs = {"candidate": str(policy.weights_dir(policy_dir)), "baseline": base_dir}
         # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
         # The safety judge (rewards.safety_data) scores every reply: judge_safety, an A/B guardrail like every judge.
+        bundle = RewardBundle.load(reward_dir)
         panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
-                           safety=RewardBundle.load(reward_dir).safety(reward_dir))
+                           safety=bundle.safety(reward_dir))
         # Where evaluation's minutes go (the RL stage logs its own phases as timing/*).
         timings: dict[str, float] = {}
         precision = resolve_precision(e.precision)
@@ -74,7 +75,7 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
             start = time.perf_counter()
             selfplay = evaluate_selfplay(model_dirs, user_dir, personas, settings, panel, encoder=scorer.encoder,
                                          cache=cache)
-            dialogue = RewardBundle.load(reward_dir).dialogue(reward_dir)
+            dialogue = bundle.dialogue(reward_dir)
             if dialogue is not None:  # rewards.dialogue_data: whole conversations as people rate them
                 selfplay = judge_conversations(selfplay, dialogue, scorer.encoder, by_id)
             timings["selfplay_s"] = time.perf_counter() - start
