@@ -110,8 +110,30 @@ def main(argv=None) -> int:
             rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(a.seed))
             print(f"| {kind} | {name} | {size} | {int(train.sum())} | {g} | {int(m.sum())} | "
                   f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    _ceiling(side, dev, z, reactions["full"], np.random.default_rng(a.seed))
     print(f"total {time.time() - t0:.0f} s")
     return 0
+
+
+def _ceiling(side, dev, z, reaction, rng) -> None:
+    """How much of a session's overall rating the turns' ratings carry: the raters' own vs predicted from text."""
+    import numpy as np
+
+    human = np.array([np.mean(r) if (r := [float(m["ratings"]["satisfaction"]) for m in d["messages"]
+                                         if m.get("role") == "assistant"
+                                         and (m.get("ratings") or {}).get("satisfaction") is not None]) else np.nan
+                      for d in side])
+    m = dev & ~np.isnan(human)
+    if m.sum() < 10:
+        return
+    print("\n| user satisfaction, dev sessions with rated turns | n | Spearman [95% CI] |")
+    print("|---|---|---|")
+    for label, pred, target in (
+            ("overall vs the raters' own turn ratings, mean (an oracle: not known for a new session)", human, z),
+            ("overall vs the reaction model's predicted turn ratings, mean (feature reaction_mean)", reaction[:, 0], z),
+            ("the raters' turn-rating mean vs the predicted one", reaction[:, 0], human)):
+        rho, lo, hi = _spearman_ci(pred[m], target[m], rng)
+        print(f"| {label} | {int(m.sum())} | {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ def test_dialogue_judge_dev_compares_every_feature_set_on_the_dev_split():
     if not (SHARED_DATA / "user_satisfaction").is_dir():
         pytest.skip(f"{SHARED_DATA} has no user_satisfaction")
     out = run_bench("dialogue_judge_dev", "--data", str(SHARED_DATA), "--max-per-source", "40", "--cap", "15")
-    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "dev n" not in line]
+    lines = out.stdout.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ") and "dev n" not in line
+            and len(line.split("|")) == 9]
     sets = {r[1].strip() for r in rows}
     assert sets == {"base", "conversation", "+cues", "+reaction", "all"}
     assert {r[0].strip() for r in rows} == {"ridge", "gbm"} and {r[2].strip() for r in rows} == {"cap", "full"}
     assert all(-1 <= float(r[6].split("[")[0]) <= 1 for r in rows)
+    # The reference rows: the raters' own turn ratings against the reaction model's predicted ones.
+    refs = [line.split("|")[1:-1] for line in lines if line.startswith("| overall vs") or line.startswith("| the raters")]
+    assert len(refs) == 3 and all(int(r[1]) >= 10 and -1 <= float(r[2].split("[")[0]) <= 1 for r in refs)

@@ -70,3 +70,36 @@ def test_describe_covers_every_key():
     keys = {k for k, _, _ in describe()}
     assert "rl.max_steps" in keys and "rewards.emotion.epochs" in keys
     assert set(Config().flat()) >= keys - {"rewards.weights"}
+
+
+def test_research_extends_demo_and_sets_only_its_reward_data():
+    import dataclasses
+
+    research, demo = load_config("research"), load_config("demo")
+    assert research.name == "research" and research.tracking.experiment == "convrl-research"
+    # RL and evaluation are the demo's, so the research run trains and evaluates what the README measured.
+    assert dataclasses.asdict(research.rl) == dataclasses.asdict(demo.rl)
+    assert dataclasses.asdict(research.eval) == dataclasses.asdict(demo.eval)
+    assert research.rewards.dialogue_data and research.rewards.safety_data and not demo.rewards.dialogue_data
+    assert research.rewards.emotion == demo.rewards.emotion  # nested sections merge key by key
+
+
+def test_a_yaml_file_extends_a_preset_or_a_file_beside_it(tmp_path):
+    (tmp_path / "team.yaml").write_text("# team\nextends: demo\nrl: {max_steps: 7}\n")
+    (tmp_path / "mine.yaml").write_text("# mine\nextends: team.yaml\nrl: {beta: 0.1}\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert cfg.name == "mine" and cfg.rl.max_steps == 7 and cfg.rl.beta == 0.1
+    assert cfg.rl.max_completion_length == load_config("demo").rl.max_completion_length
+
+
+def test_extends_cycles_and_bad_values_are_clear_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("extends: [demo, tiny]\n")
+    with pytest.raises(ConfigError, match="extends must name one preset"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("extends: nope\n")
+    with pytest.raises(ConfigError, match="no config preset or file 'nope'"):
+        load_config(str(tmp_path / "d.yaml"))

@@ -1,7 +1,8 @@
 """Typed, per-stage configuration for convrl, loaded from YAML presets.
 
 A preset (``src/convrl/configs/<name>.yaml``, or any YAML path) is merged onto
-the defaults below, then dotted command-line overrides are applied::
+the defaults below, then dotted command-line overrides are applied. A preset may
+start from another (``extends: demo``) and set only what differs::
 
     from convrl.config import load_config
     cfg = load_config("demo", ["rl.max_steps=40", "rewards.weights.quality=0.5"])
@@ -179,7 +180,23 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_preset(name_or_path: str) -> dict[str, Any]:
+def _read_preset(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset's mapping, merged onto the preset it ``extends`` (if any), so derived presets cannot drift."""
+    data = _read_one_preset(name_or_path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config '{name_or_path}': extends must name one preset or YAML file, got {base!r}")
+    here = Path(name_or_path)
+    if Path(base).suffix in {".yaml", ".yml"} and not Path(base).exists() and here.exists():
+        base = str(here.parent / base)  # a file path is read relative to the file that extends it
+    if base in _seen or base == name_or_path:
+        raise ConfigError(f"config '{name_or_path}': extends makes a cycle: {' -> '.join((*_seen, name_or_path, base))}")
+    return _deep_merge(_read_preset(base, (*_seen, name_or_path)), data)
+
+
+def _read_one_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} and path.exists():
         text = path.read_text()
