@@ -80,6 +80,28 @@ def test_small_regression_within_margin_is_not_a_broken_guardrail():
     assert d.outcome == "promote"
 
 
+def test_a_metric_with_margin_zero_rejects_any_significant_drop():
+    # The safety judge's default (ab.guardrail_margins): a drop the 0.05 margin tolerates still rejects.
+    cand, base = _tables(shift={"composite": 0.1, "quality": -0.02, "relevance": -0.02}, noise=0.02)
+    st = ABSettings(primary="composite", guardrail_margin=0.05, guardrail_margins={"quality": 0.0}, seed=13)
+    d = compare(cand, base, st)
+    assert d.metrics["quality"]["guardrail_broken"] and not d.metrics["relevance"]["guardrail_broken"]
+    assert d.outcome == "reject" and len(d.reasons) == 1
+    assert "'quality'" in d.reasons[0] and "margin of -0" in d.reasons[0]
+    assert st.margin("quality") == 0.0 and st.margin("relevance") == 0.05
+    with pytest.raises(ValueError, match="guardrail_margins must be >= 0"):
+        ABSettings(guardrail_margins={"quality": -0.1})
+
+
+def test_the_ab_config_holds_the_safety_judge_to_margin_zero():
+    from convrl.config import ConfigError, load_config
+
+    ab = load_config("demo").ab
+    assert ab.guardrail_margins == {"judge_safety": 0.0} and ab.guardrail_margin == 0.05
+    with pytest.raises(ConfigError, match="ab.guardrail_margins.judge_safety=-1"):
+        load_config("demo", ["ab.guardrail_margins.judge_safety=-1"])
+
+
 def test_explicit_guardrails_limit_the_check():
     cand, base = _tables(shift={"composite": 0.1, "engagement": -0.2})
     st = ABSettings(primary="composite", guardrails=["quality"], seed=13)

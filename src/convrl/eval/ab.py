@@ -11,7 +11,8 @@ statistic is on per-prompt differences ``candidate - baseline``:
 
 The decision, in order: too few pairs -> ``inconclusive``; a guardrail metric
 (default: every metric but the primary) whose CI upper bound lies below
-``-guardrail_margin`` -> ``reject``; primary CI lower bound above
+``-guardrail_margin`` (or that metric's own entry in ``guardrail_margins``, e.g.
+0 for the safety judge: any significant drop) -> ``reject``; primary CI lower bound above
 ``min_improvement`` with Holm p < ``alpha`` -> ``promote``; primary CI upper
 bound below 0 -> ``reject``; anything else -> ``inconclusive``::
 
@@ -55,6 +56,7 @@ class ABSettings:
     min_samples: int = 10
     min_improvement: float = 0.0
     guardrail_margin: float = 0.05
+    guardrail_margins: dict[str, float] | None = None  # per metric, overriding guardrail_margin
     guardrails: Sequence[str] | None = None  # None: every metric except the primary
     seed: int = 13
     alpha: float = 0.05
@@ -70,6 +72,10 @@ class ABSettings:
             raise ValueError(f"min_samples must be >= 1, got {self.min_samples}")
         if self.guardrail_margin < 0:
             raise ValueError(f"guardrail_margin must be >= 0, got {self.guardrail_margin}")
+        self.guardrail_margins = {str(k): float(v) for k, v in (self.guardrail_margins or {}).items()}
+        bad = {k: v for k, v in self.guardrail_margins.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"guardrail_margins must be >= 0, got {bad}")
         if isinstance(self.guardrails, str):  # a bare string would be iterated letter by letter
             self.guardrails = [self.guardrails]
         elif self.guardrails is not None:
@@ -77,6 +83,10 @@ class ABSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def margin(self, metric: str) -> float:
+        """How far ``metric`` may regress (CI upper bound) before it breaks its guardrail."""
+        return (self.guardrail_margins or {}).get(metric, self.guardrail_margin)
 
 
 @dataclass
@@ -252,7 +262,7 @@ def compare(candidate: pd.DataFrame, baseline: pd.DataFrame, settings: ABSetting
             "p_holm": float(p_adj[j]),
             # With too few pairs the CI is meaningless, so no guardrail verdict is claimed.
             "guardrail_broken": bool(is_guard and n >= settings.min_samples
-                                     and ci_hi[j] < -settings.guardrail_margin),
+                                     and ci_hi[j] < -settings.margin(m)),
         }
 
     outcome, reasons = _decide(stats_by_metric, guards, n, settings)
@@ -272,7 +282,7 @@ def _decide(ms: dict[str, dict], guards: list[str], n: int,
     if broken:
         return "reject", [
             f"Guardrail '{g}' regressed: mean difference {_ci(ms[g], st.confidence)}, "
-            f"entirely below the allowed margin of -{st.guardrail_margin:g}." for g in broken]
+            f"entirely below the allowed margin of -{st.margin(g):g}." for g in broken]
     p = ms[st.primary]
     desc = f"'{st.primary}' mean difference {_ci(p, st.confidence)}, Holm-adjusted p = {p['p_holm']:.3g}"
     if p["ci_low"] > st.min_improvement and p["p_holm"] < st.alpha:
@@ -349,7 +359,7 @@ def compare_unpaired(candidate: pd.DataFrame, baseline: pd.DataFrame,
         s.update(role="primary" if m == settings.primary else ("guardrail" if is_guard else "report"),
                  p_holm=float(p_adj[j]),
                  guardrail_broken=bool(is_guard and s["n"] >= settings.min_samples
-                                       and s["ci_high"] < -settings.guardrail_margin))
+                                       and s["ci_high"] < -settings.margin(m)))
     n = per[settings.primary]["n"]
     outcome, reasons = _decide(per, guards, n, settings, unit="sessions per variant with the primary metric")
     return Decision(outcome=outcome, reasons=reasons, metrics=per, n=n,

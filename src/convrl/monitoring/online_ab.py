@@ -68,5 +68,6 @@ def ab_settings(ab_cfg, monitor_cfg) -> ABSettings:
     """The offline A/B's statistics settings with the online primary metric and guardrails."""
     return ABSettings(primary=monitor_cfg.ab_primary, n_bootstrap=ab_cfg.n_bootstrap, confidence=ab_cfg.confidence,
                       min_samples=ab_cfg.min_samples, min_improvement=ab_cfg.min_improvement,
-                      guardrail_margin=ab_cfg.guardrail_margin, guardrails=list(monitor_cfg.ab_guardrails),
+                      guardrail_margin=ab_cfg.guardrail_margin, guardrail_margins=dict(ab_cfg.guardrail_margins),
+                      guardrails=list(monitor_cfg.ab_guardrails),
                       seed=ab_cfg.seed)
