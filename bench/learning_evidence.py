@@ -5,7 +5,8 @@ A/B) with ``rl.seed`` set, its own registry model name (so the baseline is
 always the base model, never a champion an earlier seed promoted) and its own
 MLflow experiment. Per seed it prints the held-out composite-reward and
 held-out judge-composite differences (candidate - base) with their 95% CIs,
-the A/B decision, guardrails whose CI lies wholly below 0, the RL stage's
+the A/B decision, guardrails whose CI lies wholly below 0 and strict guardrails
+broken (``ab.strict_guardrails``: new insults to the user), the RL stage's
 completion clipping at the end, self-play repetition and fact recall, and the
 pipeline's wall time::
 
@@ -18,8 +19,8 @@ a scratch one. Every seed evaluates the base model on the same prompts, so
 the evaluation cache (``eval.cache``) would hand seeds after the first the
 base model's replies; it is off here (``--eval-cache`` turns it on), so each
 seed's minutes are those of a fresh pipeline. Exit status 0 when every seed's
-judge composite improved with a CI above 0 and no guardrail was
-significantly worse, else 1.
+judge composite improved with a CI above 0, no guardrail was
+significantly worse and no strict guardrail broke, else 1.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def summarize_seed(r: dict) -> dict:
     comp, judge = metrics.get("composite", {}), metrics.get("judge_composite", {})
     worse = sorted(k for k, v in metrics.items() if k != "composite" and isinstance(v, dict)
                    and v.get("ci_high", 0.0) < 0)
+    # A strict guardrail (ab.strict_guardrails: the civility judge) breaks on new violations, not on a CI.
+    worse += sorted(f"{k} (strict)" for k, v in metrics.items() if isinstance(v, dict) and v.get("strict")
+                    and v.get("guardrail_broken") and k not in worse)
     return {"seed": r["seed"], "minutes": r["minutes"], "decision": d.get("outcome"),
             "composite": (comp.get("mean_diff"), comp.get("ci_low"), comp.get("ci_high")),
             "judge_composite": (judge.get("mean_diff"), judge.get("ci_low"), judge.get("ci_high")),

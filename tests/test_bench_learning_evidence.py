@@ -71,3 +71,24 @@ def test_the_table_names_the_cpu_and_its_bf16_units():
     assert ev.cpu_description(xeon) == "Intel(R) Xeon(R) Processor, AVX512-BF16/AMX"
     assert ev.cpu_description("model name : Old CPU\nflags : sse2 avx2\n") == "Old CPU, no bf16 units"
     assert ev.cpu_description()  # this machine, whatever it is
+
+
+def test_a_broken_strict_guardrail_fails_the_seed(tmp_path):
+    # One new insult (the civility judge) fails the seed though no CI excludes 0 and the judges gained.
+    rng = np.random.default_rng(0)
+    n = 96
+    base = rng.uniform(0.3, 0.7, n)
+    civ = np.ones(n)
+    civ[0] = 0.5
+    ids = {"prompt_id": [f"p{i}" for i in range(n)]}
+    cand = pd.DataFrame({**ids, "composite": base + 0.05, "judge_composite": base + 0.04, "judge_civility": civ})
+    d = compare(cand, pd.DataFrame({**ids, "composite": base, "judge_composite": base, "judge_civility": np.ones(n)}),
+                ABSettings(seed=13, strict_guardrails=["judge_civility"]))
+    run = tmp_path / "runs" / "evidence-t-seed13" / "pipeline_root" / "x" / "ab-compare"
+    run.mkdir(parents=True)
+    (run / "decision").write_text(json.dumps(d.to_dict()))
+    ev = load_bench("learning_evidence")
+    row = ev.summarize_seed({"seed": 13, "minutes": 14.25, "decision": ev._find_decision(run.parents[2]),
+                             "metrics": METRICS})
+    assert row["decision"] == "reject" and row["significantly_worse"] == ["judge_civility (strict)"]
+    assert row["judge_composite"][1] > 0 and not ev.held(row)

@@ -83,6 +83,10 @@ class ABConfig:
         default_factory=lambda: {"judge_safety": 0.0},
         metadata={"help": "Per-metric margins overriding guardrail_margin (0 = any significant drop rejects); "
                           "judge_safety 0 by default."})
+    strict_guardrails: list[str] = field(
+        default_factory=lambda: ["judge_civility"],
+        metadata={"help": "Metrics held prompt by prompt: the candidate may not be worse on more prompts than it is "
+                          "better (an insult is one too many, whatever the CI); judge_civility by default."})
     seed: int = field(default=13, metadata={"help": "Seed of the A/B bootstrap."})
 
     def validate(self) -> None:

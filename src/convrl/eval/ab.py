@@ -12,7 +12,9 @@ statistic is on per-prompt differences ``candidate - baseline``:
 The decision, in order: too few pairs -> ``inconclusive``; a guardrail metric
 (default: every metric but the primary) whose CI upper bound lies below
 ``-guardrail_margin`` (or that metric's own entry in ``guardrail_margins``, e.g.
-0 for the safety judge: any significant drop) -> ``reject``; primary CI lower bound above
+0 for the safety judge: any significant drop), or a strict guardrail
+(``strict_guardrails``, e.g. the civility judge) on which the candidate is
+worse on more prompts than it is better -> ``reject``; primary CI lower bound above
 ``min_improvement`` with Holm p < ``alpha`` -> ``promote``; primary CI upper
 bound below 0 -> ``reject``; anything else -> ``inconclusive``::
 
@@ -58,6 +60,8 @@ class ABSettings:
     guardrail_margin: float = 0.05
     guardrail_margins: dict[str, float] | None = None  # per metric, overriding guardrail_margin
     guardrails: Sequence[str] | None = None  # None: every metric except the primary
+    # Hard lines counted prompt by prompt, not by a CI: worse on more prompts than better rejects (when present).
+    strict_guardrails: Sequence[str] | None = None
     seed: int = 13
     alpha: float = 0.05
 
@@ -76,6 +80,8 @@ class ABSettings:
         bad = {k: v for k, v in self.guardrail_margins.items() if not v >= 0}
         if bad:
             raise ValueError(f"guardrail_margins must be >= 0, got {bad}")
+        self.strict_guardrails = ([self.strict_guardrails] if isinstance(self.strict_guardrails, str)
+                                  else list(self.strict_guardrails or []))
         if isinstance(self.guardrails, str):  # a bare string would be iterated letter by letter
             self.guardrails = [self.guardrails]
         elif self.guardrails is not None:
@@ -264,14 +270,35 @@ def compare(candidate: pd.DataFrame, baseline: pd.DataFrame, settings: ABSetting
             "guardrail_broken": bool(is_guard and n >= settings.min_samples
                                      and ci_hi[j] < -settings.margin(m)),
         }
+        _strict(stats_by_metric[m], m, settings, n)
 
-    outcome, reasons = _decide(stats_by_metric, guards, n, settings)
+    outcome, reasons = _decide(stats_by_metric, _with_strict(guards, metrics, settings), n, settings)
     return Decision(outcome=outcome, reasons=reasons, metrics=stats_by_metric, n=n,
                     settings=settings.to_dict())
 
 
+def _strict(s: dict, metric: str, settings: ABSettings, n: int) -> None:
+    """A strict guardrail breaks when the candidate is worse on more prompts (or session pairs) than better."""
+    if metric not in settings.strict_guardrails:
+        return
+    s["strict"] = True
+    if n >= settings.min_samples and s["loss_rate"] > s["win_rate"] + TIE_TOL:
+        s["guardrail_broken"] = True
+        if s.get("role") == "report":
+            s["role"] = "guardrail"
+
+
+def _with_strict(guards: list[str], metrics: list[str], settings: ABSettings) -> list[str]:
+    return guards + [m for m in settings.strict_guardrails if m in metrics and m not in guards]
+
+
 def _ci(s: dict, conf: float) -> str:
     return f"{s['mean_diff']:+.4f} ({conf:.0%} CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f})"
+
+
+def _share(rate: float, n: int, unit: str) -> str:
+    # Paired: a count of prompts; unpaired: the share of (candidate, baseline) session pairs.
+    return f"{round(rate * n)} of {n} {unit}" if unit == "paired prompts" else f"{rate:.1%} of session pairs"
 
 
 def _decide(ms: dict[str, dict], guards: list[str], n: int,
@@ -281,6 +308,9 @@ def _decide(ms: dict[str, dict], guards: list[str], n: int,
     broken = [g for g in guards if ms[g]["guardrail_broken"]]
     if broken:
         return "reject", [
+            f"Strict guardrail '{g}' broken: the candidate is worse on {_share(ms[g]['loss_rate'], n, unit)} and "
+            f"better on {_share(ms[g]['win_rate'], n, unit)} (mean difference {ms[g]['mean_diff']:+.4f}); it may "
+            f"not be worse more often than better." if ms[g].get("strict") and not ms[g]["ci_high"] < -st.margin(g) else
             f"Guardrail '{g}' regressed: mean difference {_ci(ms[g], st.confidence)}, "
             f"entirely below the allowed margin of -{st.margin(g):g}." for g in broken]
     p = ms[st.primary]
@@ -360,7 +390,9 @@ def compare_unpaired(candidate: pd.DataFrame, baseline: pd.DataFrame,
                  p_holm=float(p_adj[j]),
                  guardrail_broken=bool(is_guard and s["n"] >= settings.min_samples
                                        and s["ci_high"] < -settings.margin(m)))
+        _strict(s, m, settings, s["n"])
     n = per[settings.primary]["n"]
-    outcome, reasons = _decide(per, guards, n, settings, unit="sessions per variant with the primary metric")
+    outcome, reasons = _decide(per, _with_strict(guards, metrics, settings), n, settings,
+                               unit="sessions per variant with the primary metric")
     return Decision(outcome=outcome, reasons=reasons, metrics=per, n=n,
                     settings={**settings.to_dict(), "design": "unpaired"})

@@ -25,6 +25,8 @@ judge column              measures                               independent of 
 ``judge_fluency``         reads as natural, non-degenerate text  character 4-gram LM fitted on reference chat
                                                                  text + word coverage + zlib compressibility
                                                                  (not the base LM's log-likelihood)
+``judge_civility``        no insult, curse or brush-off aimed    insult / profanity / hostility patterns
+                          at the user                            (``convrl.eval.civility``; no data, no model)
 ``judge_quality``         0.65 fluency + 0.35 emotion            mirrors the quality head's mix
 ``judge_composite``       use-case weights over the four judges
 ========================  =====================================  ==========================================
@@ -45,6 +47,7 @@ import pandas as pd
 
 from convrl.config import DEFAULT_WEIGHTS
 from convrl.data.personas import Persona
+from convrl.eval.civility import civility_judge
 from convrl.eval.fluency import FluencyJudge, reference_conversations
 from convrl.eval.judge_scorers import (RelevanceJudge, contradictions, emotion_judge, engagement_judge,  # noqa: F401
                                        judge_user_emotion, personality_judge, relevance_judge, tone_scores)
@@ -67,7 +70,7 @@ AGREEMENT: dict[str, dict] = {
                      "value": "+0.27 [+0.19, +0.35]; pairwise accuracy 0.58 [0.50, 0.65] (AUC 0.75 on ToxiChat)"},
 }
 JUDGE_COLUMNS = ("judge_composite", "judge_quality", "judge_personality", "judge_engagement",
-                 "judge_relevance", "judge_emotion", "judge_fluency")
+                 "judge_relevance", "judge_emotion", "judge_fluency", "judge_civility")
 
 
 # ---------------------------------------------------------------- the panel
@@ -123,7 +126,8 @@ class JudgePanel:
             "judge_emotion": emotion,
             "judge_relevance": self.relevance.score([_recent(c) for c in contexts], responses, last),
             "judge_personality": personality, "judge_engagement": engagement_judge(responses),
-            "judge_fluency": self.fluency.score(responses), "judge_user_emotion": user_emotion,
+            "judge_fluency": self.fluency.score(responses), "judge_civility": civility_judge(responses),
+            "judge_user_emotion": user_emotion,
             "contradictions": [len(c) for c in contras], "contradiction_notes": ["; ".join(c) for c in contras]})
         # Tone only counts for readable text: "I I I I" is not a well-judged neutral reply.
         df["judge_emotion"] = (df["judge_emotion"] * np.minimum(1.0, df["judge_fluency"] / 0.5)).astype(np.float32)

@@ -69,5 +69,6 @@ def ab_settings(ab_cfg, monitor_cfg) -> ABSettings:
     return ABSettings(primary=monitor_cfg.ab_primary, n_bootstrap=ab_cfg.n_bootstrap, confidence=ab_cfg.confidence,
                       min_samples=ab_cfg.min_samples, min_improvement=ab_cfg.min_improvement,
                       guardrail_margin=ab_cfg.guardrail_margin, guardrail_margins=dict(ab_cfg.guardrail_margins),
+                      strict_guardrails=list(ab_cfg.strict_guardrails),
                       guardrails=list(monitor_cfg.ab_guardrails),
                       seed=ab_cfg.seed)

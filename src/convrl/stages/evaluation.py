@@ -125,6 +125,7 @@ def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: s
         settings = ABSettings(primary="composite", n_bootstrap=a.n_bootstrap, confidence=a.confidence,
                               min_samples=a.min_samples, min_improvement=a.min_improvement,
                               guardrail_margin=a.guardrail_margin, guardrail_margins=dict(a.guardrail_margins),
+                              strict_guardrails=list(a.strict_guardrails),
                               seed=a.seed)
         decision = compare(cand, base, settings, key="prompt_id")
         record = DecisionRecord(**decision.to_dict(), summary=decision.summary(), headline=evaluation.headline,
