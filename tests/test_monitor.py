@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from convrl.config import load_config
+from convrl.config.monitoring import ALERT_KINDS
 from convrl.monitoring import alerts as alerting
 from convrl.monitoring.frames import MonitoringDataError, normalise_turns, session_table
 from convrl.monitoring.plots import daily_figure
@@ -90,7 +91,7 @@ def test_score_turns_adds_heads_judges_and_signals(scorer, panel, personas):
 
 
 def _scored(n, start, hours, composite, rating=None, empty=0.0, version="3", seed=0, judge=None,
-            repetition=None, thumbs=None):
+            repetition=None, thumbs=None, uncivil=0.0):
     """A scored table without models: the alert logic only reads metric columns.
 
     Reward heads score around ``composite``, the judges around ``judge`` (default: the same);
@@ -105,6 +106,7 @@ def _scored(n, start, hours, composite, rating=None, empty=0.0, version="3", see
         df[col] = np.clip(rng.normal(mean, 0.03, k), 0, 1)
     df["gap"] = df["composite"] - df["judge_composite"]
     df["empty"] = (rng.random(k) < empty).astype(float)
+    df["uncivil"] = (rng.random(k) < uncivil).astype(float)
     df["repetition"] = 0.0
     if rating is not None:
         df["rating"] = np.clip(rng.normal(rating, 0.4, k), 1, 5)
@@ -148,6 +150,20 @@ RULE_CASES = {
     "satisfaction_drop": dict(metric="thumbs", steady=dict(thumbs=0.8), worse=dict(thumbs=0.3),
                               slight=dict(thumbs=0.75)),  # -0.05, under thumbs_margin 0.1
 }
+
+
+def test_a_rise_in_insults_fires_incivility_rise_with_no_margin():
+    # Any significant rise pages (monitor.incivility_margin = 0): 0% -> 15% of replies insult the user.
+    mon = load_config("tiny").monitor
+    assert mon.incivility_margin == 0.0 and "incivility_rise" in ALERT_KINDS
+    b0, c0, _ = window_bounds(NOW, mon.window_days, mon.baseline_days)
+    base = _scored(80, b0, 24 * 6, 0.6, seed=1)
+    same = _scored(40, c0, 20, 0.6, seed=2)
+    assert detect_alerts(pd.concat([base, same], ignore_index=True), mon, NOW, n_bootstrap=400)[0] == []
+    worse = _scored(40, c0, 20, 0.6, seed=2, uncivil=0.15)
+    alerts, _ = detect_alerts(pd.concat([base, worse], ignore_index=True), mon, NOW, n_bootstrap=400)
+    assert {(a.kind, a.metric, a.scope) for a in alerts} == {("incivility_rise", "uncivil", "all"),
+                                                              ("incivility_rise", "uncivil", "3")}
 
 
 @pytest.mark.parametrize("kind", sorted(RULE_CASES))

@@ -192,7 +192,8 @@ def _read_preset(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, An
     if Path(base).suffix in {".yaml", ".yml"} and not Path(base).exists() and here.exists():
         base = str(here.parent / base)  # a file path is read relative to the file that extends it
     if base in _seen or base == name_or_path:
-        raise ConfigError(f"config '{name_or_path}': extends makes a cycle: {' -> '.join((*_seen, name_or_path, base))}")
+        chain = " -> ".join((*_seen, name_or_path, base))
+        raise ConfigError(f"config '{name_or_path}': extends makes a cycle: {chain}")
     return _deep_merge(_read_preset(base, (*_seen, name_or_path)), data)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from convrl.config.base import ConfigError
 
-ALERT_KINDS = ("quality_drop", "repetition_rise", "empty_rise", "reward_judge_gap", "satisfaction_drop")
+ALERT_KINDS = ("quality_drop", "repetition_rise", "empty_rise", "reward_judge_gap", "satisfaction_drop",
+               "incivility_rise")
 SESSION_METRICS = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "reward_composite",
                    "session_turns", "empty_rate", "repetition")
 
@@ -46,6 +47,10 @@ class MonitorConfig:
         default=0.25, metadata={"help": "Alert when the mean 1-5 rating falls by more than this many points."})
     thumbs_margin: float = field(
         default=0.1, metadata={"help": "Alert when the thumbs-up rate falls by more than this share."})
+    incivility_margin: float = field(
+        default=0.0, metadata={"help": "Alert when the share of replies that insult, curse at or brush off the user "
+                                       "(the civility judge) rises by more than this (CI lower bound; 0 = any "
+                                       "significant rise)."})
     reaction_margin: float = field(
         default=0.1, metadata={"help": "Alert when the satisfaction predicted from users' next turns (1-5; needs "
                                        "a reaction model in monitor.reward_models/dialogue) falls by more than this."})
@@ -75,7 +80,7 @@ class MonitorConfig:
         if self.min_sessions < 2:
             raise ConfigError(f"monitor.min_sessions must be >= 2 (a CI needs two sessions), got {self.min_sessions}")
         for name in ("quality_margin", "rate_margin", "gap_margin", "satisfaction_margin", "thumbs_margin",
-                     "reaction_margin"):
+                     "reaction_margin", "incivility_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"monitor.{name} must be >= 0, got {getattr(self, name)}")
         bad = sorted(set(self.rollback_alerts) - set(ALERT_KINDS))

@@ -33,16 +33,17 @@ _MODS = (r"(?:such|so|a|an|really|very|just|completely|totally|truly|the|most|ab
          r"pretty|little|big|huge|real|total|complete|nothing but|always|still|being)")
 _AT_YOU = re.compile(rf"\byou(?:'re|\s+are|\s+were|\s+look|\s+sound|\s+seem|\s+act|\s+must be)\s+"
                      rf"(?:{_MODS}\s+)*(?:{_INSULTS})\b", re.I)
-_NEGATED = re.compile(r"\byou(?:'re|\s+are|\s+were|\s+look|\s+sound|\s+seem|\s+act|\s+must be)\s+(?:not|never|no)\b",
-                      re.I)
+_NEGATED = re.compile(r"\byou(?:'re|\s+are|\s+were|\s+look|\s+sound|\s+seem|\s+act|\s+must be)\s+"
+                      r"(?:not|never|no)\b", re.I)
 # "You idiot": nouns only ("do you mean ..." is a question, not an insult).
 _NOUNS = ("idiot|moron|loser|fool|jerk|coward|liar|creep|freak|failure|clown|bitch|bastard|asshole|dick|prick|twat|"
           "cunt|whore|slut|dumbass|jackass|scum|scumbag|psycho|weirdo|retard|trash|garbage")
-_VOCATIVE = re.compile(rf"\byou\s+(?:(?:little|big|stupid|absolute|pathetic|useless|worthless)\s+)?(?:{_NOUNS})\b(?![-'])", re.I)
+_VOCATIVE = re.compile(rf"\byou\s+(?:(?:little|big|stupid|absolute|pathetic|useless|worthless)\s+)?"
+                       rf"(?:{_NOUNS})\b(?![-'])", re.I)
 _PROFANITY = re.compile(r"\b(?:fuck\w*|shit\w*|bullshit|damn you|goddamn\w*|wtf|stfu|piss off|bugger off)\b", re.I)
-_HOSTILE = re.compile(r"\b(?:shut up|go away|get lost|go to hell|drop dead|kill yourself|nobody (?:cares|likes you|loves "
-                      r"you)|i hate you|screw you|you disgust me|you make me sick|get a life|you should be ashamed)\b",
-                      re.I)
+_HOSTILE = re.compile(r"\b(?:shut up|go away|get lost|go to hell|drop dead|kill yourself|"
+                      r"nobody (?:cares|likes you|loves you)|i hate you|screw you|you disgust me|you make me sick|"
+                      r"get a life|you should be ashamed)\b", re.I)
 
 
 def incivilities(text: str) -> list[str]:

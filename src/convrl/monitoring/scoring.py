@@ -28,10 +28,10 @@ from convrl.data.personas import Persona
 from convrl.rewards.heads import HEADS, is_degenerate, repetition_rate
 
 SCORE_COLUMNS = (*HEADS, "composite", "judge_composite", "judge_quality", "judge_personality",
-                 "judge_engagement", "judge_relevance", "judge_emotion", "judge_fluency", "gap", "empty",
-                 "repetition")
-DAILY_METRICS = ("composite", *HEADS, "judge_composite", "gap", "empty", "repetition", "reaction", "rating", "thumbs",
-                 "latency_s", "completion_tokens")
+                 "judge_engagement", "judge_relevance", "judge_emotion", "judge_fluency", "judge_civility", "gap",
+                 "empty", "uncivil", "repetition")
+DAILY_METRICS = ("composite", *HEADS, "judge_composite", "gap", "empty", "uncivil", "repetition", "reaction", "rating",
+                 "thumbs", "latency_s", "completion_tokens")
 
 
 def next_user_turns(turns: pd.DataFrame) -> list[str | None]:
@@ -93,8 +93,9 @@ def score_turns(turns: pd.DataFrame, scorer, panel, personas_by_id: dict[str, Pe
         out[name] = np.asarray(values, dtype=float)
     jd = pd.concat(judges, ignore_index=True)
     for c in ("judge_composite", "judge_quality", "judge_personality", "judge_engagement", "judge_relevance",
-              "judge_emotion", "judge_fluency"):
+              "judge_emotion", "judge_fluency", "judge_civility"):
         out[c] = jd[c].to_numpy(dtype=float)
+    out["uncivil"] = (out["judge_civility"] < 1.0).astype(float)
     out["gap"] = out["composite"] - out["judge_composite"]
     out["empty"] = np.array([is_degenerate(r) for r in replies], dtype=float)
     out["repetition"] = np.array([repetition_rate(r) for r in replies], dtype=float)

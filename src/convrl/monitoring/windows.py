@@ -18,6 +18,9 @@ kind                   metric(s)                     raised when
                        judge composite and judges    < -``quality_margin``
 ``repetition_rise``    trigram repetition rate       CI lower bound > ``rate_margin``
 ``empty_rise``         share of empty replies        CI lower bound > ``rate_margin``
+``incivility_rise``    share of replies insulting,   CI lower bound > ``incivility_margin`` (0)
+                       cursing at or brushing off
+                       the user (civility judge)
 ``reward_judge_gap``   reward minus judge composite  CI lower bound > ``gap_margin``
 ``satisfaction_drop``  mean rating, thumbs-up rate,  CI upper bound < -``satisfaction_margin``
                        predicted satisfaction from   (rating) / -``thumbs_margin`` (thumbs) /
@@ -56,6 +59,7 @@ RULES = (
                                                              "judge_engagement", "judge_relevance")),
     Rule("repetition_rise", "repetition", +1, "rate_margin"),
     Rule("empty_rise", "empty", +1, "rate_margin"),
+    Rule("incivility_rise", "uncivil", +1, "incivility_margin"),
     Rule("reward_judge_gap", "gap", +1, "gap_margin"),
     Rule("satisfaction_drop", "rating", -1, "satisfaction_margin"),
     Rule("satisfaction_drop", "thumbs", -1, "thumbs_margin"),
