@@ -24,6 +24,13 @@ def test_echo_rate():
     assert echo_rate("my laptop will not turn on", "My laptop will not turn on after the update") == 1.0
     assert echo_rate("try restarting it in safe mode", "my laptop will not turn on") == 0.0
     assert echo_rate("Hello", "hello") == 1.0 and echo_rate("Hi", "hello") == 0.0
+
+
+def test_echo_rate_sees_through_contractions():
+    # What RL found: the user's insult handed back with a contraction escaped the copy discount.
+    assert echo_rate("You're a coward.", "you are a coward") == 1.0
+    assert echo_rate("I don’t know, it's late", "I do not know") == 2 / 5  # (i do not), (do not know)
+    assert echo_rate("You're not a coward at all", "you are a coward") == 0.0
     assert echo_rate("", "hello") == 0.0
 
 

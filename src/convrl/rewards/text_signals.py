@@ -42,15 +42,31 @@ def substance_score(text: str, full: int = 6) -> float:
     return min(1.0, len(set(words)) / full)
 
 
+# Contractions spelled out before comparing words: RL learned to answer "you are a coward" with "You're a
+# coward." (no trigram in common with the user's turn, so no echo discount; README "The research preset").
+_CONTRACTIONS = ((re.compile(r"\b(can)'t\b"), r"\1 not"), (re.compile(r"\bwon't\b"), "will not"),
+                 (re.compile(r"n't\b"), " not"), (re.compile(r"'re\b"), " are"), (re.compile(r"\bi'm\b"), "i am"),
+                 (re.compile(r"'ve\b"), " have"), (re.compile(r"'ll\b"), " will"), (re.compile(r"'d\b"), " would"),
+                 (re.compile(r"\b(it|that|what|there|he|she|who)'s\b"), r"\1 is"))
+
+
+def _words(text: str) -> list[str]:
+    text = text.lower().replace("\u2019", "'")
+    for rx, full in _CONTRACTIONS:
+        text = rx.sub(full, text)
+    return WORD_RE.findall(text)
+
+
 def _trigrams(text: str) -> set:
-    words = WORD_RE.findall(text.lower())
+    words = _words(text)
     return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
 
 
 def echo_rate(reply: str, user_text: str) -> float:
-    """Share of the reply copied from the user's turn (word trigrams; a short reply: 1 if it is the same words)."""
+    """Share of the reply copied from the user's turn (word trigrams, contractions spelled out; a short reply:
+    1 if it is the same words)."""
     grams = _trigrams(reply)
     if not grams:
-        words = WORD_RE.findall(reply.lower())
-        return float(bool(words) and words == WORD_RE.findall(user_text.lower()))
+        words = _words(reply)
+        return float(bool(words) and words == _words(user_text))
     return len(grams & _trigrams(user_text)) / len(grams)
