@@ -270,7 +270,8 @@ def test_daily_figure_draws_each_metric(tmp_path):
     daily = daily_summary(df)
     fig = daily_figure(daily, current_start=c0)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert len(titles) == 7 and "thumbs-up rate" not in titles  # no thumbs given: no empty panel
+    assert len(titles) == 8 and "thumbs-up rate" not in titles  # no thumbs given: no empty panel
+    assert "replies insulting the user" in titles
     fig.savefig(tmp_path / "d.png")
     assert (tmp_path / "d.png").stat().st_size > 5000
     with_reaction = daily_summary(df.assign(reaction=3.5))

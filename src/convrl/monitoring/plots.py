@@ -12,9 +12,11 @@ from __future__ import annotations
 import pandas as pd
 
 LABELS = {"composite": "reward composite", "judge_composite": "judge composite", "gap": "reward - judge gap",
-          "empty": "empty replies", "repetition": "repetition rate", "rating": "mean rating (1-5)",
+          "empty": "empty replies", "uncivil": "replies insulting the user", "repetition": "repetition rate",
+          "rating": "mean rating (1-5)",
           "thumbs": "thumbs-up rate", "reaction": "satisfaction read from answers (1-5)", "latency_s": "latency (s)"}
-PANELS = ("composite", "judge_composite", "gap", "rating", "thumbs", "reaction", "empty", "repetition", "latency_s")
+PANELS = ("composite", "judge_composite", "gap", "rating", "thumbs", "reaction", "empty", "uncivil", "repetition",
+          "latency_s")
 
 
 def daily_figure(daily: pd.DataFrame, metrics=PANELS, current_start: pd.Timestamp | None = None):
