@@ -174,3 +174,18 @@ def test_online_ab_can_decide_on_satisfaction_read_from_users_answers():
     assert session_table(turns)["predicted_satisfaction"].isna().all()
     by_session = session_table(turns.assign(reaction=[4.0, np.nan, 2.0])).set_index("session_id")
     assert by_session.at["a", "predicted_satisfaction"] == 4.0 and by_session.at["b", "predicted_satisfaction"] == 2.0
+
+
+def test_one_insulting_challenger_session_fails_the_online_ab():
+    # The civility judge is a strict guardrail online too: sessions are unpaired, so a challenger worse on more
+    # (challenger, champion) session pairs than it is better is rejected, however well it is rated.
+    cfg = load_config("tiny")
+    settings = ab_settings(cfg.ab, cfg.monitor)
+    assert settings.strict_guardrails == ["judge_civility"]
+    sessions = _sessions(0.9).assign(judge_civility=1.0)
+    assert online_decision(sessions, settings)[0].outcome == "promote"
+    first = sessions.index[sessions["variant"] == "challenger"][0]
+    sessions.loc[first, "judge_civility"] = 0.5
+    decision, _ = online_decision(sessions, settings)
+    assert decision.outcome == "reject" and decision.metrics["judge_civility"]["guardrail_broken"]
+    assert "Strict guardrail 'judge_civility'" in decision.reasons[0] and "session pairs" in decision.reasons[0]

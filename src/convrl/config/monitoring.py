@@ -15,8 +15,8 @@ from convrl.config.base import ConfigError
 
 ALERT_KINDS = ("quality_drop", "repetition_rise", "empty_rise", "reward_judge_gap", "satisfaction_drop",
                "incivility_rise")
-SESSION_METRICS = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "reward_composite",
-                   "session_turns", "empty_rate", "repetition")
+SESSION_METRICS = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "judge_civility",
+                   "reward_composite", "session_turns", "empty_rate", "repetition")
 
 
 @dataclass

@@ -74,7 +74,8 @@ def session_table(scored: pd.DataFrame) -> pd.DataFrame:
     ``satisfaction`` is the mean 1-5 rating and ``thumbs_up`` the share of thumbs up
     (NaN when the session gave none); ``predicted_satisfaction`` the mean of the
     turns' ``reaction`` (satisfaction read from the user's answers; NaN without a
-    reaction model); judge and reward scores are the session's mean over turns;
+    reaction model); judge and reward scores are the session's mean over turns,
+    ``judge_civility`` its least civil reply (the civility judge; a strict A/B guardrail);
     ``session_turns`` counts served turns.
     """
     need = {"session_id", "variant", "model_version", "judge_composite", "composite", "empty", "repetition"}
@@ -84,10 +85,13 @@ def session_table(scored: pd.DataFrame) -> pd.DataFrame:
                                   f"missing {missing}")
     if "reaction" not in scored.columns:
         scored = scored.assign(reaction=float("nan"))
+    if "judge_civility" not in scored.columns:
+        scored = scored.assign(judge_civility=float("nan"))
     g = scored.groupby(["session_id", "variant"], sort=True, dropna=False)
+    # judge_civility: the session's least civil reply (one insult marks the session).
     out = g.agg(model_version=("model_version", "last"), satisfaction=("rating", "mean"),
                 thumbs_up=("thumbs", "mean"), predicted_satisfaction=("reaction", "mean"),
-                judge_composite=("judge_composite", "mean"),
+                judge_composite=("judge_composite", "mean"), judge_civility=("judge_civility", "min"),
                 reward_composite=("composite", "mean"), session_turns=("trace_id", "count"),
                 empty_rate=("empty", "mean"), repetition=("repetition", "mean"),
                 started=("timestamp", "min")).reset_index()

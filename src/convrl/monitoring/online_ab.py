@@ -6,7 +6,8 @@ Holm-corrected tests, guardrails and promote / reject / inconclusive rules as th
 offline A/B, one row per session. Metrics per session (``frames.session_table``):
 ``satisfaction`` (mean 1-5 rating), ``thumbs_up`` (share of thumbs up),
 ``predicted_satisfaction`` (read from the users' answers, with a reaction model),
-``judge_composite`` and ``reward_composite`` (means over turns),
+``judge_composite`` and ``reward_composite`` (means over turns), ``judge_civility``
+(the session's least civil reply; held prompt by prompt as ``ab.strict_guardrails`` says),
 ``session_turns``, ``empty_rate``, ``repetition``. Lower-is-better metrics
 (empty rate, repetition) enter negated, so for every metric a guardrail reads
 "may not fall by more than the margin"::
@@ -22,8 +23,8 @@ import pandas as pd
 
 from convrl.eval.ab import ABSettings, Decision, compare_unpaired
 
-HIGHER_IS_BETTER = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "reward_composite",
-                    "session_turns")
+HIGHER_IS_BETTER = ("satisfaction", "thumbs_up", "predicted_satisfaction", "judge_composite", "judge_civility",
+                    "reward_composite", "session_turns")
 LOWER_IS_BETTER = ("empty_rate", "repetition")
 
 
