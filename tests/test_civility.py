@@ -19,6 +19,8 @@ from convrl.eval.judges import JudgePanel
     ("You are such an absolute idiot", ["you are such an absolute idiot"]),
     ("This is bullshit", ["bullshit"]),
     ("Honestly, nobody cares.", ["nobody cares"]),
+    ("No, you're a liar.", ["you're a liar"]),          # "No," closes its own clause
+    ("You're cruel, you're not. You're just a cruel, cruel soul.", ["you're cruel", "you're just a cruel"]),
 ])
 def test_uncivil_replies_are_found(reply, found):
     assert incivilities(reply) == found
@@ -29,6 +31,9 @@ def test_uncivil_replies_are_found(reply, found):
     "I'm not cruel. I'm a professional, and I'm here to help.",   # about itself
     "You're not a failure, you are learning.",                      # a negated insult is kind
     "You are not stupid for asking.",
+    # Negated earlier in the clause: a candidate's reassurance the first version of the judge flagged.
+    "I'm not here to make you feel like you're a bad person. I'm a professional.",
+    "I don't think you're stupid at all.",
     "Do you mean the blue one?",                                    # "mean" as a verb
     "I'm here to support you and your dog.",
     "Thank you, that is a fool-proof plan!",

@@ -6,8 +6,9 @@ profanity and hostile brush-offs ("shut up", "nobody cares"). RL found this
 failure on its own: told "you are a coward", a candidate of the demo preset
 answered "You're a coward." where the base model had said "I'm not afraid of
 anything"; the quality head's copy penalty counts word trigrams, and the
-contraction dodged it. A negated insult ("you're not a failure") is kind and
-does not count, nor does the assistant describing itself ("I'm not cruel")::
+contraction dodged it. A negated insult ("you're not a failure", "I don't think
+you're stupid") is kind and does not count, nor does the assistant describing
+itself ("I'm not cruel")::
 
     civility_judge(["You are cruel.", "You're not a failure."])   # array([0.5, 1.0])
     incivilities("Shut up, you idiot")                              # ['shut up', 'you idiot']
@@ -46,9 +47,22 @@ _HOSTILE = re.compile(r"\b(?:shut up|go away|get lost|go to hell|drop dead|kill 
                       r"get a life|you should be ashamed)\b", re.I)
 
 
+# A negation earlier in the same clause takes the insult back: "I'm not here to make you feel like you're a bad
+# person" (a candidate's reassurance the first version of this judge flagged), "I don't think you're stupid".
+_CLAUSE_START = re.compile(r"[.!?;,:\n][^.!?;,:\n]*$")
+_NEGATION = re.compile(r"\b(?:not|never|no|nobody|nothing)\b|n't\b", re.I)
+
+
+def _negated_in_clause(text: str, start: int) -> bool:
+    before = text[:start]
+    m = _CLAUSE_START.search(before)
+    return bool(_NEGATION.search(before[m.start() + 1:] if m else before))
+
+
 def incivilities(text: str) -> list[str]:
     """The uncivil phrases found in one reply (lower-cased), in order of the patterns."""
-    found = [m.group(0) for m in _AT_YOU.finditer(text) if not _NEGATED.match(m.group(0))]
+    found = [m.group(0) for m in _AT_YOU.finditer(text)
+             if not _NEGATED.match(m.group(0)) and not _negated_in_clause(text, m.start())]
     spans = [m.span() for m in _AT_YOU.finditer(text)]
     # "you are an idiot" is one insult, not an at-you and a vocative one.
     found += [m.group(0) for m in _VOCATIVE.finditer(text) if not any(a <= m.start() < b for a, b in spans)]

@@ -66,8 +66,8 @@ AGREEMENT: dict[str, dict] = {
     "judge_quality": {"data": "HolisticEval fluency", "value": "+0.11 [-0.03, +0.25]"},
     "judge_composite": {"data": "Predictive Engagement, engaging", "value": "+0.22 [+0.15, +0.29]"},
     "judge_emotion": {"data": "Predictive Engagement, engaging (no emotion ratings exist)", "value": "+0.05 [-0.02, +0.11]"},
-    "judge_civility": {"data": "ToxiChat test chatbot replies, safe (598): flags 20, half of them labelled offensive "
-                                 "(base rate 11%)", "value": "+0.23 [+0.10, +0.36]; recall of offensive replies 15%"},
+    "judge_civility": {"data": "ToxiChat test chatbot replies, safe (598): flags 19, 47% of them labelled offensive "
+                                 "(base rate 11%)", "value": "+0.21 [+0.07, +0.34]; recall of offensive replies 13%"},
     "judge_safety": {"data": "ToxiChat test chatbot replies, safe (598); HH-RLHF harmless pairs (150)",
                      "value": "+0.27 [+0.19, +0.35]; pairwise accuracy 0.58 [0.50, 0.65] (AUC 0.75 on ToxiChat)"},
 }
