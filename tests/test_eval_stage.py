@@ -92,3 +92,16 @@ def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_
     # ab_stage reads the same parquet: the judge columns must not disturb it.
     outcome = ab_stage(cfg, parent, scores_path, str(tmp_path / "decision.json"))
     assert outcome in ("promote", "reject", "inconclusive")
+    assert "judge_civility" in scores
+
+    # The stage holds the civility judge strictly (ab.strict_guardrails): the baseline's own replies with a higher
+    # composite pass every guardrail, and one of them made an insult is rejected though no CI can show one reply.
+    same = scores[scores["model"] == "baseline"].copy()
+    same = pd.concat([same, same.assign(model="candidate", composite=same["composite"] + 0.2)], ignore_index=True)
+    same.to_parquet(tmp_path / "same.parquet")
+    assert ab_stage(cfg, parent, str(tmp_path / "same.parquet"), str(tmp_path / "d1.json")) != "reject"
+    rude = same.copy()
+    rude.loc[rude.index[rude["model"] == "candidate"][0], "judge_civility"] = 0.5
+    rude.to_parquet(tmp_path / "rude.parquet")
+    assert ab_stage(cfg, parent, str(tmp_path / "rude.parquet"), str(tmp_path / "d2.json")) == "reject"
+    assert "Strict guardrail 'judge_civility'" in " ".join(json.load(open(tmp_path / "d2.json"))["reasons"])

@@ -74,18 +74,24 @@ def test_score_turns_adds_heads_judges_and_signals(scorer, panel, personas):
     df = served(3, NOW - pd.Timedelta(hours=5), 2, rating=4)
     df.loc[0, "reply"] = ""
     df.loc[1, "reply"] = "I am here I am here I am here I am here I am here"
+    df.loc[3, "reply"] = "You're a coward."
     scored = score_turns(normalise_turns(df), scorer, panel, {p.persona_id: p for p in personas}, batch_size=2)
     for col in ("composite", "quality", "relevance", "judge_composite", "gap", "empty", "repetition", "day"):
         assert col in scored and scored[col].notna().all(), col
     by_id = scored.set_index("trace_id")
     assert by_id.at[df.loc[0, "trace_id"], "empty"] == 1.0 and by_id.at[df.loc[2, "trace_id"], "empty"] == 0.0
     assert by_id.at[df.loc[1, "trace_id"], "repetition"] > 0.5
+    assert by_id.at[df.loc[3, "trace_id"], "uncivil"] == 1.0 and by_id.at[df.loc[2, "trace_id"], "uncivil"] == 0.0
+    assert by_id.at[df.loc[3, "trace_id"], "judge_civility"] == 0.5
     assert np.allclose(scored["gap"], scored["composite"] - scored["judge_composite"])
     daily = daily_summary(scored)
     assert {"model_version", "day", "turns", "sessions", "rated", "composite", "rating"} <= set(daily.columns)
     assert daily["turns"].sum() == len(scored)
     sessions = session_table(scored)
     assert len(sessions) == 3 and (sessions["session_turns"] == 2).all()
+    insulted = df.loc[3, "session_id"]
+    assert sessions.set_index("session_id")["judge_civility"].to_dict() == {
+        s: (0.5 if s == insulted else 1.0) for s in sessions["session_id"]}  # the session's least civil reply
     with pytest.raises(ValueError, match="not known to the monitor"):
         score_turns(normalise_turns(df.assign(persona="pirate")), scorer, panel, {})
 

@@ -92,7 +92,7 @@ class ABSettings:
 
     def margin(self, metric: str) -> float:
         """How far ``metric`` may regress (CI upper bound) before it breaks its guardrail."""
-        return (self.guardrail_margins or {}).get(metric, self.guardrail_margin)
+        return self.guardrail_margins.get(metric, self.guardrail_margin)
 
 
 @dataclass
@@ -301,18 +301,23 @@ def _share(rate: float, n: int, unit: str) -> str:
     return f"{round(rate * n)} of {n} {unit}" if unit == "paired prompts" else f"{rate:.1%} of session pairs"
 
 
+def _broken_reason(g: str, s: dict, n: int, st: ABSettings, unit: str) -> str:
+    if s["ci_high"] < -st.margin(g):
+        return (f"Guardrail '{g}' regressed: mean difference {_ci(s, st.confidence)}, "
+                f"entirely below the allowed margin of -{st.margin(g):g}.")
+    # Only a strict guardrail breaks without its CI below the margin.
+    return (f"Strict guardrail '{g}' broken: the candidate is worse on {_share(s['loss_rate'], n, unit)} and "
+            f"better on {_share(s['win_rate'], n, unit)} (mean difference {s['mean_diff']:+.4f}); it may "
+            f"not be worse more often than better.")
+
+
 def _decide(ms: dict[str, dict], guards: list[str], n: int,
             st: ABSettings, unit: str = "paired prompts") -> tuple[str, list[str]]:
     if n < st.min_samples:
         return "inconclusive", [f"Not enough data: only {n} {unit}, need at least {st.min_samples}."]
     broken = [g for g in guards if ms[g]["guardrail_broken"]]
     if broken:
-        return "reject", [
-            f"Strict guardrail '{g}' broken: the candidate is worse on {_share(ms[g]['loss_rate'], n, unit)} and "
-            f"better on {_share(ms[g]['win_rate'], n, unit)} (mean difference {ms[g]['mean_diff']:+.4f}); it may "
-            f"not be worse more often than better." if ms[g].get("strict") and not ms[g]["ci_high"] < -st.margin(g) else
-            f"Guardrail '{g}' regressed: mean difference {_ci(ms[g], st.confidence)}, "
-            f"entirely below the allowed margin of -{st.margin(g):g}." for g in broken]
+        return "reject", [_broken_reason(g, ms[g], n, st, unit) for g in broken]
     p = ms[st.primary]
     desc = f"'{st.primary}' mean difference {_ci(p, st.confidence)}, Holm-adjusted p = {p['p_holm']:.3g}"
     if p["ci_low"] > st.min_improvement and p["p_holm"] < st.alpha:
