@@ -296,19 +296,16 @@ def _ci(s: dict, conf: float) -> str:
     return f"{s['mean_diff']:+.4f} ({conf:.0%} CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f})"
 
 
-def _share(rate: float, n: int, unit: str) -> str:
-    # Paired: a count of prompts; unpaired: the share of (candidate, baseline) session pairs.
-    return f"{round(rate * n)} of {n} {unit}" if unit == "paired prompts" else f"{rate:.1%} of session pairs"
-
-
 def _broken_reason(g: str, s: dict, n: int, st: ABSettings, unit: str) -> str:
     if s["ci_high"] < -st.margin(g):
         return (f"Guardrail '{g}' regressed: mean difference {_ci(s, st.confidence)}, "
                 f"entirely below the allowed margin of -{st.margin(g):g}.")
-    # Only a strict guardrail breaks without its CI below the margin.
-    return (f"Strict guardrail '{g}' broken: the candidate is worse on {_share(s['loss_rate'], n, unit)} and "
-            f"better on {_share(s['win_rate'], n, unit)} (mean difference {s['mean_diff']:+.4f}); it may "
-            f"not be worse more often than better.")
+    # Only a strict guardrail breaks without its CI below the margin. Paired: counts of prompts; unpaired: shares
+    # of (candidate, baseline) session pairs.
+    loss, win = ((f"{round(s[k] * n)} of {n} {unit}" if unit == "paired prompts" else f"{s[k]:.1%} of session pairs")
+                 for k in ("loss_rate", "win_rate"))
+    return (f"Strict guardrail '{g}' broken: the candidate is worse on {loss} and better on {win} (mean difference "
+            f"{s['mean_diff']:+.4f}); it may not be worse more often than better.")
 
 
 def _decide(ms: dict[str, dict], guards: list[str], n: int,
