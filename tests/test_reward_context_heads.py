@@ -7,7 +7,7 @@ import pytest
 from convrl import models
 from convrl.data.personas import Persona
 from convrl.rewards.encoder import SentenceEncoder
-from convrl.rewards.heads import RewardScorer, coherence, engagement_head, persona_sentences
+from convrl.rewards.heads import RewardScorer, asks_the_user, coherence, engagement_head, persona_sentences
 from convrl.rewards.text_signals import echo_rate
 
 USER = [{"role": "user", "content": "My laptop will not turn on after the update, what should I do?"}]
@@ -59,6 +59,18 @@ def test_engagement_head_is_zero_for_degenerate_text():
     coh = np.array([0.9, 0.9], dtype=np.float32)
     e = engagement_head(["!!!! ????", "Do you like it?"], coh)
     assert e[0] == 0 and e[1] > 0.5
+
+
+def test_engagement_pays_for_asking_the_user_not_for_telling_them_what_they_are():
+    # RL in the demo learned to open 60% of replies with "You ..." and hand insults back while any "you" paid.
+    assert asks_the_user("That sounds fun. What do you like most about it?")
+    assert asks_the_user("How was your day?\nI hope well.")
+    assert not asks_the_user("You're cruel, you're not. You're just a cruel soul.")
+    assert not asks_the_user("You are great. Why not?")  # the question is not to the user
+    assert not asks_the_user("")
+    coh = np.full(2, 0.5, dtype=np.float32)
+    told, asked = engagement_head(["You are a brave and loyal one.", "Are you a brave and loyal one?"], coh)
+    assert asked - told == pytest.approx(0.2 + 0.15, abs=1e-6)  # "?" and the question to the user; same words
 
 
 def test_personality_matches_one_fact_of_a_long_card(scorer):

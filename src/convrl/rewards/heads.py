@@ -30,6 +30,7 @@ plug in through ``RewardScorer(..., learned={"relevance": head, ...})``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,15 +139,30 @@ def engagement_signals(responses: list[str]) -> np.ndarray:
     return out
 
 
+_SENTENCE_RE = re.compile(r"[^.!?\n]*[.!?\n]*")
+
+
+def asks_the_user(reply: str) -> bool:
+    """A question put to the user ("What do you think?", "How was your day?"): a sentence that ends in "?" and
+    has "you"/"your" in it.
+
+    Any "you" used to count: in two of three demo RL seeds 60% of the candidate's replies came to open with
+    "You ..." ("You die at the end of the day.", "You're cruel, you're not.") and handed users' insults back.
+    Inviting the user to go on is what engages; a statement about them is not.
+    """
+    for sentence in _SENTENCE_RE.findall(reply):
+        if "?" in sentence and {w.lower() for w in WORD_RE.findall(sentence)} & {"you", "your", "yours"}:
+            return True
+    return False
+
+
 def engagement_head(responses: list[str], coh: np.ndarray) -> np.ndarray:
-    """The untrained engagement head: coherence, a question, addressing the user, substance; 0 if degenerate."""
+    """The untrained engagement head: coherence, a question, a question to the user, substance; 0 if degenerate."""
     out = np.zeros(len(responses), dtype=np.float32)
     for i, r in enumerate(responses):
         if is_degenerate(r):
             continue
-        words = {w.lower() for w in WORD_RE.findall(r)}
-        addresses = float(bool(words & {"you", "your", "yours"}))
-        out[i] = 0.45 * coh[i] + 0.2 * float("?" in r) + 0.15 * addresses + 0.2 * substance_score(r)
+        out[i] = 0.45 * coh[i] + 0.2 * float("?" in r) + 0.15 * asks_the_user(r) + 0.2 * substance_score(r)
     return out
 
 
