@@ -16,6 +16,27 @@ def test_repetition_measures_loops_inside_a_reply_and_across_turns():
     assert overlap_with_earlier("Tell me more", []) == 0.0
     assert repetition("What a fresh idea", ["Something else entirely"]) == 0.0
     assert repetition(loop) == ngram_repetition(loop)
+    # Parroting the user's turn is repetition too: a demo seed answered "you are cruel" with "You are cruel."
+    assert repetition("You are cruel.", user="you are cruel") == 1.0
+    assert repetition("I'm not cruel, I'm here to help.", user="you are cruel") == 0.0
+    assert repetition("You are cruel.") == 0.0   # no user turn: nothing to copy
+
+
+def test_non_repetition_reward_reads_the_users_turn_on_both_paths(tiny_encoder):
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.turn_rewards import conversation_reward_funcs
+
+    (rep,), _ = shaping_reward_funcs([2], 0.0, 0.1)
+    prompt = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "you are a coward"}]
+    assert rep(prompts=[prompt, prompt], completions=["You're a coward.", "I'd rather be brave with you."]) \
+        == [0.0, 1.0]
+    funcs, _, _ = conversation_reward_funcs(RewardScorer(tiny_encoder, None, None), {}, "mean", eos_ids=[2],
+                                            repetition_weight=0.1)
+    multi = next(f for f in funcs if f.__name__ == "non_repetition")
+    turns = [[{"context": prompt, "response": "You're a coward.", "span": [0, 2]}],
+             [{"context": prompt, "response": "I'd rather be brave with you.", "span": [0, 2]}]]
+    assert multi(prompts=[prompt] * 2, completions=["x"] * 2, turns=turns, completion_ids=[[5, 2], [5, 2]]) \
+        == [0.0, 1.0]
 
 
 def test_shaping_reward_funcs_read_completion_ids_and_text():

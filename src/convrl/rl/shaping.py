@@ -13,7 +13,9 @@ and text the policy produced:
 * ``non_repetition``: 1 minus degenerate repetition, the larger of the share
   of repeated word 3-grams inside the reply (``"I'm so sorry ... I'm so
   sorry ..."``) and its word overlap (Jaccard) with the most similar earlier
-  reply of the same conversation.
+  reply of the same conversation, or the share of it copied from the user's
+  turn it answers (parroting "you are cruel" back as "You are cruel." handed
+  users' insults back in a demo RL seed).
 
 ``shaping_reward_funcs`` returns them as TRL reward callables for single-turn
 GRPO/RLOO (they read ``completion_ids``, which TRL passes); multi-turn rollouts
@@ -25,6 +27,8 @@ score them per turn in ``convrl.rl.turn_rewards``::
 from __future__ import annotations
 
 import re
+
+from convrl.rewards.text_signals import echo_rate
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -50,9 +54,18 @@ def overlap_with_earlier(text: str, earlier: list[str]) -> float:
     return max((len(w & s) / len(w | s) for s in (set(words(e)) for e in earlier) if s), default=0.0)
 
 
-def repetition(text: str, earlier: list[str] = ()) -> float:
-    """Degenerate repetition in [0, 1]: within the reply (3-grams) or against earlier own replies (word overlap)."""
-    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)))
+def repetition(text: str, earlier: list[str] = (), user: str = "") -> float:
+    """Degenerate repetition in [0, 1]: within the reply (3-grams), against earlier own replies (word overlap) or
+    against the user's turn it answers (copied trigrams)."""
+    echo = echo_rate(text, user) if user.strip() else 0.0
+    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)), echo)
+
+
+def last_user(messages) -> str:
+    """The last user message of a chat prompt (a list of role/content dicts); "" for a plain-text prompt."""
+    if not isinstance(messages, list):
+        return ""
+    return next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def ended(turn_ids: list[int], eos_ids) -> bool:
@@ -83,7 +96,7 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
 
     def non_repetition(prompts, completions, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-        return [1.0 - repetition(t) for t in texts]
+        return [1.0 - repetition(t, user=last_user(p)) for t, p in zip(texts, prompts)]
 
     pairs = [(ending, ending_weight), (non_repetition, repetition_weight)]
     pairs = [(f, w) for f, w in pairs if w > 0]

@@ -19,7 +19,7 @@ import numpy as np
 
 from convrl.data.personas import Persona
 from convrl.rewards.heads import HEADS
-from convrl.rl.shaping import ending_score, repetition, words
+from convrl.rl.shaping import ending_score, last_user, repetition, words
 
 SHAPING = ("ending", "non_repetition")
 
@@ -132,7 +132,7 @@ class ConversationScores:
                 **{h: float(out[h][i]) for h in self.terms()}}
 
     def _shaping(self, turns, completion_ids) -> dict[str, np.ndarray]:
-        """Per turn (flattened like the scorer's batch): ended on EOS, and 1 - repetition against earlier turns."""
+        """Per turn (flattened like the scorer's batch): ended on EOS; 1 - repetition (earlier turns, the user's)."""
         end, rep = [], []
         for i, row in enumerate(turns):
             for k, t in enumerate(row):
@@ -141,7 +141,7 @@ class ConversationScores:
                     end.append(ending_score(list(completion_ids[i][s:e]), self.eos_ids, self.ending_full_at))
                 else:
                     end.append(float(t.get("ended", False)))
-                rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]]))
+                rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]], last_user(t["context"])))
         return {"ending": np.array(end), "non_repetition": np.array(rep)}
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
