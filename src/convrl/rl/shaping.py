@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 
+from convrl.rewards.heads import last_user_text
 from convrl.rewards.text_signals import echo_rate
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -57,15 +58,7 @@ def overlap_with_earlier(text: str, earlier: list[str]) -> float:
 def repetition(text: str, earlier: list[str] = (), user: str = "") -> float:
     """Degenerate repetition in [0, 1]: within the reply (3-grams), against earlier own replies (word overlap) or
     against the user's turn it answers (copied trigrams)."""
-    echo = echo_rate(text, user) if user.strip() else 0.0
-    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)), echo)
-
-
-def last_user(messages) -> str:
-    """The last user message of a chat prompt (a list of role/content dicts); "" for a plain-text prompt."""
-    if not isinstance(messages, list):
-        return ""
-    return next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)), echo_rate(text, user))
 
 
 def ended(turn_ids: list[int], eos_ids) -> bool:
@@ -96,7 +89,9 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
 
     def non_repetition(prompts, completions, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-        return [1.0 - repetition(t, user=last_user(p)) for t, p in zip(texts, prompts)]
+        # A plain-text prompt has no user turn to copy.
+        return [1.0 - repetition(t, user=last_user_text(p) if isinstance(p, list) else "")
+                for t, p in zip(texts, prompts)]
 
     pairs = [(ending, ending_weight), (non_repetition, repetition_weight)]
     pairs = [(f, w) for f, w in pairs if w > 0]

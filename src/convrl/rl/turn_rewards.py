@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from convrl.data.personas import Persona
-from convrl.rewards.heads import HEADS
-from convrl.rl.shaping import ending_score, last_user, repetition, words
+from convrl.rewards.heads import HEADS, last_user_text
+from convrl.rl.shaping import ending_score, repetition, words
 
 SHAPING = ("ending", "non_repetition")
 
@@ -141,7 +141,7 @@ class ConversationScores:
                     end.append(ending_score(list(completion_ids[i][s:e]), self.eos_ids, self.ending_full_at))
                 else:
                     end.append(float(t.get("ended", False)))
-                rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]], last_user(t["context"])))
+                rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]], last_user_text(t["context"])))
         return {"ending": np.array(end), "non_repetition": np.array(rep)}
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
