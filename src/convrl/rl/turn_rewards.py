@@ -141,7 +141,8 @@ class ConversationScores:
                     end.append(ending_score(list(completion_ids[i][s:e]), self.eos_ids, self.ending_full_at))
                 else:
                     end.append(float(t.get("ended", False)))
-                rep.append(1.0 - repetition(t["response"], [x["response"] for x in row[:k]], last_user_text(t["context"])))
+                earlier = [x["response"] for x in row[:k]]
+                rep.append(1.0 - repetition(t["response"], earlier, last_user_text(t["context"])))
         return {"ending": np.array(end), "non_repetition": np.array(rep)}
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
