@@ -201,3 +201,31 @@ def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(multitu
     assert not torch.equal(batches[0][0], batches[2][0])
     with pytest.raises(ConfigError, match="num_iterations"):
         RLConfig(num_iterations=0).validate()
+
+
+def test_civility_shaping_on_both_paths(tiny_encoder, tiny_policy_dir):
+    from convrl.config import RLConfig
+    from convrl.config.rl import ShapingSection
+    from convrl.rewards.heads import RewardScorer
+    from convrl.rl.reward_setup import reward_setup
+
+    prompt = [{"role": "user", "content": "I hope that you die"}]
+    scorer = RewardScorer(tiny_encoder, None, None)
+    shaping = ShapingSection(ending_weight=0.0, repetition_weight=0.0, civility_weight=0.2)
+    single = reward_setup(RLConfig(turns=1, shaping=shaping), scorer, {}, tiny_policy_dir)
+    assert "civility" in [f.__name__ for f in single.funcs] and single.weights[-1] == 0.2
+    civ = next(f for f in single.funcs if f.__name__ == "civility")
+    got = civ(prompts=[prompt] * 2, completions=[[{"role": "assistant", "content": "I hope you die."}],
+                                                 "I'm sorry you feel that way. What happened?"])
+    assert got[0] < 0.5 and got[1] == 1.0
+    multi = reward_setup(RLConfig(turns=2, shaping=shaping), scorer, {}, tiny_policy_dir)
+    assert multi.conversation_scores.shaping_weights == {"civility": 0.2}
+    civ = next(f for f in multi.funcs if f.__name__ == "civility")
+    turns = [[{"context": prompt, "response": "I hope you die.", "span": [0, 2]},
+              {"context": prompt, "response": "Sorry, that was unkind.", "span": [2, 4]}],
+             [{"context": prompt, "response": "I'm sorry you feel that way.", "span": [0, 2]},
+              {"context": prompt, "response": "Want to talk about it?", "span": [2, 4]}]]
+    got = civ(prompts=[prompt] * 2, completions=["x"] * 2, turns=turns, completion_ids=[[5, 2, 5, 2]] * 2)
+    assert got[0] < 0.75 and got[1] == 1.0   # the mean over turns: one offensive turn of two
+    assert "civility" in multi.conversation_scores.last_table[0]
+    assert shaping_reward_funcs([2], 0.0, 0.0, civility_weight=0.0) == ([], [])

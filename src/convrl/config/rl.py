@@ -8,7 +8,7 @@ from convrl.config.base import ConfigError
 from convrl.config.rewards import WEIGHTED_HEADS
 
 # Reward terms of an RL run beside the heads (convrl.rl.shaping, convrl.rl.turn_rewards): what rl.guard can hold.
-RL_TERMS: tuple[str, ...] = (*WEIGHTED_HEADS, "ending", "non_repetition", "consistency")
+RL_TERMS: tuple[str, ...] = (*WEIGHTED_HEADS, "ending", "non_repetition", "civility", "consistency")
 
 
 @dataclass
@@ -90,9 +90,12 @@ class ShapingSection:
     repetition_weight: float = field(default=0.1, metadata={
         "help": "Weight of the 'non_repetition' reward: 1 minus repeated 3-grams inside the reply or word overlap "
                 "with an earlier own reply (0 = off)."})
+    civility_weight: float = field(default=0.2, metadata={
+        "help": "Weight of the 'civility' reward: 1 unless a classifier trained on human-labelled offensive "
+                "comments finds a sentence of the reply offensive (convrl.rewards.civility; 0 = off)."})
 
     def validate(self) -> None:
-        if self.ending_weight < 0 or self.repetition_weight < 0:
+        if self.ending_weight < 0 or self.repetition_weight < 0 or self.civility_weight < 0:
             raise ConfigError("rl.shaping weights must be >= 0")
         if not 0.0 <= self.ending_min_share <= 1.0:
             raise ConfigError(f"rl.shaping.ending_min_share must be in [0, 1] (a share of rl.max_completion_length), "

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from convrl.meta_eval.stats import meta_evaluate
+from convrl.rewards.civility import civility
 from convrl.rewards.human_data import convai2_dialogues, convai2_items, held_out, satisfaction_dialogues, satisfaction_items
 from convrl.rewards.rated_sets import hh_rlhf_items, holistic_items, predictive_engagement_items, toxichat_items
 
@@ -128,6 +129,8 @@ def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder,
                 scores[c] = df[c].to_numpy(np.float64)
     if judges.safety is not None:
         scores["judge_safety"] = judges.safety.score(responses).astype(np.float64)
+    # RL's civility reward (rl.shaping.civility_weight): a pretrained classifier, measured like the heads.
+    scores["reward_civility"] = civility(responses)
     if judges.llm is not None:
         for q, v in judges.llm.score(contexts, responses, [it.get("persona") or None for it in items]).items():
             scores[f"llm:{q}"] = v.astype(np.float64)

@@ -1,7 +1,7 @@
 """The reward callables (and multi-turn rollout) an RL run optimises, built from ``rl.*`` settings.
 
 Single-turn: one TRL reward callable per reward head plus the shaping terms
-(``rl.shaping``: ending within the budget, no loops). Multi-turn
+(``rl.shaping``: ending within the budget, no loops, civility). Multi-turn
 (``rl.turns > 1``): a ``MultiTurnRollout`` with the simulated user and the
 per-turn conversation rewards of ``convrl.rl.turn_rewards``::
 
@@ -54,11 +54,12 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
         mt = rl.multiturn
         funcs, weights, conv = conversation_reward_funcs(scorer, personas_by_id, mt.turn_reward, mt.turn_discount,
                                                          mt.consistency_weight, eos_ids, sh.ending_weight,
-                                                         sh.repetition_weight, full_at)
+                                                         sh.repetition_weight, full_at, sh.civility_weight)
         user = SimulatedUser(base_dir, max_new_tokens=mt.user_max_new_tokens, seed=rl.seed,
                              cached=rl.speed.carry_kv_cache)
         return RewardSetup(funcs, weights, MultiTurnRollout(rl.turns, user, user.gen.tok, mt.user_simulator,
                                                             mt.no_repeat_ngram_size), conv)
     funcs, weights = scorer.trl_reward_funcs(personas_by_id)
-    extra_funcs, extra_weights = shaping_reward_funcs(eos_ids, sh.ending_weight, sh.repetition_weight, full_at)
+    extra_funcs, extra_weights = shaping_reward_funcs(eos_ids, sh.ending_weight, sh.repetition_weight, full_at,
+                                                      sh.civility_weight)
     return RewardSetup(funcs + extra_funcs, weights + extra_weights)

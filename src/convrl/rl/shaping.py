@@ -1,6 +1,6 @@
-"""Reward shaping for RL on chat replies: end within the budget, do not loop.
+"""Reward shaping for RL on chat replies: end within the budget, do not loop, do not offend.
 
-Two terms beside the reward heads, both in [0, 1] and measured on the tokens
+Three terms beside the reward heads, both in [0, 1] and measured on the tokens
 and text the policy produced:
 
 * ``ending``: 1 when the reply stopped on an end-of-turn token within its
@@ -17,17 +17,22 @@ and text the policy produced:
   turn it answers (parroting "you are cruel" back as "You are cruel." handed
   users' insults back in a demo RL seed).
 
+* ``civility``: 1 unless a trained offensive-language classifier finds a
+  sentence of the reply offensive (``convrl.rewards.civility``): told "I hope
+  that you die", candidates of three demo seeds answered "I hope you die.".
+
 ``shaping_reward_funcs`` returns them as TRL reward callables for single-turn
 GRPO/RLOO (they read ``completion_ids``, which TRL passes); multi-turn rollouts
 score them per turn in ``convrl.rl.turn_rewards``::
 
-    funcs, weights = shaping_reward_funcs(eos_ids, ending_weight=0.15, repetition_weight=0.1)
+    funcs, weights = shaping_reward_funcs(eos_ids, ending_weight=0.15, repetition_weight=0.1, civility_weight=0.2)
 """
 
 from __future__ import annotations
 
 import re
 
+from convrl.rewards.civility import civility
 from convrl.rewards.heads import last_user_text
 from convrl.rewards.text_signals import echo_rate
 
@@ -78,8 +83,9 @@ def ending_full_at(min_share: float, max_completion_length: int) -> int:
     return int(round(min_share * max_completion_length))
 
 
-def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, full_at: int = 0):
-    """``([ending, non_repetition], weights)`` for single-turn TRL trainers; terms with weight 0 are left out."""
+def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, full_at: int = 0,
+                         civility_weight: float = 0.0):
+    """``([ending, non_repetition, civility], weights)`` for single-turn TRL trainers; weight-0 terms left out."""
     eos = [int(e) for e in eos_ids]
 
     def ending(prompts, completions, completion_ids=None, **kwargs):
@@ -93,6 +99,10 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
         return [1.0 - repetition(t, user=last_user_text(p) if isinstance(p, list) else "")
                 for t, p in zip(texts, prompts)]
 
-    pairs = [(ending, ending_weight), (non_repetition, repetition_weight)]
+    def civility_(prompts, completions, **kwargs):
+        return [float(x) for x in civility([c[-1]["content"] if isinstance(c, list) else str(c) for c in completions])]
+
+    civility_.__name__ = "civility"
+    pairs = [(ending, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]
     pairs = [(f, w) for f, w in pairs if w > 0]
     return [f for f, _ in pairs], [float(w) for _, w in pairs]

@@ -3,7 +3,7 @@
 Each assistant turn of a ``MultiTurnRollout`` is scored by every reward head
 with the context it was written in, plus the shaping terms of ``rl.shaping``
 (``ending``: stopped on its own; ``non_repetition``: no loops inside the reply
-or against earlier own replies). ``conversation_reward_funcs`` aggregates the
+or against earlier own replies; ``civility``: nothing offensive). ``conversation_reward_funcs`` aggregates the
 per-turn scores (``mean``, ``discounted`` or ``final``) into one TRL reward
 callable per term and adds a whole-conversation ``consistency`` term (stable
 persona score across turns, no repeating oneself). ``ConversationScores.
@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from convrl.data.personas import Persona
+from convrl.rewards.civility import civility
 from convrl.rewards.heads import HEADS, last_user_text
 from convrl.rl.shaping import ending_score, repetition, words
 
-SHAPING = ("ending", "non_repetition")
+SHAPING = ("ending", "non_repetition", "civility")
 
 
 def self_repetition(responses: list[str], threshold: float = 0.6) -> float:
@@ -132,7 +133,8 @@ class ConversationScores:
                 **{h: float(out[h][i]) for h in self.terms()}}
 
     def _shaping(self, turns, completion_ids) -> dict[str, np.ndarray]:
-        """Per turn (flattened like the scorer's batch): ended on EOS; 1 - repetition (earlier turns, the user's)."""
+        """Per turn (flattened like the scorer's batch): ended on EOS; 1 - repetition (earlier turns, the user's);
+        civility."""
         end, rep = [], []
         for i, row in enumerate(turns):
             for k, t in enumerate(row):
@@ -143,7 +145,10 @@ class ConversationScores:
                     end.append(float(t.get("ended", False)))
                 earlier = [x["response"] for x in row[:k]]
                 rep.append(1.0 - repetition(t["response"], earlier, last_user_text(t["context"])))
-        return {"ending": np.array(end), "non_repetition": np.array(rep)}
+        out = {"ending": np.array(end), "non_repetition": np.array(rep)}
+        if "civility" in self.shaping_weights:  # one classifier call for every turn of the batch
+            out["civility"] = civility([t["response"] for row in turns for t in row])
+        return out
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
         """Each turn's fluency from the RL reference pass (the turn's span of the completion), when handed over."""
@@ -154,7 +159,8 @@ class ConversationScores:
 
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                               discount: float = 0.9, consistency_weight: float = 0.1, eos_ids=(),
-                              ending_weight: float = 0.0, repetition_weight: float = 0.0, ending_full_at: int = 0):
+                              ending_weight: float = 0.0, repetition_weight: float = 0.0, ending_full_at: int = 0,
+                              civility_weight: float = 0.0):
     """TRL reward callables for multi-turn rollouts: per head and shaping term (aggregated over turns), consistency.
 
     Returns ``(funcs, weights, scores)``; ``scores.last_table`` holds the last
@@ -162,7 +168,8 @@ def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggreg
     column ``MultiTurnRollout`` returns and fails clearly without it.
     """
     scores = ConversationScores(scorer, personas_by_id, aggregation, discount, eos_ids,
-                                {"ending": ending_weight, "non_repetition": repetition_weight}, ending_full_at)
+                                {"ending": ending_weight, "non_repetition": repetition_weight,
+                                 "civility": civility_weight}, ending_full_at)
     funcs = []
     for head in scores.terms():
         def f(prompts, completions, head=head, **kwargs):

@@ -1,0 +1,80 @@
+"""The civility reward: how offensive a reply reads to a classifier trained on human labels.
+
+RL on the demo preset found that handing a user's hostility back pays ("you are
+cruel" -> "You are cruel.", "I hope that you die" -> "I hope you die."): the
+reward heads score a reply's relevance, persona and engagement, and an echo of
+the user is relevant. This term prices offensiveness in the reward itself.
+
+The classifier is alt-profanity-check's: a calibrated linear SVM over word
+n-grams, trained on about 200,000 human-labelled comments (Wikipedia talk pages
+and tweets), shipped inside its PyPI wheel (no download, no GPU, ~0.1 ms a
+sentence). It is a different model on different data from the held-out
+civility judge (``convrl.eval.civility``, a pattern list, which the A/B holds as
+a strict guardrail), so RL is not trained on its own exam. It reads words, not
+intent: "I hate Mondays too!" and "I don't think you're stupid" score high, a
+condolence ("I'm sorry for your loss") low. A reply counts as offensive as its
+worst sentence to the user, so one insult inside a long friendly reply is not
+averaged away::
+
+    offensiveness(["I hope you die.", "I hope you feel better soon."])   # array([0.86, 0.04])
+    civility(["I hope you die.", "I hope you feel better soon."])        # array([0.27, 1.0])
+
+``convrl meta-eval`` measures its agreement with people (ToxiChat's offensive
+labels) beside the judge's.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_TO_USER = re.compile(r"\byou(?:r|rs|rself)?\b", re.I)
+
+
+def sentences(text: str) -> list[str]:
+    """The reply split into sentences (at ., ! or ? followed by a space, and at line breaks)."""
+    return [s for s in _SENTENCE.split(text or "") if s.strip()]
+
+
+@lru_cache(maxsize=1)
+def _classifier():
+    # Imported here: loading the two joblib files costs ~0.3 s, paid only by runs that score civility.
+    try:
+        from profanity_check import predict_prob
+    except ImportError as e:  # pragma: no cover - a dependency of the project
+        raise ImportError("the civility reward needs alt-profanity-check: pip install -e . (or make install)") from e
+    return predict_prob
+
+
+def offensiveness(texts: list[str]) -> np.ndarray:
+    """Probability in [0, 1] that each text is offensive: the whole text's, or its most offensive sentence that
+    speaks to the user ("you", "your"), whichever is higher (0 for an empty text).
+
+    Sentences about anything else are not scored alone: the classifier reads words, and the base model's
+    "I'm not cruel. I'm just a professional." would score as its first sentence (0.74, as "You are cruel.")
+    instead of as a whole (0.38).
+    """
+    per_text = [([t] if t.strip() else []) + [s for s in sentences(t) if _TO_USER.search(s)] for t in texts]
+    flat = [s for ss in per_text for s in ss]
+    probs = _classifier()(flat) if flat else np.zeros(0)
+    out, i = np.zeros(len(texts), dtype=np.float64), 0
+    for k, ss in enumerate(per_text):
+        if ss:
+            out[k] = float(np.max(probs[i:i + len(ss)]))
+        i += len(ss)
+    return out
+
+
+# Below this probability a reply is not priced at all: on the base model's held-out replies the classifier's
+# probability averages 0.09 and exceeds 0.5 for 4% of them (words like "die" or "afraid"), and that noise would
+# otherwise sit in every GRPO group's advantages at the weight of a real insult's penalty.
+OFFENSIVE_FROM = 0.5
+
+
+def civility(texts: list[str], offensive_from: float = OFFENSIVE_FROM) -> np.ndarray:
+    """The reward in [0, 1]: 1 up to ``offensive_from``, then falling linearly to 0 at certain offence."""
+    p = offensiveness(texts)
+    return 1.0 - np.clip((p - offensive_from) / (1.0 - offensive_from), 0.0, 1.0)
