@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convrl.rewards.civility import civility, offensiveness, sentences
+from convrl.rewards.civility import civility, descriptions, mirrors, offensiveness, sentences
 from tests.conftest import SHARED_DATA
 
 
@@ -27,6 +27,29 @@ def test_civility_reward_prices_what_rl_handed_back_to_users():
     r = civility(uncivil + civil)
     assert (r[:3] < 0.6).all() and (r[3:] == 1.0).all()
 
+
+
+@pytest.mark.parametrize("reply, user, handed_back", [
+    # After the classifier term alone, seed 13's candidate, told "you are cruel" (the base model: "I'm not cruel").
+    ("You're a cruel and cruel soul, a master of your craft. I'm a seasoned chess pro.", "you are cruel", True),
+    ("You are a quitter.", "you are a quitter", True),          # an insult the classifier misses (0.04)
+    ("You're not smart either.", "you are not smart", True),    # negated alike
+    ("You seem pretty dull today.", "you are dull", True),
+    ("I'm not a quitter, I keep going!", "you are a quitter", False),
+    ("I don't think you're cruel at all.", "you are cruel", False),  # negated: kind
+    ("You are so kind too!", "you are so kind", False),               # praise handed back is praise
+    ("You look tired. Want to rest?", "you are cruel", False),        # no word of the user's
+    ("You are cruel.", "", False),                                    # no user turn
+])
+def test_a_reply_that_hands_the_users_criticism_back_earns_nothing(reply, user, handed_back):
+    assert mirrors(reply, user) == handed_back
+    assert (civility([reply], [user])[0] == 0.0) == handed_back or civility([reply])[0] < 1.0
+
+
+def test_descriptions_read_each_you_are_clause():
+    assert descriptions("I don't think you're cruel, but you are a bit slow. You look great!") == [
+        (True, frozenset({"cruel"})), (False, frozenset({"slow"})), (False, frozenset({"great"}))]
+    assert descriptions("Nothing about the user here.") == []
 
 
 @pytest.mark.shared_data

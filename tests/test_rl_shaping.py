@@ -221,11 +221,12 @@ def test_civility_shaping_on_both_paths(tiny_encoder, tiny_policy_dir):
     multi = reward_setup(RLConfig(turns=2, shaping=shaping), scorer, {}, tiny_policy_dir)
     assert multi.conversation_scores.shaping_weights == {"civility": 0.2}
     civ = next(f for f in multi.funcs if f.__name__ == "civility")
-    turns = [[{"context": prompt, "response": "I hope you die.", "span": [0, 2]},
-              {"context": prompt, "response": "Sorry, that was unkind.", "span": [2, 4]}],
+    cruel = [{"role": "user", "content": "you are cruel"}]
+    turns = [[{"context": prompt, "response": "Sorry, that was unkind.", "span": [0, 2]},
+              {"context": cruel, "response": "You're a cruel soul.", "span": [2, 4]}],
              [{"context": prompt, "response": "I'm sorry you feel that way.", "span": [0, 2]},
               {"context": prompt, "response": "Want to talk about it?", "span": [2, 4]}]]
     got = civ(prompts=[prompt] * 2, completions=["x"] * 2, turns=turns, completion_ids=[[5, 2, 5, 2]] * 2)
-    assert got[0] < 0.75 and got[1] == 1.0   # the mean over turns: one offensive turn of two
+    assert got == [0.5, 1.0]   # the mean over turns: the second hands the user's "cruel" back (0)
     assert "civility" in multi.conversation_scores.last_table[0]
     assert shaping_reward_funcs([2], 0.0, 0.0, civility_weight=0.0) == ([], [])

@@ -25,19 +25,13 @@ import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
+from convrl.rewards.text_signals import vader  # noqa: F401 - re-exported: the judges read it from here
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
 def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
-
-
-@lru_cache(maxsize=1)
-def vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
 
 
 class CharNgramLM:

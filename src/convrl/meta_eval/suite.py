@@ -114,7 +114,7 @@ def rated_persona(facts: list[str] | None):
 
 def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder, dialogues: dict) -> None:
     """Add the optional judges' columns to ``scores`` (one value per item): panel, safety, LLM, dialogue judge."""
-    from convrl.rewards.heads import HEADS
+    from convrl.rewards.heads import HEADS, last_user_text
 
     contexts, responses = [it["context"] for it in items], [it["response"] for it in items]
     if judges.calibrated_weights:
@@ -130,7 +130,7 @@ def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder,
     if judges.safety is not None:
         scores["judge_safety"] = judges.safety.score(responses).astype(np.float64)
     # RL's civility reward (rl.shaping.civility_weight): a pretrained classifier, measured like the heads.
-    scores["reward_civility"] = civility(responses)
+    scores["reward_civility"] = civility(responses, [last_user_text(c) for c in contexts])
     if judges.llm is not None:
         for q, v in judges.llm.score(contexts, responses, [it.get("persona") or None for it in items]).items():
             scores[f"llm:{q}"] = v.astype(np.float64)

@@ -1,4 +1,5 @@
-"""The civility reward: how offensive a reply reads to a classifier trained on human labels.
+"""The civility reward: how offensive a reply reads to a classifier trained on human labels, and whether it
+hands the user's criticism back.
 
 RL on the demo preset found that handing a user's hostility back pays ("you are
 cruel" -> "You are cruel.", "I hope that you die" -> "I hope you die."): the
@@ -19,6 +20,15 @@ averaged away::
     offensiveness(["I hope you die.", "I hope you feel better soon."])   # array([0.86, 0.04])
     civility(["I hope you die.", "I hope you feel better soon."])        # array([0.27, 1.0])
 
+The classifier misses mild insults ("you are a quitter": 0.04), and most of the
+ones RL learned to hand back came from the user's own turn ("you are cruel" ->
+"You're a cruel and cruel soul, ...", after the classifier term alone). So a
+reply that describes the user with the words the user just used to criticise the
+assistant (``mirrors``: "you are/you're/you seem ..." clauses sharing a content
+word, negated alike; not when VADER reads the user's turn as praise) earns 0::
+
+    civility(["You're a cruel soul.", "I'm not cruel."], users=["you are cruel"] * 2)   # array([0., 1.])
+
 ``convrl meta-eval`` measures its agreement with people (ToxiChat's offensive
 labels) beside the judge's.
 """
@@ -29,6 +39,8 @@ import re
 from functools import lru_cache
 
 import numpy as np
+
+from convrl.rewards.text_signals import vader
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _TO_USER = re.compile(r"\byou(?:r|rs|rself)?\b", re.I)
@@ -74,7 +86,49 @@ def offensiveness(texts: list[str]) -> np.ndarray:
 OFFENSIVE_FROM = 0.5
 
 
-def civility(texts: list[str], offensive_from: float = OFFENSIVE_FROM) -> np.ndarray:
-    """The reward in [0, 1]: 1 up to ``offensive_from``, then falling linearly to 0 at certain offence."""
+# "you are ...", "you're ...", "you look/sound/seem/act (like) ...": what follows, to the end of the clause, is
+# how the sentence describes the person it speaks to.
+_DESCRIBED = re.compile(r"\b(?:you\s+are|you're|youre|you\s+were|you\s+(?:look|sound|seem|act)(?:\s+like)?)\s+"
+                        r"([^.!?;,:\n]*)", re.I)
+_CLAUSE_END = re.compile(r"[.!?;,:\n]")
+_NEGATION = re.compile(r"\b(?:not|never|no)\b|n't\b", re.I)
+_WORD = re.compile(r"[a-z']+")
+_FILLER = frozenset("a an the so such very really just being too also quite pretty truly totally completely "
+                    "absolutely most more bit little of and or but to my your me you it that this "
+                    "not never no one".split())
+# The user's turn counts as criticism unless VADER reads it as clearly positive ("you are so kind": 0.66;
+# "you are emotional": 0.15 and "you are a quitter": 0.0 count).
+PRAISE_FROM = 0.3
+
+
+def descriptions(text: str) -> list[tuple[bool, frozenset[str]]]:
+    """Each "you are ..." clause of ``text``: (negated, its content words); "I don't think you're X" is negated."""
+    out = []
+    for m in _DESCRIBED.finditer(text or ""):
+        ends = list(_CLAUSE_END.finditer(text, 0, m.start()))
+        before = text[ends[-1].end() if ends else 0:m.start()]
+        negated = bool(_NEGATION.search(before) or _NEGATION.search(m.group(1)))
+        words = frozenset(w for w in _WORD.findall(m.group(1).lower()) if len(w) > 2 and w not in _FILLER)
+        if words:
+            out.append((negated, words))
+    return out
+
+
+def mirrors(reply: str, user: str) -> bool:
+    """The reply hands the user's description of the assistant back to the user ("you are cruel" ->
+    "You're a cruel soul."), unless the user's turn was praise."""
+    said = descriptions(user)
+    if not said or vader().polarity_scores(user)["compound"] >= PRAISE_FROM:
+        return False
+    back = descriptions(reply)
+    return any(neg_u == neg_r and words_u & words_r for neg_u, words_u in said for neg_r, words_r in back)
+
+
+def civility(texts: list[str], users: list[str] | None = None, offensive_from: float = OFFENSIVE_FROM) -> np.ndarray:
+    """The reward in [0, 1]: 1 up to ``offensive_from``, then falling linearly to 0 at certain offence; 0 for a
+    reply that hands the user's criticism back (``mirrors``) when the user turns they answer are given."""
     p = offensiveness(texts)
-    return 1.0 - np.clip((p - offensive_from) / (1.0 - offensive_from), 0.0, 1.0)
+    out = 1.0 - np.clip((p - offensive_from) / (1.0 - offensive_from), 0.0, 1.0)
+    if users is not None:
+        out[[mirrors(t, u) for t, u in zip(texts, users)]] = 0.0
+    return out

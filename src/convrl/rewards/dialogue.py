@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ import numpy as np
 from convrl.rewards.heads import is_degenerate
 from convrl.rewards.reactions import (CUE_FEATURES, REACTION_FEATURES, ReactionModel, crossfit_reaction, cue_features,
                                       load_sklearn)
-from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score
+from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score, vader
 
 COMPLAINTS = re.compile(r"\b(you are a bot|you're a bot|are you a bot|makes no sense|doesn't make sense|"
                         r"does not make sense|what\?|stupid|boring|you already said|you said that|repeat|"
@@ -67,13 +66,6 @@ def _top_mean(values, k: int = TOP_K) -> float:
     return float(np.mean(sorted(values, reverse=True)[:k])) if len(values) else 0.0
 
 
-@lru_cache(maxsize=1)
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
 def dialogue_features(encoder, conversations: list[list[dict]], personas: list[list[str]] | None = None,
                       reaction: ReactionModel | None = None, max_messages: int = 24) -> np.ndarray:
     """(n, len(FEATURES)) features of each whole conversation (message lists with user / assistant roles).
@@ -86,7 +78,7 @@ def dialogue_features(encoder, conversations: list[list[dict]], personas: list[l
     convs = [[m for m in c if m["role"] in ("user", "assistant")] for c in conversations]
     texts = [m["content"] for c in convs for m in c[-max_messages:]] + [" ".join(p) for p in personas if p]
     emb = dict(zip(dict.fromkeys(texts), encoder.encode(list(dict.fromkeys(texts))))) if texts else {}
-    sia = _vader()
+    sia = vader()
     rows = []
     for msgs, persona in zip(convs, personas):
         lens_all = [len(m["content"].split()) for m in msgs if m["role"] == "assistant"] or [0]

@@ -8,6 +8,7 @@ substance (content words) and how much of the user's turn a reply copies (``echo
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 
@@ -70,3 +71,11 @@ def echo_rate(reply: str, user_text: str) -> float:
         words = _words(reply)
         return float(bool(words) and words == _words(user_text))
     return len(grams & _trigrams(user_text)) / len(grams)
+
+
+@lru_cache(maxsize=1)
+def vader():
+    """VADER's sentiment analyser (its lexicon: valences rated by people), built once per process."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()

@@ -18,8 +18,10 @@ and text the policy produced:
   users' insults back in a demo RL seed).
 
 * ``civility``: 1 unless a trained offensive-language classifier finds a
-  sentence of the reply offensive (``convrl.rewards.civility``): told "I hope
-  that you die", candidates of three demo seeds answered "I hope you die.".
+  sentence of the reply offensive, 0 when it hands the user's criticism back
+  (``convrl.rewards.civility``): told "I hope that you die", candidates of
+  three demo seeds answered "I hope you die."; told "you are cruel", "You're a
+  cruel and cruel soul".
 
 ``shaping_reward_funcs`` returns them as TRL reward callables for single-turn
 GRPO/RLOO (they read ``completion_ids``, which TRL passes); multi-turn rollouts
@@ -100,7 +102,8 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
                 for t, p in zip(texts, prompts)]
 
     def civility_(prompts, completions, **kwargs):
-        return [float(x) for x in civility([c[-1]["content"] if isinstance(c, list) else str(c) for c in completions])]
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        return [float(x) for x in civility(texts, [last_user_text(p) if isinstance(p, list) else "" for p in prompts])]
 
     civility_.__name__ = "civility"
     pairs = [(ending, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]

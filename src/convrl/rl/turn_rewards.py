@@ -147,7 +147,8 @@ class ConversationScores:
                 rep.append(1.0 - repetition(t["response"], earlier, last_user_text(t["context"])))
         out = {"ending": np.array(end), "non_repetition": np.array(rep)}
         if "civility" in self.shaping_weights:  # one classifier call for every turn of the batch
-            out["civility"] = civility([t["response"] for row in turns for t in row])
+            out["civility"] = civility([t["response"] for row in turns for t in row],
+                                       [last_user_text(t["context"]) for row in turns for t in row])
         return out
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
