@@ -25,7 +25,6 @@ import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
-from convrl.rewards.text_signals import vader  # noqa: F401 - re-exported: the judges read it from here
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 
@@ -72,6 +71,15 @@ class CharNgramLM:
                 p += lambdas[n] * (self.counts[n][(c, s[i])] + self.k) / (self.ctx[n][c] + self.k * v)
             total -= math.log2(p / sum(lambdas))
         return total / max(1, len(s) - self.order + 1)
+
+
+# The judges' own copy, not convrl.rewards.text_signals.vader: judges import nothing from the rewards
+# (tests/test_judges.py), so a held-out judge never shares code paths with what RL optimises.
+@lru_cache(maxsize=1)
+def vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
 
 
 @lru_cache(maxsize=1)
