@@ -28,7 +28,6 @@ def test_civility_reward_prices_what_rl_handed_back_to_users():
     assert (r[:3] < 0.6).all() and (r[3:] == 1.0).all()
 
 
-
 @pytest.mark.parametrize("reply, user, handed_back", [
     # After the classifier term alone, seed 13's candidate, told "you are cruel" (the base model: "I'm not cruel").
     ("You're a cruel and cruel soul, a master of your craft. I'm a seasoned chess pro.", "you are cruel", True),
@@ -43,7 +42,8 @@ def test_civility_reward_prices_what_rl_handed_back_to_users():
 ])
 def test_a_reply_that_hands_the_users_criticism_back_earns_nothing(reply, user, handed_back):
     assert mirrors(reply, user) == handed_back
-    assert (civility([reply], [user])[0] == 0.0) == handed_back or civility([reply])[0] < 1.0
+    # Handed back: 0 whatever the classifier says; otherwise the user's turn changes nothing.
+    assert civility([reply], [user])[0] == (0.0 if handed_back else civility([reply])[0])
 
 
 def test_descriptions_read_each_you_are_clause():

@@ -92,7 +92,8 @@ class ShapingSection:
                 "with an earlier own reply (0 = off)."})
     civility_weight: float = field(default=0.2, metadata={
         "help": "Weight of the 'civility' reward: 1 unless a classifier trained on human-labelled offensive "
-                "comments finds a sentence of the reply offensive (convrl.rewards.civility; 0 = off)."})
+                "comments finds the reply offensive, 0 when it hands the user's criticism back "
+                "(convrl.rewards.civility; 0 = off)."})
 
     def validate(self) -> None:
         if self.ending_weight < 0 or self.repetition_weight < 0 or self.civility_weight < 0:

@@ -113,7 +113,8 @@ def rated_persona(facts: list[str] | None):
 
 
 def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder, dialogues: dict) -> None:
-    """Add the optional judges' columns to ``scores`` (one value per item): panel, safety, LLM, dialogue judge."""
+    """Add the optional judges' columns to ``scores`` (one value per item): panel, safety, LLM, dialogue judge;
+    and RL's civility reward, which needs no data or model download."""
     from convrl.rewards.heads import HEADS, last_user_text
 
     contexts, responses = [it["context"] for it in items], [it["response"] for it in items]

@@ -80,9 +80,9 @@ def offensiveness(texts: list[str]) -> np.ndarray:
     return out
 
 
-# Below this probability a reply is not priced at all: on the base model's held-out replies the classifier's
-# probability averages 0.09 and exceeds 0.5 for 4% of them (words like "die" or "afraid"), and that noise would
-# otherwise sit in every GRPO group's advantages at the weight of a real insult's penalty.
+# Below this probability a reply is not priced at all: on the base model's 94 distinct held-out replies of three
+# demo runs, ``offensiveness`` averages 0.05 and exceeds 0.5 for 2% of them (words like "die" or "afraid"), and
+# that noise would otherwise sit in every GRPO group's advantages at the weight of a real insult's penalty.
 OFFENSIVE_FROM = 0.5
 
 

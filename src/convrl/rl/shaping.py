@@ -1,6 +1,6 @@
 """Reward shaping for RL on chat replies: end within the budget, do not loop, do not offend.
 
-Three terms beside the reward heads, both in [0, 1] and measured on the tokens
+Three terms beside the reward heads, all in [0, 1] and measured on the tokens
 and text the policy produced:
 
 * ``ending``: 1 when the reply stopped on an end-of-turn token within its
@@ -16,7 +16,6 @@ and text the policy produced:
   reply of the same conversation, or the share of it copied from the user's
   turn it answers (parroting "you are cruel" back as "You are cruel." handed
   users' insults back in a demo RL seed).
-
 * ``civility``: 1 unless a trained offensive-language classifier finds a
   sentence of the reply offensive, 0 when it hands the user's criticism back
   (``convrl.rewards.civility``): told "I hope that you die", candidates of
@@ -85,6 +84,15 @@ def ending_full_at(min_share: float, max_completion_length: int) -> int:
     return int(round(min_share * max_completion_length))
 
 
+def _replies(completions) -> list[str]:
+    return [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+
+
+def _user_turns(prompts) -> list[str]:
+    # A plain-text prompt has no user turn (nothing to copy, no criticism to hand back).
+    return [last_user_text(p) if isinstance(p, list) else "" for p in prompts]
+
+
 def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, full_at: int = 0,
                          civility_weight: float = 0.0):
     """``([ending, non_repetition, civility], weights)`` for single-turn TRL trainers; weight-0 terms left out."""
@@ -96,14 +104,10 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
         return [ending_score(list(ids), eos, full_at) for ids in completion_ids]
 
     def non_repetition(prompts, completions, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-        # A plain-text prompt has no user turn to copy.
-        return [1.0 - repetition(t, user=last_user_text(p) if isinstance(p, list) else "")
-                for t, p in zip(texts, prompts)]
+        return [1.0 - repetition(t, user=u) for t, u in zip(_replies(completions), _user_turns(prompts))]
 
     def civility_(prompts, completions, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-        return [float(x) for x in civility(texts, [last_user_text(p) if isinstance(p, list) else "" for p in prompts])]
+        return [float(x) for x in civility(_replies(completions), _user_turns(prompts))]
 
     civility_.__name__ = "civility"
     pairs = [(ending, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]

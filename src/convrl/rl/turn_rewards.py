@@ -22,9 +22,6 @@ from convrl.rewards.civility import civility
 from convrl.rewards.heads import HEADS, last_user_text
 from convrl.rl.shaping import ending_score, repetition, words
 
-SHAPING = ("ending", "non_repetition", "civility")
-
-
 def self_repetition(responses: list[str], threshold: float = 0.6) -> float:
     """Share of turns after the first whose word set overlaps an earlier own turn by >= ``threshold`` (Jaccard)."""
     if len(responses) < 2:
