@@ -37,6 +37,22 @@ def test_tiny_pipeline_end_to_end(mlflow_store, capsys):
     assert 0.0 <= row["clipped_ratio_last"] <= 1.0
     assert None not in row["selfplay_repeat"] and None not in row["fact_recall"]
     assert "n/a" not in evidence.table([row])
+    # bench/sampled_evaluation.py rebuilds the evaluate stage from the run's outputs: greedy, it reproduces the
+    # stage's scores; sampled, it gives a paired difference per metric.
+    import pandas as pd
+
+    from convrl.config import load_config
+
+    sampled = load_bench("sampled_evaluation")
+    run_dir = convrl_home() / "runs" / "e2e-tiny"
+    stage = pd.read_parquet(sampled.pipeline_root(run_dir) / "evaluate" / "scores")
+    greedy = sampled.evaluate_sampled(run_dir, load_config("tiny"), 0.0, [0])
+    for model in ("candidate", "baseline"):
+        assert greedy[greedy.model == model].composite.mean() == pytest.approx(
+            stage[stage.model == model].composite.mean(), abs=1e-6)
+    rows = {r["metric"]: r for r in sampled.summary(sampled.evaluate_sampled(run_dir, load_config("tiny"), 0.7, [1]))}
+    assert {"composite", "judge_composite", "personality"} <= set(rows)
+    assert all(r["lo"] <= r["diff"] <= r["hi"] for r in rows.values())
 
 
 @pytest.mark.slow
