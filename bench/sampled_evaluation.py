@@ -101,27 +101,69 @@ def summary(scores) -> list[dict]:
     return rows
 
 
+def persona_rows(scores) -> list[dict]:
+    """Per persona card: head, judge and words (baseline, candidate), and each strong trait's marker share."""
+    from convrl.data.personas import PersonaError, load_persona
+    from convrl.eval.judge_scorers import shows_trait
+
+    rows = []
+    for pid, part in scores.groupby("persona_id"):
+        try:
+            traits = [t for t, v in load_persona(pid).traits.items() if v >= 0.5 and t != "formality"]
+        except PersonaError:  # a card that is not bundled: the scores still print, without marker shares
+            traits = []
+        row = {"persona": pid, "prompts": int(part.prompt_id.nunique())}
+        for model in ("baseline", "candidate"):
+            mine = part[part.model == model]
+            for col in ("personality", "judge_personality", "words"):
+                row[f"{col}/{model}"] = float(mine[col].mean())
+            for t in traits:
+                row[f"{t}/{model}"] = float(sum(shows_trait(r, t) for r in mine.response)) / max(1, len(mine))
+        row["traits"] = traits
+        rows.append(row)
+    return rows
+
+
+def _print_personas(rows: list[dict]) -> None:
+    print("\n| persona | prompts | personality head | personality judge | words | strong traits shown (share) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        pair = lambda c, f: f"{r[c + '/baseline']:{f}} -> {r[c + '/candidate']:{f}}"  # noqa: E731
+        traits = ", ".join(f"{t} {pair(t, '.0%')}" for t in r["traits"]) or "n/a"
+        print(f"| {r['persona']} | {r['prompts']} | {pair('personality', '.3f')} | {pair('judge_personality', '.3f')} "
+              f"| {pair('words', '.1f')} | {traits} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="a finished run's folder (~/.convrl/runs/<run-name>)")
+    p.add_argument("--run", type=Path, help="a finished run's folder (~/.convrl/runs/<run-name>)")
+    p.add_argument("--scores", type=Path, help="an evaluate stage's scores table: summarise it, no decoding")
     p.add_argument("--config", default="demo", help="the preset the run used")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the run's config overrides")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy, as evaluation decodes")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one sampled draw per seed")
     a = p.parse_args(argv)
+    if (a.run is None) == (a.scores is None):
+        p.error("give --run (re-evaluate a run) or --scores (summarise an evaluate stage's table)")
+    import pandas as pd
     import torch
 
     from convrl.config import load_config
 
     torch.manual_seed(0)
-    cfg = load_config(a.config, a.set)
-    rows = summary(evaluate_sampled(a.run, cfg, a.temperature, a.seeds))
-    how = f"temperature {a.temperature:g}, seeds {' '.join(map(str, a.seeds))}" if a.temperature > 0 else "greedy"
-    print(f"{a.run.name}: {how}\n")
+    if a.scores is not None:
+        scores, name, how = pd.read_parquet(a.scores), str(a.scores), "the stage's own replies"
+    else:
+        scores = evaluate_sampled(a.run, load_config(a.config, a.set), a.temperature, a.seeds)
+        name = a.run.name
+        how = f"temperature {a.temperature:g}, seeds {' '.join(map(str, a.seeds))}" if a.temperature > 0 else "greedy"
+    rows = summary(scores)
+    print(f"{name}: {how}\n")
     print("| metric | baseline | candidate | diff [95% CI] |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['metric']} | {r['baseline']:.3f} | {r['candidate']:.3f} | "
               f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] |")
+    _print_personas(persona_rows(scores))
     return 0
 
 

@@ -195,6 +195,13 @@ TRAIT_MARKERS = {
     "enthusiasm": ("wow", "amazing", "awesome", "love", "exciting", "fantastic", "great", "yay"),
     "curiosity": ("curious", "wonder", "tell me", "what about", "how about", "interesting"),
 }
+
+
+def shows_trait(text: str, trait: str) -> bool:
+    """Whether ``text`` holds one of the trait's marker phrases (what ``personality_judge`` counts for it)."""
+    return _count(text, TRAIT_MARKERS.get(trait, (trait,))) > 0
+
+
 FORMAL = ("certainly", "please", "would", "could", "recommend", "indeed", "however", "therefore", "regards")
 INFORMAL = ("hey", "gonna", "wanna", "yeah", "lol", "dude", "cool", "awesome", "omg", "btw", "yay")
 NEGATION = ("not", "never", "no", "don't", "dont", "doesn't", "didn't", "can't", "cannot", "isn't", "haven't",
