@@ -4,10 +4,12 @@ Evaluation decodes greedily (as `convrl chat` does), while `convrl serve`
 samples at ``serve.temperature`` (0.7) unless a request says otherwise. This
 re-evaluates a finished pipeline run's candidate and baseline on the same
 held-out prompts, heads and judges as its evaluate stage (rebuilt from the
-run's own ingest and reward-model outputs), decoding each prompt once per
-``--seeds`` value at ``--temperature`` (top-p 0.95, no repeated 4-gram, as
-the preset says), and prints each metric's baseline and candidate means and
-the paired difference with a 95% bootstrap CI (per prompt, averaged over the
+run's own ingest and reward-model outputs by ``stages.evaluation.
+evaluation_inputs``; the baseline is the current champion, else the base
+model, as the stage picks it), decoding each prompt once per ``--seeds`` value
+at ``--temperature`` (top-p 0.95, no repeated 4-gram, as the preset says), and
+prints each metric's baseline and candidate means and the paired difference
+with a 95% bootstrap CI (per prompt, averaged over the
 draws). ``--temperature 0`` is evaluation's own greedy decoding: it reproduces
 the evaluate stage's scores, which the tests check::
 
@@ -43,44 +45,23 @@ def evaluate_sampled(run: Path, cfg, temperature: float, seeds: list[int]):
     """One row per (draw, model, prompt): every head and judge, as the evaluate stage scores them."""
     import pandas as pd
 
-    from convrl.data.personas import prompt_personas
-    from convrl.data.prompts import build_prompts
-    from convrl.eval.evaluate import score_responses
-    from convrl.eval.judges import JudgePanel, reference_conversations_from_turns
-    from convrl.rewards.bundle import RewardBundle, load_scorer
+    from convrl.eval.evaluate import evaluate_models
     from convrl.rl.artifact import PolicyArtifact
-    from convrl.rl.generation import Generator
-    from convrl.runtime import resolve_precision
-    from convrl.stages.evaluation import baseline_model
+    from convrl.stages.evaluation import baseline_model, evaluation_inputs
 
     root, e = pipeline_root(run), cfg.eval
-    turns = pd.read_parquet(root / "ingest" / "turns")
-    personas = prompt_personas(pd.read_parquet(root / "ingest" / "personas"), cfg.data.personas,
-                               cfg.data.prompt_personas)
-    by_id = {p.persona_id: p for p in personas}
     reward_dir = str(root / "train-reward-models" / "reward_models")
-    scorer = load_scorer(reward_dir)
-    prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns, e.seed,
-                            user_emotion=lambda s: scorer.emotion.predict([s])[0],
-                            token_budget=cfg.rl.prompt_token_budget)
+    inputs = evaluation_inputs(cfg, pd.read_parquet(root / "ingest" / "turns"),
+                               pd.read_parquet(root / "ingest" / "personas"), reward_dir)
     policy_dir = str(root / "rl-finetune" / "policy")
-    dirs = {"candidate": str(PolicyArtifact.load(policy_dir).weights_dir(policy_dir)), "baseline": baseline_model(cfg)[0]}
-    panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
-                       safety=RewardBundle.load(reward_dir).safety(reward_dir))
-    conversations = [p["prompt"] for p in prompts]
-    precision = resolve_precision(e.precision)
+    dirs = {"candidate": str(PolicyArtifact.load(policy_dir).weights_dir(policy_dir)),
+            "baseline": baseline_model(cfg)[0]}
+    by_id = {p.persona_id: p for p in inputs.personas}
     frames = []
     for seed in seeds:
-        replies: list[str] = []
-        for name, model_dir in dirs.items():
-            gen = Generator(model_dir, dtype=precision)
-            replies += gen.generate(conversations, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                                    do_sample=temperature > 0, temperature=temperature, seed=seed, progress=True,
-                                    desc=f"{name} (seed {seed})", no_repeat_ngram_size=e.no_repeat_ngram_size)
-            del gen
-        scores = score_responses(scorer, prompts * len(dirs), replies, by_id, judges=panel)
-        scores.insert(0, "model", [name for name in dirs for _ in prompts])
-        scores["prompt_id"] = [f"p{i:04d}" for i in range(len(prompts))] * len(dirs)
+        scores = evaluate_models(dirs, inputs.prompts, inputs.scorer, by_id, e.max_new_tokens, e.batch_size, seed,
+                                 judges=inputs.panel, no_repeat_ngram_size=e.no_repeat_ngram_size,
+                                 precision=e.precision, temperature=temperature)
         scores["draw"] = seed
         frames.append(scores)
     return pd.concat(frames, ignore_index=True)
@@ -146,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if (a.run is None) == (a.scores is None):
         p.error("give --run (re-evaluate a run) or --scores (summarise an evaluate stage's table)")
     import pandas as pd
-    import torch
 
     from convrl.config import load_config
 
-    torch.manual_seed(0)
     if a.scores is not None:
         scores, name, how = pd.read_parquet(a.scores), str(a.scores), "the stage's own replies"
     else:

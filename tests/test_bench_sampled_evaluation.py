@@ -50,7 +50,8 @@ def test_per_persona_rows_count_the_cards_strong_traits_by_the_judges_marker_wor
     # The coach's card: empathy 0.9, warmth 0.85, patience 0.8 (humor 0.3 and formality are not strong traits).
     assert row["traits"] == ["empathy", "warmth", "patience"] and row["prompts"] == 4
     assert row["warmth/baseline"] == 0.5 and row["warmth/candidate"] == 0.0
-    assert row["personality/candidate"] == pytest.approx(0.35) and row["judge_personality/baseline"] == pytest.approx(0.7)
+    assert row["personality/candidate"] == pytest.approx(0.35)
+    assert row["judge_personality/baseline"] == pytest.approx(0.7)
 
 
 def test_scores_mode_prints_both_tables_without_decoding(tmp_path, capsys):

@@ -51,3 +51,17 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
             np.testing.assert_allclose(got[col], alone[col], atol=1e-5, err_msg=col)
         pd.testing.assert_series_equal(got["user_emotion"], alone["user_emotion"])
     assert {c for c in joint.columns if c.startswith("judge_")} >= {"judge_relevance", "judge_fluency"}
+
+
+def test_a_temperature_samples_every_model_the_same_way(monkeypatch, tiny_encoder, personas):
+    scorer = RewardScorer(tiny_encoder, None, None)
+    prompts = [{"prompt": [{"role": "user", "content": "I lost my keys again."}], "persona_id": personas[0].persona_id}]
+    monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: None)
+    decoding = []
+    monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: (decoding.append(kw), ["Where were they?"])[1])
+    by_id = {p.persona_id: p for p in personas}
+    evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 5, temperature=0.7)
+    assert [(k["do_sample"], k["temperature"], k["seed"]) for k in decoding] == [(True, 0.7, 5), (True, 0.7, 5)]
+    decoding.clear()
+    evaluate_models({"candidate": "a"}, prompts, scorer, by_id, 8, 2, 5)
+    assert decoding[0]["do_sample"] is False and "temperature" not in decoding[0]  # greedy: the cache keys stay

@@ -48,11 +48,13 @@ def score_responses(scorer, prompts: list[dict], responses: list[str], personas_
 def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, personas_by_id: dict,
                     max_new_tokens: int, batch_size: int, seed: int, judges=None,
                     no_repeat_ngram_size: int = 0, timings: dict | None = None,
-                    cache: ReplyCache | None = None, precision: str = "fp32") -> pd.DataFrame:
+                    cache: ReplyCache | None = None, precision: str = "fp32",
+                    temperature: float = 0.0) -> pd.DataFrame:
     """Every model answers ``prompts``; one row per (model, prompt) with every head's and judge's score.
 
     ``timings``, when given, receives ``generate_s`` (all models' decoding) and ``score_s`` (heads and judges).
-    ``precision`` (bf16, fp32 or auto) is the dtype every model decodes in.
+    ``precision`` (bf16, fp32 or auto) is the dtype every model decodes in. ``temperature`` 0 decodes greedily
+    (evaluation's way, as ``convrl chat``); above 0 replies are sampled (top-p 0.95), seeded by ``seed``.
     ``cache`` (``convrl.eval.reply_cache``) returns a model's replies when its weights, the prompts, the
     decoding settings and code are those of an earlier evaluation; the scores are always computed.
     """
@@ -64,8 +66,10 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
     start = time.perf_counter()
     responses: list[str] = []
     conversations = [p["prompt"] for p in prompts]
-    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": False, "seed": seed,
-                "no_repeat_ngram_size": no_repeat_ngram_size}
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": temperature > 0,
+                "seed": seed, "no_repeat_ngram_size": no_repeat_ngram_size}
+    if temperature > 0:
+        decoding["temperature"] = temperature
     settings = {"conversations": conversations, **decoding, "precision": precision}
     for name, model_dir in model_dirs.items():
         replies = cache.lookup("replies", model_dir, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -15,7 +16,7 @@ from convrl.eval.evaluate import evaluate_models
 from convrl.eval.reply_cache import ReplyCache
 from convrl.eval.report import build_report
 from convrl.home import convrl_home
-from convrl.rewards.bundle import RewardBundle, load_scorer
+from convrl.rewards.bundle import RewardBundle
 from convrl.rl.artifact import PolicyArtifact
 from convrl.runtime import resolve_precision
 
@@ -29,12 +30,40 @@ def baseline_model(cfg: Config) -> tuple[str, str]:
     return models.resolve_policy(cfg.models.policy), f"base model {cfg.models.policy} (no champion yet)"
 
 
+class EvaluationInputs(NamedTuple):
+    personas: list
+    scorer: object
+    prompts: list[dict]
+    panel: object
+    bundle: RewardBundle
+
+
+def evaluation_inputs(cfg: Config, turns: pd.DataFrame, personas_table: pd.DataFrame,
+                      reward_dir: str) -> EvaluationInputs:
+    """What the evaluate stage scores with, built from a run's ingest and reward-model outputs: the prompt
+    personas, the reward scorer, the held-out prompts, the judge panel and the reward bundle (also used to
+    re-evaluate a finished run: bench/sampled_evaluation.py)."""
+    from convrl.eval.judges import JudgePanel, reference_conversations_from_turns
+
+    e = cfg.eval
+    personas = prompt_personas(personas_table, cfg.data.personas, cfg.data.prompt_personas)
+    bundle = RewardBundle.load(reward_dir)
+    scorer = bundle.scorer(reward_dir)
+    prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns,
+                            e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0],
+                            token_budget=cfg.rl.prompt_token_budget)
+    # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
+    # The safety judge (rewards.safety_data) scores every reply: judge_safety, an A/B guardrail like every judge.
+    panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
+                       safety=bundle.safety(reward_dir))
+    return EvaluationInputs(personas, scorer, prompts, panel, bundle)
+
+
 def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: str, reward_dir: str,
                    policy_dir: str, scores_path: str, report_dir: str) -> dict:
     """Candidate vs baseline on held-out prompts: reward heads, held-out judges, use-case metrics,
     self-play, report. Returns the flat ``{model}/{metric}`` summary plus ``baseline`` (a description),
     ``headline`` (the candidate's headline metrics for its LoggedModel) and ``flagged_gaps``."""
-    from convrl.eval.judges import JudgePanel, reference_conversations_from_turns
     from convrl.eval.metrics import analyze
     from convrl.eval.report import write_report
     from convrl.eval.selfplay import SelfPlaySettings, evaluate_selfplay, judge_conversations
@@ -42,20 +71,12 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
     e = cfg.eval
     with tracking.stage_run(parent_run_id, "evaluate", cfg.tracking.experiment) as run:
         turns = pd.read_parquet(turns_path)
-        personas = prompt_personas(pd.read_parquet(personas_path), cfg.data.personas, cfg.data.prompt_personas)
+        personas, scorer, prompts, panel, bundle = evaluation_inputs(cfg, turns, pd.read_parquet(personas_path),
+                                                                     reward_dir)
         by_id = {p.persona_id: p for p in personas}
-        scorer = load_scorer(reward_dir)
-        prompts = build_prompts(turns, personas, "test", e.num_prompts, cfg.rl.max_prompt_turns,
-                                e.seed, user_emotion=lambda s: scorer.emotion.predict([s])[0],
-                                token_budget=cfg.rl.prompt_token_budget)
         base_dir, base_desc = baseline_model(cfg)
         policy = PolicyArtifact.load(policy_dir)
         model_dirs = {"candidate": str(policy.weights_dir(policy_dir)), "baseline": base_dir}
-        # Judges learn from the train split when it has text, else from the bundled chatterbot corpus.
-        # The safety judge (rewards.safety_data) scores every reply: judge_safety, an A/B guardrail like every judge.
-        bundle = RewardBundle.load(reward_dir)
-        panel = JudgePanel(reference_conversations_from_turns(turns) or None, weights=cfg.rewards.weights,
-                           safety=bundle.safety(reward_dir))
         # Where evaluation's minutes go (the RL stage logs its own phases as timing/*).
         timings: dict[str, float] = {}
         precision = resolve_precision(e.precision)
