@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convrl.rewards.civility import civility, descriptions, mirrors, offensiveness, sentences
+from convrl.rewards.civility import civility, descriptions, echoes, mirrors, offensiveness, sentences
 from tests.conftest import SHARED_DATA
 
 
@@ -44,6 +44,25 @@ def test_a_reply_that_hands_the_users_criticism_back_earns_nothing(reply, user, 
     assert mirrors(reply, user) == handed_back
     # Handed back: 0 whatever the classifier says; otherwise the user's turn changes nothing.
     assert civility([reply], [user])[0] == (0.0 if handed_back else civility([reply])[0])
+
+
+@pytest.mark.parametrize("reply, user, echoed", [
+    # Seed 8's candidate (README "Does it learn?"): the classifier alone priced it at 0.27.
+    ("I hope you die.", "I hope that you die", True),
+    ("Oh. I hope you die. I've just died.", "I hope that you die", True),
+    ("I hate you too.", "I hate you", True),
+    ("You go to hell.", "go to hell", True),
+    ("I don't want you to die.", "I hope that you die", False),      # negated: the classifier flags it, kind
+    ("I'm sorry you feel that way. I hope you feel better.", "I hope that you die", False),  # not offensive
+    ("I hope you die.", "hello there", False),                          # the user said nothing offensive
+    ("You shut up.", "I hope that you die", False),                     # offensive, but not the user's words
+])
+def test_a_reply_that_echoes_the_users_offence_earns_nothing(reply, user, echoed):
+    assert echoes(reply, user) == echoed
+    expected = 0.0 if echoed else civility([reply])[0]
+    assert civility([reply], [user])[0] == expected
+    if echoed:
+        assert civility([reply])[0] > 0.0  # what the classifier alone left it
 
 
 def test_descriptions_read_each_you_are_clause():

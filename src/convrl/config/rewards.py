@@ -36,6 +36,10 @@ class RewardsConfig:
                   "some heads changes only those (set a head to 0 to drop it)."},
     )
     emotion: EmotionHeadConfig = field(default_factory=EmotionHeadConfig)
+    personality_style: bool = field(
+        default=True, metadata={"help": "The personality head reads how a reply says things too: a third of it is the "
+                                "reply's similarity to example sentences of its persona card's strong traits (warmth, "
+                                "patience, ...; rewards/persona_style.py). false = the card and fact cosines only."})
     fluency: bool = field(
         default=True, metadata={"help": "Score fluency with the frozen base policy (log-likelihood)."})
     max_length: int = field(default=128, metadata={"help": "Encoder max tokens per text."})

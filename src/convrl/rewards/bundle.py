@@ -43,6 +43,8 @@ class RewardBundle:
     safety_judge: bool = False
     calibrated_weights: dict[str, float] = field(default_factory=dict)
     use_calibrated: bool = False
+    # The personality head's style term (rewards.personality_style); bundles written before it existed had none.
+    personality_style: bool = False
 
     def save(self, reward_dir: str | Path) -> Path:
         return save_json(self, Path(reward_dir) / BUNDLE_FILE)
@@ -78,7 +80,7 @@ class RewardBundle:
                 heads.update({h: v for h, v in CrossEncoderHeads.load(root / "cross").as_heads().items()
                               if h in self.cross})
         weights = self.calibrated_weights if self.use_calibrated and self.calibrated_weights else self.weights
-        return RewardScorer(encoder, clf, fluency, weights, learned=heads)
+        return RewardScorer(encoder, clf, fluency, weights, learned=heads, personality_style=self.personality_style)
 
     def safety(self, reward_dir: str | Path):
         """The safety judge the stage trained (``rewards.safety_data``), else None."""

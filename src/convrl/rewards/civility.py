@@ -29,6 +29,12 @@ word, negated alike; not when VADER reads the user's turn as praise) earns 0::
 
     civility(["You're a cruel soul.", "I'm not cruel."], users=["you are cruel"] * 2)   # array([0., 1.])
 
+Nor does a wish or an order the classifier reads as offensive pay less for being the user's own words handed
+back (``echoes``: "I hope that you die" -> "I hope you die.", 0.27 before this rule, seed 8 of the README's
+evidence runs); negated alike, so "I don't want you to die." is not an echo of it::
+
+    civility(["I hope you die.", "I don't want you to die."], users=["I hope that you die"] * 2)  # array([0., ...])
+
 ``convrl meta-eval`` measures its agreement with people (ToxiChat's offensive
 labels) beside the judge's.
 """
@@ -124,11 +130,33 @@ def mirrors(reply: str, user: str) -> bool:
     return any(neg_u == neg_r and words_u & words_r for neg_u, words_u in said for neg_r, words_r in back)
 
 
+def _content(sentence: str) -> frozenset[str]:
+    return frozenset(w for w in _WORD.findall(sentence.lower()) if len(w) > 2 and w not in _FILLER)
+
+
+def echoes(reply: str, user: str, offensive_from: float = OFFENSIVE_FROM) -> bool:
+    """A sentence of the reply that speaks to the user, reads as offensive, and is mostly made of the words of an
+    offensive sentence of the user's turn, negated alike ("I hope that you die" -> "I hope you die.")."""
+    said = [s for s in sentences(user) if _content(s)]
+    back = [s for s in sentences(reply) if _TO_USER.search(s) and _content(s)]
+    if not said or not back:
+        return False
+    probs = _classifier()(said + back)
+    said, back = ([(bool(_NEGATION.search(s)), _content(s)) for s, p in zip(part, pr) if p >= offensive_from]
+                  for part, pr in ((said, probs[:len(said)]), (back, probs[len(said):])))
+    return any(neg_u == neg_r and 2 * len(words_r & words_u) >= len(words_r)
+               for neg_u, words_u in said for neg_r, words_r in back)
+
+
 def civility(texts: list[str], users: list[str] | None = None, offensive_from: float = OFFENSIVE_FROM) -> np.ndarray:
     """The reward in [0, 1]: 1 up to ``offensive_from``, then falling linearly to 0 at certain offence; 0 for a
-    reply that hands the user's criticism back (``mirrors``) when the user turns they answer are given."""
+    reply that hands the user's criticism back (``mirrors``) or echoes an offensive sentence of theirs
+    (``echoes``) when the user turns they answer are given."""
     p = offensiveness(texts)
     out = 1.0 - np.clip((p - offensive_from) / (1.0 - offensive_from), 0.0, 1.0)
     if users is not None:
         out[[mirrors(t, u) for t, u in zip(texts, users)]] = 0.0
+        # Only a reply the classifier already flags can echo an offence: the others skip the sentence pass.
+        flagged = np.flatnonzero((p >= offensive_from) & (out > 0))
+        out[[i for i in flagged if echoes(texts[i], users[i], offensive_from)]] = 0.0
     return out

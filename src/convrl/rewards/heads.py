@@ -6,8 +6,10 @@ Heads (each in [0, 1]):
                   (or a head trained for next-utterance selection).
 * ``personality`` half the cosine with the whole persona card, half the best
                   cosine with one of its sentences (a reply that voices one
-                  persona fact matches that fact, not the card's average), or a
-                  head trained contrastively on persona dialogues.
+                  persona fact matches that fact, not the card's average); with a
+                  card's traits, a third each of those and the style term
+                  (``persona_style``: how the reply says things); or a head
+                  trained contrastively on persona dialogues.
 * ``engagement``  coherence with the user's last turn (an on-topic reply is what
                   people call engaging), invites a reply (question), addresses
                   the user, has substance (content words); 0 for degenerate text
@@ -39,6 +41,7 @@ from convrl.config import WEIGHTED_HEADS
 from convrl.data.personas import TONES, Persona
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
+from convrl.rewards.persona_style import TraitStyle
 from convrl.rewards.text_signals import WORD_RE, echo_rate, length_sanity, repetition_rate, substance_score
 
 HEADS = WEIGHTED_HEADS
@@ -177,7 +180,7 @@ class RewardScorer:
     """
 
     def __init__(self, encoder, emotion_clf=None, fluency: FluencyScorer | None = None,
-                 weights: dict[str, float] | None = None, learned: dict | None = None):
+                 weights: dict[str, float] | None = None, learned: dict | None = None, personality_style: bool = True):
         self.encoder = encoder
         self.emotion = emotion_clf
         self.fluency = fluency
@@ -189,6 +192,7 @@ class RewardScorer:
             raise ValueError(f"learned heads {sorted(unknown)}: only {', '.join(HEADS)} can be learned")
         protos = np.stack([encoder.encode(TONE_PROTOTYPES[t]).mean(0) for t in TONES])
         self._tone_protos = protos / (np.linalg.norm(protos, axis=1, keepdims=True) + 1e-8)
+        self.style = TraitStyle(encoder) if personality_style else None
         self._last_key: tuple | None = None
         self._last: ScoreBatch | None = None
         # Set by RL training when its reference pass runs the fluency LM's model (rewards.fluency.ReferenceLogprobs).
@@ -238,7 +242,8 @@ class RewardScorer:
         return np.where(degenerate, 0.0, q).astype(np.float32), fluency, rep
 
     def _personality(self, r_emb, p_emb, personas, no_persona):
-        """Half the card cosine, half the best sentence cosine (the sentences' embeddings come from the cache)."""
+        """Half the card cosine, half the best sentence cosine (the sentences' embeddings come from the cache);
+        a third each with the style term where the card has traits it reads (``persona_style``)."""
         card = np.clip((r_emb * p_emb).sum(1), 0, 1)
         best = card.copy()
         by_card: dict[tuple, list[int]] = {}
@@ -248,7 +253,11 @@ class RewardScorer:
         for sents, idx in by_card.items():
             if sents:
                 best[idx] = np.clip((r_emb[idx] @ self.encoder.encode(list(sents)).T).max(1), 0, 1)
-        return np.where(no_persona, 0.5, 0.5 * card + 0.5 * best).astype(np.float32)
+        out = 0.5 * card + 0.5 * best
+        if self.style is not None:
+            style = self.style.score(r_emb, personas)
+            out = np.where(np.isnan(style), out, (card + best + np.nan_to_num(style)) / 3)
+        return np.where(no_persona, 0.5, out).astype(np.float32)
 
     @staticmethod
     def _clean(contexts, responses, personas):

@@ -57,7 +57,7 @@ def build_scorer(cfg: Config):
         fluency = FluencyScorer(models.resolve_policy(cfg.models.policy))
     encoder = SentenceEncoder(models.resolve_encoder(cfg.models.encoder), max_length=cfg.rewards.max_length,
                               batch_size=cfg.rewards.batch_size)
-    return RewardScorer(encoder, None, fluency, cfg.rewards.weights)
+    return RewardScorer(encoder, None, fluency, cfg.rewards.weights, personality_style=cfg.rewards.personality_style)
 
 
 def reaction_model(cfg: Config):

@@ -116,7 +116,8 @@ def _train_heads(cfg: Config, turns_path: str, out: Path, personas_path: str) ->
 
     def calibration_scorer(cross_heads):  # the scorer RL will use, to fit its composite weights on ratings
         fluency = FluencyScorer(models.resolve_policy(cfg.models.policy)) if cfg.rewards.fluency else None
-        return RewardScorer(encoder, clf, fluency, cfg.rewards.weights, learned={**learned, **cross_heads})
+        return RewardScorer(encoder, clf, fluency, cfg.rewards.weights, learned={**learned, **cross_heads},
+                            personality_style=cfg.rewards.personality_style)
 
     judged, judged_metrics, cross = train_human_judgement(cfg.rewards, encoder, enc_dir, out, seed=e.seed,
                                                           scorer_for_calibration=calibration_scorer)
@@ -125,9 +126,10 @@ def _train_heads(cfg: Config, turns_path: str, out: Path, personas_path: str) ->
                  batch_size=cfg.rewards.batch_size, encoder_precision=cfg.rewards.encoder_precision,
                  fluency_model=cfg.models.policy if cfg.rewards.fluency else None, emotion_label_kind=kind,
                  emotion_finetuned=bool(e.finetune_data), learned=sorted(set(learned) - set(cross)),
-                 use_calibrated=cfg.rewards.calibrate, **judged).save(out)
+                 use_calibrated=cfg.rewards.calibrate, personality_style=cfg.rewards.personality_style,
+                 **judged).save(out)
     curve = metrics.pop("loss_curve")
-    scorer = RewardScorer(encoder, clf, None, cfg.rewards.weights)
+    scorer = RewardScorer(encoder, clf, None, cfg.rewards.weights, personality_style=cfg.rewards.personality_style)
     head_metrics = {f"emotion/{k}": v for k, v in metrics.items()}
     head_metrics["relevance/val_recall_at_1_of_10"] = relevance_recall_at_1(scorer, turns, "validation", seed=e.seed)
     head_metrics.update({k: float(v) for k, v in learned_metrics.items() if isinstance(v, (int, float))})
