@@ -41,7 +41,7 @@ def test_the_style_term_prefers_the_cards_manner(minilm, personas):
 def test_the_personality_head_sees_style_only_where_the_card_has_traits(minilm, personas):
     coach = _by_id(personas, "empathetic_coach")
     facts_only = Persona("pc", "", facts=["I have two dogs.", "I like to sleep in."])
-    with_style, without = RewardScorer(minilm, None, None), RewardScorer(minilm, None, None, personality_style=False)
+    with_style, without = RewardScorer(minilm, None, None, personality_style=True), RewardScorer(minilm, None, None)
     ctx, replies, cards = [CTX] * 4, [WARM, FLAT, WARM, FLAT], [coach, coach, facts_only, facts_only]
     a = with_style.score(ctx, replies, cards).heads["personality"]
     b = without.score(ctx, replies, cards).heads["personality"]

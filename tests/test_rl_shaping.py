@@ -230,3 +230,31 @@ def test_civility_shaping_on_both_paths(tiny_encoder, tiny_policy_dir):
     assert got == [0.5, 1.0]   # the mean over turns: the second hands the user's "cruel" back (0)
     assert "civility" in multi.conversation_scores.last_table[0]
     assert shaping_reward_funcs([2], 0.0, 0.0, civility_weight=0.0) == ([], [])
+
+
+def test_civility_gate_takes_every_head_from_an_offensive_turn_on_both_paths(tiny_encoder, tiny_policy_dir):
+    from convrl.config import RLConfig
+    from convrl.config.rl import ShapingSection
+    from convrl.rewards.heads import HEADS, RewardScorer
+    from convrl.rl.reward_setup import reward_setup
+
+    wish = [{"role": "user", "content": "I hope that you die"}]
+    replies = ["I hope you die.", "I'm sorry you feel that way. What happened?"]
+    scorer = RewardScorer(tiny_encoder, None, None)
+    on, off = (ShapingSection(ending_weight=0.0, repetition_weight=0.0, civility_weight=0.2, civility_gate=g)
+               for g in (True, False))
+    single = {g: reward_setup(RLConfig(turns=1, shaping=s), scorer, {}, tiny_policy_dir) for g, s in ((1, on), (0, off))}
+    for head in HEADS:
+        gated, plain = (next(f for f in single[g].funcs if f.__name__ == head) for g in (1, 0))
+        a, b = (f(prompts=[wish] * 2, completions=replies, persona_id=[None] * 2) for f in (gated, plain))
+        assert a[0] == 0.0 and b[0] > 0.0, head       # the echoed wish earns nothing from the head
+        assert a[1] == pytest.approx(b[1]), head      # a civil reply is scored as before
+    turns = [[{"context": wish, "response": r, "span": [0, 2]}] for r in replies]
+    multi = {g: reward_setup(RLConfig(turns=2, shaping=s), scorer, {}, tiny_policy_dir) for g, s in ((1, on), (0, off))}
+    for head in HEADS:
+        a, b = (next(f for f in multi[g].funcs if f.__name__ == head)(
+            prompts=[wish] * 2, completions=["x"] * 2, turns=turns, completion_ids=[[5, 2]] * 2) for g in (1, 0))
+        assert a[0] == 0.0 and b[0] > 0.0 and a[1] == pytest.approx(b[1]), head
+    # Turn-level credit sees the gated heads too.
+    assert multi[1].conversation_scores.turn_rewards()[0, 0] == pytest.approx(0.0)
+    assert multi[0].conversation_scores.turn_rewards()[0, 0] > 0.0

@@ -37,9 +37,11 @@ class RewardsConfig:
     )
     emotion: EmotionHeadConfig = field(default_factory=EmotionHeadConfig)
     personality_style: bool = field(
-        default=True, metadata={"help": "The personality head reads how a reply says things too: a third of it is the "
-                                "reply's similarity to example sentences of its persona card's strong traits (warmth, "
-                                "patience, ...; rewards/persona_style.py). false = the card and fact cosines only."})
+        default=False, metadata={"help": "The personality head reads how a reply says things too: a third of it is "
+                                 "the reply's similarity to example sentences of its persona card's strong traits "
+                                 "(warmth, patience, ...; rewards/persona_style.py). Off: in a demo RL run the policy "
+                                 "learned stock phrases for it (\"I'm sorry for your loss\" in 9 of 96 held-out "
+                                 "replies, the base model 1) and lost the persona anyway (README \"Does it learn?\")."})
     fluency: bool = field(
         default=True, metadata={"help": "Score fluency with the frozen base policy (log-likelihood)."})
     max_length: int = field(default=128, metadata={"help": "Encoder max tokens per text."})

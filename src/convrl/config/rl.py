@@ -94,6 +94,10 @@ class ShapingSection:
         "help": "Weight of the 'civility' reward: 1 unless a classifier trained on human-labelled offensive "
                 "comments finds the reply offensive, 0 when it hands the user's criticism back "
                 "(convrl.rewards.civility; 0 = off)."})
+    civility_gate: bool = field(default=False, metadata={
+        "help": "Multiply every reward head's score of a turn by its civility (the 'civility' reward's value), so an "
+                "offensive reply, or one handing the user's insult back, earns nothing for being relevant or "
+                "engaging; the 'civility' term alone only subtracts its weight."})
 
     def validate(self) -> None:
         if self.ending_weight < 0 or self.repetition_weight < 0 or self.civility_weight < 0:

@@ -43,7 +43,7 @@ class RewardBundle:
     safety_judge: bool = False
     calibrated_weights: dict[str, float] = field(default_factory=dict)
     use_calibrated: bool = False
-    # The personality head's style term (rewards.personality_style); bundles written before it existed had none.
+    # The personality head's style term (rewards.personality_style, off by default; older bundles had none).
     personality_style: bool = False
 
     def save(self, reward_dir: str | Path) -> Path:

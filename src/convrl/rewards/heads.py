@@ -180,7 +180,7 @@ class RewardScorer:
     """
 
     def __init__(self, encoder, emotion_clf=None, fluency: FluencyScorer | None = None,
-                 weights: dict[str, float] | None = None, learned: dict | None = None, personality_style: bool = True):
+                 weights: dict[str, float] | None = None, learned: dict | None = None, personality_style: bool = False):
         self.encoder = encoder
         self.emotion = emotion_clf
         self.fluency = fluency

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convrl.rl.shaping import ending_full_at, shaping_reward_funcs
+from convrl.rl.shaping import civility_gated, ending_full_at, shaping_reward_funcs
 
 
 @dataclass
@@ -54,12 +54,15 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
         mt = rl.multiturn
         funcs, weights, conv = conversation_reward_funcs(scorer, personas_by_id, mt.turn_reward, mt.turn_discount,
                                                          mt.consistency_weight, eos_ids, sh.ending_weight,
-                                                         sh.repetition_weight, full_at, sh.civility_weight)
+                                                         sh.repetition_weight, full_at, sh.civility_weight,
+                                                         sh.civility_gate)
         user = SimulatedUser(base_dir, max_new_tokens=mt.user_max_new_tokens, seed=rl.seed,
                              cached=rl.speed.carry_kv_cache)
         return RewardSetup(funcs, weights, MultiTurnRollout(rl.turns, user, user.gen.tok, mt.user_simulator,
                                                             mt.no_repeat_ngram_size), conv)
     funcs, weights = scorer.trl_reward_funcs(personas_by_id)
+    if sh.civility_gate:
+        funcs = civility_gated(funcs)
     extra_funcs, extra_weights = shaping_reward_funcs(eos_ids, sh.ending_weight, sh.repetition_weight, full_at,
                                                       sh.civility_weight)
     return RewardSetup(funcs + extra_funcs, weights + extra_weights)

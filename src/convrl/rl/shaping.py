@@ -113,3 +113,17 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
     pairs = [(ending, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]
     pairs = [(f, w) for f, w in pairs if w > 0]
     return [f for f, _ in pairs], [float(w) for _, w in pairs]
+
+
+def civility_gated(funcs: list) -> list:
+    """Single-turn reward callables whose scores are multiplied by the reply's civility (``rl.shaping.civility_gate``):
+    an offensive reply earns nothing from them, however relevant."""
+    def gate(f):
+        def gated(prompts, completions, **kwargs):
+            c = civility(_replies(completions), _user_turns(prompts))
+            return [float(x) * float(g) for x, g in zip(f(prompts, completions, **kwargs), c)]
+
+        gated.__name__ = getattr(f, "__name__", "reward")
+        return gated
+
+    return [gate(f) for f in funcs]

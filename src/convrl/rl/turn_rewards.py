@@ -58,8 +58,9 @@ class ConversationScores:
 
     def __init__(self, scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                  discount: float = 0.9, eos_ids=(), shaping_weights: dict[str, float] | None = None,
-                 ending_full_at: int = 0):
+                 ending_full_at: int = 0, civility_gate: bool = False):
         aggregate_turns(np.zeros(1), aggregation, discount)  # validate early
+        self.civility_gate = civility_gate
         self.ending_full_at = ending_full_at
         self.scorer, self.personas_by_id = scorer, personas_by_id
         self.aggregation, self.discount = aggregation, discount
@@ -99,6 +100,11 @@ class ConversationScores:
                 owner.append(i)
         batch = self.scorer.score(contexts, responses, personas, self._reference_fluency(turns, completion_ids))
         shaping = self._shaping(turns, completion_ids)
+        heads = batch.heads
+        if self.civility_gate:
+            # An offensive turn earns nothing for being relevant or engaging: the heads pay for an insult echoed
+            # from the user's turn (relevant, on topic), and a civility term beside them was outweighed.
+            heads = {h: v * shaping["civility_gate"] for h, v in heads.items()}
         owner = np.array(owner)
         out = {h: np.zeros(len(turns), dtype=np.float32) for h in self.terms()}
         n_turns = max((len(r) for r in turns), default=0)
@@ -107,12 +113,12 @@ class ConversationScores:
         for i, row in enumerate(turns):
             idx = np.flatnonzero(owner == i)
             for h in HEADS:
-                out[h][i] = aggregate_turns(batch.heads[h][idx], self.aggregation, self.discount)
+                out[h][i] = aggregate_turns(heads[h][idx], self.aggregation, self.discount)
             for h in self.shaping_weights:
                 out[h][i] = aggregate_turns(shaping[h][idx], self.aggregation, self.discount)
             out["consistency"][i] = consistency(batch.heads["personality"][idx], [t["response"] for t in row])
             for h in HEADS:
-                per_turn[h][i, :len(idx)] = batch.heads[h][idx]
+                per_turn[h][i, :len(idx)] = heads[h][idx]
             for h in self.shaping_weights:
                 per_turn[h][i, :len(idx)] = shaping[h][idx]
             table.append(self._table_row(row, persona_ids[i], batch.composite[idx], out, i))
@@ -143,9 +149,10 @@ class ConversationScores:
                 earlier = [x["response"] for x in row[:k]]
                 rep.append(1.0 - repetition(t["response"], earlier, last_user_text(t["context"])))
         out = {"ending": np.array(end), "non_repetition": np.array(rep)}
-        if "civility" in self.shaping_weights:  # one classifier call for every turn of the batch
-            out["civility"] = civility([t["response"] for row in turns for t in row],
-                                       [last_user_text(t["context"]) for row in turns for t in row])
+        if "civility" in self.shaping_weights or self.civility_gate:  # one classifier call for every turn
+            out["civility"] = out["civility_gate"] = civility([t["response"] for row in turns for t in row],
+                                                              [last_user_text(t["context"]) for row in turns
+                                                               for t in row])
         return out
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
@@ -158,7 +165,7 @@ class ConversationScores:
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                               discount: float = 0.9, consistency_weight: float = 0.1, eos_ids=(),
                               ending_weight: float = 0.0, repetition_weight: float = 0.0, ending_full_at: int = 0,
-                              civility_weight: float = 0.0):
+                              civility_weight: float = 0.0, civility_gate: bool = False):
     """TRL reward callables for multi-turn rollouts: per head and shaping term (aggregated over turns), consistency.
 
     Returns ``(funcs, weights, scores)``; ``scores.last_table`` holds the last
@@ -167,7 +174,7 @@ def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggreg
     """
     scores = ConversationScores(scorer, personas_by_id, aggregation, discount, eos_ids,
                                 {"ending": ending_weight, "non_repetition": repetition_weight,
-                                 "civility": civility_weight}, ending_full_at)
+                                 "civility": civility_weight}, ending_full_at, civility_gate)
     funcs = []
     for head in scores.terms():
         def f(prompts, completions, head=head, **kwargs):
