@@ -8,7 +8,7 @@ from convrl import models
 from convrl.data.personas import Persona
 from convrl.rewards.encoder import SentenceEncoder
 from convrl.rewards.heads import RewardScorer, asks_the_user, coherence, engagement_head, persona_sentences
-from convrl.rewards.text_signals import echo_rate
+from convrl.rewards.text_signals import echo, echo_rate, reworded_echo
 
 USER = [{"role": "user", "content": "My laptop will not turn on after the update, what should I do?"}]
 ON_TOPIC = "Hold the power button for ten seconds, then plug in the charger and restart the laptop."
@@ -32,6 +32,32 @@ def test_echo_rate_sees_through_contractions():
     assert echo_rate("I don’t know, it's late", "I do not know") == 2 / 5  # (i do not), (do not know)
     assert echo_rate("You're not a coward at all", "you are a coward") == 0.0
     assert echo_rate("", "hello") == 0.0
+
+
+@pytest.mark.parametrize("reply, user, expected", [
+    # Seed 1 of the gated demo run (README "Does it learn?"): no trigram in common, so echo_rate missed it.
+    ("I hope you die.", "I hope that you die", 1.0),
+    ("I hope you die. I've just died.", "I hope that you die", 0.5),     # half its words say something new
+    ("Yes, I love pizza too.", "I love pizza", 1.0),
+    ("I'm not cruel. I'm just a professional.", "you are cruel", 0.0),    # a negation is something new
+    ("The capital of France is Paris.", "What is the capital of France?", 0.0),
+    ("You can't sleep? Why not?", "I can't sleep", 0.0),                 # asking back is not parroting
+    ("Me too!", "I love pizza", 0.0),                                    # no content words to copy
+    ("I hope you die.", "", 0.0),                                        # no user turn
+])
+def test_reworded_echo_finds_statements_made_only_of_the_users_words(reply, user, expected):
+    assert reworded_echo(reply, user) == pytest.approx(expected)
+    assert echo(reply, user) == max(expected, echo_rate(reply, user))
+
+
+def test_coherence_and_non_repetition_discount_a_reworded_echo(scorer):
+    from convrl.rl.shaping import repetition
+
+    user = "I hope that you die"
+    replies = ["I hope you die.", "I'm sorry you feel that way. What happened today?"]
+    coh = coherence(scorer.encoder.encode(replies), scorer.encoder.encode([user] * 2), replies, [user] * 2)
+    assert coh[0] == pytest.approx(0.0) and coh[1] > 0.0
+    assert repetition(replies[0], user=user) == 1.0 and repetition(replies[1], user=user) == 0.0
 
 
 def test_coherence_prefers_the_on_topic_reply_and_discounts_copies(scorer):

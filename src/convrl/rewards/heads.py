@@ -42,7 +42,7 @@ from convrl.data.personas import TONES, Persona
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
 from convrl.rewards.persona_style import TraitStyle
-from convrl.rewards.text_signals import WORD_RE, echo_rate, length_sanity, repetition_rate, substance_score
+from convrl.rewards.text_signals import WORD_RE, echo, length_sanity, repetition_rate, substance_score
 
 HEADS = WEIGHTED_HEADS
 
@@ -109,13 +109,14 @@ def coherence(r_emb: np.ndarray, u_emb: np.ndarray, responses: list[str], last_u
     """Cosine of each reply with the user turn it answers, scaled down by what it copies from that turn.
 
     The last user turn, not the whole recent context: on the training sides of the rated sets the last turn
-    agreed better with people (ConvAI2 thumbs +0.17 vs -0.01). The echo discount keeps RL from learning to
-    parrot the user (a copy has cosine 1). No user turn: undefined, neutral 0.5.
+    agreed better with people (ConvAI2 thumbs +0.17 vs -0.01). The echo discount (``text_signals.echo``: copied
+    trigrams, or statements made only of the user's words) keeps RL from learning to parrot the user (a copy has
+    cosine 1). No user turn: undefined, neutral 0.5.
     """
     sim = np.clip((r_emb * u_emb).sum(1), 0, 1)
-    echo = np.array([echo_rate(r, u) for r, u in zip(responses, last_user)], dtype=np.float32)
+    copied = np.array([echo(r, u) for r, u in zip(responses, last_user)], dtype=np.float32)
     has_user = np.array([bool(u.strip()) for u in last_user], dtype=bool)
-    return np.where(has_user, sim * (1 - echo), 0.5).astype(np.float32)
+    return np.where(has_user, sim * (1 - copied), 0.5).astype(np.float32)
 
 
 def persona_sentences(persona: Persona | None) -> list[str]:

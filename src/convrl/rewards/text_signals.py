@@ -3,6 +3,7 @@ substance (content words) and how much of the user's turn a reply copies (``echo
 
     repetition_rate("the cat sat the cat sat")   # share of repeated word trigrams
     echo_rate("my laptop will not start", "My laptop will not start after the update")   # 1.0
+    echo("I hope you die.", "I hope that you die")   # 1.0: reworded, nothing of its own (echo_rate: 0.0)
 """
 
 from __future__ import annotations
@@ -71,6 +72,40 @@ def echo_rate(reply: str, user_text: str) -> float:
         words = _words(reply)
         return float(bool(words) and words == _words(user_text))
     return len(grams & _trigrams(user_text)) / len(grams)
+
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_NEGATIONS = frozenset({"not", "no", "never", "nothing", "nobody", "none"})
+
+
+def reworded_echo(reply: str, user_text: str) -> float:
+    """Share of the reply's words in statements that add nothing to the user's turn: every content word of the
+    sentence (3+ letters, not a function word; negations count) is a word of that turn. Questions are not echoes:
+    asking back ("You can't sleep? Why not?") is how a listener reflects, and an offensive one is the civility
+    reward's to price.
+
+    "I hope that you die" -> "I hope you die." shares no trigram with the user (``echo_rate`` 0), so the heads
+    paid it as a coherent, relevant answer, and RL learned it (README "Does it learn?"); "I'm not cruel." adds a
+    negation, "The capital of France is Paris." adds "paris": neither is an echo.
+    """
+    said = set(_words(user_text))
+    if not said:
+        return 0.0
+    total = echoed = 0
+    for sentence in _SENTENCE_SPLIT.split(reply or ""):
+        words = _words(sentence)
+        total += len(words)
+        if sentence.rstrip().endswith("?"):
+            continue
+        content = {w for w in words if (len(w) >= 3 and w not in _FUNCTION_WORDS) or w in _NEGATIONS}
+        if content and content <= said:
+            echoed += len(words)
+    return echoed / total if total else 0.0
+
+
+def echo(reply: str, user_text: str) -> float:
+    """How much of the reply only repeats the user's turn: copied trigrams or reworded sentences, the larger."""
+    return max(echo_rate(reply, user_text), reworded_echo(reply, user_text))
 
 
 @lru_cache(maxsize=1)

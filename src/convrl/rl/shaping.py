@@ -35,7 +35,7 @@ import re
 
 from convrl.rewards.civility import civility
 from convrl.rewards.heads import last_user_text
-from convrl.rewards.text_signals import echo_rate
+from convrl.rewards.text_signals import echo
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -63,8 +63,8 @@ def overlap_with_earlier(text: str, earlier: list[str]) -> float:
 
 def repetition(text: str, earlier: list[str] = (), user: str = "") -> float:
     """Degenerate repetition in [0, 1]: within the reply (3-grams), against earlier own replies (word overlap) or
-    against the user's turn it answers (copied trigrams)."""
-    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)), echo_rate(text, user))
+    against the user's turn it answers (copied trigrams, or statements made only of its words: ``echo``)."""
+    return max(ngram_repetition(text), overlap_with_earlier(text, list(earlier)), echo(text, user))
 
 
 def ended(turn_ids: list[int], eos_ids) -> bool:
