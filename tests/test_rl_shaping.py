@@ -243,14 +243,16 @@ def test_civility_gate_takes_every_head_from_an_offensive_turn_on_both_paths(tin
     scorer = RewardScorer(tiny_encoder, None, None)
     on, off = (ShapingSection(ending_weight=0.0, repetition_weight=0.0, civility_weight=0.2, civility_gate=g)
                for g in (True, False))
-    single = {g: reward_setup(RLConfig(turns=1, shaping=s), scorer, {}, tiny_policy_dir) for g, s in ((1, on), (0, off))}
+    single = {g: reward_setup(RLConfig(turns=1, shaping=s), scorer, {}, tiny_policy_dir)
+              for g, s in ((1, on), (0, off))}
     for head in HEADS:
         gated, plain = (next(f for f in single[g].funcs if f.__name__ == head) for g in (1, 0))
         a, b = (f(prompts=[wish] * 2, completions=replies, persona_id=[None] * 2) for f in (gated, plain))
         assert a[0] == 0.0 and b[0] > 0.0, head       # the echoed wish earns nothing from the head
         assert a[1] == pytest.approx(b[1]), head      # a civil reply is scored as before
     turns = [[{"context": wish, "response": r, "span": [0, 2]}] for r in replies]
-    multi = {g: reward_setup(RLConfig(turns=2, shaping=s), scorer, {}, tiny_policy_dir) for g, s in ((1, on), (0, off))}
+    multi = {g: reward_setup(RLConfig(turns=2, shaping=s), scorer, {}, tiny_policy_dir)
+             for g, s in ((1, on), (0, off))}
     for head in HEADS:
         a, b = (next(f for f in multi[g].funcs if f.__name__ == head)(
             prompts=[wish] * 2, completions=["x"] * 2, turns=turns, completion_ids=[[5, 2]] * 2) for g in (1, 0))
@@ -258,3 +260,21 @@ def test_civility_gate_takes_every_head_from_an_offensive_turn_on_both_paths(tin
     # Turn-level credit sees the gated heads too.
     assert multi[1].conversation_scores.turn_rewards()[0, 0] == pytest.approx(0.0)
     assert multi[0].conversation_scores.turn_rewards()[0, 0] > 0.0
+
+
+def test_the_single_turn_gate_runs_the_civility_classifier_once_per_batch(monkeypatch):
+    import convrl.rl.shaping as shaping
+
+    calls = []
+
+    def counting(texts, users):
+        calls.append(len(texts))
+        return np.ones(len(texts))
+
+    monkeypatch.setattr(shaping, "civility", counting)
+    heads = shaping.civility_gated([lambda prompts, completions, **kw: [0.5] * len(completions)] * 4)
+    for f in heads:
+        assert f(prompts=["p", "q"], completions=["a", "b"]) == [0.5, 0.5]
+    assert calls == [2]                                   # four heads, one classifier pass
+    heads[0](prompts=["p", "q"], completions=["a", "c"])   # a new batch is scored again
+    assert calls == [2, 2]

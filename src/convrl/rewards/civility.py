@@ -46,15 +46,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from convrl.rewards.text_signals import vader
+from convrl.rewards.text_signals import sentences, vader
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _TO_USER = re.compile(r"\byou(?:r|rs|rself)?\b", re.I)
-
-
-def sentences(text: str) -> list[str]:
-    """The reply split into sentences (at ., ! or ? followed by a space, and at line breaks)."""
-    return [s for s in _SENTENCE.split(text or "") if s.strip()]
 
 
 @lru_cache(maxsize=1)
@@ -107,6 +101,11 @@ _FILLER = frozenset("a an the so such very really just being too also quite pret
 PRAISE_FROM = 0.3
 
 
+def _content(sentence: str) -> frozenset[str]:
+    """Content words: 3+ letters, not filler."""
+    return frozenset(w for w in _WORD.findall(sentence.lower()) if len(w) > 2 and w not in _FILLER)
+
+
 def descriptions(text: str) -> list[tuple[bool, frozenset[str]]]:
     """Each "you are ..." clause of ``text``: (negated, its content words); "I don't think you're X" is negated."""
     out = []
@@ -114,7 +113,7 @@ def descriptions(text: str) -> list[tuple[bool, frozenset[str]]]:
         ends = list(_CLAUSE_END.finditer(text, 0, m.start()))
         before = text[ends[-1].end() if ends else 0:m.start()]
         negated = bool(_NEGATION.search(before) or _NEGATION.search(m.group(1)))
-        words = frozenset(w for w in _WORD.findall(m.group(1).lower()) if len(w) > 2 and w not in _FILLER)
+        words = _content(m.group(1))
         if words:
             out.append((negated, words))
     return out
@@ -128,10 +127,6 @@ def mirrors(reply: str, user: str) -> bool:
         return False
     back = descriptions(reply)
     return any(neg_u == neg_r and words_u & words_r for neg_u, words_u in said for neg_r, words_r in back)
-
-
-def _content(sentence: str) -> frozenset[str]:
-    return frozenset(w for w in _WORD.findall(sentence.lower()) if len(w) > 2 and w not in _FILLER)
 
 
 def echoes(reply: str, user: str, offensive_from: float = OFFENSIVE_FROM) -> bool:

@@ -6,10 +6,10 @@ Heads (each in [0, 1]):
                   (or a head trained for next-utterance selection).
 * ``personality`` half the cosine with the whole persona card, half the best
                   cosine with one of its sentences (a reply that voices one
-                  persona fact matches that fact, not the card's average); with a
-                  card's traits, a third each of those and the style term
-                  (``persona_style``: how the reply says things); or a head
-                  trained contrastively on persona dialogues.
+                  persona fact matches that fact, not the card's average); with
+                  ``personality_style`` (off by default) and a card's traits, a
+                  third each of those and the style term (``persona_style``); or
+                  a head trained contrastively on persona dialogues.
 * ``engagement``  coherence with the user's last turn (an on-topic reply is what
                   people call engaging), invites a reply (question), addresses
                   the user, has substance (content words); 0 for degenerate text

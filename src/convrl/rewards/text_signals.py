@@ -75,6 +75,13 @@ def echo_rate(reply: str, user_text: str) -> float:
 
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    """The text split into sentences (at ., ! or ? followed by a space, and at line breaks)."""
+    return [s for s in _SENTENCE_SPLIT.split(text or "") if s.strip()]
+
+
 _NEGATIONS = frozenset({"not", "no", "never", "nothing", "nobody", "none"})
 
 
@@ -92,7 +99,7 @@ def reworded_echo(reply: str, user_text: str) -> float:
     if not said:
         return 0.0
     total = echoed = 0
-    for sentence in _SENTENCE_SPLIT.split(reply or ""):
+    for sentence in sentences(reply):
         words = _words(sentence)
         total += len(words)
         if sentence.rstrip().endswith("?"):

@@ -117,10 +117,19 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
 
 def civility_gated(funcs: list) -> list:
     """Single-turn reward callables whose scores are multiplied by the reply's civility (``rl.shaping.civility_gate``):
-    an offensive reply earns nothing from them, however relevant."""
+    an offensive reply earns nothing from them, however relevant. TRL calls every head on the same batch: the
+    classifier runs once for it."""
+    last: dict = {}
+
+    def batch_civility(prompts, completions):
+        key = (tuple(_replies(completions)), tuple(_user_turns(prompts)))
+        if last.get("key") != key:
+            last.update(key=key, value=civility(list(key[0]), list(key[1])))
+        return last["value"]
+
     def gate(f):
         def gated(prompts, completions, **kwargs):
-            c = civility(_replies(completions), _user_turns(prompts))
+            c = batch_civility(prompts, completions)
             return [float(x) * float(g) for x, g in zip(f(prompts, completions, **kwargs), c)]
 
         gated.__name__ = getattr(f, "__name__", "reward")

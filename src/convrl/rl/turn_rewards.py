@@ -104,7 +104,7 @@ class ConversationScores:
         if self.civility_gate:
             # An offensive turn earns nothing for being relevant or engaging: the heads pay for an insult echoed
             # from the user's turn (relevant, on topic), and a civility term beside them was outweighed.
-            heads = {h: v * shaping["civility_gate"] for h, v in heads.items()}
+            heads = {h: v * shaping["civility"] for h, v in heads.items()}
         owner = np.array(owner)
         out = {h: np.zeros(len(turns), dtype=np.float32) for h in self.terms()}
         n_turns = max((len(r) for r in turns), default=0)
@@ -150,9 +150,8 @@ class ConversationScores:
                 rep.append(1.0 - repetition(t["response"], earlier, last_user_text(t["context"])))
         out = {"ending": np.array(end), "non_repetition": np.array(rep)}
         if "civility" in self.shaping_weights or self.civility_gate:  # one classifier call for every turn
-            out["civility"] = out["civility_gate"] = civility([t["response"] for row in turns for t in row],
-                                                              [last_user_text(t["context"]) for row in turns
-                                                               for t in row])
+            out["civility"] = civility([t["response"] for row in turns for t in row],
+                                       [last_user_text(t["context"]) for row in turns for t in row])
         return out
 
     def _reference_fluency(self, turns, completion_ids) -> np.ndarray | None:
