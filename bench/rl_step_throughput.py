@@ -24,7 +24,7 @@ cache across turns and decode the user on its own cache.
 convrl's configuration is TRL's GRPOTrainer with ``beta > 0`` (a reference
 pass TRL's defaults skip), no gradient checkpointing, and the levers of
 ``convrl.rl.trainer.ConvRLGRPOTrainer``: rollouts from a merged bf16 copy of the
-policy (GQA-grouped eager attention, preallocated KV cache, inverse-CDF
+policy (fused grouped attention over a preallocated KV cache, prepacked bf16 linears, inverse-CDF
 sampling), each prompt prefilled/forwarded once per GRPO group
 (``convrl.rl.prefix``), frozen base projections stored in bf16, the LM head as
 plain autograd ops, and the fluency head fed by the KL reference pass

@@ -94,7 +94,7 @@ def main() -> None:
     path = models.resolve_policy(args.model)
     out: dict = {"model": args.model, "threads": args.threads}
     if args.only in (None, "slots"):
-        gen = Generator(path)  # the serving model: GQA-grouped eager attention on a CPU
+        gen = Generator(path)  # the serving model: fused grouped attention, packed bf16 linears on a CPU
         ps = prompts(gen.tok, 8)
         with torch.inference_mode():
             one, eight = (step_ms(lambda r, n: slot_decoder_run(gen.model, r, n), ps[:k]) for k in (1, 8))

@@ -52,13 +52,17 @@ class Generator:
             self.tok.pad_token = self.tok.eos_token
         from convrl.rl.decoding import gqa_attention
 
-        # GQA-grouped eager attention + a preallocated cache decode ~25% faster than the defaults on a CPU.
+        # Fused grouped attention over a preallocated cache + prepacked bf16 linears (bench/decode_levers.py).
         self.fast = fast
         attn = gqa_attention() if fast and not torch.cuda.is_available() else None
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn).eval()
         # Evaluation, self-play and the simulated user run where training runs: on the GPU when there is one.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
+        if fast:
+            from convrl.rl.packed_linear import pack_linears
+
+            pack_linears(self.model)  # bf16 on a CPU: same tokens, matmuls from prepacked weights
 
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 8,

@@ -5,7 +5,8 @@ two extra matmuls per adapted projection at every decoding step. The copy here
 (bf16 where the device has bf16 units, else fp32) holds ``W + B @ A * scale``
 for every LoRA-adapted projection; after the first full copy only those
 projections are refreshed (~20% of SmolLM2-135M's weights, 0.07 s -> 0.02 s).
-On a CPU it decodes with GQA-grouped eager attention (``rl.decoding``)::
+On a CPU it decodes with fused grouped attention over a preallocated cache (``rl.decoding``) and, in bf16,
+prepacked linears (``rl.packed_linear``)::
 
     copy = RolloutModel(torch.bfloat16, device)
     model = copy.sync(peft_model, step=trainer.state.global_step)   # a plain causal LM, eval mode
@@ -39,15 +40,16 @@ class RolloutModel:
         base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
         first = self.model is None
         if first:
-            # Eager-style attention decodes faster than SDPA at batch <= 16 on a CPU (measured: 3.3 s vs 4.9 s
-            # for 8 x 64 tokens on SmolLM2-135M, bf16, one core), and the GQA variant skips repeat_kv's copies;
-            # SDPA/flash win on GPUs.
+            # Fused SDPA with grouped KV heads over the filled cache only (rl.decoding); GPUs keep transformers'.
             attn = gqa_attention() if self.device.type == "cpu" else None
             self.model = AutoModelForCausalLM.from_config(base.config, dtype=self.dtype,
                                                           attn_implementation=attn).eval()
             # The training model runs with use_cache=False; rollouts need the KV cache.
             self.model.config.use_cache = True
             self.model.to(self.device)
+            from convrl.rl.packed_linear import pack_linears
+
+            pack_linears(self.model)  # bf16 on a CPU: same tokens; refreshed weights repack themselves
         layers = plain_lora_layers(base)
         if layers is None:
             # Full fine-tuning or other adapter types: merge into the training model, copy, unmerge.

@@ -11,7 +11,8 @@ Levers (results are the same computation, tests compare each against the plain o
 
 * ``fast_rollouts``: rollouts from a merged inference copy of the policy
   (``rl.rollout_model``), inverse-CDF sampling (``rl.generation``), on a CPU
-  GQA-grouped eager attention and a preallocated KV cache (``rl.decoding``).
+  fused grouped attention over a preallocated KV cache (``rl.decoding``), bf16 linears prepacked for
+  oneDNN (``rl.packed_linear``).
 * ``share_prompt_prefix``: each distinct prompt is prefilled once per group,
   and the policy/reference log-prob passes run it once per group
   (``rl.prefix``), single- and multi-turn alike (the prompt is the shared part).

@@ -27,7 +27,7 @@ cost 3.1x its step of one row (321.9 vs 103.6 ms: 2.58x the tokens/s at 8
 rows), against 2.0x here (194.9 vs 95.3 ms: 3.91x), SmolLM2-135M-Instruct,
 one torch thread, same run of ``bench/serve_decode_steps.py`` on the shared
 2-core machine (load average 4.4-4.8). The 3x serving target needs the
-latter. This slot cache reuses the GQA-grouped eager attention of
+latter. This slot cache reuses the fused grouped attention of
 ``convrl.rl.decoding`` (no KV copies) and keeps each step one dense forward.
 
     dec = SlotDecoder(model, slots=8)

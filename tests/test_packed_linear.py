@@ -1,0 +1,110 @@
+"""Prepacked bf16 linears (``convrl.rl.packed_linear``) and fused attention over the filled cache (``rl.decoding``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convrl.rl.packed_linear import PackedLinear, pack_linears, packing_supported
+
+needs_packing = pytest.mark.skipif(not packing_supported(torch.bfloat16),
+                                   reason="this CPU/PyTorch build has no oneDNN bf16 kernels; nothing is packed")
+
+
+@needs_packing
+def test_packed_linear_computes_what_linear_computes_at_decoding_sizes():
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 160, bias=True).to(torch.bfloat16)
+    ref = nn.Linear(96, 160, bias=True).to(torch.bfloat16)
+    ref.load_state_dict(lin.state_dict())
+    assert pack_linears(nn.Sequential(lin)) == 1 and type(lin) is PackedLinear
+    with torch.no_grad():
+        for shape in ((1, 96), (8, 1, 96), (4, 37, 96)):
+            x = torch.randn(*shape, dtype=torch.bfloat16)
+            # The same oneDNN kernel family: equal or within one bf16 rounding step.
+            torch.testing.assert_close(lin(x), ref(x), rtol=8e-3, atol=8e-3)
+    assert set(lin.state_dict()) == {"weight", "bias"}  # checkpoints and load_state_dict are unchanged
+
+
+@needs_packing
+def test_a_changed_weight_is_repacked():
+    torch.manual_seed(1)
+    lin = nn.Linear(64, 64, bias=False).to(torch.bfloat16)
+    pack_linears(nn.Sequential(lin))
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        before = lin(x)
+        lin.weight.copy_(lin.weight * 2)                       # in place, as RolloutModel's LoRA refresh does
+        torch.testing.assert_close(lin(x), before * 2, rtol=1e-2, atol=1e-2)
+        lin.load_state_dict({"weight": torch.zeros(64, 64, dtype=torch.bfloat16)})
+        assert lin(x).abs().max() == 0
+        lin.weight = nn.Parameter(torch.eye(64, dtype=torch.bfloat16))  # a new tensor (tie_weights)
+        torch.testing.assert_close(lin(x), x)
+
+
+@needs_packing
+def test_training_falls_back_to_the_differentiable_op():
+    lin = nn.Linear(16, 8).to(torch.bfloat16)
+    pack_linears(nn.Sequential(lin))
+    x = torch.randn(4, 16, dtype=torch.bfloat16, requires_grad=True)
+    lin(x).float().sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
+
+
+def test_fp32_models_and_accelerators_are_left_alone():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    assert pack_linears(model) == 0 and all(type(m) is nn.Linear for m in model)
+    assert not packing_supported(torch.float32) and not packing_supported(torch.bfloat16, "cuda")
+
+
+@needs_packing
+def test_packed_bf16_policy_decodes_the_greedy_tokens_of_the_plain_one(tiny_policy_dir):
+    """The whole rollout stack in bf16: packed linears + fused attention over the filled cache == plain eager."""
+    from transformers import AutoModelForCausalLM
+
+    from convrl.rl.conversation_decoder import CachedDecoder
+    from convrl.rl.decoding import gqa_attention
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.bfloat16,
+                                                 attn_implementation="eager").eval()
+    fast = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.bfloat16,
+                                                attn_implementation=gqa_attention()).eval()
+    assert pack_linears(fast) == sum(isinstance(m, nn.Linear) for m in fast.modules())
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(5, plain.config.vocab_size, (n,), generator=g).tolist() for n in (9, 9, 5, 12)]
+    dec = CachedDecoder(fast, 0, [-1], capacity_hint=8)  # grows while decoding; no EOS so rows run 6 tokens
+    dec.prefill(prompts, groups=[[0, 1], [2], [3]])
+    got = dec.generate(6)
+    with torch.no_grad():
+        for p, out in zip(prompts, got):
+            ids = torch.tensor([p])
+            ref = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                 min_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert out == ref[0, len(p):].tolist()
+
+
+@needs_packing
+def test_bf16_rollout_copy_follows_the_adapter(tiny_policy_dir):
+    """RolloutModel packs its bf16 copy; after a LoRA update and a step change it computes the merged policy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from convrl.rl.rollout_model import RolloutModel
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.float32),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    copy = RolloutModel(torch.bfloat16, "cpu")
+    ids = torch.randint(5, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    first = copy.sync(peft_model, step=0)
+    assert any(type(m) is PackedLinear for m in first.modules())
+    with torch.no_grad():
+        before = first(input_ids=ids).logits
+        for m in peft_model.modules():
+            if hasattr(m, "lora_B") and "default" in m.lora_B:
+                m.lora_B["default"].weight.normal_(0, 0.5)
+        after = copy.sync(peft_model, step=1)(input_ids=ids).logits
+        peft_model.merge_adapter()
+        merged = peft_model.get_base_model().to(torch.bfloat16)(input_ids=ids).logits
+    assert (after.float() - before.float()).abs().max() > 0.05  # the update shows
+    torch.testing.assert_close(after.float(), merged.float(), rtol=0.05, atol=0.05)
