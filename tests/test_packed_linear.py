@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -41,6 +44,11 @@ def test_a_changed_weight_is_repacked():
         assert lin(x).abs().max() == 0
         lin.weight = nn.Parameter(torch.eye(64, dtype=torch.bfloat16))  # a new tensor (tie_weights)
         torch.testing.assert_close(lin(x), x)
+        twin = copy.deepcopy(lin)  # the opaque packed tensor is not copied; the copy packs its own
+        twin.weight.mul_(3)
+        torch.testing.assert_close(twin(x), x * 3)
+        torch.testing.assert_close(lin(x), x)
+        assert type(pickle.loads(pickle.dumps(lin))) is PackedLinear
 
 
 @needs_packing

@@ -5,12 +5,15 @@ weight into its blocked layout on every call. At decoding's batch sizes
 (one new token for 8-96 rows) that reorder is most of the work: a
 1536x576 projection took 244 us per call plain and 140 us from a weight
 packed once (``torch.ops.mkldnn._reorder_linear_weight``, the packing
-PyTorch's own inductor uses when it freezes a CPU model), with bit-identical
-outputs at every batch size tested. Matmuls are ~60% of a decoding step of
-SmolLM2-135M (``bench/decode_packed.py`` measures the whole step), so rollouts, the
-simulated user, evaluation and self-play decode faster and produce the same
-tokens. fp32 gains nothing at small batches (189 vs 165 us), so only bf16
-models are packed.
+PyTorch's own inductor uses when it freezes a CPU model). Outputs equal the
+plain call's at decoding sizes (1-69 rows, every projection of SmolLM2-135M)
+and differ by bf16 rounding at some prefill sizes (oneDNN picks its kernel by
+shape), so sampled rollouts are not bit-identical to unpacked ones. Matmuls
+are ~60% of a decoding step of SmolLM2-135M (``bench/decode_levers.py``:
+3.78 -> 3.34 s for 8 rows x 64 tokens, the same greedy tokens), so
+rollouts, the simulated user, evaluation and self-play decode faster. fp32
+gains nothing at small batches (189 vs 165 us), so only bf16 models are
+packed.
 
 A layer repacks itself when its weight changed in place (the tensor's
 version counter): ``load_state_dict``, ``RolloutModel``'s per-step LoRA
@@ -47,6 +50,13 @@ class PackedLinear(nn.Linear):
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 8)
             self.__dict__["_packed"], self.__dict__["_packed_version"] = packed, self._weight_version()
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def __getstate__(self):
+        # The packed copy is an opaque oneDNN tensor (no storage to copy or pickle): copies repack on first use.
+        state = dict(super().__getstate__())
+        state.pop("_packed", None)
+        state.pop("_packed_version", None)
+        return state
 
     def _weight_version(self) -> tuple[int, int]:
         # Identity and in-place version: a new Parameter or any in-place write (copy_, load_state_dict) repacks.
