@@ -39,9 +39,8 @@ GQA_ATTENTION = "convrl_gqa"
 
 def _gqa_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     # Query head h uses KV head h // R (repeat_kv's layout), which is what enable_gqa assumes.
+    # Every cache here sizes the mask to the keys it returns (PreallocatedLayer.get_mask_sizes: the filled slots).
     mask = attention_mask
-    if mask is not None and mask.shape[-1] != key.shape[-2]:
-        mask = mask[..., :key.shape[-2]]
     Q, L = query.shape[2], key.shape[-2]
     if mask is None and 1 < Q < L:
         # SDPA's is_causal aligns the diagonal top-left; queries after a cached past need it bottom-right.

@@ -45,11 +45,12 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return super().forward(x)  # the packed op has no backward
-        packed = self.__dict__.get("_packed")
-        if packed is None or self.__dict__.get("_packed_version") != self._weight_version():
-            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 8)
-            self.__dict__["_packed"], self.__dict__["_packed_version"] = packed, self._weight_version()
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        # Identity and in-place version: a new Parameter or any in-place write (copy_, load_state_dict) repacks.
+        version = (id(self.weight), self.weight._version)
+        if self.__dict__.get("_packed_version") != version:
+            self.__dict__["_packed"] = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 8)
+            self.__dict__["_packed_version"] = version
+        return torch.ops.mkldnn._linear_pointwise(x, self.__dict__["_packed"], self.bias, "none", [], "")
 
     def __getstate__(self):
         # The packed copy is an opaque oneDNN tensor (no storage to copy or pickle): copies repack on first use.
@@ -57,10 +58,6 @@ class PackedLinear(nn.Linear):
         state.pop("_packed", None)
         state.pop("_packed_version", None)
         return state
-
-    def _weight_version(self) -> tuple[int, int]:
-        # Identity and in-place version: a new Parameter or any in-place write (copy_, load_state_dict) repacks.
-        return id(self.weight), self.weight._version
 
 
 def pack_linears(model: nn.Module) -> int:
