@@ -18,7 +18,7 @@ whole buffer (slicing made its ``bmm`` copy) and prefilled slowly in bf16:
 one layer's attention for 8 rows took 0.19 ms instead of 0.45 ms for a new
 token over 300 cached ones, 4.6 ms instead of 21 ms for a 250-token prefill
 (2 cores). Whole decoding steps, lever by lever: ``bench/decode_levers.py``
-(with ``rl.packed_linear``, 1.15x transformers' SDPA, 1.4x its eager
+(with ``rl.packed_linear``, 1.15-1.17x transformers' SDPA, 1.6x its eager
 attention). Results are those of eager attention up to float rounding:
 tests compare logits and greedy tokens.
 
