@@ -65,6 +65,21 @@ def test_lexical_relevance_on_topic_beats_shuffled():
     assert relevance_judge(["hello"], [""])[0] == 0.0
 
 
+def test_relevance_judge_gives_nothing_for_a_question_asked_back():
+    from convrl.eval.judge_scorers import asked_back
+
+    user = "can you write selection sort?"
+    handed = "Can you write a selection sort algorithm?"
+    answer = "Sure: pick the smallest item, swap it to the front, repeat."
+    assert asked_back(handed, user) == 1.0 and asked_back(answer, user) == 0.0
+    assert asked_back("Selection sort swaps the minimum forward. Shall I explain selection sort?", user) == 0.0
+    assert asked_back("You can't sleep? Why not?", "I can't sleep.") == 0.0   # reflecting a statement is fine
+    rel = RelevanceJudge([[user, answer], ["do you like tea?", "I love green tea."]] * 4)
+    s = rel.score([user, user], [handed, answer], [user, user])
+    assert s[0] == 0.0 and s[1] > 0.3
+    assert relevance_judge([user], [handed])[0] > 0.5  # what word overlap alone made of it
+
+
 def test_topic_model_finds_relevance_without_shared_words():
     ai = ["What is AI?", "Artificial intelligence is a branch of computer science.",
           "AI means intelligent computer programs.", "Machine learning is part of artificial intelligence.",

@@ -42,6 +42,13 @@ def test_echo_rate_sees_through_contractions():
     ("I'm not cruel. I'm just a professional.", "you are cruel", 0.0),    # a negation is something new
     ("The capital of France is Paris.", "What is the capital of France?", 0.0),
     ("You can't sleep? Why not?", "I can't sleep", 0.0),                 # asking back is not parroting
+    # ... but asking the user's own question back is: seed 1's candidate handed requests back this way.
+    ("Can you write a selection sort algorithm?", "can you write selection sort?", 1.0),
+    ("Can you write a function in Python that checks if a given number is prime?",
+     "can you write a prime number checker in Python?", 1.0),
+    ("My favourite food is pizza. What's your favourite food?", "What's your favourite food?", 0.5),
+    ("Sure: def sort(a): return sorted(a). Shall I explain selection sort?", "can you write selection sort?", 0.0),
+    ("What do you like to do on weekends?", "What is your favourite food?", 0.0),
     ("Me too!", "I love pizza", 0.0),                                    # no content words to copy
     ("I hope you die.", "", 0.0),                                        # no user turn
 ])

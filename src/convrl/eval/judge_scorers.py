@@ -112,6 +112,26 @@ def _stemmed(text: str) -> str:
     return " ".join(_stem(w) for w in tokens(text))
 
 
+def asked_back(reply: str, user_text: str) -> float:
+    """Share of the reply's words in questions that ask one of the user's questions back instead of answering it:
+    the question holds every content word (stemmed, not a stop word) of a question of the user's turn, and they
+    make at least 60% of its own. Seed 1's candidate answered "can you write selection sort?" with "Can you write
+    a selection sort algorithm?", which word and topic overlap scored 1.0, this judge's maximum.
+    """
+    def content(sentence: str) -> set[str]:
+        return {_stem(w) for w in tokens(sentence) if len(w) >= 3 and w not in ENGLISH_STOP_WORDS}
+
+    asked = [c for c in (content(q) for q in _SENT.findall(user_text or "") if q.strip().endswith("?")) if len(c) >= 2]
+    total = handed = 0
+    for sentence in _SENT.findall(reply or ""):
+        n = len(tokens(sentence))
+        total += n
+        if asked and sentence.strip().endswith("?"):
+            own = content(sentence)
+            handed += n if any(a <= own and len(a) >= 0.6 * len(own) for a in asked) else 0
+    return handed / total if total else 0.0
+
+
 def relevance_judge(contexts: list[str], responses: list[str], last_user: list[str] | None = None) -> np.ndarray:
     """Lexical relevance: TF-IDF cosine (words + character 3-5-grams) of each reply with its context.
 
@@ -181,6 +201,8 @@ class RelevanceJudge:
         topic = np.maximum(self.topic_similarity(list(last_user), responses),
                            self.topic_similarity(contexts, responses))
         out = np.maximum(lexical, topic)
+        # A question handed back is on topic by every overlap measure and answers nothing.
+        out *= 1.0 - np.array([asked_back(r, u) for r, u in zip(responses, last_user)], dtype=np.float32)
         out[[is_degenerate(x) for x in responses]] = 0.0
         return out.astype(np.float32)
 

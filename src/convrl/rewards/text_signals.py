@@ -85,11 +85,38 @@ def sentences(text: str) -> list[str]:
 _NEGATIONS = frozenset({"not", "no", "never", "nothing", "nobody", "none"})
 
 
+def _stem(word: str) -> str:
+    """A crude suffix strip, enough to match "checks" with "checker" and "sorting" with "sort"."""
+    for suffix in ("ing", "er", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
+def _content(words: list[str]) -> set[str]:
+    return {w for w in words if (len(w) >= 3 and w not in _FUNCTION_WORDS) or w in _NEGATIONS}
+
+
+def _hands_back(question: set[str], user_questions: list[set[str]]) -> bool:
+    """A question holding every content word of one of the user's questions (two or more), which make most of its
+    own: the request asked back, not answered ("Shall I explain selection sort?" offers something new).
+
+    Seed 1 of the demo (README "Does it learn?"): "can you write selection sort?" -> "Can you write a selection
+    sort algorithm?", which the heads and the held-out relevance judge paid as a perfect match.
+    """
+    q = {_stem(w) for w in question}
+    for asked in user_questions:
+        asked = {_stem(w) for w in asked}
+        if len(asked) >= 2 and asked <= q and len(asked) >= 0.6 * len(q):
+            return True
+    return False
+
+
 def reworded_echo(reply: str, user_text: str) -> float:
-    """Share of the reply's words in statements that add nothing to the user's turn: every content word of the
-    sentence (3+ letters, not a function word; negations count) is a word of that turn. Questions are not echoes:
-    asking back ("You can't sleep? Why not?") is how a listener reflects, and an offensive one is the civility
-    reward's to price.
+    """Share of the reply's words in sentences that add nothing to the user's turn: statements whose every content
+    word (3+ letters, not a function word; negations count) is a word of that turn, and questions that ask one of
+    the user's questions back (``_hands_back``). Other questions are not echoes: asking back ("You can't sleep? Why
+    not?") is how a listener reflects, and an offensive one is the civility reward's to price.
 
     "I hope that you die" -> "I hope you die." shares no trigram with the user (``echo_rate`` 0), so the heads
     paid it as a coherent, relevant answer, and RL learned it (README "Does it learn?"); "I'm not cruel." adds a
@@ -98,14 +125,15 @@ def reworded_echo(reply: str, user_text: str) -> float:
     said = set(_words(user_text))
     if not said:
         return 0.0
+    user_questions = [_content(_words(s)) for s in sentences(user_text) if s.rstrip().endswith("?")]
     total = echoed = 0
     for sentence in sentences(reply):
         words = _words(sentence)
         total += len(words)
+        content = _content(words)
         if sentence.rstrip().endswith("?"):
-            continue
-        content = {w for w in words if (len(w) >= 3 and w not in _FUNCTION_WORDS) or w in _NEGATIONS}
-        if content and content <= said:
+            echoed += len(words) if _hands_back(content, user_questions) else 0
+        elif content and content <= said:
             echoed += len(words)
     return echoed / total if total else 0.0
 
