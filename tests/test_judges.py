@@ -107,6 +107,15 @@ def test_personality_contradiction_and_character_break_score_zero(cards):
     assert "name 'bob'" in notes[2][0]
 
 
+def test_personality_judge_gives_nothing_for_the_persona_recited_to_the_user(cards):
+    coach = cards["empathetic_coach"]
+    s, notes = personality_judge(["You're Sam, a warm coach.", "You're a wellbeing coach, and I'm here to help.",
+                                  "I'm a wellbeing coach, and you're doing great."], [coach] * 3)
+    assert s[0] == 0.0 and s[1] == 0.0 and s[2] > 0.0
+    assert "given to the user ('you're sam')" in notes[0][0] and "you're a wellbeing coach" in notes[1][0]
+    assert notes[2] == []
+
+
 def test_personality_in_character_beats_generic_and_mismatched_traits(cards):
     coach, expert = cards["empathetic_coach"], cards["calm_expert"]
     s, notes = personality_judge(["My dog Biscuit and I love quiet morning hikes.",

@@ -121,3 +121,29 @@ def test_personality_matches_one_fact_of_a_long_card(scorer):
     card_cos = float(np.clip(r @ scorer.encoder.encode([card.card_text()]).T, 0, 1)[0, 0])
     assert out.heads["personality"][0] > card_cos
     assert scorer.score([USER], [replies[0]], [None]).heads["personality"][0] == 0.5
+
+
+def test_reciting_the_persona_to_the_user_earns_no_personality(scorer):
+    # Seed 1 of the demo (README "Does it learn?"): 81 of 96 held-out replies opened with "You ...", reciting the
+    # system prompt to the user, and the personality head paid for the card's words wherever they stood.
+    from convrl.data.personas import load_persona
+    from convrl.rewards.text_signals import persona_addressed, persona_given_away
+
+    alex, sam = load_persona("calm_expert"), load_persona("empathetic_coach")
+    card = " ".join([sam.description, *sam.facts])
+    assert persona_addressed("You're a wellbeing coach, and I'm here to help.", "Sam", card) == 0.5  # 5 of 10 words, "you are" spelled out
+    assert persona_addressed("You're Sam.", "Sam", card) == 1.0
+    assert persona_addressed("I'm a wellbeing coach, and you're doing great.", "Sam", card) == 0.0
+    assert persona_addressed("You're not capable of feeling love.", "Sam", card) == 0.0   # no word of the card
+    # The user's own words are theirs to be told back: "you love hiking too" answers "I love hiking".
+    assert persona_addressed("You love hiking too?", "Sam", card, "I love hiking") == 0.0
+    assert persona_addressed("You love hiking too?", "Sam", card, "hello") == 1.0
+    assert persona_given_away(["You're Alex, a technical expert.", "You're Alex, a technical expert."],
+                              [alex, None], ["hi", "hi"]) == [True, False]
+
+    ctx = [[{"role": "user", "content": "My printer is not printing."}]] * 2
+    replies = ["You're Alex, a composed technical expert who explains things clearly and stays calm under pressure.",
+               "I'm Alex. Let's stay calm and check the cable first, then the print queue."]
+    out = scorer.score(ctx, replies, [alex, alex])
+    assert out.heads["personality"][0] == 0.0 and out.heads["personality"][1] > 0.0
+    assert scorer.score_head("personality", ctx, replies, [alex, alex]).tolist() == out.heads["personality"].tolist()

@@ -259,6 +259,22 @@ def _statements(text: str) -> list[tuple[str, set[str], set[str]]]:
     return [(s.strip(), *_polarity(s)) for s in _SENT.findall(text) if any(w in FIRST_PERSON for w in tokens(s))]
 
 
+def _persona_given_to_user(low: str, persona: Persona) -> str:
+    """The words that tell the user they are the persona ("you're alex", "you are a wellbeing coach"), or "".
+
+    The persona's name, or the role that ends its description's first phrase ("a warm, patient wellbeing coach
+    who ..." -> "coach"), after "you are"/"you're": seed 1 of the demo recited its system prompt to the user
+    this way in most of its replies, and trait words and facts alone scored that as in character.
+    """
+    head = re.split(r"\b(?:who|that|with)\b|[.;]", persona.description.lower(), maxsplit=1)[0].split()
+    role = head[-1] if head and head[-1] not in ENGLISH_STOP_WORDS else ""
+    names = "|".join(re.escape(x) for x in (persona.name.lower(), role) if x)
+    if not names:
+        return ""
+    m = re.search(rf"\byou(?:'re|\u2019re| are)\s+(?:(?:an?|the)\s+)?(?:[\w-]+,?\s+){{0,3}}?(?:{names})\b", low)
+    return m.group(0) if m else ""
+
+
 def contradictions(text: str, persona: Persona | None, earlier: list[str] = ()) -> list[str]:
     """Persona facts (and earlier own statements) the reply contradicts, in words.
 
@@ -275,6 +291,9 @@ def contradictions(text: str, persona: Persona | None, earlier: list[str] = ()) 
         m = re.search(r"\bmy name is ([a-z]+)", low)
         if m and persona.name and m.group(1) != persona.name.lower():
             found.append(f"name '{m.group(1)}' but the persona is {persona.name}")
+        given = _persona_given_to_user(low, persona)
+        if given:
+            found.append(f"character break: the persona given to the user ('{given}')")
         refs = [(f, *_polarity(f)) for f in persona.facts]
     for e in earlier:
         refs += [(f"earlier: {sent[:80]}", kw, neg) for sent, kw, neg in _statements(e)]

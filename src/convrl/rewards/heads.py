@@ -42,7 +42,8 @@ from convrl.data.personas import TONES, Persona
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
 from convrl.rewards.persona_style import TraitStyle
-from convrl.rewards.text_signals import WORD_RE, echo, length_sanity, repetition_rate, substance_score
+from convrl.rewards.text_signals import (WORD_RE, echo, length_sanity, persona_given_away, repetition_rate,
+                                        substance_score)
 
 HEADS = WEIGHTED_HEADS
 
@@ -242,9 +243,9 @@ class RewardScorer:
         q = 0.5 * coh + 0.2 * fluency + 0.1 * approp + 0.1 * (1 - rep) + 0.1 * length
         return np.where(degenerate, 0.0, q).astype(np.float32), fluency, rep
 
-    def _personality(self, r_emb, p_emb, personas, no_persona):
-        """Half the card cosine, half the best sentence cosine (the sentences' embeddings come from the cache);
-        a third each with the style term where the card has traits it reads (``persona_style``)."""
+    def _personality(self, r_emb, p_emb, personas, no_persona, responses, last_user):
+        """Half the card cosine, half the best sentence cosine; a third each with the style term where the card has
+        traits it reads (``persona_style``). 0 for the card recited to the user ("You're Alex, a technical ...")."""
         card = np.clip((r_emb * p_emb).sum(1), 0, 1)
         best = card.copy()
         by_card: dict[tuple, list[int]] = {}
@@ -258,6 +259,7 @@ class RewardScorer:
         if self.style is not None:
             style = self.style.score(r_emb, personas)
             out = np.where(np.isnan(style), out, (card + best + np.nan_to_num(style)) / 3)
+        out[np.array(persona_given_away(responses, personas, last_user), dtype=bool)] = 0.0
         return np.where(no_persona, 0.5, out).astype(np.float32)
 
     @staticmethod
@@ -288,7 +290,8 @@ class RewardScorer:
         heads, details = {}, {}
         heads["relevance"] = self._run("relevance", lambda: np.clip((r_emb * c_emb).sum(1), 0, 1))
         # No persona card: the head is undefined, score it neutrally rather than 0.
-        heads["personality"] = self._run("personality", self._personality, r_emb, p_emb, personas, no_persona)
+        heads["personality"] = self._run("personality", self._personality, r_emb, p_emb, personas, no_persona,
+                                         responses, last_user)
         coh = self._run("coherence", coherence, r_emb, u_emb, responses, last_user)
         heads["engagement"] = self._run("engagement", engagement_head, responses, coh)
         approp, user_emotions = self._run("emotion", self._appropriateness, r_emb, last_user, personas)
@@ -339,7 +342,7 @@ class RewardScorer:
                                                               "user": u_emb, "user_text": last_user})
         if head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
-        return self._run(head, self._personality, r_emb, p_emb, personas, no_persona)
+        return self._run(head, self._personality, r_emb, p_emb, personas, no_persona, responses, last_user)
 
     def composite(self, heads: dict[str, np.ndarray]) -> np.ndarray:
         total = sum(self.weights.values())

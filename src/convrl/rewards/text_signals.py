@@ -149,3 +149,41 @@ def vader():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     return SentimentIntensityAnalyzer()
+
+
+# "You're Alex, a technical expert ...": a clause told to the user (second person first) that carries the persona.
+_CLAUSE_SPLIT = re.compile(r"[,;:]|\band\b|\bbut\b")
+# Verbs and words any card and any reply use ("You're not capable of feeling love." gives the user nothing of a card).
+_PERSONA_GENERIC = frozenset({"love", "like", "enjoy", "believe", "help", "feel", "keep", "thing", "people", "time",
+                              "good", "great", "make", "want", "know", "think", "life", "live"})
+_SECOND_PERSON = re.compile(r"^\s*(you|your|you're|youre|you've|you'd|you'll|yourself)\b", re.IGNORECASE)
+
+
+def persona_addressed(reply: str, name: str, card: str, user_text: str = "") -> float:
+    """Share of the reply's words in clauses that tell the user they are the persona: a clause opening in the second
+    person ("you're", "your", "you love") holding the persona's name or a content word of its card (description and
+    facts) that the user's turn does not.
+
+    Seed 1 of the demo learned to recite its system prompt back ("You're Alex, a technical expert who explains
+    things clearly ...", "You're a wellbeing coach, and I'm here to help you with a prime number checker.") in 81
+    of 96 held-out replies: the personality head paid for the card's words wherever they stood. "I'm a wellbeing
+    coach, and you're doing great." keeps the persona where it belongs.
+    """
+    said = {_stem(w) for w in _words(user_text)}
+    own = {_stem(w) for w in _content(_words(card))} - said - _PERSONA_GENERIC
+    tag = (name or "").strip().lower()
+    total = addressed = 0
+    for sentence in sentences(reply):
+        for clause in _CLAUSE_SPLIT.split(sentence):
+            words = _words(clause)
+            total += len(words)
+            if words and _SECOND_PERSON.match(clause.replace("\u2019", "'")):
+                if (tag and tag in words) or {_stem(w) for w in _content(words)} & own:
+                    addressed += len(words)
+    return addressed / total if total else 0.0
+
+
+def persona_given_away(replies: list[str], personas: list, user_texts: list[str]) -> list[bool]:
+    """Per reply: does it tell the user they are its persona (``persona_addressed`` > 0)? False without a persona."""
+    return [p is not None and persona_addressed(r, p.name, " ".join([p.description, *p.facts]), u) > 0
+            for r, p, u in zip(replies, personas, user_texts)]
