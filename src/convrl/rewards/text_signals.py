@@ -86,7 +86,8 @@ _NEGATIONS = frozenset({"not", "no", "never", "nothing", "nobody", "none"})
 
 
 def _stem(word: str) -> str:
-    """A crude suffix strip, enough to match "checks" with "checker" and "sorting" with "sort"."""
+    """A crude suffix strip, enough to match "checks" with "checker" and "sorting" with "sort". (The held-out judges
+    keep their own stemmer in ``eval.judge_scorers``: they must not share the reward's rules.)"""
     for suffix in ("ing", "er", "ed", "es", "s"):
         if len(word) > len(suffix) + 3 and word.endswith(suffix):
             return word[:-len(suffix)]
@@ -98,18 +99,14 @@ def _content(words: list[str]) -> set[str]:
 
 
 def _hands_back(question: set[str], user_questions: list[set[str]]) -> bool:
-    """A question holding every content word of one of the user's questions (two or more), which make most of its
-    own: the request asked back, not answered ("Shall I explain selection sort?" offers something new).
+    """A question holding every content word of one of the user's (stemmed) questions (two or more), which make most of
+    its own: the request asked back, not answered ("Shall I explain selection sort?" offers something new).
 
     Seed 1 of the demo (README "Does it learn?"): "can you write selection sort?" -> "Can you write a selection
     sort algorithm?", which the heads and the held-out relevance judge paid as a perfect match.
     """
     q = {_stem(w) for w in question}
-    for asked in user_questions:
-        asked = {_stem(w) for w in asked}
-        if len(asked) >= 2 and asked <= q and len(asked) >= 0.6 * len(q):
-            return True
-    return False
+    return any(len(asked) >= 2 and asked <= q and len(asked) >= 0.6 * len(q) for asked in user_questions)
 
 
 def reworded_echo(reply: str, user_text: str) -> float:
@@ -125,7 +122,8 @@ def reworded_echo(reply: str, user_text: str) -> float:
     said = set(_words(user_text))
     if not said:
         return 0.0
-    user_questions = [_content(_words(s)) for s in sentences(user_text) if s.rstrip().endswith("?")]
+    # Stemmed once per user turn, not once per question of the reply.
+    user_questions = [{_stem(w) for w in _content(_words(s))} for s in sentences(user_text) if s.rstrip().endswith("?")]
     total = echoed = 0
     for sentence in sentences(reply):
         words = _words(sentence)
