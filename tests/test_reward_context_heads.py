@@ -147,3 +147,22 @@ def test_reciting_the_persona_to_the_user_earns_no_personality(scorer):
     out = scorer.score(ctx, replies, [alex, alex])
     assert out.heads["personality"][0] == 0.0 and out.heads["personality"][1] > 0.0
     assert scorer.score_head("personality", ctx, replies, [alex, alex]).tolist() == out.heads["personality"].tolist()
+
+
+def test_a_learned_personality_head_is_gated_too(scorer):
+    # The gate is applied after the head: a learned head (trained on persona dialogues) pays for the card's
+    # words wherever they stand, as the untrained one did.
+    from convrl.data.personas import load_persona
+
+    class Constant:  # a learned head that likes every reply
+        def score(self, inputs):
+            return np.full(len(inputs["responses"]), 0.9, dtype=np.float32)
+
+    alex = load_persona("calm_expert")
+    learned = RewardScorer(scorer.encoder, None, None, learned={"personality": Constant()})
+    ctx = [[{"role": "user", "content": "My printer is not printing."}]] * 2
+    replies = ["You're Alex, a composed technical expert who explains things clearly and stays calm under pressure.",
+               "I'm Alex. Let's stay calm and check the cable first, then the print queue."]
+    out = learned.score(ctx, replies, [alex, alex])
+    assert out.heads["personality"].tolist() == pytest.approx([0.0, 0.9])
+    assert learned.score_head("personality", ctx, replies, [alex, alex]).tolist() == pytest.approx([0.0, 0.9])

@@ -37,13 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convrl.config import WEIGHTED_HEADS
+from convrl.config import DEFAULT_WEIGHTS, WEIGHTED_HEADS
 from convrl.data.personas import TONES, Persona
 from convrl.data.textstats import is_degenerate  # noqa: F401 - re-exported: heads/judges API
 from convrl.rewards.fluency import FluencyScorer  # noqa: F401 - re-exported: other code imports it from here
 from convrl.rewards.persona_style import TraitStyle
-from convrl.rewards.text_signals import (WORD_RE, echo, length_sanity, persona_given_away, repetition_rate,
-                                        substance_score)
+from convrl.rewards.text_signals import (WORD_RE, echo, length_sanity, repetition_rate, substance_score,
+                                        without_recited_card)
 
 HEADS = WEIGHTED_HEADS
 
@@ -174,11 +174,9 @@ def engagement_head(responses: list[str], coh: np.ndarray) -> np.ndarray:
 class RewardScorer:
     """Scores (context, response, persona) triples with every head at once.
 
-    ``learned`` optionally maps head names (relevance, personality, engagement,
-    quality) to trained heads (:mod:`convrl.rewards.learned`,
-    :mod:`convrl.rewards.quality_head`, the cross-encoder) that replace the untrained
-    scorer of that head; the untrained score stays in ``details`` as
-    ``<head>_untrained`` so both can be compared with human ratings.
+    ``learned`` optionally maps head names (relevance, personality, engagement, quality) to trained heads
+    (:mod:`convrl.rewards.learned`, :mod:`convrl.rewards.quality_head`, the cross-encoder) that replace the
+    untrained scorer of that head; the untrained score stays in ``details`` as ``<head>_untrained``.
     """
 
     def __init__(self, encoder, emotion_clf=None, fluency: FluencyScorer | None = None,
@@ -186,8 +184,7 @@ class RewardScorer:
         self.encoder = encoder
         self.emotion = emotion_clf
         self.fluency = fluency
-        self.weights = dict(weights or {"quality": 0.4, "personality": 0.25, "engagement": 0.2,
-                                        "relevance": 0.15})
+        self.weights = dict(weights or DEFAULT_WEIGHTS)
         self.learned = dict(learned or {})
         unknown = set(self.learned) - set(HEADS)
         if unknown:
@@ -245,7 +242,7 @@ class RewardScorer:
 
     def _personality(self, r_emb, p_emb, personas, no_persona, responses, last_user):
         """Half the card cosine, half the best sentence cosine; a third each with the style term where the card has
-        traits it reads (``persona_style``). 0 for the card recited to the user ("You're Alex, a technical ...")."""
+        traits it reads (``persona_style``). ``score`` zeroes it, learned or not, where the card is recited to the user."""
         card = np.clip((r_emb * p_emb).sum(1), 0, 1)
         best = card.copy()
         by_card: dict[tuple, list[int]] = {}
@@ -259,7 +256,6 @@ class RewardScorer:
         if self.style is not None:
             style = self.style.score(r_emb, personas)
             out = np.where(np.isnan(style), out, (card + best + np.nan_to_num(style)) / 3)
-        out[np.array(persona_given_away(responses, personas, last_user), dtype=bool)] = 0.0
         return np.where(no_persona, 0.5, out).astype(np.float32)
 
     @staticmethod
@@ -305,6 +301,7 @@ class RewardScorer:
                 details[f"{name}_untrained"] = heads[name].astype(np.float32)
                 heads[name] = self._run(name, model.score, inputs)
         heads = {h: np.asarray(heads[h], dtype=np.float32) for h in HEADS}
+        heads["personality"] = without_recited_card(heads["personality"], responses, personas, last_user)
         for name, arr in heads.items():
             if not np.all(np.isfinite(arr)):
                 raise RewardHeadError(f"reward head '{name}' produced non-finite scores")
@@ -336,13 +333,15 @@ class RewardScorer:
         u_emb = self._run("encoder", self.encoder.encode, last_user) if head == "quality" else None
         no_persona = np.array([p is None for p in personas], dtype=bool)
         if head in self.learned:
-            return self._run(head, self.learned[head].score, {"context": c_emb, "response": r_emb, "persona": p_emb,
-                                                              "responses": responses, "no_persona": no_persona,
-                                                              "context_text": recent, "persona_text": cards,
-                                                              "user": u_emb, "user_text": last_user})
-        if head == "relevance":
+            out = self._run(head, self.learned[head].score, {"context": c_emb, "response": r_emb, "persona": p_emb,
+                                                             "responses": responses, "no_persona": no_persona,
+                                                             "context_text": recent, "persona_text": cards,
+                                                             "user": u_emb, "user_text": last_user})
+        elif head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
-        return self._run(head, self._personality, r_emb, p_emb, personas, no_persona, responses, last_user)
+        else:
+            out = self._run(head, self._personality, r_emb, p_emb, personas, no_persona, responses, last_user)
+        return without_recited_card(out, responses, personas, last_user) if head == "personality" else out
 
     def composite(self, heads: dict[str, np.ndarray]) -> np.ndarray:
         total = sum(self.weights.values())

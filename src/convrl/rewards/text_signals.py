@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
+
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 
@@ -185,3 +187,13 @@ def persona_given_away(replies: list[str], personas: list, user_texts: list[str]
     """Per reply: does it tell the user they are its persona (``persona_addressed`` > 0)? False without a persona."""
     return [p is not None and persona_addressed(r, p.name, " ".join([p.description, *p.facts]), u) > 0
             for r, p, u in zip(replies, personas, user_texts)]
+
+
+def without_recited_card(scores, replies: list[str], personas: list, user_texts: list[str]) -> np.ndarray:
+    """Personality scores with 0 where a reply recites its persona card to the user (``persona_given_away``).
+
+    Applied after the head, learned or not: a learned head scores the card's words as in character as well.
+    """
+    out = np.asarray(scores, dtype=np.float32).copy()
+    out[np.array(persona_given_away(replies, personas, user_texts), dtype=bool)] = 0.0
+    return out
