@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convrl.rl.shaping import ended, ngram_repetition, overlap_with_earlier, repetition, shaping_reward_funcs
+from convrl.rl.shaping import (EndingRule, ended, ngram_repetition, overlap_with_earlier, repetition,
+                               shaping_reward_funcs)
 
 
 def test_repetition_measures_loops_inside_a_reply_and_across_turns():
@@ -62,12 +63,34 @@ def test_ending_min_share_pays_for_ending_not_for_brevity():
     assert ending_score([5] * 7 + [2], [2], full_at) == 1.0              # ended after full_at tokens
     assert ending_score([5] * 9, [2], full_at) == 0.0                    # cut off: nothing, however long
     assert ending_score([5, 2], [2], 0) == 1.0                           # 0 = every ending earns 1
-    (end, _), _ = shaping_reward_funcs([2], 0.15, 0.1, full_at=4)
+    (end, _), _ = shaping_reward_funcs([2], 0.15, 0.1, ending=EndingRule(full_at=4))
     assert end(prompts=["p"] * 3, completions=["a"] * 3, completion_ids=[[5, 2], [5, 5, 5, 2], [5, 5, 5, 5]]) \
         == [0.5, 1.0, 0.0]
     assert load_config("tiny", ["rl.shaping.ending_min_share=0.5"]).rl.shaping.ending_min_share == 0.5
     with pytest.raises(ConfigError, match="ending_min_share"):
         load_config("tiny", ["rl.shaping.ending_min_share=1.5"])
+
+
+def test_soft_ending_pays_less_near_the_cap():
+    # DAPO's soft overlong punishment on the ending reward: with a 10-token budget and 4 soft tokens, an ending
+    # earns all of it up to 6 tokens, then a quarter less per token, nothing at the cap, nothing when cut off.
+    from convrl.config import ConfigError, load_config
+
+    rule = EndingRule(budget=10, soft_tokens=4)
+    scores = [rule.score([5] * (n - 1) + [2], [2]) for n in (3, 6, 7, 8, 9, 10)]
+    assert scores == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    assert rule.score([5] * 10, [2]) == 0.0                                   # cut off
+    assert EndingRule(budget=10).score([5] * 9 + [2], [2]) == 1.0              # off: every ending earns 1
+    # With ending_min_share too, a short ending still earns in proportion to its length.
+    assert EndingRule(full_at=4, budget=10, soft_tokens=4).score([5, 2], [2]) == pytest.approx(0.5)
+    (end,), _ = shaping_reward_funcs([2], 0.15, 0.0, ending=rule)
+    assert end(prompts=["p"] * 2, completions=["a"] * 2, completion_ids=[[5] * 7 + [2], [5, 2]]) == [0.5, 1.0]
+    cfg = load_config("tiny", ["rl.shaping.ending_soft_tokens=8"])
+    assert EndingRule.from_config(cfg.rl.shaping, cfg.rl.max_completion_length).soft_tokens == 8
+    with pytest.raises(ConfigError, match="ending_soft_tokens"):
+        load_config("tiny", [f"rl.shaping.ending_soft_tokens={cfg.rl.max_completion_length}"])
+    with pytest.raises(ConfigError, match="ending_soft_tokens"):
+        load_config("tiny", ["rl.shaping.ending_soft_tokens=-1"])
 
 
 def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas):
@@ -90,9 +113,15 @@ def test_turn_rewards_score_endings_and_repeats_per_turn(tiny_encoder, personas)
     per_turn = conv.turn_rewards()
     assert per_turn.shape == (1, 2) and per_turn[0, 0] > per_turn[0, 1]  # the looping, cut-off turn earns less
     # With ending_full_at=6 the 3-token turn that ended earns half its ending reward.
-    funcs, _, _ = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2, ending_full_at=6)
+    funcs, _, _ = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2,
+                                            ending=EndingRule(full_at=6))
     end = next(f for f in funcs if f.__name__ == "ending")
     assert end(prompts=[ctx], completions=["x"], turns=turns, completion_ids=ids)[0] == pytest.approx(0.25)
+    # A 6-token budget with 4 soft tokens: the 3-token ending earns 3/4 of it, per turn as in the single-turn path.
+    funcs, _, _ = conversation_reward_funcs(scorer, {}, "mean", eos_ids=[2], ending_weight=0.2,
+                                            ending=EndingRule(budget=6, soft_tokens=4))
+    end = next(f for f in funcs if f.__name__ == "ending")
+    assert end(prompts=[ctx], completions=["x"], turns=turns, completion_ids=ids)[0] == pytest.approx(0.375)
 
 
 @pytest.fixture
@@ -152,13 +181,14 @@ def test_reward_setup_hands_the_ending_share_to_both_paths(tiny_encoder, tiny_po
     from convrl.rl.reward_setup import policy_eos_ids, reward_setup
 
     scorer = RewardScorer(tiny_encoder, None, None)
-    shaping = ShapingSection(ending_weight=0.15, ending_min_share=0.5)
+    shaping = ShapingSection(ending_weight=0.15, ending_min_share=0.5, ending_soft_tokens=2)
     multi = reward_setup(RLConfig(turns=2, max_completion_length=10, shaping=shaping), scorer, {}, tiny_policy_dir)
-    assert multi.conversation_scores.ending_full_at == 5
+    assert multi.conversation_scores.ending == EndingRule(full_at=5, budget=10, soft_tokens=2)
     single = reward_setup(RLConfig(turns=1, max_completion_length=10, shaping=shaping), scorer, {}, tiny_policy_dir)
     end = next(f for f in single.funcs if f.__name__ == "ending")
     eos = policy_eos_ids(tiny_policy_dir)[0]
-    assert end(prompts=["p"], completions=["a"], completion_ids=[[7, eos]]) == [pytest.approx(2 / 5)]
+    assert end(prompts=["p"], completions=["a"], completion_ids=[[7, eos], [7] * 8 + [eos]]) \
+        == [pytest.approx(2 / 5), pytest.approx(0.5)]
 
 
 def test_num_iterations_trains_twice_on_each_batch_of_multiturn_rollouts(multiturn_setup, tiny_policy_dir, tmp_path):

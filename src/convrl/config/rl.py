@@ -87,6 +87,10 @@ class ShapingSection:
     ending_min_share: float = field(default=0.0, metadata={
         "help": "Share of max_completion_length (0-1) below which a reply that ends earns the 'ending' reward "
                 "in proportion to its length, so stopping in time is not paid as brevity (0 = every ending earns 1)."})
+    ending_soft_tokens: int = field(default=0, metadata={
+        "help": "A reply that ends within this many tokens of max_completion_length earns the 'ending' reward "
+                "linearly less, 0 at the cap (DAPO's soft overlong punishment): replies move away from the cap "
+                "before they are cut (0 = off; below max_completion_length)."})
     repetition_weight: float = field(default=0.1, metadata={
         "help": "Weight of the 'non_repetition' reward: 1 minus repeated 3-grams inside the reply or word overlap "
                 "with an earlier own reply (0 = off)."})
@@ -102,6 +106,8 @@ class ShapingSection:
     def validate(self) -> None:
         if self.ending_weight < 0 or self.repetition_weight < 0 or self.civility_weight < 0:
             raise ConfigError("rl.shaping weights must be >= 0")
+        if self.ending_soft_tokens < 0:
+            raise ConfigError(f"rl.shaping.ending_soft_tokens must be >= 0 (0 = off), got {self.ending_soft_tokens}")
         if not 0.0 <= self.ending_min_share <= 1.0:
             raise ConfigError(f"rl.shaping.ending_min_share must be in [0, 1] (a share of rl.max_completion_length), "
                               f"got {self.ending_min_share}")
@@ -261,6 +267,9 @@ class RLConfig:
         if self.num_iterations < 1:
             raise ConfigError(f"rl.num_iterations must be >= 1 (optimizer steps per batch of rollouts), "
                               f"got {self.num_iterations}")
+        if self.shaping.ending_soft_tokens >= self.max_completion_length:
+            raise ConfigError(f"rl.shaping.ending_soft_tokens={self.shaping.ending_soft_tokens} must be below "
+                              f"rl.max_completion_length={self.max_completion_length}: otherwise no ending earns it all")
         if self.num_generations < 2:
             raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")
         if self.warmstart.enabled and (self.algorithm == "dpo" or not self.lora.enabled):

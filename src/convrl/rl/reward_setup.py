@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convrl.rl.shaping import civility_gated, ending_full_at, shaping_reward_funcs
+from convrl.rl.shaping import EndingRule, civility_gated, shaping_reward_funcs
 
 
 @dataclass
@@ -46,7 +46,7 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
     """Reward callables + weights (and the multi-turn rollout) for ``rl`` over ``scorer``'s heads."""
     eos_ids = policy_eos_ids(base_dir)
     sh = rl.shaping
-    full_at = ending_full_at(sh.ending_min_share, rl.max_completion_length)
+    ending = EndingRule.from_config(sh, rl.max_completion_length)
     if rl.turns > 1:
         from convrl.rl.multiturn import MultiTurnRollout, SimulatedUser
         from convrl.rl.turn_rewards import conversation_reward_funcs
@@ -54,7 +54,7 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
         mt = rl.multiturn
         funcs, weights, conv = conversation_reward_funcs(scorer, personas_by_id, mt.turn_reward, mt.turn_discount,
                                                          mt.consistency_weight, eos_ids, sh.ending_weight,
-                                                         sh.repetition_weight, full_at, sh.civility_weight,
+                                                         sh.repetition_weight, ending, sh.civility_weight,
                                                          sh.civility_gate)
         user = SimulatedUser(base_dir, max_new_tokens=mt.user_max_new_tokens, seed=rl.seed,
                              cached=rl.speed.carry_kv_cache)
@@ -63,6 +63,6 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
     funcs, weights = scorer.trl_reward_funcs(personas_by_id)
     if sh.civility_gate:
         funcs = civility_gated(funcs)
-    extra_funcs, extra_weights = shaping_reward_funcs(eos_ids, sh.ending_weight, sh.repetition_weight, full_at,
+    extra_funcs, extra_weights = shaping_reward_funcs(eos_ids, sh.ending_weight, sh.repetition_weight, ending,
                                                       sh.civility_weight)
     return RewardSetup(funcs + extra_funcs, weights + extra_weights)

@@ -9,7 +9,10 @@ and text the policy produced:
   ``full_at`` tokens (``rl.shaping.ending_min_share`` of the budget) a reply
   that ends earlier earns it in proportion to its length: "stop in time"
   without "be brief" (short replies end more often, so a flat 0/1 term alone
-  pays for brevity).
+  pays for brevity). With ``rl.shaping.ending_soft_tokens`` a reply that ends
+  within that many tokens of the cap earns linearly less (DAPO's soft overlong
+  punishment, Yu et al. 2025): a group whose replies all end near the cap
+  still learns to stop earlier, before its replies are cut.
 * ``non_repetition``: 1 minus degenerate repetition, the larger of the share
   of repeated word 3-grams inside the reply (``"I'm so sorry ... I'm so
   sorry ..."``) and its word overlap (Jaccard) with the most similar earlier
@@ -27,11 +30,13 @@ GRPO/RLOO (they read ``completion_ids``, which TRL passes); multi-turn rollouts
 score them per turn in ``convrl.rl.turn_rewards``::
 
     funcs, weights = shaping_reward_funcs(eos_ids, ending_weight=0.15, repetition_weight=0.1, civility_weight=0.2)
+    EndingRule(budget=64, soft_tokens=16).score(turn_ids, eos_ids)   # 1 up to 48 tokens, 0.5 at 56, 0 at 64
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from convrl.rewards.civility import civility
 from convrl.rewards.heads import last_user_text
@@ -72,16 +77,37 @@ def ended(turn_ids: list[int], eos_ids) -> bool:
     return bool(turn_ids) and int(turn_ids[-1]) in set(int(e) for e in eos_ids)
 
 
-def ending_score(turn_ids: list[int], eos_ids, full_at: int = 0) -> float:
-    """0 when cut off; when it ended, 1, or ``len/full_at`` for a reply shorter than ``full_at`` tokens."""
+def ending_score(turn_ids: list[int], eos_ids, full_at: int = 0, budget: int = 0, soft_tokens: int = 0) -> float:
+    """0 when cut off; when it ended, 1, or ``len/full_at`` for a reply shorter than ``full_at`` tokens, and
+    linearly less over the last ``soft_tokens`` of its ``budget`` (0 at the cap; DAPO's soft overlong punishment)."""
     if not ended(turn_ids, eos_ids):
         return 0.0
-    return 1.0 if full_at <= 0 else min(1.0, len(turn_ids) / full_at)
+    score = 1.0 if full_at <= 0 else min(1.0, len(turn_ids) / full_at)
+    if soft_tokens > 0 and budget > 0:
+        score *= min(1.0, max(0.0, (budget - len(turn_ids)) / soft_tokens))
+    return score
 
 
 def ending_full_at(min_share: float, max_completion_length: int) -> int:
     """Tokens from which an ended reply earns the whole 'ending' reward (0 = from its first token)."""
     return int(round(min_share * max_completion_length))
+
+
+@dataclass(frozen=True)
+class EndingRule:
+    """How a turn's 'ending' reward is scored (``ending_score``): ``rl.shaping.ending_min_share`` and
+    ``ending_soft_tokens`` over a ``rl.max_completion_length`` budget."""
+    full_at: int = 0
+    budget: int = 0
+    soft_tokens: int = 0
+
+    @classmethod
+    def from_config(cls, shaping, max_completion_length: int) -> EndingRule:
+        return cls(ending_full_at(shaping.ending_min_share, max_completion_length), max_completion_length,
+                   shaping.ending_soft_tokens)
+
+    def score(self, turn_ids: list[int], eos_ids) -> float:
+        return ending_score(turn_ids, eos_ids, self.full_at, self.budget, self.soft_tokens)
 
 
 def _replies(completions) -> list[str]:
@@ -93,15 +119,15 @@ def _user_turns(prompts) -> list[str]:
     return [last_user_text(p) if isinstance(p, list) else "" for p in prompts]
 
 
-def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, full_at: int = 0,
+def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float, ending: EndingRule = EndingRule(),
                          civility_weight: float = 0.0):
     """``([ending, non_repetition, civility], weights)`` for single-turn TRL trainers; weight-0 terms left out."""
     eos = [int(e) for e in eos_ids]
 
-    def ending(prompts, completions, completion_ids=None, **kwargs):
+    def ending_(prompts, completions, completion_ids=None, **kwargs):
         if completion_ids is None:
             raise ValueError("reward 'ending' needs the completion_ids TRL passes to reward functions")
-        return [ending_score(list(ids), eos, full_at) for ids in completion_ids]
+        return [ending.score(list(ids), eos) for ids in completion_ids]
 
     def non_repetition(prompts, completions, **kwargs):
         return [1.0 - repetition(t, user=u) for t, u in zip(_replies(completions), _user_turns(prompts))]
@@ -109,8 +135,8 @@ def shaping_reward_funcs(eos_ids, ending_weight: float, repetition_weight: float
     def civility_(prompts, completions, **kwargs):
         return [float(x) for x in civility(_replies(completions), _user_turns(prompts))]
 
-    civility_.__name__ = "civility"
-    pairs = [(ending, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]
+    ending_.__name__, civility_.__name__ = "ending", "civility"
+    pairs = [(ending_, ending_weight), (non_repetition, repetition_weight), (civility_, civility_weight)]
     pairs = [(f, w) for f, w in pairs if w > 0]
     return [f for f, _ in pairs], [float(w) for _, w in pairs]
 

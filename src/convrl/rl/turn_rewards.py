@@ -20,7 +20,7 @@ import numpy as np
 from convrl.data.personas import Persona
 from convrl.rewards.civility import civility
 from convrl.rewards.heads import HEADS, last_user_text
-from convrl.rl.shaping import ending_score, repetition, words
+from convrl.rl.shaping import EndingRule, repetition, words
 
 def self_repetition(responses: list[str], threshold: float = 0.6) -> float:
     """Share of turns after the first whose word set overlaps an earlier own turn by >= ``threshold`` (Jaccard)."""
@@ -58,10 +58,10 @@ class ConversationScores:
 
     def __init__(self, scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                  discount: float = 0.9, eos_ids=(), shaping_weights: dict[str, float] | None = None,
-                 ending_full_at: int = 0, civility_gate: bool = False):
+                 ending: EndingRule = EndingRule(), civility_gate: bool = False):
         aggregate_turns(np.zeros(1), aggregation, discount)  # validate early
         self.civility_gate = civility_gate
-        self.ending_full_at = ending_full_at
+        self.ending = ending
         self.scorer, self.personas_by_id = scorer, personas_by_id
         self.aggregation, self.discount = aggregation, discount
         self.eos_ids = [int(e) for e in eos_ids]
@@ -143,7 +143,7 @@ class ConversationScores:
             for k, t in enumerate(row):
                 if completion_ids is not None and "span" in t:
                     s, e = t["span"]
-                    end.append(ending_score(list(completion_ids[i][s:e]), self.eos_ids, self.ending_full_at))
+                    end.append(self.ending.score(list(completion_ids[i][s:e]), self.eos_ids))
                 else:
                     end.append(float(t.get("ended", False)))
                 earlier = [x["response"] for x in row[:k]]
@@ -163,7 +163,7 @@ class ConversationScores:
 
 def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggregation: str = "mean",
                               discount: float = 0.9, consistency_weight: float = 0.1, eos_ids=(),
-                              ending_weight: float = 0.0, repetition_weight: float = 0.0, ending_full_at: int = 0,
+                              ending_weight: float = 0.0, repetition_weight: float = 0.0, ending: EndingRule = EndingRule(),
                               civility_weight: float = 0.0, civility_gate: bool = False):
     """TRL reward callables for multi-turn rollouts: per head and shaping term (aggregated over turns), consistency.
 
@@ -173,7 +173,7 @@ def conversation_reward_funcs(scorer, personas_by_id: dict[str, Persona], aggreg
     """
     scores = ConversationScores(scorer, personas_by_id, aggregation, discount, eos_ids,
                                 {"ending": ending_weight, "non_repetition": repetition_weight,
-                                 "civility": civility_weight}, ending_full_at, civility_gate)
+                                 "civility": civility_weight}, ending, civility_gate)
     funcs = []
     for head in scores.terms():
         def f(prompts, completions, head=head, **kwargs):
