@@ -172,6 +172,18 @@ def test_grpo_normalize_then_sum_with_turn_credit_trains(multiturn_setup, tiny_p
     rows = [r for r in logged if "reward" in r]
     assert rows and "advantages/quality/abs_mean" in rows[0] and "timing/policy_decode_s" in rows[0]
     assert np.isfinite(rows[0]["advantages/ending/abs_mean"]) and -1.0 <= rows[0].get("advantages/quality/corr", 0) <= 1
+    # Each policy turn's clipping is logged; TRL's own figure reads the last turn's.
+    assert all(r["completions/clipped_ratio_turn2"] == r["completions/clipped_ratio"] for r in rows)
+    assert all(0.0 <= r["completions/clipped_ratio_turn1"] <= 1.0 for r in rows)
+
+
+def test_turn_clipped_ratios_read_each_policy_turns_last_token():
+    from convrl.rl.shaping import turn_clipped_ratios
+
+    ids = [[7, 2, 9, 9, 7, 7], [7, 7, 9, 9, 7, 2], [7, 2]]   # EOS is 2; the user turn sits between the spans
+    spans = [[(0, 2), (4, 6)], [(0, 2), (4, 6)], [(0, 2)]]    # the last rollout ended after one turn
+    assert turn_clipped_ratios(spans, ids, [2]) == [pytest.approx(1 / 3), 0.5]
+    assert turn_clipped_ratios([], [], [2]) == []
 
 
 def test_reward_setup_hands_the_ending_share_to_both_paths(tiny_encoder, tiny_policy_dir):

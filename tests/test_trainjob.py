@@ -340,6 +340,9 @@ def test_rl_stage_via_trainjob_end_to_end(staged, tmp_path, monkeypatch):
     meta = rl_stage(cfg, parent, str(d / "turns.parquet"), str(d / "personas.parquet"), str(d / "rewards"), str(out))
 
     assert len(api.created) == 1 and meta.summary["rl/steps"] == 1 and meta.policy_subdir == "policy"
+    # Each policy turn's clipping at the end (tiny trains two turns); the last turn's is TRL's clipped ratio.
+    assert cfg.rl.turns == 2 and 0.0 <= meta.summary["rl/clipped_ratio_turn1_last_quarter"] <= 1.0
+    assert meta.summary["rl/clipped_ratio_turn2_last_quarter"] == meta.summary["rl/clipped_ratio_last_quarter"]
     assert api.deleted == [api.created[0]["metadata"]["name"]]  # a finished job does not stay
     assert (out / "policy" / "config.json").exists() and (out / "policy" / "convrl_training.json").exists()
     assert list((tmp_path / "pvc" / "convrl-trainjobs").iterdir()) == []  # staging removed after success

@@ -88,6 +88,19 @@ def ending_score(turn_ids: list[int], eos_ids, full_at: int = 0, budget: int = 0
     return score
 
 
+def turn_clipped_ratios(spans: list[list], completion_ids: list[list[int]], eos_ids) -> list[float]:
+    """Per policy turn (1st, 2nd, ...): the share of rollouts whose turn was cut at its budget.
+
+    ``spans`` holds each rollout's ``[start, end)`` token span per policy turn in its completion. TRL's
+    ``completions/clipped_ratio`` reads only a completion's last token: the last policy turn's.
+    """
+    out = []
+    for k in range(max((len(s) for s in spans), default=0)):
+        rows = [(ids, s[k]) for ids, s in zip(completion_ids, spans) if len(s) > k]
+        out.append(sum(not ended(list(ids[a:b]), eos_ids) for ids, (a, b) in rows) / len(rows))
+    return out
+
+
 def ending_full_at(min_share: float, max_completion_length: int) -> int:
     """Tokens from which an ended reply earns the whole 'ending' reward (0 = from its first token)."""
     return int(round(min_share * max_completion_length))

@@ -53,6 +53,7 @@ from convrl.rl.generation import sampling_setup
 from convrl.rl.guard import RewardGuard
 from convrl.rl import prefix
 from convrl.rl.rollout_model import RolloutModel
+from convrl.rl.shaping import turn_clipped_ratios
 
 TRL_CHECKED_VERSION = "1.16.0"
 
@@ -269,6 +270,11 @@ class ConvRLTrainerMixin:
             self._log_head_advantages(mode, per_func, weights, G, aggregation)
         if self.convrl.turn_credit > 0 and self.convrl.turn_rewards is not None and "turns" in inputs[0]:
             output["advantages"] = self._turn_credit_advantages(output, inputs, G)
+        if inputs and "turns" in inputs[0]:
+            spans = [[t["span"] for t in row["turns"]] for row in inputs]
+            ratios = turn_clipped_ratios(spans, output["completion_ids"].tolist(), self.eos_token_ids)
+            for k, share in enumerate(ratios, 1):
+                self._metrics[mode][f"completions/clipped_ratio_turn{k}"].append(share)
         return output
 
     def _log_head_advantages(self, mode, per_func, weights, G, aggregation) -> None:

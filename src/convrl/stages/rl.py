@@ -78,9 +78,12 @@ def rl_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_path: st
             k = max(1, len(final) // 4)
             summary["rl/reward_first_quarter"] = sum(h["reward"] for h in final[:k]) / k
             summary["rl/reward_last_quarter"] = sum(h["reward"] for h in final[-k:]) / k
-            clipped = [h["completions/clipped_ratio"] for h in final[-k:] if "completions/clipped_ratio" in h]
-            if clipped:  # replies cut at the token budget at the end of training (the ending reward lowers it)
-                summary["rl/clipped_ratio_last_quarter"] = sum(clipped) / len(clipped)
+            # Replies cut at the token budget at the end of training (the ending reward lowers it); multi-turn runs
+            # also log each policy turn's share (TRL's clipped_ratio reads the last turn only).
+            for key in sorted({m for h in final for m in h if m.startswith("completions/clipped_ratio")}):
+                clipped = [h[key] for h in final[-k:] if key in h]
+                if clipped:
+                    summary[f"rl/{key.split('/', 1)[1]}_last_quarter"] = sum(clipped) / len(clipped)
         run.log_metrics(summary, parent=True)
         uri = run.log_pyfunc("policy", HFDirModel(), {"hf_dir": result.policy_dir},
                              params={"base_model": cfg.models.policy, "algorithm": cfg.rl.algorithm})
