@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,10 @@ def summarize_seed(r: dict) -> dict:
             "judge_composite": (judge.get("mean_diff"), judge.get("ci_low"), judge.get("ci_high")),
             "significantly_worse": worse,
             "clipped_ratio_last": m.get("rl/clipped_ratio_last_quarter"),
+            # Multi-turn runs: each earlier policy turn's share (the figure above is the last turn's, as TRL reads it).
+            "clipped_earlier_turns": [m[k] for k in sorted(
+                (k for k in m if re.fullmatch(r"rl/clipped_ratio_turn\d+_last_quarter", k)),
+                key=lambda k: int(re.search(r"\d+", k).group()))][:-1],
             "selfplay_repeat": (m.get("baseline_selfplay_self_repetition"), m.get("candidate_selfplay_self_repetition")),
             "fact_recall": (m.get("baseline_selfplay_fact_recall"), m.get("candidate_selfplay_fact_recall"))}
 
@@ -132,6 +137,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         clipped = "n/a" if s["clipped_ratio_last"] is None else f"{s['clipped_ratio_last']:.2f}"
+        if s["clipped_ratio_last"] is not None and s.get("clipped_earlier_turns"):
+            clipped += f" (turn {', '.join(f'{k}: {v:.2f}' for k, v in enumerate(s['clipped_earlier_turns'], 1))})"
         lines.append(f"| {s['seed']} | {_ci(s['composite'])} | {_ci(s['judge_composite'])} | {s['decision']} | "
                      f"{', '.join(s['significantly_worse']) or 'none'} | {clipped} | {_pair(s['selfplay_repeat'])} | "
                      f"{_pair(s['fact_recall'])} | {s['minutes']:.1f} |")

@@ -45,6 +45,15 @@ def test_a_seed_that_gained_on_the_judges_and_lost_nothing_holds(tmp_path):
     assert cells[2].startswith("+0.04")
 
 
+def test_the_clipped_cell_names_earlier_policy_turns(tmp_path):
+    ev = load_bench("learning_evidence")
+    decision = ev._find_decision(_decision({"composite": 0.05, "judge_composite": 0.04}, tmp_path))
+    metrics = {**METRICS, "rl/clipped_ratio_turn1_last_quarter": 0.0625, "rl/clipped_ratio_turn2_last_quarter": 0.125}
+    row = ev.summarize_seed({"seed": 13, "minutes": 14.25, "decision": decision, "metrics": metrics})
+    cells = [c.strip() for c in ev.table([row]).splitlines()[2].strip("|").split("|")]
+    assert cells[5] == "0.12 (turn 1: 0.06)"   # the last turn's share (TRL's), then each earlier turn's
+
+
 def test_a_guardrail_significantly_worse_fails_the_seed_even_with_a_judge_gain(tmp_path):
     ev = load_bench("learning_evidence")
     decision = ev._find_decision(_decision({"composite": 0.05, "judge_composite": 0.04,
