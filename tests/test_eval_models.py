@@ -26,8 +26,14 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
     # Fixed replies per model directory: the test is about scoring, not about what a random tiny model says.
     monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: setattr(self, "d", d))
     decoding = []
-    monkeypatch.setattr(Generator, "generate",
-                        lambda self, convs, **kw: (decoding.append(kw), list(canned[self.d]))[1])
+    ended = {"a": [True, True, False, True], "b": [True] * 4}  # the candidate's third reply was cut at the budget
+
+    def generate(self, convs, **kw):
+        decoding.append(kw)
+        self.last_ended = ended[self.d]
+        return list(canned[self.d])
+
+    monkeypatch.setattr(Generator, "generate", generate)
     panel = JudgePanel()
     shared = []
     real_shared = scorer.fluency._score_shared
@@ -43,6 +49,7 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
     assert joint["model"].tolist() == ["candidate"] * 4 + ["baseline"] * 4
     assert joint["prompt_id"].tolist() == ["p0000", "p0001", "p0002", "p0003"] * 2
     assert joint["response"].tolist() == canned["a"] + canned["b"]
+    assert joint["cut_off"].tolist() == [0.0, 0.0, 1.0, 0.0] + [0.0] * 4
     for name, d in (("candidate", "a"), ("baseline", "b")):
         alone = score_responses(scorer, prompts, canned[d], by_id)
         got = joint[joint["model"] == name].reset_index(drop=True)
@@ -58,7 +65,8 @@ def test_a_temperature_samples_every_model_the_same_way(monkeypatch, tiny_encode
     prompts = [{"prompt": [{"role": "user", "content": "I lost my keys again."}], "persona_id": personas[0].persona_id}]
     monkeypatch.setattr(Generator, "__init__", lambda self, d, **kw: None)
     decoding = []
-    monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: (decoding.append(kw), ["Where were they?"])[1])
+    monkeypatch.setattr(Generator, "generate", lambda self, convs, **kw: (
+        decoding.append(kw), setattr(self, "last_ended", [True]), ["Where were they?"])[2])
     by_id = {p.persona_id: p for p in personas}
     evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 5, temperature=0.7)
     assert [(k["do_sample"], k["temperature"], k["seed"]) for k in decoding] == [(True, 0.7, 5), (True, 0.7, 5)]

@@ -66,6 +66,21 @@ def test_generator_bans_repeated_ngrams_of_the_conversation(tmp_path):
     assert looped  # without the ban these greedy replies repeat, so the test sees the ban at work
 
 
+def test_generator_says_which_replies_ended_and_which_were_cut(tiny_policy_dir):
+    """``last_ended``: an end-of-turn token within the budget, or cut at max_new_tokens (evaluation's cut_off)."""
+    gen = Generator(tiny_policy_dir, dtype=torch.float32)
+    gen.model.generation_config.eos_token_id = None  # never stops: every reply is cut
+    convs = [[{"role": "user", "content": "Tell me about tea."}], [{"role": "user", "content": "Hi there!"}]]
+    gen.generate(convs, max_new_tokens=6, batch_size=2)
+    assert gen.last_ended == [False, False]
+    # The first token the model says to the first conversation becomes its end-of-turn token: that reply ends.
+    enc = gen.tok.apply_chat_template(convs[0], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    first = int(gen.model(**enc).logits[0, -1].argmax())
+    gen.model.generation_config.eos_token_id = first
+    gen.generate(convs, max_new_tokens=6, batch_size=1)
+    assert gen.last_ended[0] is True and len(gen.last_ended) == 2
+
+
 def test_decode_dtype_follows_the_precision_and_the_hardware(tiny_policy_dir):
     from convrl.rl.generation import decode_dtype
     from convrl.runtime import bf16_supported

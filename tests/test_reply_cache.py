@@ -84,6 +84,7 @@ def test_evaluate_models_decodes_a_model_once_then_reuses_its_replies(tmp_path, 
     assert cache.hits == [f"replies:{model_copy}"]
     pd.testing.assert_frame_equal(second, first)
     pd.testing.assert_frame_equal(first, plain)  # a cached reply is exactly what decoding gives
+    assert set(first["cut_off"]) <= {0.0, 1.0}   # whether each reply ended comes back from the cache too
     later = ReplyCache(tmp_path / "cache")  # another run (process) reading the same folder
     pd.testing.assert_frame_equal(run(later), first)
     assert len(loaded) == 2 and later.hits == [f"replies:{model_copy}"]

@@ -108,6 +108,19 @@ def test_headline_shows_each_use_case_rate_beside_its_expected_range(personas, p
     r.close()
 
 
+def test_headline_shows_replies_cut_at_the_token_budget(personas, panel):
+    scores = synthetic_scores(18, personas=personas, judges=panel)
+    # The baseline's replies all run into the budget; the candidate ends two in three.
+    scores["cut_off"] = [0.0 if (m == "candidate" and i % 3) else 1.0 for i, m in enumerate(scores["model"])]
+    a = analyze(scores, n_boot=100)
+    assert a.summary["baseline/cut_off"] == 1.0 and a.summary["candidate/cut_off"] == pytest.approx(1 / 3)
+    r = build_report(a, "base model tiny-llama")
+    glance = r.markdown.split("## At a glance")[1].split("##")[0]
+    assert "- Replies cut at the token budget: **33%** (baseline 100%, -67 pp)" in glance
+    assert "class='up'>-67 pp" in r.html  # fewer cut replies is better
+    r.close()
+
+
 def _heads_frame(n: int, seed: int, relevance_from_personality: float) -> pd.DataFrame:
     import numpy as np
 

@@ -71,14 +71,17 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
     if temperature > 0:
         decoding["temperature"] = temperature
     settings = {"conversations": conversations, **decoding, "precision": precision}
+    ended: list[bool] = []
     for name, model_dir in model_dirs.items():
-        replies = cache.lookup("replies", model_dir, settings)
-        if replies is None:
+        hit = cache.lookup("replies", model_dir, settings)
+        if not (isinstance(hit, dict) and {"replies", "ended"} <= set(hit)):  # entries before cut-off counts: a miss
             gen = Generator(model_dir, dtype=precision)
-            replies = gen.generate(conversations, progress=True, desc=f"generate ({name})", **decoding)
+            hit = {"replies": gen.generate(conversations, progress=True, desc=f"generate ({name})", **decoding),
+                   "ended": list(gen.last_ended)}
             del gen
-            cache.store("replies", model_dir, settings, replies)
-        responses += replies
+            cache.store("replies", model_dir, settings, hit)
+        responses += hit["replies"]
+        ended += hit["ended"]
     timings["generate_s"] = time.perf_counter() - start
     k = len(model_dirs)
     # One scoring call over every model's replies. The models answer the same prompts, so the fluency
@@ -89,5 +92,7 @@ def evaluate_models(model_dirs: dict[str, str], prompts: list[dict], scorer, per
     scores = score_responses(scorer, prompts * k, responses, personas_by_id, judges=judges)
     timings["score_s"] = time.perf_counter() - start
     scores["prompt_id"] = [f"p{i:04d}" for i in range(len(prompts))] * k
+    # Cut at max_new_tokens rather than ended: users of convrl chat see these replies stop mid-sentence.
+    scores["cut_off"] = [0.0 if e else 1.0 for e in ended]
     scores.insert(0, "model", [name for name in model_dirs for _ in prompts])
     return scores

@@ -26,7 +26,8 @@ score reaches ``threshold``):
   against rated conversations (e.g. ConvAI2's 1-5 ratings) before reading it as
   a user survey;
 * distinct-1/2 (unique n-grams / n-grams over all replies), repetition
-  (repeated word trigrams within a reply), length in words, empty-reply rate.
+  (repeated word trigrams within a reply), length in words, empty-reply rate, share of replies cut at the
+  token budget (``cut_off``: no end-of-turn token within ``eval.max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def add_use_case_columns(scores: pd.DataFrame, threshold: float = 0.5) -> pd.Dat
 def per_reply_metrics(df: pd.DataFrame) -> list[str]:
     """The numeric per-reply columns the summary averages, in display order."""
     cols = list(METRICS) + [c for c in USE_CASE + JUDGE_COLUMNS if c in df]
-    cols += [c for c in ("fluency", "repetition", "appropriateness", "words", "contradictions") if c in df]
+    cols += [c for c in ("fluency", "repetition", "appropriateness", "words", "cut_off", "contradictions") if c in df]
     return cols
 
 

@@ -29,7 +29,7 @@ from convrl.eval.report_sections import conflicts_section, escape, judge_agreeme
 from convrl.eval.selfplay import SUMMARY_METRICS
 
 LOWER_IS_BETTER = {"contradiction_rate", "degenerate_rate", "self_repetition", "unprompted_shift_rate", "persona_embed_std",
-                   "repetition", "empty_rate", "contradictions"}
+                   "repetition", "empty_rate", "contradictions", "cut_off"}
 NO_DIRECTION = {"words", "turns", "conversations"}  # longer is neither better nor worse
 SELFPLAY_LABELS = {
     "coherence": "Multi-turn coherence (0-1)", "persona_consistency": "Persona consistency across turns",
@@ -91,6 +91,8 @@ def _fmt(metric: str, v: float) -> str:
         return "n/a"
     if metric in USE_CASE and metric != "satisfaction":
         return f"{v:.1f}%"
+    if metric == "cut_off":  # a 0-1 share per reply
+        return f"{100 * v:.0f}%"
     return f"{v:.2f}" if metric in ("satisfaction", "words") else f"{v:.3f}"
 
 
@@ -102,6 +104,8 @@ def _delta(metric: str, d: float) -> tuple[str, str]:
     cls = "up" if better > 1e-9 else "down" if better < -1e-9 else "same"
     if metric in NO_DIRECTION:
         cls = "same"
+    if metric == "cut_off":
+        return f"{100 * d:+.0f} pp", cls
     unit = " pp" if metric in USE_CASE and metric != "satisfaction" else ""
     return (f"{d:+.1f}{unit}" if unit else f"{d:+.3f}"), cls
 
@@ -213,12 +217,13 @@ def build_report(a: Analysis, baseline_desc: str, selfplay=None, decision: dict 
     # Headline cards: the candidate's number large, the baseline's and the difference below it.
     n_gaps = int(a.gaps["flagged"].sum()) if len(a.gaps) else 0
     cards, glance, sp = [], [], (selfplay.summary if selfplay is not None else {})
-    for m in USE_CASE + ("coherence", "fact_recall", "self_repetition"):
+    for m in USE_CASE + ("cut_off", "coherence", "fact_recall", "self_repetition"):
         src = sp if m in SELFPLAY_LABELS else s
         c, b = src.get(f"candidate/{m}"), src.get(f"baseline/{m}")
         if c is None:
             continue
-        label = SELFPLAY_LABELS[m] if m in SELFPLAY_LABELS else LABELS[m]
+        label = (SELFPLAY_LABELS[m] if m in SELFPLAY_LABELS
+                 else "Replies cut at the token budget" if m == "cut_off" else LABELS[m])
         dt, cls = _delta(m, c - b) if b is not None else ("", "same")
         target_md, target_html = _target(m, c)
         glance.append(f"- {label}: **{_fmt(m, c)}** (baseline {_fmt(m, b) if b is not None else 'n/a'}, {dt})"

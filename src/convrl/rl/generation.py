@@ -72,6 +72,8 @@ class Generator:
         from convrl.rl.decoding import preallocated_cache
 
         outputs: list[str] = [""] * len(conversations)
+        # Whether each reply stopped on an end-of-turn token (False: cut at max_new_tokens), for the last call.
+        self.last_ended = [False] * len(conversations)
         order = sorted(range(len(conversations)), key=lambda i: -sum(len(m["content"]) for m in conversations[i]))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress)):
@@ -93,8 +95,12 @@ class Generator:
                 out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
             else:
                 out = self.model.generate(**enc, generation_config=config)
+            eos = config.eos_token_id  # what generate stops on (None: it never stops early)
+            eos = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
             for j, i in enumerate(idx):
-                outputs[i] = self.tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                reply = out[j, enc["input_ids"].shape[1]:]
+                outputs[i] = self.tok.decode(reply, skip_special_tokens=True).strip()
+                self.last_ended[i] = bool(eos & set(reply.tolist()))
         return outputs
 
 
