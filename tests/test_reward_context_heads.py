@@ -165,4 +165,5 @@ def test_a_learned_personality_head_is_gated_too(scorer):
                "I'm Alex. Let's stay calm and check the cable first, then the print queue."]
     out = learned.score(ctx, replies, [alex, alex])
     assert out.heads["personality"].tolist() == pytest.approx([0.0, 0.9])
+    assert out.details["personality_untrained"][0] == 0.0  # the untrained baseline meta-eval reports is gated too
     assert learned.score_head("personality", ctx, replies, [alex, alex]).tolist() == pytest.approx([0.0, 0.9])

@@ -242,7 +242,7 @@ class RewardScorer:
 
     def _personality(self, r_emb, p_emb, personas, no_persona, responses, last_user):
         """Half the card cosine, half the best sentence cosine; a third each with the style term where the card has
-        traits it reads (``persona_style``). ``score`` zeroes it, learned or not, where the card is recited to the user."""
+        traits it reads (``persona_style``). 0 for the card recited to the user ("You're Alex, a technical ...")."""
         card = np.clip((r_emb * p_emb).sum(1), 0, 1)
         best = card.copy()
         by_card: dict[tuple, list[int]] = {}
@@ -256,6 +256,7 @@ class RewardScorer:
         if self.style is not None:
             style = self.style.score(r_emb, personas)
             out = np.where(np.isnan(style), out, (card + best + np.nan_to_num(style)) / 3)
+        out = without_recited_card(out, responses, personas, last_user)
         return np.where(no_persona, 0.5, out).astype(np.float32)
 
     @staticmethod
@@ -301,7 +302,8 @@ class RewardScorer:
                 details[f"{name}_untrained"] = heads[name].astype(np.float32)
                 heads[name] = self._run(name, model.score, inputs)
         heads = {h: np.asarray(heads[h], dtype=np.float32) for h in HEADS}
-        heads["personality"] = without_recited_card(heads["personality"], responses, personas, last_user)
+        if "personality" in self.learned:  # a learned head pays for the card's words as the untrained one did
+            heads["personality"] = without_recited_card(heads["personality"], responses, personas, last_user)
         for name, arr in heads.items():
             if not np.all(np.isfinite(arr)):
                 raise RewardHeadError(f"reward head '{name}' produced non-finite scores")
@@ -337,11 +339,10 @@ class RewardScorer:
                                                              "responses": responses, "no_persona": no_persona,
                                                              "context_text": recent, "persona_text": cards,
                                                              "user": u_emb, "user_text": last_user})
-        elif head == "relevance":
+            return without_recited_card(out, responses, personas, last_user) if head == "personality" else out
+        if head == "relevance":
             return np.clip((r_emb * c_emb).sum(1), 0, 1).astype(np.float32)
-        else:
-            out = self._run(head, self._personality, r_emb, p_emb, personas, no_persona, responses, last_user)
-        return without_recited_card(out, responses, personas, last_user) if head == "personality" else out
+        return self._run(head, self._personality, r_emb, p_emb, personas, no_persona, responses, last_user)
 
     def composite(self, heads: dict[str, np.ndarray]) -> np.ndarray:
         total = sum(self.weights.values())
