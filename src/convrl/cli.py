@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="base model name, checkpoint dir, or models:/convrl-policy@champion")
     ch.add_argument("--persona", default="empathetic_coach", help="bundled persona name or YAML path")
     ch.add_argument("--message", default="", help="send one message and exit (non-interactive)")
-    ch.add_argument("--max-new-tokens", type=int, default=64)
+    ch.add_argument("--max-new-tokens", type=int, default=96,
+                    help="tokens per reply (the demo preset trains and evaluates with 96-token turns)")
     ch.add_argument("--context-turns", type=int, default=10, help="turns kept verbatim; older ones go to memory")
     ch.add_argument("--token-budget", type=int, default=1024)
     ch.add_argument("--no-repeat-ngram-size", type=int, default=CHAT_NO_REPEAT_NGRAM,
