@@ -105,3 +105,47 @@ def test_extends_cycles_and_bad_values_are_clear_errors(tmp_path):
     (tmp_path / "d.yaml").write_text("extends: nope\n")
     with pytest.raises(ConfigError, match="no config preset or file 'nope'"):
         load_config(str(tmp_path / "d.yaml"))
+
+
+def _documented_runs():
+    """(where, preset, overrides) for every one-line `convrl run --config PRESET k=v ...` in the README and presets."""
+    import re
+    import shlex
+    from importlib import resources
+    from pathlib import Path
+
+    texts = {"README.md": (Path(__file__).resolve().parents[1] / "README.md").read_text()}
+    for name in preset_names():
+        texts[f"{name}.yaml"] = (resources.files("convrl") / "configs" / f"{name}.yaml").read_text()
+    runs = []
+    for where, text in texts.items():
+        for m in re.finditer(r"convrl run --config (\S+)([^`#\n]*)", text):
+            if m.group(1) not in preset_names():
+                continue  # a user's own YAML file in an example
+            args = [a for a in shlex.split(m.group(2).replace("\\", " ")) if "=" in a and not a.startswith("-")]
+            runs.append((where, m.group(1), args))
+    return runs
+
+
+def test_every_documented_run_command_validates():
+    # The demo preset turned the ending warm-start on, which refuses rl.algorithm=dpo: an example command that
+    # the config rejects is a broken doc.
+    runs = _documented_runs()
+    assert len(runs) >= 10, runs
+    for where, preset, args in runs:
+        try:
+            load_config(preset, args)
+        except ConfigError as e:
+            pytest.fail(f"{where}: `convrl run --config {preset} {' '.join(args)}` is rejected: {e}")
+
+
+def test_demo_budgets_agree():
+    # Evaluation, chat and serving decode with the budget RL trained the policy for, and the warm-start's
+    # targets fit inside it (a target longer than the turn would start RL from replies that are cut).
+    from convrl.cli import build_parser
+
+    cfg = load_config("demo")
+    budget = cfg.rl.max_completion_length
+    assert cfg.eval.max_new_tokens == budget and cfg.serve.max_new_tokens == budget
+    assert build_parser().parse_args(["chat"]).max_new_tokens == budget
+    assert cfg.rl.warmstart.enabled and cfg.rl.warmstart.max_tokens < budget
