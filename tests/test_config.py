@@ -114,13 +114,14 @@ def _documented_runs():
     from importlib import resources
     from pathlib import Path
 
+    presets = set(preset_names())
     texts = {"README.md": (Path(__file__).resolve().parents[1] / "README.md").read_text()}
-    for name in preset_names():
+    for name in presets:
         texts[f"{name}.yaml"] = (resources.files("convrl") / "configs" / f"{name}.yaml").read_text()
     runs = []
     for where, text in texts.items():
         for m in re.finditer(r"convrl run --config (\S+)([^`#\n]*)", text):
-            if m.group(1) not in preset_names():
+            if m.group(1) not in presets:
                 continue  # a user's own YAML file in an example
             args = [a for a in shlex.split(m.group(2).replace("\\", " ")) if "=" in a and not a.startswith("-")]
             runs.append((where, m.group(1), args))
