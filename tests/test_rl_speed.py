@@ -209,3 +209,22 @@ def test_bf16_frozen_base_computes_what_autocast_computes_and_exports_fp32(tiny_
     want = ref.model.layers[0].self_attn.q_proj.weight + q.get_delta_weight("default")
     got = merged.model.layers[0].self_attn.q_proj.weight
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-7)
+
+
+@pytest.mark.parametrize("spread", [14.0, 5.0, 0.0])  # nucleus inside the top 256, inside the top 4,096, neither
+def test_top_p_from_top_k_keeps_what_transformers_keeps(spread):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from convrl.rl.generation import TopPFromTopK
+
+    torch.manual_seed(0)
+    scores = torch.randn(6, 49152) * 2
+    scores[:, :40] += spread
+    scores[1, :] = torch.randperm(49152) * 1e-6  # nearly uniform, no ties (tie order is either's own): fallback only
+    for top_p, keep_min in ((0.95, 1), (0.5, 1), (1e-6, 3)):
+        want = TopPLogitsWarper(top_p, min_tokens_to_keep=keep_min)(None, scores.clone())
+        got = TopPFromTopK(top_p, min_tokens_to_keep=keep_min)(None, scores.clone())
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want)), (top_p, keep_min)
+        assert torch.equal(got[torch.isfinite(got)], want[torch.isfinite(want)])
+        if top_p == 1e-6:
+            assert torch.isfinite(got).sum(1).eq(3).all()

@@ -118,8 +118,7 @@ class InverseCDFSampler:
 
     def __init__(self, generation_config, generator: torch.Generator | None = None):
         from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
-                                                            TemperatureLogitsWarper, TopKLogitsWarper,
-                                                            TopPLogitsWarper)
+                                                            TemperatureLogitsWarper, TopKLogitsWarper)
 
         gc = generation_config
         self.generator = generator  # its own random stream (e.g. the simulated user's), else torch's global one
@@ -129,7 +128,7 @@ class InverseCDFSampler:
         if gc.top_k:
             self.warpers.append(TopKLogitsWarper(gc.top_k))
         if gc.top_p is not None and gc.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(gc.top_p))
+            self.warpers.append(TopPFromTopK(gc.top_p))
         if gc.min_p:
             self.warpers.append(MinPLogitsWarper(gc.min_p))
 
@@ -143,6 +142,51 @@ class InverseCDFSampler:
         u = u * cdf[:, -1:]
         token = torch.searchsorted(cdf, u).clamp(max=cdf.size(-1) - 1)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+class TopPFromTopK:
+    """``TopPLogitsWarper``'s nucleus filter, computed from each row's top-k tokens when they hold ``top_p`` of the mass.
+
+    transformers sorts the whole vocabulary of every row: 12-17 ms per call for
+    8 rows x 49k on 2 cores, a fifth of the simulated user's turn. The nucleus
+    lies inside the top-k whenever those k tokens hold ``top_p`` of the
+    probability (the top 256 did for 97% of the simulated user's rows at
+    temperature 0.8, the top 4,096 for all); a ``topk`` and a ``logsumexp`` take
+    ~1.2 ms. Rows the tiers do not cover take transformers' own warper. Same
+    kept set and values as ``TopPLogitsWarper`` (tests compare both), except
+    where tokens tie exactly at the boundary: each keeps its own tie order.
+    """
+
+    TIERS = (256, 4096)
+
+    def __init__(self, top_p: float, min_tokens_to_keep: int = 1, filter_value: float = -float("inf")):
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        self.top_p, self.min_keep, self.filter_value = float(top_p), max(1, min_tokens_to_keep), filter_value
+        self.full = TopPLogitsWarper(top_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, self.filter_value)
+        lse = torch.logsumexp(scores.float(), -1, keepdim=True)
+        todo = torch.arange(scores.size(0), device=scores.device)
+        for k in self.TIERS:
+            if k >= scores.size(-1) or not todo.numel():
+                break
+            vals, idx = scores[todo].topk(k, dim=-1)
+            probs = (vals.float() - lse[todo]).exp()
+            # Tokens beyond the top k are all cut iff the mass outside it is at most 1 - top_p.
+            covered = probs.sum(-1) >= self.top_p
+            # A token survives iff the mass of the tokens ranked above it is below top_p (transformers' rule,
+            # "cumulative mass from the bottom > 1 - top_p", read from the top).
+            keep = (probs.cumsum(-1) - probs) < self.top_p
+            keep[:, :self.min_keep] = True
+            rows = covered.nonzero().flatten()
+            out[todo[rows]] = out[todo[rows]].scatter(1, idx[rows], vals[rows].masked_fill(~keep[rows],
+                                                                                         self.filter_value))
+            todo = todo[~covered]
+        if todo.numel():
+            out[todo] = self.full(input_ids[todo] if input_ids is not None else None, scores[todo])
+        return out
 
 
 def sampling_setup(generation_config, generator: torch.Generator | None = None):
