@@ -211,7 +211,9 @@ def test_bf16_frozen_base_computes_what_autocast_computes_and_exports_fp32(tiny_
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-7)
 
 
-@pytest.mark.parametrize("spread", [14.0, 5.0, 0.0])  # nucleus inside the top 256, inside the top 4,096, neither
+# Peaked rows (14.0) take the top-256 tier at every top_p; flatter rows take the top-4,096 tier at top_p 0.5 and
+# transformers' warper at 0.95 (row 1 always).
+@pytest.mark.parametrize("spread", [14.0, 5.0, 0.0])
 def test_top_p_from_top_k_keeps_what_transformers_keeps(spread):
     from transformers.generation.logits_process import TopPLogitsWarper
 
