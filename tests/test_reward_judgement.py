@@ -302,3 +302,24 @@ def test_suite_scores_the_personality_judge_against_the_rated_persona():
     assert "judge_personality" not in scores and "judge_relevance" in scores
     # Every judge evaluate uses says how far it agrees with people.
     assert {"judge_personality", "judge_relevance", "judge_emotion", "judge_engagement"} <= set(AGREEMENT)
+
+
+def test_suite_scores_the_composite_as_rl_pays_it():
+    """``composite_gated`` is the composite times RL's civility reward (rl.shaping.civility_gate): an insult that
+    the heads pay for as on topic earns nothing, a civil reply keeps its composite."""
+    from convrl.meta_eval.suite import extra_columns
+
+    items = [{"context": [{"role": "user", "content": "what do you think of my plan?"}], "response": r,
+              "group": f"g{i}", "ratings": {}}
+             for i, r in enumerate(["I think your plan is thoughtful and could work well.",
+                                    "Your plan is stupid and you are an idiot, shut up."])]
+    scores = {"composite": np.array([0.6, 0.7])}
+    extra_columns(items, scores, SuiteJudges(), None, {})
+    assert scores["reward_civility"][0] == pytest.approx(1.0) and scores["reward_civility"][1] < 0.5
+    np.testing.assert_allclose(scores["composite_gated"], scores["composite"] * scores["reward_civility"])
+    assert scores["composite_gated"][1] < scores["composite_gated"][0]
+    # The summary table carries it beside the plain composite.
+    result = {"sets": {"toy": {"ratings": {"r": {"level": "response", "items": 2, "groups": 2}},
+                               "rows": [{"head": "composite_gated", "rating": "r", "spearman": 0.5,
+                                         "spearman_ci": [0.1, 0.9]}]}}}
+    assert "composite_gated" in summary_markdown(result) and "+0.50 [+0.10, +0.90]" in summary_markdown(result)

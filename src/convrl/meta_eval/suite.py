@@ -132,6 +132,10 @@ def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder,
         scores["judge_safety"] = judges.safety.score(responses).astype(np.float64)
     # RL's civility reward (rl.shaping.civility_weight): a pretrained classifier, measured like the heads.
     scores["reward_civility"] = civility(responses, [last_user_text(c) for c in contexts])
+    if "composite" in scores:
+        # The composite as the demo's RL pays it (rl.shaping.civility_gate): every head times the civility reward,
+        # so an insult earns nothing for being on topic.
+        scores["composite_gated"] = np.asarray(scores["composite"], dtype=np.float64) * scores["reward_civility"]
     if judges.llm is not None:
         for q, v in judges.llm.score(contexts, responses, [it.get("persona") or None for it in items]).items():
             scores[f"llm:{q}"] = v.astype(np.float64)
@@ -206,6 +210,7 @@ def summary_rows(result: dict) -> list[dict]:
                          "composite": _fmt(by.get("composite")),
                          "composite_calibrated": _fmt(by.get("composite_calibrated")),
                          "composite_untrained": _fmt(by.get("composite_untrained")),
+                         "composite_gated": _fmt(by.get("composite_gated")),
                          "best_head": f"{bh} {_fmt(by[bh])}" if bh else "n/a",
                          "untrained_best": f"{bu.removesuffix('_untrained')} {_fmt(by[bu])}" if bu else "n/a",
                          "length": _fmt(by.get("baseline:length")),
@@ -231,7 +236,8 @@ def head_checks(result: dict) -> list[dict]:
 
 def summary_markdown(result: dict) -> str:
     rows = summary_rows(result)
-    cols = ["set", "rating", "level", "n", "composite", "composite_calibrated", "composite_untrained", "best_head",
+    cols = ["set", "rating", "level", "n", "composite", "composite_gated", "composite_calibrated", "composite_untrained",
+            "best_head",
             "untrained_best",
             "length", "dialogue_judge", "reaction", "best_judge"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
