@@ -237,9 +237,7 @@ def head_checks(result: dict) -> list[dict]:
 def summary_markdown(result: dict) -> str:
     rows = summary_rows(result)
     cols = ["set", "rating", "level", "n", "composite", "composite_gated", "composite_calibrated", "composite_untrained",
-            "best_head",
-            "untrained_best",
-            "length", "dialogue_judge", "reaction", "best_judge"]
+            "best_head", "untrained_best", "length", "dialogue_judge", "reaction", "best_judge"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     checks = head_checks(result)
