@@ -149,6 +149,38 @@ def test_reciting_the_persona_to_the_user_earns_no_personality(scorer):
     assert scorer.score_head("personality", ctx, replies, [alex, alex]).tolist() == out.heads["personality"].tolist()
 
 
+def test_claiming_what_it_is_unasked_earns_less_personality(scorer):
+    # Seed 13 of the demo on a later machine (README "Does it learn?"): identity claims in the card's words ("I'm a
+    # wellbeing coach, and I'm happy to help with your wellbeing journey. I'm a small-town dog shelter, ...") raised
+    # the personality head while the held-out personality judge fell.
+    from convrl.data.personas import load_persona
+    from convrl.rewards.text_signals import asks_about_assistant, self_description
+
+    assert self_description("I'm a wellbeing coach.", "I feel sad today") == 1.0
+    assert self_description("I'm a wellbeing coach, and you're doing great.", "I feel sad") == pytest.approx(5 / 9)
+    assert self_description("I am not a dog. Take a walk.", "I feel sad") == pytest.approx(5 / 8)
+    assert self_description("I'm Alex. Let's check the cable.", "My printer is broken") == 0.0   # a name, no claim
+    assert self_description("Oh, my cats would love that, all three of them!", "I bake bread") == 0.0  # a fact voiced
+    assert self_description("", "hi") == 0.0
+    # Asked about itself, describing itself is the answer; a request in the second person is not such a question.
+    for asked in ("What do you do?", "Who are you?", "Tell me about yourself.", "do you like dogs?"):
+        assert asks_about_assistant(asked) and self_description("I'm a wellbeing coach.", asked) == 0.0
+    for not_asked in ("Can you help me with my essay?", "I feel sad.", "What is the capital of France?", ""):
+        assert not asks_about_assistant(not_asked)
+
+    sam = load_persona("empathetic_coach")
+    ctx = [[{"role": "user", "content": "I failed my driving test again."}]] * 2
+    claimed = "I'm a wellbeing coach, and I'm a warm and patient listener."
+    out = scorer.score(ctx, [claimed, claimed], [sam, None])
+    plain = scorer.encoder.encode([claimed])
+    card = float(np.clip(plain @ scorer.encoder.encode([sam.card_text()]).T, 0, 1)[0, 0])
+    assert out.heads["personality"][0] < 0.25 * card   # nearly all of it claims
+    assert out.heads["personality"][1] == 0.5           # no card: nothing to claim against
+    asked = [[{"role": "user", "content": "What do you do for a living?"}]]
+    assert scorer.score(asked, [claimed], [sam]).heads["personality"][0] > card * 0.5
+    assert scorer.score_head("personality", ctx[:1], [claimed], [sam]).tolist() == out.heads["personality"][:1].tolist()
+
+
 def test_a_learned_personality_head_is_gated_too(scorer):
     # The gate is applied after the head: a learned head (trained on persona dialogues) pays for the card's
     # words wherever they stand, as the untrained one did.

@@ -159,6 +159,17 @@ _PERSONA_GENERIC = frozenset({"love", "like", "enjoy", "believe", "help", "feel"
 _SECOND_PERSON = re.compile(r"^\s*(you|your|you're|youre|you've|you'd|you'll|yourself)\b", re.IGNORECASE)
 
 
+def _clause_share(reply: str, counts) -> float:
+    """Share of the reply's words in clauses (split at , ; : "and" "but") for which ``counts(clause, words)`` holds."""
+    total = hit = 0
+    for sentence in sentences(reply):
+        for clause in _CLAUSE_SPLIT.split(sentence):
+            words = _words(clause)
+            total += len(words)
+            hit += len(words) if words and counts(clause.replace("\u2019", "'"), words) else 0
+    return hit / total if total else 0.0
+
+
 def persona_addressed(reply: str, name: str, card: str, user_text: str = "") -> float:
     """Share of the reply's words in clauses that tell the user they are the persona: a clause opening in the second
     person ("you're", "your", "you love") holding the persona's name or a content word of its card (description and
@@ -172,15 +183,40 @@ def persona_addressed(reply: str, name: str, card: str, user_text: str = "") -> 
     said = {_stem(w) for w in _words(user_text)}
     own = {_stem(w) for w in _content(_words(card))} - said - _PERSONA_GENERIC
     tag = (name or "").strip().lower()
-    total = addressed = 0
-    for sentence in sentences(reply):
-        for clause in _CLAUSE_SPLIT.split(sentence):
-            words = _words(clause)
-            total += len(words)
-            if words and _SECOND_PERSON.match(clause.replace("\u2019", "'")):
-                if (tag and tag in words) or {_stem(w) for w in _content(words)} & own:
-                    addressed += len(words)
-    return addressed / total if total else 0.0
+    return _clause_share(reply, lambda clause, words: bool(_SECOND_PERSON.match(clause) and (
+        (tag and tag in words) or {_stem(w) for w in _content(words)} & own)))
+
+
+def self_description(reply: str, user_text: str = "") -> float:
+    """Share of the reply's words in clauses that say what the assistant is ("I'm a wellbeing coach", "I am not a
+    dog", "I'm a bit of a tech enthusiast"), unless the user asked about the assistant ("what do you do?", "tell me
+    about yourself"): then describing itself is the answer, and 0.
+
+    Seed 13 of the demo on a later machine learned to answer with identity claims in the card's words ("I'm a
+    wellbeing coach, and I'm happy to help with your wellbeing journey. I'm a small-town dog shelter, ..."): 27% of
+    its held-out replies were more than 0.3 such clauses, against the base model's 8%; the personality head (which
+    correlates +0.70 with this share there) rose 0.227 -> 0.270 while the held-out personality judge fell 0.628 ->
+    0.541, as the self-descriptions stumbled into contradicting the card ("I'm not a dog"). A persona shows in how
+    it answers and in the facts it brings up ("my cats would love that"), not in claims of what it is.
+    """
+    if asks_about_assistant(user_text):
+        return 0.0
+    return _clause_share(reply, lambda clause, words: bool(_IDENTITY.match(clause)))
+
+
+_IDENTITY = re.compile(r"^\s*(i'm|im|i am)\s+(not\s+)?(just\s+|only\s+|also\s+|really\s+)?(a|an|the)\b", re.IGNORECASE)
+_REQUEST = re.compile(r"^\s*(can|could|would|will|please)\b", re.IGNORECASE)
+_ABOUT_YOU = re.compile(r"\b(you|your|yours|yourself|you're|youre)\b", re.IGNORECASE)
+
+
+def asks_about_assistant(user_text: str) -> bool:
+    """Whether the user's turn asks the assistant about itself: a question in the second person that is not a request
+    ("Who are you?", "Do you like dogs?", "Tell me about yourself."; not "Can you help me?")."""
+    for s in sentences(user_text):
+        low = s.strip().lower()
+        if "yourself" in low or ("?" in low and _ABOUT_YOU.search(low) and not _REQUEST.match(low)):
+            return True
+    return False
 
 
 def persona_given_away(replies: list[str], personas: list, user_texts: list[str]) -> list[bool]:
@@ -190,10 +226,12 @@ def persona_given_away(replies: list[str], personas: list, user_texts: list[str]
 
 
 def without_recited_card(scores, replies: list[str], personas: list, user_texts: list[str]) -> np.ndarray:
-    """Personality scores with 0 where a reply recites its persona card to the user (``persona_given_away``).
+    """Personality scores with 0 where a reply recites its persona card to the user (``persona_given_away``), and
+    times 1 minus the share of the reply that claims what it is, unasked (``self_description``).
 
     Applied after the head, learned or not: a learned head scores the card's words as in character as well.
     """
     out = np.asarray(scores, dtype=np.float32).copy()
     out[np.array(persona_given_away(replies, personas, user_texts), dtype=bool)] = 0.0
-    return out
+    described = [self_description(r, u) if p is not None else 0.0 for r, p, u in zip(replies, personas, user_texts)]
+    return (out * (1.0 - np.asarray(described, dtype=np.float32))).astype(np.float32)
