@@ -103,6 +103,9 @@ def summarize_seed(r: dict) -> dict:
                 (k for k in m if re.fullmatch(r"rl/clipped_ratio_turn\d+_last_quarter", k)),
                 key=lambda k: int(re.search(r"\d+", k).group()))][:-1],
             "cut_off": (m.get("baseline_cut_off"), m.get("candidate_cut_off")),  # held-out replies, greedy as chat
+            # Held-out replies the personality judge finds contradicting the card (or breaking character): how a
+            # persona traded for relevance or claimed unasked ("I'm not a dog") shows up.
+            "contradictions": (m.get("baseline_contradictions"), m.get("candidate_contradictions")),
             "selfplay_repeat": (m.get("baseline_selfplay_self_repetition"), m.get("candidate_selfplay_self_repetition")),
             "fact_recall": (m.get("baseline_selfplay_fact_recall"), m.get("candidate_selfplay_fact_recall"))}
 
@@ -134,14 +137,16 @@ def _pair(t, pct: bool = True) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| rl.seed | composite diff [95% CI] | judge composite diff [95% CI] | decision | guardrails worse "
-             "| clipped (last quarter) | held-out replies cut off | self-play repeated turns | fact recall | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| clipped (last quarter) | held-out replies cut off | persona contradicted | self-play repeated turns "
+             "| fact recall | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         clipped = "n/a" if s["clipped_ratio_last"] is None else f"{s['clipped_ratio_last']:.2f}"
         if s["clipped_ratio_last"] is not None and s.get("clipped_earlier_turns"):
             clipped += f" (turn {', '.join(f'{k}: {v:.2f}' for k, v in enumerate(s['clipped_earlier_turns'], 1))})"
         lines.append(f"| {s['seed']} | {_ci(s['composite'])} | {_ci(s['judge_composite'])} | {s['decision']} | "
                      f"{', '.join(s['significantly_worse']) or 'none'} | {clipped} | {_pair(s['cut_off'])} | "
+                     f"{_pair(s.get('contradictions', (None, None)))} | "
                      f"{_pair(s['selfplay_repeat'])} | "
                      f"{_pair(s['fact_recall'])} | {s['minutes']:.1f} |")
     return "\n".join(lines)

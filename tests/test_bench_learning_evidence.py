@@ -15,7 +15,8 @@ SETTINGS = ABSettings(primary="composite", n_bootstrap=1000, confidence=0.95, mi
 METRICS = {"seed": 13, "minutes": 14.25, "rl/clipped_ratio_last_quarter": 0.125,
            "baseline_selfplay_self_repetition": 0.5, "candidate_selfplay_self_repetition": 0.0,
            "baseline_selfplay_fact_recall": 0.0, "candidate_selfplay_fact_recall": 1 / 6,
-           "baseline_cut_off": 0.75, "candidate_cut_off": 0.125}
+           "baseline_cut_off": 0.75, "candidate_cut_off": 0.125,
+           "baseline_contradictions": 0.0416, "candidate_contradictions": 0.1146}
 
 
 def _decision(shift: dict, tmp_path):
@@ -42,7 +43,7 @@ def test_a_seed_that_gained_on_the_judges_and_lost_nothing_holds(tmp_path):
     line = ev.table([row]).splitlines()[2]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "13" and cells[3] == "promote" and cells[4] == "none"
-    assert cells[5:] == ["0.12", "75% -> 12%", "50% -> 0%", "0% -> 17%", "14.2"]
+    assert cells[5:] == ["0.12", "75% -> 12%", "4% -> 11%", "50% -> 0%", "0% -> 17%", "14.2"]
     assert cells[2].startswith("+0.04")
 
 
