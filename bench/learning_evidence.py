@@ -121,7 +121,10 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
     flags = set(fields.get("flags", "").split())
     units = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
-    return f"{fields.get('model name', platform.machine() or 'unknown CPU')}, {'/'.join(units) or 'no bf16 units'}"
+    # Family / model / stepping: hosts that share a marketing name ("Intel(R) Xeon(R) Processor") differ in them.
+    ident = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
+    name = fields.get('model name', platform.machine() or 'unknown CPU') + (f" ({ident})" if ident else "")
+    return f"{name}, {'/'.join(units) or 'no bf16 units'}"
 
 
 def _ci(t) -> str:

@@ -81,6 +81,8 @@ def test_the_table_names_the_cpu_and_its_bf16_units():
     assert ev.cpu_description(epyc) == "AMD EPYC, AVX512-BF16"
     assert ev.cpu_description(xeon) == "Intel(R) Xeon(R) Processor, AVX512-BF16/AMX"
     assert ev.cpu_description("model name : Old CPU\nflags : sse2 avx2\n") == "Old CPU, no bf16 units"
+    amx = "cpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Intel(R) Xeon(R) Processor\nstepping\t: 2\nflags\t: amx_bf16\n"
+    assert ev.cpu_description(amx) == "Intel(R) Xeon(R) Processor (cpu family 6, model 207, stepping 2), AMX"
     assert ev.cpu_description()  # this machine, whatever it is
 
 
