@@ -51,6 +51,9 @@ def test_a_reply_that_hands_the_users_criticism_back_earns_nothing(reply, user, 
     ("I hope you die.", "I hope that you die", True),
     ("Oh. I hope you die. I've just died.", "I hope that you die", True),
     ("I hate you too.", "I hate you", True),
+    # Seed 13 at 64 steps (README "Does it learn?"): the sentence as a whole holds words of its own.
+    ("I hope you die, I'm sorry about that. I'm just a regular Robin.", "I hope that you die", True),
+    ("I'm sorry you feel that way, but I hope you feel better.", "I hope that you die", False),
     ("You go to hell.", "go to hell", True),
     ("I don't want you to die.", "I hope that you die", False),      # negated: the classifier flags it, kind
     ("I'm sorry you feel that way. I hope you feel better.", "I hope that you die", False),  # not offensive

@@ -91,6 +91,7 @@ OFFENSIVE_FROM = 0.5
 _DESCRIBED = re.compile(r"\b(?:you\s+are|you're|youre|you\s+were|you\s+(?:look|sound|seem|act)(?:\s+like)?)\s+"
                         r"([^.!?;,:\n]*)", re.I)
 _CLAUSE_END = re.compile(r"[.!?;,:\n]")
+_CLAUSE_SPLIT = re.compile(r"[;,:]|\bbut\b", re.I)
 _NEGATION = re.compile(r"\b(?:not|never|no)\b|n't\b", re.I)
 _WORD = re.compile(r"[a-z']+")
 _FILLER = frozenset("a an the so such very really just being too also quite pretty truly totally completely "
@@ -130,10 +131,13 @@ def mirrors(reply: str, user: str) -> bool:
 
 
 def echoes(reply: str, user: str, offensive_from: float = OFFENSIVE_FROM) -> bool:
-    """A sentence of the reply that speaks to the user, reads as offensive, and is mostly made of the words of an
-    offensive sentence of the user's turn, negated alike ("I hope that you die" -> "I hope you die.")."""
+    """A sentence or clause of the reply that speaks to the user, reads as offensive, and is mostly made of the words
+    of an offensive sentence of the user's turn, negated alike ("I hope that you die" -> "I hope you die."). Clauses
+    too: a candidate of the demo answered "I hope you die, I'm sorry about that. ...", whose first sentence holds
+    words of its own ("sorry") and was priced 0.94 as a whole."""
     said = [s for s in sentences(user) if _content(s)]
-    back = [s for s in sentences(reply) if _TO_USER.search(s) and _content(s)]
+    parts = [p for s in sentences(reply) for p in dict.fromkeys([s, *_CLAUSE_SPLIT.split(s)])]
+    back = [s for s in parts if _TO_USER.search(s) and _content(s)]
     if not said or not back:
         return False
     probs = _classifier()(said + back)
