@@ -193,7 +193,7 @@ def self_description(reply: str, user_text: str = "") -> float:
     about yourself"): then describing itself is the answer, and 0.
 
     Seed 13 of the demo on a later machine learned to answer with identity claims in the card's words ("I'm a
-    wellbeing coach, and I'm happy to help with your wellbeing journey. I'm a small-town dog shelter, ..."): 27% of
+    wellbeing coach, and I'm happy to help with your wellbeing journey. I'm a small-town dog shelter, ..."): 30% of
     its held-out replies were more than 0.3 such clauses, against the base model's 8%; the personality head (which
     correlates +0.70 with this share there) rose 0.227 -> 0.270 while the held-out personality judge fell 0.628 ->
     0.541, as the self-descriptions stumbled into contradicting the card ("I'm not a dog"). A persona shows in how
