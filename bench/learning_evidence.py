@@ -149,7 +149,7 @@ def table(rows: list[dict]) -> str:
             clipped += f" (turn {', '.join(f'{k}: {v:.2f}' for k, v in enumerate(s['clipped_earlier_turns'], 1))})"
         lines.append(f"| {s['seed']} | {_ci(s['composite'])} | {_ci(s['judge_composite'])} | {s['decision']} | "
                      f"{', '.join(s['significantly_worse']) or 'none'} | {clipped} | {_pair(s['cut_off'])} | "
-                     f"{_pair(s.get('contradictions', (None, None)))} | "
+                     f"{_pair(s['contradictions'])} | "
                      f"{_pair(s['selfplay_repeat'])} | "
                      f"{_pair(s['fact_recall'])} | {s['minutes']:.1f} |")
     return "\n".join(lines)

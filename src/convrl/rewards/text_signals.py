@@ -187,6 +187,12 @@ def persona_addressed(reply: str, name: str, card: str, user_text: str = "") -> 
         (tag and tag in words) or {_stem(w) for w in _content(words)} & own)))
 
 
+# "I'm a coach", "I am not a dog": a clause saying what the assistant is.
+_IDENTITY = re.compile(r"^\s*(i'm|im|i am)\s+(not\s+)?(just\s+|only\s+|also\s+|really\s+)?(a|an|the)\b", re.IGNORECASE)
+_REQUEST = re.compile(r"^\s*(can|could|would|will|please)\b", re.IGNORECASE)
+_ABOUT_YOU = re.compile(r"\b(you|your|yours|yourself|you're|youre)\b", re.IGNORECASE)
+
+
 def self_description(reply: str, user_text: str = "") -> float:
     """Share of the reply's words in clauses that say what the assistant is ("I'm a wellbeing coach", "I am not a
     dog", "I'm a bit of a tech enthusiast"), unless the user asked about the assistant ("what do you do?", "tell me
@@ -202,11 +208,6 @@ def self_description(reply: str, user_text: str = "") -> float:
     if asks_about_assistant(user_text):
         return 0.0
     return _clause_share(reply, lambda clause, words: bool(_IDENTITY.match(clause)))
-
-
-_IDENTITY = re.compile(r"^\s*(i'm|im|i am)\s+(not\s+)?(just\s+|only\s+|also\s+|really\s+)?(a|an|the)\b", re.IGNORECASE)
-_REQUEST = re.compile(r"^\s*(can|could|would|will|please)\b", re.IGNORECASE)
-_ABOUT_YOU = re.compile(r"\b(you|your|yours|yourself|you're|youre)\b", re.IGNORECASE)
 
 
 def asks_about_assistant(user_text: str) -> bool:
