@@ -19,6 +19,14 @@ on them), ``all`` = every feature in ``FEATURES``. Sizes: ``cap`` = at most
 =150`` gave after the held-out split: 105), ``full`` = every training-side one.
 Models: ``ridge`` (the previous round's) and ``gbm`` (gradient-boosted trees,
 the default since this comparison).
+
+``--reaction encoder`` compares the two reaction models instead (TF-IDF ridge and
+the fine-tuned encoder of ``convrl.rewards.reaction_encoder``, 2 folds as the
+reward stage fits it): their Spearman with the raters' turn ratings on the dev
+sessions, and the judge (trees, every training-side dialogue, all features)
+with each::
+
+    .venv/bin/python bench/dialogue_judge_dev.py --reaction encoder --threads 2    # about 10 minutes here
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--cap", type=int, default=105, help="training dialogues per source in the 'cap' size")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--reaction", choices=("tfidf", "encoder"), default="tfidf",
+                   help="encoder: compare the TF-IDF and fine-tuned-encoder reaction models (skips the feature sets)")
+    p.add_argument("--reaction-epochs", type=float, default=1.0, help="epochs of the encoder reaction model")
     a = p.parse_args(argv)
     data = Path(a.data)
     if not (data / "convai2_human_eval").is_dir():
@@ -90,6 +101,10 @@ def main(argv=None) -> int:
     convs, ids = [d["messages"] for d in side], [d["id"] for d in side]
     groups = {s: src == s for s in np.unique(src)}
     groups["user_satisfaction (all corpora)"] = np.char.startswith(src.astype(str), "satisfaction")
+    if a.reaction == "encoder":
+        _compare_reactions(a, convs, ids, x, z, dev, groups, y)
+        print(f"total {time.time() - t0:.0f} s")
+        return 0
     print("| model | features | training size | train dialogues | source | dev n | dev Spearman [95% CI] |")
     print("|---|---|---|---|---|---|---|")
     trains = {size: ~dev & ((rank < a.cap) if size == "cap" else True) for size in ("cap", "full")}
@@ -113,6 +128,42 @@ def main(argv=None) -> int:
     _ceiling(side, dev, z, reactions["full"], np.random.default_rng(a.seed))
     print(f"total {time.time() - t0:.0f} s")
     return 0
+
+
+def _compare_reactions(a, convs, ids, x, z, dev, groups, y) -> None:
+    """TF-IDF vs fine-tuned encoder reaction model: per turn on dev, and inside the judge (gbm, all features)."""
+    import numpy as np
+
+    from convrl import models
+    from convrl.rewards.dialogue import FEATURES, fit_dialogue_judge
+    from convrl.rewards.reaction_encoder import encoder_reaction_fit
+    from convrl.rewards.reactions import REACTION_FEATURES, crossfit_reaction, exchanges
+
+    t0 = time.time()
+    fit = encoder_reaction_fit(models.resolve_encoder("all-minilm-l6-v2"), a.reaction_epochs, a.seed)
+    built = {"tfidf": crossfit_reaction(convs, ~dev, ids), "encoder": crossfit_reaction(convs, ~dev, ids, 2, fit)}
+    print(f"reaction models fitted in {time.time() - t0:.0f} s\n")
+    rated = [(t, r) for i in np.flatnonzero(dev) for t, r in exchanges(convs[i]) if r is not None]
+    texts, ratings = [t for t, _ in rated], np.array([r for _, r in rated])
+    print("| reaction model | dev rated turns | Spearman with the turn's rating [95% CI] |")
+    print("|---|---|---|")
+    for name, (_, model) in built.items():
+        rho, lo, hi = _spearman_ci(model.predict_texts(texts), ratings, np.random.default_rng(a.seed))
+        print(f"| {name} | {len(texts)} | {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    print("\n| reaction model | judge input | source | dev n | dev Spearman [95% CI] |")
+    print("|---|---|---|---|---|")
+    for name, (feats, _) in built.items():
+        for label, cols in (("reaction_mean alone", None), ("judge (gbm, all features)", "all")):
+            xs = x.copy()
+            xs[:, len(FEATURES) - len(REACTION_FEATURES):] = feats
+            pred = feats[:, 0] if cols is None else fit_dialogue_judge(xs, z, ~dev, "gbm").predict_raw(xs)
+            for g, m in groups.items():
+                m = m & dev
+                if m.sum() < 10:
+                    continue
+                target = z[m] if g.startswith("user_satisfaction") else y[m]
+                rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(a.seed))
+                print(f"| {name} | {label} | {g} | {int(m.sum())} | {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
 
 
 def _ceiling(side, dev, z, reaction, rng) -> None:

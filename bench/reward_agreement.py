@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--cross-steps", type=int, default=150)
     p.add_argument("--cross-examples", type=int, default=6000)
     p.add_argument("--dialogues-per-source", type=int, default=150)
+    p.add_argument("--reaction", choices=("tfidf", "encoder"), default="tfidf",
+                   help="the dialogue judge's reaction model (rewards.reaction_model)")
     p.add_argument("--no-fluency", action="store_true")
     p.add_argument("--max-dialogues", type=int, default=300, help="held-out dialogues per dialogue set")
     p.add_argument("--max-dialogue-items", type=int, default=0, help="and at most this many rated turns (0 = all)")
@@ -97,8 +99,14 @@ def main() -> None:
     if a.dialogue:
         dialogue = DialogueJudge.load(a.dialogue)
     elif not a.no_dialogue:
+        fit, folds = None, 5
+        if a.reaction == "encoder":  # as the reward stage fits it (rewards/judgement.py)
+            from convrl.rewards.reaction_encoder import encoder_reaction_fit
+
+            fit, folds = encoder_reaction_fit(enc_dir, 1.0, a.seed), 2
         dialogue, m = train_dialogue_judge(encoder, rated_dialogues(
-            [str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.dialogues_per_source), seed=a.seed)
+            [str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.dialogues_per_source), seed=a.seed,
+            reaction_fit=fit, reaction_folds=folds)
         dialogue.save(out / "dialogue")
         print(json.dumps(m), flush=True)
     timings["dialogue_train_s"] = time.time() - t1

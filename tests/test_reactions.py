@@ -161,3 +161,64 @@ def test_meta_eval_reads_each_rated_reply_with_the_users_answer(tiny_encoder):
     off: dict = {}
     extra_columns(items, off, SuiteJudges(dialogue=judge), tiny_encoder, {})  # not a dialogue set: no column
     assert "reaction" not in off
+
+
+# The fine-tuned encoder reaction model (rewards/reaction_encoder.py), on the tiny random BERT.
+
+def _encoder_model(convs, **kw):
+    from convrl import models
+    from convrl.rewards.reaction_encoder import EncoderReactionModel
+
+    return EncoderReactionModel.fit(convs, models.resolve_encoder("tiny-bert"), **kw)
+
+
+def test_encoder_reaction_model_learns_from_rated_turns_and_never_reads_ratings(one_thread):
+    train = [_session(i, i % 2 == 0)["messages"] for i in range(60)]
+    model = _encoder_model(train, epochs=12, lr=1e-3, head_lr=3e-3, batch_size=16, seed=1)
+    assert model.fitted and model.exchanges_fitted == 60 * 3
+    new = [_session(101, True, rated=False)["messages"], _session(102, False, rated=False)["messages"]]
+    f = model.features(new)
+    assert f.shape == (2, len(REACTION_FEATURES)) and np.all(np.isfinite(f)) and np.all(f[0] > f[1])
+    # On the raters' scale (1-5), not the standardised one it trains on.
+    assert 3.0 < f[0, 0] < 5.6 and 0.5 < f[1, 0] < 3.0
+    assert np.allclose(model.features([_session(101, True)["messages"]]), f[:1], atol=1e-6)
+    reply, answer = GOOD[0][0], GOOD[0][1]
+    assert model.predict([reply], [answer])[0] == pytest.approx(model.predict_texts([f"SYS {reply} || USR {answer}"])[0])
+    few = _encoder_model(train[: MIN_EXCHANGES // 3 - 1])
+    assert not few.fitted and np.all(few.features(new) == 0) and np.isnan(few.predict(["a"], ["b"])).all()
+
+
+def test_encoder_reaction_model_saves_loads_and_replaces_the_tfidf_one(one_thread, tmp_path):
+    from convrl.rewards.reaction_encoder import EncoderReactionModel, has_reaction, load_reaction
+
+    convs = [_session(i, i % 2 == 0)["messages"] for i in range(40)]
+    ReactionModel.fit(convs).save(tmp_path)
+    assert (tmp_path / REACTION_FILE).is_file() and isinstance(load_reaction(tmp_path), ReactionModel)
+    model = _encoder_model(convs, epochs=1)
+    model.save(tmp_path)
+    assert not (tmp_path / REACTION_FILE).is_file() and has_reaction(tmp_path)  # the older TF-IDF model is gone
+    loaded = load_reaction(tmp_path)
+    assert isinstance(loaded, EncoderReactionModel) and loaded.exchanges_fitted == model.exchanges_fitted
+    assert np.allclose(loaded.features(convs[:4]), model.features(convs[:4]), atol=1e-5)
+    ReactionModel.fit(convs).save(tmp_path)  # and back: a TF-IDF judge saved over it loads as TF-IDF
+    assert isinstance(load_reaction(tmp_path), ReactionModel)
+    EncoderReactionModel().save(tmp_path)  # unfitted: nothing left to load
+    assert not has_reaction(tmp_path) and not load_reaction(tmp_path).fitted
+
+
+def test_dialogue_judge_with_the_encoder_reaction_model(one_thread, tiny_encoder, tmp_path):
+    from convrl import models
+    from convrl.rewards.reaction_encoder import EncoderReactionModel, encoder_reaction_fit
+
+    calls = []
+    fit = encoder_reaction_fit(models.resolve_encoder("tiny-bert"), epochs=1)
+    ds = [_session(i, i % 2 == 0) for i in range(70)]
+    judge, m = train_dialogue_judge(tiny_encoder, ds, reaction_fit=lambda c: calls.append(len(c)) or fit(c),
+                                    reaction_folds=2)
+    # Two out-of-fold models and the one kept: the last call saw every training dialogue.
+    assert len(calls) == 3 and calls[-1] == calls[0] + calls[1] == m["train_dialogues"]
+    assert isinstance(judge.reaction, EncoderReactionModel) and judge.reaction.fitted
+    loaded = DialogueJudge.load(judge.save(tmp_path / "dialogue"))
+    assert isinstance(loaded.reaction, EncoderReactionModel)
+    convs = [_session(200 + k, k % 2 == 0, rated=False)["messages"] for k in range(4)]
+    assert np.allclose(loaded.score(tiny_encoder, convs), judge.score(tiny_encoder, convs), atol=1e-5)

@@ -88,6 +88,12 @@ class RewardsConfig:
     dialogue_max_per_source: int = field(
         default=300, metadata={"help": "Rated dialogues per source for the dialogue judge (embedding dominates "
                                "cost); 0 = every one."})
+    reaction_model: str = field(
+        default="tfidf", metadata={"help": "The dialogue judge's turn-level reaction model: tfidf (TF-IDF ridge, "
+                                   "seconds) or encoder (the sentence encoder fine-tuned on the rated exchanges, about "
+                                   "3 minutes an epoch on 2 cores, fitted 3 times for out-of-fold features)."})
+    reaction_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs of the encoder reaction model (rewards.reaction_model=encoder)."})
     safety_data: str = field(
         default="", metadata={"help": "ToxiChat folder: train the safety judge (judge_safety, an A/B guardrail) on "
                               "its crowd-labelled offensive / safe turns; empty = no safety judge."})
@@ -97,6 +103,10 @@ class RewardsConfig:
                                  "rewards.weights; both are reported."})
 
     def validate(self) -> None:
+        if self.reaction_model not in ("tfidf", "encoder"):
+            raise ConfigError(f"rewards.reaction_model must be tfidf or encoder, got {self.reaction_model!r}")
+        if self.reaction_epochs <= 0:
+            raise ConfigError(f"rewards.reaction_epochs must be > 0, got {self.reaction_epochs}")
         unknown = set(self.weights) - set(WEIGHTED_HEADS)
         if unknown:
             raise ConfigError(f"rewards.weights has unknown heads {sorted(unknown)}; "

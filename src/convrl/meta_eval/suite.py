@@ -147,7 +147,7 @@ def extra_columns(items: list[dict], scores: dict, judges: SuiteJudges, encoder,
         by = dict(zip(uniq, s))
         scores["dialogue_judge"] = np.array([by.get(g, np.nan) for g in groups], dtype=np.float64)
     reaction = getattr(judges.dialogue, "reaction", None)
-    if reaction is not None and reaction.pipeline is not None and groups and all(g in dialogues for g in groups):
+    if reaction is not None and reaction.fitted and groups and all(g in dialogues for g in groups):
         # Not a reward (it reads the user's answer, which no reply has when it is scored): what monitoring tracks.
         answers = [answer_to(dialogues[g]["messages"], it) for g, it in zip(groups, items)]
         scores["reaction"] = np.asarray(reaction.predict(responses, answers), dtype=np.float64)

@@ -99,7 +99,7 @@ def score_turns(turns: pd.DataFrame, scorer, panel, personas_by_id: dict[str, Pe
     out["gap"] = out["composite"] - out["judge_composite"]
     out["empty"] = np.array([is_degenerate(r) for r in replies], dtype=float)
     out["repetition"] = np.array([repetition_rate(r) for r in replies], dtype=float)
-    if reaction is not None and reaction.pipeline is not None:
+    if reaction is not None and reaction.fitted:
         out["reaction"] = reaction_scores(out, reaction)
     out["day"] = out["timestamp"].dt.strftime("%Y-%m-%d")
     return out

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from convrl.rewards.emotion_finetune import (PooledEncoderHead, autocast_dtype, length_grouped_batches,
-                                             optimizer_step, save_encoder_head)
+                                             load_encoder_head, optimizer_step, save_encoder_head)
 
 TASKS = ("relevance", "personality", "engagement", "quality")
 
@@ -114,15 +114,12 @@ class CrossEncoderHeads:
 
     @classmethod
     def load(cls, folder: str | Path) -> "CrossEncoderHeads":
-        from transformers import AutoModel, AutoTokenizer
-
         d = Path(folder)
         meta = json.loads((d / "head.json").read_text())
         if meta.get("tasks") != list(TASKS):
             raise ValueError(f"{d}: cross-encoder trained for tasks {meta.get('tasks')}, expected {list(TASKS)}")
-        net = PooledEncoderHead(AutoModel.from_pretrained(d / "encoder"), len(TASKS), 0.0)
-        net.head.load_state_dict(torch.load(d / "head.pt", weights_only=True))
-        return cls(AutoTokenizer.from_pretrained(d / "encoder"), net, meta["max_length"], meta["precision"],
+        tok, net = load_encoder_head(d, len(TASKS))
+        return cls(tok, net, meta["max_length"], meta["precision"],
                    meta.get("metrics"))
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from convrl.rewards.heads import is_degenerate
+from convrl.rewards.reaction_encoder import load_reaction
 from convrl.rewards.reactions import (CUE_FEATURES, REACTION_FEATURES, ReactionModel, crossfit_reaction, cue_features,
                                       load_sklearn)
 from convrl.rewards.text_signals import echo_rate, repetition_rate, substance_score, vader
@@ -154,7 +155,7 @@ class DialogueJudge:
             raise ValueError(f"{d}: dialogue judge trained on other features or by an older convrl; retrain it "
                              "(the reward stage with rewards.dialogue_data)")
         model = load_sklearn(d / MODEL_FILE)
-        reaction = ReactionModel.load(d, meta.get("reaction_exchanges", 0))
+        reaction = load_reaction(d, meta.get("reaction_exchanges", 0))
         return cls(model, meta["lo"], meta["hi"], meta["type"].removeprefix("dialogue-"), meta.get("metrics"), reaction)
 
 
@@ -227,8 +228,11 @@ def fit_dialogue_judge(x: np.ndarray, z: np.ndarray, train: np.ndarray, kind: st
 
 
 def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: float = 0.3, seed: int = 13,
-                         kind: str = "gbm") -> tuple[DialogueJudge, dict]:
-    """Fit on the training-side dialogues; Spearman per source on the held-out ones (beside turns alone)."""
+                         kind: str = "gbm", reaction_fit=None, reaction_folds: int = 5) -> tuple[DialogueJudge, dict]:
+    """Fit on the training-side dialogues; Spearman per source on the held-out ones (beside turns alone).
+
+    ``reaction_fit``/``reaction_folds``: how ``reactions.crossfit_reaction`` fits the reaction model (default:
+    TF-IDF, 5 folds; ``reaction_encoder.encoder_reaction_fit`` with 2 folds for the fine-tuned encoder)."""
     from scipy import stats
 
     from convrl.rewards.human_data import held_out
@@ -242,7 +246,8 @@ def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: floa
         raise ValueError(f"dialogue judge: need at least 10 training dialogues, got {int((~test).sum())}")
     convs = [d["messages"] for d in dialogues]
     x = dialogue_features(encoder, convs, [d.get("persona") or [] for d in dialogues])
-    x[:, -len(REACTION_FEATURES):], reaction = crossfit_reaction(convs, ~test, [d["id"] for d in dialogues])
+    x[:, -len(REACTION_FEATURES):], reaction = crossfit_reaction(convs, ~test, [d["id"] for d in dialogues],
+                                                                 reaction_folds, reaction_fit)
     judge = fit_dialogue_judge(x, standardized_scores(dialogues, test), ~test, kind, reaction)
     pred = judge.predict_raw(x)
     metrics = {"train_dialogues": float((~test).sum()), "test_dialogues": float(test.sum()),

@@ -152,6 +152,16 @@ def save_encoder_head(net: "PooledEncoderHead", tokenizer, out_dir: str | Path) 
     return out
 
 
+def load_encoder_head(folder: str | Path, n_labels: int):
+    """The tokenizer and ``PooledEncoderHead`` (dropout off) that ``save_encoder_head`` wrote to ``folder``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    d = Path(folder)
+    net = PooledEncoderHead(AutoModel.from_pretrained(d / "encoder"), n_labels, 0.0)
+    net.head.load_state_dict(torch.load(d / "head.pt", weights_only=True))
+    return AutoTokenizer.from_pretrained(d / "encoder"), net.eval()
+
+
 class FinetunedEmotionClassifier:
     """A fine-tuned encoder + multi-label head with per-label thresholds."""
 
@@ -209,13 +219,9 @@ class FinetunedEmotionClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> FinetunedEmotionClassifier:
-        from transformers import AutoModel, AutoTokenizer
-
         d = Path(path)
         cfg = json.loads((d / "classifier.json").read_text())
-        tok, enc = AutoTokenizer.from_pretrained(d / "encoder"), AutoModel.from_pretrained(d / "encoder")
-        model = PooledEncoderHead(enc, len(cfg["labels"]), 0.0)
-        model.head.load_state_dict(torch.load(d / "head.pt", weights_only=True))
+        tok, model = load_encoder_head(d, len(cfg["labels"]))
         return cls(tok, model, cfg["labels"], np.asarray(cfg["thresholds"]), cfg["max_length"], cfg["precision"])
 
 

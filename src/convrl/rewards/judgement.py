@@ -73,7 +73,13 @@ def train_human_judgement(rc, encoder, encoder_dir: str, out_dir: str | Path, se
     if rc.dialogue_data:
         from convrl.rewards.dialogue import rated_dialogues, train_dialogue_judge
 
-        judge, m = train_dialogue_judge(encoder, rated_dialogues(rc.dialogue_data, rc.dialogue_max_per_source), seed=seed)
+        fit, folds = None, 5
+        if rc.reaction_model == "encoder":  # 3 fine-tunes (2 folds + all), so 2 folds rather than TF-IDF's 5
+            from convrl.rewards.reaction_encoder import encoder_reaction_fit
+
+            fit, folds = encoder_reaction_fit(encoder_dir, rc.reaction_epochs, seed, log), 2
+        judge, m = train_dialogue_judge(encoder, rated_dialogues(rc.dialogue_data, rc.dialogue_max_per_source),
+                                        seed=seed, reaction_fit=fit, reaction_folds=folds)
         judge.save(out / "dialogue")
         entries["dialogue_judge"] = True
         metrics.update({f"dialogue_judge/{k}": float(v) for k, v in m.items()})

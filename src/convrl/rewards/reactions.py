@@ -41,6 +41,7 @@ CUE_FEATURES = ("bot_sorry", "bot_done", "user_correct", "user_thanks", "user_th
                 "bot_sorry_count", "user_correct_count")
 REACTION_FEATURES = ("reaction_mean", "reaction_min", "reaction_last", "reaction_last3")
 REACTION_FILE = "reaction.skops"
+ENCODER_REACTION_DIR = "reaction_encoder"  # where reaction_encoder.EncoderReactionModel saves itself
 # Fewer labelled exchanges than this and the model is not fitted (its features stay 0 and the trees ignore them).
 MIN_EXCHANGES = 50
 
@@ -122,33 +123,33 @@ class ReactionModel:
 
         NaN everywhere when no model was fitted. This is what ``convrl monitor`` tracks for served turns.
         """
+        return self.predict_texts([exchange_text(r, u) for r, u in zip(replies, next_user_turns)])
+
+    def predict_texts(self, texts: list[str]) -> np.ndarray:
+        """Predicted satisfaction of exchange texts (``exchange_text``); NaN when no model was fitted."""
         if self.pipeline is None:
-            return np.full(len(replies), np.nan)
-        texts = [exchange_text(r, u) for r, u in zip(replies, next_user_turns)]
+            return np.full(len(texts), np.nan)
         return self.pipeline.predict(texts) if texts else np.zeros(0)
 
+    @property
+    def fitted(self) -> bool:
+        return self.pipeline is not None
+
     def features(self, conversations: list[list[dict]]) -> np.ndarray:
-        out = np.zeros((len(conversations), len(REACTION_FEATURES)))
-        if self.pipeline is None:
-            return out
-        texts = [[t for t, _ in exchanges(c)] for c in conversations]
-        flat = [t for ts in texts for t in ts]
-        pred = self.pipeline.predict(flat) if flat else np.zeros(0)
-        k = 0
-        for i, ts in enumerate(texts):
-            s, k = pred[k:k + len(ts)], k + len(ts)
-            if len(s):
-                out[i] = [s.mean(), s.min(), s[-1], s[-3:].mean()]
-        return out
+        return reaction_features(conversations, self.predict_texts if self.fitted else None)
 
     def save(self, folder: str | Path) -> None:
+        import shutil
+
         import skops.io as sio
 
         f = Path(folder) / REACTION_FILE
+        # A judge saved over an older one must not load the older one's model, of either kind.
+        shutil.rmtree(Path(folder) / ENCODER_REACTION_DIR, ignore_errors=True)
         if self.pipeline is not None:
             sio.dump(self.pipeline, f)
         else:
-            f.unlink(missing_ok=True)  # a judge saved over an older one must not load the older one's model
+            f.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: str | Path, exchanges_fitted: int = 0) -> "ReactionModel":
@@ -156,22 +157,41 @@ class ReactionModel:
         return cls(load_sklearn(f), exchanges_fitted) if f.is_file() else cls(None, exchanges_fitted)
 
 
+def reaction_features(conversations: list[list[dict]], predict_texts) -> np.ndarray:
+    """(n, len(REACTION_FEATURES)): mean, min, last and mean of the last three predicted ratings of each
+    conversation's exchanges; ``predict_texts(exchange texts) -> ratings``, or None for an unfitted model (0s)."""
+    out = np.zeros((len(conversations), len(REACTION_FEATURES)))
+    if predict_texts is None:
+        return out
+    texts = [[t for t, _ in exchanges(c)] for c in conversations]
+    flat = [t for ts in texts for t in ts]
+    pred = np.asarray(predict_texts(flat), dtype=np.float64) if flat else np.zeros(0)
+    k = 0
+    for i, ts in enumerate(texts):
+        s, k = pred[k:k + len(ts)], k + len(ts)
+        if len(s):
+            out[i] = [s.mean(), s.min(), s[-1], s[-3:].mean()]
+    return out
+
+
 def crossfit_reaction(conversations: list[list[dict]], train: np.ndarray, ids: list[str],
-                      folds: int = 5) -> tuple[np.ndarray, ReactionModel]:
+                      folds: int = 5, fit=None) -> tuple[np.ndarray, ReactionModel]:
     """Reaction features with no row scored by a model that saw its own ratings, and the model for new data.
 
     Training rows get out-of-fold predictions (``folds`` folds by a hash of the dialogue id), so the judge
     fitted on them learns how far to trust the reaction model on unseen dialogues; the other rows get the
-    model fitted on every training row, which is the one returned.
+    model fitted on every training row, which is the one returned. ``fit(conversations) -> model`` trains one
+    (default ``ReactionModel.fit``; ``reaction_encoder.EncoderReactionModel`` fits a fine-tuned encoder).
     """
+    fit = fit or ReactionModel.fit
     train = np.asarray(train, dtype=bool)
     fold = np.array([int(hashlib.sha1(i.encode()).hexdigest(), 16) % folds for i in ids])
     out = np.zeros((len(conversations), len(REACTION_FEATURES)))
     for k in range(folds):
         fit_rows, apply_rows = np.flatnonzero(train & (fold != k)), np.flatnonzero(train & (fold == k))
-        model = ReactionModel.fit([conversations[i] for i in fit_rows])
+        model = fit([conversations[i] for i in fit_rows])
         out[apply_rows] = model.features([conversations[i] for i in apply_rows])
-    full = ReactionModel.fit([conversations[i] for i in np.flatnonzero(train)])
+    full = fit([conversations[i] for i in np.flatnonzero(train)])
     rest = np.flatnonzero(~train)
     out[rest] = full.features([conversations[i] for i in rest])
     return out, full

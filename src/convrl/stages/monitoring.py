@@ -62,12 +62,12 @@ def build_scorer(cfg: Config):
 
 def reaction_model(cfg: Config):
     """The reaction model the reward stage trained with the dialogue judge (``rewards.dialogue_data``), else None."""
-    from convrl.rewards.reactions import REACTION_FILE, ReactionModel
+    from convrl.rewards.reaction_encoder import has_reaction, load_reaction
 
     folder = Path(cfg.monitor.reward_models) / "dialogue" if cfg.monitor.reward_models else None
-    if folder is None or not (folder / REACTION_FILE).is_file():
+    if folder is None or not has_reaction(folder):
         return None
-    return ReactionModel.load(folder)
+    return load_reaction(folder)
 
 
 def personas_for(names) -> dict:
