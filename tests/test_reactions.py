@@ -222,3 +222,24 @@ def test_dialogue_judge_with_the_encoder_reaction_model(one_thread, tiny_encoder
     assert isinstance(loaded.reaction, EncoderReactionModel)
     convs = [_session(200 + k, k % 2 == 0, rated=False)["messages"] for k in range(4)]
     assert np.allclose(loaded.score(tiny_encoder, convs), judge.score(tiny_encoder, convs), atol=1e-5)
+
+
+def test_reward_stage_trains_the_encoder_reaction_model_when_asked(one_thread, tiny_encoder, tmp_path):
+    from convrl import models
+    from convrl.config import ConfigError, load_config
+    from convrl.rewards.judgement import train_human_judgement
+    from convrl.rewards.reaction_encoder import ENCODER_REACTION_DIR, EncoderReactionModel
+    from convrl.stages.monitoring import reaction_model
+
+    folder = _satisfaction_folder(tmp_path / "user_satisfaction")
+    rc = load_config("tiny", [f"rewards.dialogue_data=[{folder}]", "rewards.reaction_model=encoder"]).rewards
+    entries, metrics, _ = train_human_judgement(rc, tiny_encoder, models.resolve_encoder("tiny-bert"), tmp_path / "rm",
+                                                log=None)
+    assert entries["dialogue_judge"] and metrics["dialogue_judge/reaction_exchanges"] > 0
+    folder = tmp_path / "rm" / "dialogue"
+    assert (folder / ENCODER_REACTION_DIR).is_dir() and not (folder / REACTION_FILE).exists()
+    model = reaction_model(load_config("tiny", [f"monitor.reward_models={tmp_path / 'rm'}"]))
+    assert isinstance(model, EncoderReactionModel) and model.fitted
+    assert np.isfinite(model.predict(["Booked, reference R9."], ["Thanks, that's perfect!"])).all()
+    with pytest.raises(ConfigError, match="reaction_model must be tfidf or encoder"):
+        load_config("tiny", ["rewards.reaction_model=bert"])
