@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--dialogues-per-source", type=int, default=150)
     p.add_argument("--reaction", choices=("tfidf", "encoder"), default="tfidf",
                    help="the dialogue judge's reaction model (rewards.reaction_model)")
+    p.add_argument("--reaction-epochs", type=float, default=2.0, help="rewards.reaction_epochs (research: 2)")
     p.add_argument("--no-fluency", action="store_true")
     p.add_argument("--max-dialogues", type=int, default=300, help="held-out dialogues per dialogue set")
     p.add_argument("--max-dialogue-items", type=int, default=0, help="and at most this many rated turns (0 = all)")
@@ -103,7 +104,7 @@ def main() -> None:
         if a.reaction == "encoder":  # as the reward stage fits it (rewards/judgement.py)
             from convrl.rewards.reaction_encoder import encoder_reaction_fit
 
-            fit, folds = encoder_reaction_fit(enc_dir, 1.0, a.seed), 2
+            fit, folds = encoder_reaction_fit(enc_dir, a.reaction_epochs, a.seed), 2
         dialogue, m = train_dialogue_judge(encoder, rated_dialogues(
             [str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.dialogues_per_source), seed=a.seed,
             reaction_fit=fit, reaction_folds=folds)

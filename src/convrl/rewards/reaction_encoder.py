@@ -7,13 +7,13 @@ wanted the north, not the centre"), so ``EncoderReactionModel`` fine-tunes the
 MiniLM encoder with one regression output on the same exchanges and targets
 (the raters' 1-5 satisfaction at that turn, standardised; MSE; AdamW with a
 linear warm-up and decay; length-grouped batches; bf16 autocast where the CPU
-has bf16 units), as ``emotion_finetune`` does for emotions. On the training
-side's dev split of the user-satisfaction sessions it ranks single turns at
-Spearman 0.51 against TF-IDF's 0.46 (6,120 dev turns), and per session its mean
-follows the overall rating at 0.30 against 0.20 (README "Agreement with
-people"). One epoch over the ~18,000 training-side exchanges takes about 3
-minutes on 2 cores, so it is the research preset's choice
-(``rewards.reaction_model: encoder``), not the demo's::
+has bf16 units), as ``emotion_finetune`` does for emotions. It reads single
+turns and whole sessions better than TF-IDF (``bench/dialogue_judge_dev.py
+--reaction encoder``; README "Agreement with people"). One epoch over the
+~18,000 training-side exchanges takes about 3 minutes on 2 cores, and the
+dialogue judge fits it three times (two folds for out-of-fold features, then
+all), so it is the research preset's choice (``rewards.reaction_model:
+encoder``, 2 epochs), not the demo's::
 
     model = EncoderReactionModel.fit(conversations, encoder_dir)       # message lists, turns rated
     model.predict(replies, next_user_turns)                            # 1-5, as ReactionModel.predict
