@@ -259,6 +259,30 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, gen: torch.Gene
     return [batches[k] for k in order]
 
 
+def train_loop(model, tok, ids: list[list[int]], optim: tuple, steps: int, batch_size: int, gen: torch.Generator,
+               dtype, loss_of: Callable, log: Callable[[str], None] | None = None, label: str = "fine-tune") -> list[float]:
+    """``steps`` optimizer steps over length-grouped batches of tokenised ``ids`` (epochs repeat), bf16 autocast
+    when ``dtype`` is set; ``loss_of(outputs, batch_indices)`` gives each batch's loss. Returns the losses."""
+    opt, sched = optim
+    lengths = np.array([len(e) for e in ids])
+    t0, step, losses = time.time(), 0, []
+    model.train()
+    while step < steps:
+        for idx in length_grouped_batches(lengths, batch_size, gen):
+            b = tok.pad({"input_ids": [ids[j] for j in idx]}, return_tensors="pt")
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                out = model(**b)
+            losses.append(optimizer_step(model, opt, sched, loss_of(out, idx)))
+            step += 1
+            if log and (step % 100 == 0 or step == steps):
+                el = time.time() - t0
+                log(f"{label} step {step}/{steps} loss {np.mean(losses[-100:]):.4f} "
+                    f"{el:.0f}s (eta {el / step * (steps - step):.0f}s)")
+            if step >= steps:
+                break
+    return losses
+
+
 def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], dev_texts: list[str],
                                 dev_label_ids: list[list[int]], labels: list[str], encoder_dir: str | Path,
                                 settings: FinetuneSettings | None = None,
@@ -289,24 +313,11 @@ def finetune_multilabel_emotion(texts: list[str], label_ids: list[list[int]], de
         opt, lambda k: (k + 1) / max(1, warm) if k < warm else max(0.0, (steps - k) / max(1, steps - warm)))
     y = torch.from_numpy(multi_hot(label_ids, len(labels)))
     enc_ids = tok(list(texts), truncation=True, max_length=s.max_length)["input_ids"]
-    lengths = np.array([len(e) for e in enc_ids])
     gen = torch.Generator().manual_seed(s.seed)
-    t0, step, losses = time.time(), 0, []
-    model.train()
-    while step < steps:
-        for idx in length_grouped_batches(lengths, min(s.batch_size, len(texts)), gen):
-            b = tok.pad({"input_ids": [enc_ids[j] for j in idx]}, return_tensors="pt")
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                logits = model(**b)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
-            losses.append(optimizer_step(model, opt, sched, loss))
-            step += 1
-            if log and (step % 100 == 0 or step == steps):
-                el = time.time() - t0
-                log(f"emotion fine-tune step {step}/{steps} loss {np.mean(losses[-100:]):.4f} "
-                    f"{el:.0f}s (eta {el / step * (steps - step):.0f}s)")
-            if step >= steps:
-                break
+    t0 = time.time()
+    losses = train_loop(model, tok, enc_ids, (opt, sched), steps, min(s.batch_size, len(texts)), gen, dtype,
+                        lambda logits, idx: torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx]),
+                        log, "emotion fine-tune")
     train_s = time.time() - t0
     clf = FinetunedEmotionClassifier(tok, model, labels, np.full(len(labels), 0.5, np.float32), s.max_length,
                                      s.precision)

@@ -59,8 +59,7 @@ class EncoderReactionModel:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from convrl.rewards.emotion_finetune import (PooledEncoderHead, autocast_dtype, length_grouped_batches,
-                                                     optimizer_step)
+        from convrl.rewards.emotion_finetune import PooledEncoderHead, autocast_dtype, train_loop
 
         pairs = [(t, y) for c in conversations for t, y in exchanges(c) if y is not None]
         if len(pairs) < MIN_EXCHANGES:
@@ -79,24 +78,11 @@ class EncoderReactionModel:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda k: (k + 1) / warm if k < warm else max(0.0, (steps - k) / max(1, steps - warm)))
         ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-        lengths = np.array([len(e) for e in ids])
         target = torch.tensor((y - mean) / std, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(seed)
-        t0, step, losses = time.time(), 0, []
-        net.train()
-        while step < steps:
-            for idx in length_grouped_batches(lengths, bs, gen):
-                b = tok.pad({"input_ids": [ids[j] for j in idx]}, return_tensors="pt")
-                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    out = net(**b).squeeze(-1)
-                losses.append(optimizer_step(net, opt, sched, torch.nn.functional.mse_loss(out, target[idx])))
-                step += 1
-                if log and (step % 100 == 0 or step == steps):
-                    el = time.time() - t0
-                    log(f"reaction encoder step {step}/{steps} loss {np.mean(losses[-100:]):.4f} "
-                        f"{el:.0f}s (eta {el / step * (steps - step):.0f}s)")
-                if step >= steps:
-                    break
+        t0 = time.time()
+        losses = train_loop(net, tok, ids, (opt, sched), steps, bs, torch.Generator().manual_seed(seed), dtype,
+                            lambda out, idx: torch.nn.functional.mse_loss(out.squeeze(-1), target[idx]), log,
+                            "reaction encoder")
         metrics = {"steps": float(steps), "train_seconds": time.time() - t0,
                    "final_train_loss": float(np.mean(losses[-100:]))}
         return cls(tok, net.eval(), mean, std, len(pairs), max_length, precision, metrics)
