@@ -100,11 +100,9 @@ def main() -> None:
     if a.dialogue:
         dialogue = DialogueJudge.load(a.dialogue)
     elif not a.no_dialogue:
-        fit, folds = None, 5
-        if a.reaction == "encoder":  # as the reward stage fits it (rewards/judgement.py)
-            from convrl.rewards.reaction_encoder import encoder_reaction_fit
+        from convrl.rewards.reaction_encoder import reaction_fitter
 
-            fit, folds = encoder_reaction_fit(enc_dir, a.reaction_epochs, a.seed), 2
+        fit, folds = reaction_fitter(a.reaction, enc_dir, a.reaction_epochs, a.seed)  # as the reward stage fits it
         dialogue, m = train_dialogue_judge(encoder, rated_dialogues(
             [str(data / "convai2_human_eval"), str(data / "user_satisfaction")], a.dialogues_per_source), seed=a.seed,
             reaction_fit=fit, reaction_folds=folds)

@@ -243,3 +243,13 @@ def test_reward_stage_trains_the_encoder_reaction_model_when_asked(one_thread, t
     assert np.isfinite(model.predict(["Booked, reference R9."], ["Thanks, that's perfect!"])).all()
     with pytest.raises(ConfigError, match="reaction_model must be tfidf or encoder"):
         load_config("tiny", ["rewards.reaction_model=bert"])
+
+
+def test_reaction_fitter_picks_the_fit_and_folds_by_kind():
+    from convrl.rewards.reaction_encoder import reaction_fitter
+
+    assert reaction_fitter("tfidf", "") == (None, 5)
+    fit, folds = reaction_fitter("encoder", "unused-until-called")
+    assert callable(fit) and folds == 2
+    with pytest.raises(ValueError, match="tfidf or encoder"):
+        reaction_fitter("bert", "")

@@ -232,7 +232,7 @@ def train_dialogue_judge(encoder, dialogues: list[dict], held_out_fraction: floa
     """Fit on the training-side dialogues; Spearman per source on the held-out ones (beside turns alone).
 
     ``reaction_fit``/``reaction_folds``: how ``reactions.crossfit_reaction`` fits the reaction model (default:
-    TF-IDF, 5 folds; ``reaction_encoder.encoder_reaction_fit`` with 2 folds for the fine-tuned encoder)."""
+    TF-IDF, 5 folds; ``reaction_encoder.reaction_fitter`` gives both for either kind)."""
     from scipy import stats
 
     from convrl.rewards.human_data import held_out

@@ -152,6 +152,22 @@ def save_encoder_head(net: "PooledEncoderHead", tokenizer, out_dir: str | Path) 
     return out
 
 
+@torch.inference_mode()
+def forward_batches(net: "PooledEncoderHead", tokenizer, texts: list[str], n_out: int, max_length: int, dtype,
+                    batch_size: int = 256) -> np.ndarray:
+    """(len(texts), n_out) float32 outputs of ``net``, in batches of similar length (little padding), bf16
+    autocast when ``dtype`` is set; an empty text is read as one space."""
+    out = np.zeros((len(texts), n_out), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        b = tokenizer([texts[j] or " " for j in idx], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out[idx] = net(**b).float().numpy()
+    return out
+
+
 def load_encoder_head(folder: str | Path, n_labels: int):
     """The tokenizer and ``PooledEncoderHead`` (dropout off) that ``save_encoder_head`` wrote to ``folder``."""
     from transformers import AutoModel, AutoTokenizer
@@ -175,20 +191,11 @@ class FinetunedEmotionClassifier:
         self.precision = precision
         self._dtype = autocast_dtype(precision)
 
-    @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
         self.model.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            b = self.tokenizer([texts[j] or " " for j in idx], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
-            with torch.autocast("cpu", dtype=self._dtype or torch.bfloat16, enabled=self._dtype is not None):
-                out[idx] = torch.sigmoid(self.model(**b)).numpy()
-        return out
+        logits = forward_batches(self.model, self.tokenizer, texts, len(self.labels), self.max_length, self._dtype,
+                                 batch_size)
+        return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
     def predict(self, texts: list[str]) -> np.ndarray:
         return (self.predict_proba(texts) >= self.thresholds).astype(np.int8)

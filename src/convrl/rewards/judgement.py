@@ -72,12 +72,9 @@ def train_human_judgement(rc, encoder, encoder_dir: str, out_dir: str | Path, se
         metrics.update({f"cross/{k}": float(v) for k, v in {**m, **counts}.items() if isinstance(v, (int, float))})
     if rc.dialogue_data:
         from convrl.rewards.dialogue import rated_dialogues, train_dialogue_judge
+        from convrl.rewards.reaction_encoder import reaction_fitter
 
-        fit, folds = None, 5
-        if rc.reaction_model == "encoder":  # 3 fine-tunes (2 folds + all), so 2 folds rather than TF-IDF's 5
-            from convrl.rewards.reaction_encoder import encoder_reaction_fit
-
-            fit, folds = encoder_reaction_fit(encoder_dir, rc.reaction_epochs, seed, log), 2
+        fit, folds = reaction_fitter(rc.reaction_model, encoder_dir, rc.reaction_epochs, seed, log)
         judge, m = train_dialogue_judge(encoder, rated_dialogues(rc.dialogue_data, rc.dialogue_max_per_source),
                                         seed=seed, reaction_fit=fit, reaction_folds=folds)
         judge.save(out / "dialogue")

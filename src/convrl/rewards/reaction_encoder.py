@@ -19,7 +19,8 @@ encoder``, 2 epochs), not the demo's::
     model.predict(replies, next_user_turns)                            # 1-5, as ReactionModel.predict
     model.features(conversations)                                      # the dialogue judge's reaction columns
     model.save(folder); load_reaction(folder)                          # whichever kind the folder holds
-    crossfit_reaction(convs, train, ids, folds=2, fit=encoder_reaction_fit(encoder_dir))   # out-of-fold
+    fit, folds = reaction_fitter("encoder", encoder_dir)
+    crossfit_reaction(convs, train, ids, folds, fit)                   # out-of-fold features
 """
 
 from __future__ import annotations
@@ -91,21 +92,11 @@ class EncoderReactionModel:
         """Predicted satisfaction of exchange texts (``reactions.exchange_text``); NaN when not fitted."""
         if not self.fitted:
             return np.full(len(texts), np.nan)
-        import torch
+        from convrl.rewards.emotion_finetune import autocast_dtype, forward_batches
 
-        from convrl.rewards.emotion_finetune import autocast_dtype
-
-        dtype = autocast_dtype(self.precision)
-        out = np.zeros(len(texts), dtype=np.float64)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding per batch
-        with torch.inference_mode():
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                b = self.tokenizer([texts[j] or " " for j in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    out[idx] = self.net(**b).squeeze(-1).float().numpy()
-        return self.mean + self.std * out
+        out = forward_batches(self.net, self.tokenizer, texts, 1, self.max_length, autocast_dtype(self.precision),
+                              batch_size)[:, 0]
+        return self.mean + self.std * out.astype(np.float64)
 
     def predict(self, replies: list[str], next_user_turns: list[str]) -> np.ndarray:
         """Predicted satisfaction (1-5) of each reply, read from the user's next turn; NaN when not fitted."""
@@ -147,6 +138,17 @@ def encoder_reaction_fit(encoder_dir: str | Path, epochs: float = 1.0, seed: int
         return EncoderReactionModel.fit(conversations, encoder_dir, epochs=epochs, seed=seed, log=log)
 
     return fit
+
+
+def reaction_fitter(kind: str, encoder_dir: str | Path, epochs: float = 1.0, seed: int = 0,
+                    log: Callable[[str], None] | None = None) -> tuple[Callable | None, int]:
+    """``(fit, folds)`` for ``crossfit_reaction`` / ``train_dialogue_judge`` by ``rewards.reaction_model``: TF-IDF's
+    default fit with 5 folds, or the encoder's with 2 (each fold is a fine-tune, and the kept model a third)."""
+    if kind == "encoder":
+        return encoder_reaction_fit(encoder_dir, epochs, seed, log), 2
+    if kind == "tfidf":
+        return None, 5
+    raise ValueError(f"reaction model must be tfidf or encoder, got {kind!r}")
 
 
 def has_reaction(folder: str | Path) -> bool:
