@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         xs = np.zeros_like(x)
         xs[:, sets[name]] = x[:, sets[name]]
         pred = fit_dialogue_judge(xs, z, train, kind).predict_raw(xs)
-        _dev_rows(f"| {kind} | {name} | {size} | {int(train.sum())} |", pred, groups, dev, z, y, a.seed)
+        _dev_rows(f"| {kind} | {name} | {size} | {int(train.sum())} |", pred, groups, dev, y, a.seed)
     _ceiling(side, dev, z, reactions["full"], np.random.default_rng(a.seed))
     print(f"total {time.time() - t0:.0f} s")
     return 0
@@ -153,10 +153,10 @@ def _compare_reactions(a, convs, ids, x, z, dev, groups, y) -> None:
             xs = x.copy()
             xs[:, len(FEATURES) - len(REACTION_FEATURES):] = feats
             pred = feats[:, 0] if cols is None else fit_dialogue_judge(xs, z, ~dev, "gbm").predict_raw(xs)
-            _dev_rows(f"| {name} | {label} |", pred, groups, dev, z, y, a.seed)
+            _dev_rows(f"| {name} | {label} |", pred, groups, dev, y, a.seed)
 
 
-def _dev_rows(prefix: str, pred, groups, dev, z, y, seed: int) -> None:
+def _dev_rows(prefix: str, pred, groups, dev, y, seed: int) -> None:
     """One table row per source group with 10+ dev dialogues: ``prefix | group | n | Spearman [95% CI] |``."""
     import numpy as np
 
@@ -164,9 +164,8 @@ def _dev_rows(prefix: str, pred, groups, dev, z, y, seed: int) -> None:
         m = m & dev
         if m.sum() < 10:
             continue
-        # Pooled corpora: z-scores, so each corpus's own scale does not decide the ranking.
-        target = z[m] if g.startswith("user_satisfaction") else y[m]
-        rho, lo, hi = _spearman_ci(pred[m], target, np.random.default_rng(seed))
+        # Pooled corpora: their raw ratings (one 1-5 scale), as meta-eval pools them.
+        rho, lo, hi = _spearman_ci(pred[m], y[m], np.random.default_rng(seed))
         print(f"{prefix} {g} | {int(m.sum())} | {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
 
 

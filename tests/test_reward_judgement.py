@@ -14,7 +14,8 @@ from convrl.meta_eval.suite import SuiteJudges, SuiteLimits, head_checks, run_su
 from convrl.rewards.calibrate import fit_weights
 from convrl.rewards.cross_encoder import TASKS, CrossEncoderHeads, CrossSettings, train_cross_encoder
 from convrl.rewards.cross_training import next_utterance_examples, split_dev
-from convrl.rewards.dialogue import FEATURES, DialogueJudge, dialogue_features, train_dialogue_judge
+from convrl.rewards.dialogue import (FEATURES, DialogueJudge, dialogue_features, standardized_scores,
+                                     train_dialogue_judge)
 from convrl.rewards.heads import HEADS, RewardScorer
 from convrl.rewards.human_data import RatedDataError, validate_item
 from convrl.rewards.llm_judge import LLMJudge
@@ -139,6 +140,24 @@ def test_dialogue_judge_reads_the_whole_conversation(tiny_encoder, tmp_path):
     assert m2["test_spearman_convai2"] > 0.5
     assert np.allclose(DialogueJudge.load(ridge.save(tmp_path / "ridge")).score(tiny_encoder, convs),
                        ridge.score(tiny_encoder, convs))
+
+
+def test_dialogue_targets_keep_the_level_of_corpora_rated_on_one_scale():
+    # Two user-satisfaction corpora share the 1-5 overall scale: a corpus rated higher stays higher after
+    # standardising (meta-eval pools their raw ratings); ConvAI2's stars are standardised on their own.
+    ds = ([{"source": "satisfaction-SGD", "score": s} for s in (3.0, 4.0, 3.5, 4.5)]
+          + [{"source": "satisfaction-CCPE", "score": s} for s in (2.0, 3.0, 2.5, 3.5)]
+          + [{"source": "convai2", "score": s} for s in (1.0, 5.0, 2.0, 4.0)])
+    z = standardized_scores(ds, np.zeros(len(ds), dtype=bool))
+    assert z[:4].mean() > 0.5 > -0.5 > z[4:8].mean()
+    assert np.allclose(z[:8], (np.array([d["score"] for d in ds[:8]]) - 3.25) / np.std([d["score"] for d in ds[:8]]),
+                       atol=1e-6)
+    assert abs(z[8:].mean()) < 1e-9 and abs(z[8:].std() - 1) < 1e-6
+    # Only the training side sets the mean and spread.
+    test = np.array([False] * 3 + [True] + [False] * 8)
+    z2 = standardized_scores(ds, test)
+    ref = np.array([d["score"] for d, t in zip(ds[:8], test[:8]) if not t])
+    assert np.isclose(z2[3], (4.5 - ref.mean()) / ref.std(), atol=1e-6)
 
 
 def test_dialogue_judge_load_refuses_old_formats_and_foreign_types(tiny_encoder, tmp_path):
