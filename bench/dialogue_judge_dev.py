@@ -26,7 +26,7 @@ reward stage fits it): their Spearman with the raters' turn ratings on the dev
 sessions, and the judge (trees, every training-side dialogue, all features)
 with each::
 
-    .venv/bin/python bench/dialogue_judge_dev.py --reaction encoder --threads 2    # 895 s here (2 epochs)
+    .venv/bin/python bench/dialogue_judge_dev.py --reaction encoder --threads 2    # 895 s on a 2-core Xeon with AMX
 """
 
 from __future__ import annotations
