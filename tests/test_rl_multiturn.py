@@ -315,3 +315,40 @@ def test_rollouts_can_decode_with_the_chat_ngram_ban(scorer, prompts, personas, 
                 assert not _reply_repeats(seq, len(seq) - 1, 2), (k, seq[-4:])
     with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
         MultiTurnSection(no_repeat_ngram_size=-1).validate()
+
+
+def test_scoring_only_policy_tokens_trains_as_scoring_every_token(scorer, prompts, personas, tiny_policy_dir, tok,
+                                                                  tmp_path, monkeypatch):
+    """rl.speed.policy_tokens_only: the log-prob passes skip the user's turns, and training does not change."""
+    import convrl.rl.prefix as prefix
+    from convrl.config.rl import SpeedSection
+
+    passed = []
+    real = prefix.shared_prefix_logps
+
+    def spy(*a, scored=None, **kw):
+        passed.append(scored)
+        return real(*a, scored=scored, **kw)
+
+    monkeypatch.setattr(prefix, "shared_prefix_logps", spy)
+    funcs, weights, _ = conversation_reward_funcs(scorer, {p.persona_id: p for p in personas})
+    logs = {}
+    for only in (True, False):
+        rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, save_steps=10,
+                      precision="fp32", turns=2, learning_rate=0.05, speed=SpeedSection(policy_tokens_only=only),
+                      mask_truncated_completions=False)  # else the tiny model's cut-off rollouts leave no loss
+        rollout = MultiTurnRollout(rl.turns, SimulatedUser(tiny_policy_dir, max_new_tokens=5, seed=0), tok, "model")
+        rows = []
+        train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path / str(only), rollout=rollout,
+                   on_log=lambda row, step: rows.append(row))
+        logs[only] = [r for r in rows if "loss" in r]
+        if only:
+            # Each pass got the rollout's env_mask: some completion tokens are not scored (user turns, glue).
+            assert passed and all(s is not None and s.any() and not s.all() for s in passed)
+        else:
+            assert passed and all(s is None for s in passed[-2:])
+        passed.clear()
+    assert len(logs[True]) == len(logs[False]) == 2
+    for a, b in zip(logs[True], logs[False]):
+        for key in ("loss", "kl", "entropy", "reward", "completions/mean_length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key

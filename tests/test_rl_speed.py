@@ -230,3 +230,75 @@ def test_top_p_from_top_k_keeps_what_transformers_keeps(spread):
         assert torch.equal(got[torch.isfinite(got)], want[torch.isfinite(want)])
         if top_p == 1e-6:
             assert torch.isfinite(got).sum(1).eq(3).all()
+
+
+def test_scoring_only_the_policys_tokens_changes_nothing_the_loss_reads(peft_tiny):
+    """Multi-turn completions are mostly a simulated user's turns; the passes score only the policy's tokens."""
+    from convrl.rl.prefix import shared_prefix_logps, shared_prefix_ref_logps
+
+    ids, am, C = grouped_batch(peft_tiny.config.vocab_size)
+    scored = torch.zeros(ids.size(0), C, dtype=torch.bool)
+    scored[:, ::2] = True  # every other completion token is the policy's, the rest the "user's"
+    read = scored & am[:, -C:].bool()
+
+    def grads(loss):
+        peft_tiny.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in peft_tiny.named_parameters() if p.requires_grad}
+
+    lp_all, ent_all = shared_prefix_logps(peft_tiny, ids, am, C, compute_entropy=True, temperature=0.9)
+    g_all = grads((lp_all * read).sum())
+    lp, ent = shared_prefix_logps(peft_tiny, ids, am, C, compute_entropy=True, temperature=0.9, scored=scored)
+    g = grads((lp * read).sum())
+    assert torch.allclose(lp[read], lp_all.detach()[read], atol=1e-5)
+    assert torch.allclose(ent[read], ent_all[read], atol=1e-5)
+    assert (lp[~read] == 0).all() and (ent[~read] == 0).all() and (lp_all.detach()[~scored & am[:, -C:].bool()] != 0).all()
+    for name in g_all:
+        assert torch.allclose(g[name], g_all[name], rtol=1e-4, atol=1e-6), name
+    with torch.no_grad():
+        scaled_all, plain_all = shared_prefix_ref_logps(peft_tiny, ids, am, C, temperature=0.9)
+        scaled, plain = shared_prefix_ref_logps(peft_tiny, ids, am, C, temperature=0.9, scored=scored)
+    assert torch.allclose(scaled[read], scaled_all[read], atol=1e-5) and torch.allclose(plain[read], plain_all[read],
+                                                                                       atol=1e-5)
+    assert (scaled[~read] == 0).all() and (plain[~read] == 0).all()
+    assert torch.allclose(scaled_all[read], lp_all.detach()[read], atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])
+def test_blockwise_label_logps_match_plain_autograd(precision, monkeypatch):
+    """rl.lm_head works a block of positions at a time (and recomputes logits on backward): same numbers."""
+    from contextlib import nullcontext
+
+    from convrl.rl import lm_head
+
+    monkeypatch.setattr(lm_head, "BLOCK", 16)  # 50 positions: three full blocks and a partial one
+    torch.manual_seed(0)
+    N, H, V = 50, 24, 300
+    h = torch.randn(N, H, requires_grad=True)
+    w = (0.3 * torch.randn(V, H)).requires_grad_()
+    b = torch.randn(V, requires_grad=True)
+    labels, g = torch.randint(0, V, (N,)), torch.randn(N)
+    bf16 = precision != "fp32"
+
+    def ctx():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    with ctx():
+        z = (h @ w.T)
+        z = (z + b.to(z.dtype)).float() / 0.9
+        want = z.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+        want_ent = -(torch.log_softmax(z, -1).exp() * torch.log_softmax(z, -1)).sum(-1)
+    want_grads = torch.autograd.grad((want * g).sum(), (h, w, b))
+    with ctx():
+        lp, ent = lm_head.label_logps(h, w, labels, 0.9, entropy=True, bias=b)
+    grads = torch.autograd.grad((lp * g).sum(), (h, w, b))
+    tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-5)
+    assert torch.allclose(lp, want, **tol) and torch.allclose(ent, want_ent.detach(), **tol)
+    for got, ref in zip(grads, want_grads):
+        assert torch.allclose(got, ref, **tol)
+    with ctx(), torch.no_grad():
+        scaled, plain = lm_head.label_logps_at_two_temperatures(h, w, labels, 0.9, bias=b)
+        z1 = (h @ w.T)
+        z1 = (z1 + b.to(z1.dtype)).float()
+    assert torch.allclose(scaled, want, **tol)
+    assert torch.allclose(plain, z1.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(z1, -1), **tol)

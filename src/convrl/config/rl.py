@@ -167,6 +167,9 @@ class SpeedSection:
         "help": "Prefill and forward each distinct prompt once per GRPO group (rollouts, log-prob passes)."})
     carry_kv_cache: bool = field(default=True, metadata={
         "help": "Multi-turn rollouts keep each conversation's KV cache across turns (needs fast_rollouts)."})
+    policy_tokens_only: bool = field(default=True, metadata={
+        "help": "Multi-turn: the log-prob passes compute logits only for the policy's own tokens, not the "
+                "simulated user's (which the loss never reads)."})
     reference_fluency: bool = field(default=True, metadata={
         "help": "The KL reference pass hands its log-probs to the fluency head (no separate fluency LM pass)."})
     vllm: bool = field(default=True, metadata={

@@ -214,6 +214,7 @@ def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
     ref = fluency_from_reference(scorer, base_dir, rl, tok) if scorer is not None and s.reference_fluency else None
     return ConvRLTrainerConfig(
         fast_rollouts=s.fast_rollouts, share_prompt_prefix=s.share_prompt_prefix, carry_kv_cache=s.carry_kv_cache,
+        policy_tokens_only=s.policy_tokens_only,
         generation_dtype=torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32,
         reference_logprobs=ref, turn_credit=rl.multiturn.turn_credit if rl.turns > 1 else 0.0,
         turn_rewards=turn_rewards, guard=rl.guard.trainer_kwargs())

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from convrl.rl.lm_head import label_logps, label_logps_at_two_temperatures
+
 
 def backbone_of(model):
     """The decoder stack (no LM head) of a causal LM, a PEFT model or an accelerate-wrapped one."""
@@ -49,15 +51,21 @@ def shares_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_com
     return len(prefix_groups(input_ids, attention_mask, n_completion)) < input_ids.size(0)
 
 
-def _group_inputs(input_ids, attention_mask, C, groups):
-    """Per group: (rows, prompt ids, fed ids, labels, attention mask, position ids)."""
+def _group_inputs(input_ids, attention_mask, C, groups, scored=None):
+    """Per group: (rows, prompt ids, fed ids, labels, attention mask, position ids).
+
+    ``scored`` ([rows, C] bool, optional): completion tokens whose log-prob is
+    read (e.g. the policy's own tokens of a multi-turn rollout); the others get
+    label -100 but are still attended to.
+    """
     for rows, prompt in groups:
         G, Lp = rows.numel(), prompt.numel()
         completion = input_ids[rows, -C:]
         cmask = attention_mask[rows, -C:]
         # The last prompt token is re-fed with the completion: its hidden state predicts completion token 0.
         x = torch.cat([prompt[-1:].expand(G, 1), completion], dim=1)
-        labels = x.masked_fill(torch.cat([torch.zeros_like(cmask[:, :1]), cmask], 1) == 0, -100)
+        read = cmask if scored is None else cmask * scored[rows].to(cmask.dtype)
+        labels = x.masked_fill(torch.cat([torch.zeros_like(read[:, :1]), read], 1) == 0, -100)
         am = torch.cat([torch.ones(G, Lp, dtype=cmask.dtype, device=cmask.device), cmask], dim=1)
         pos = torch.arange(Lp - 1, Lp + C, device=x.device).expand(G, -1)
         yield rows, prompt, x, labels, am, pos
@@ -72,50 +80,42 @@ def _prompt_cache(backbone, prompt_ids, G):
     return cache
 
 
-# Above this many logits per group (fp32, 1 GiB), the LM head goes through TRL's chunked kernel instead. The demo's
-# two-turn groups (8 rows x ~230 tokens x 49,152) hold 91M: at the former 64M they took the chunked kernel, whose
-# forward and backward took 1.4 + 3.3 s against 1.3 + 2.4 s as plain ops, at a lower peak RSS (5.4 vs 5.8 GB; SmolLM2
-# LoRA, bf16 autocast, 2 cores).
-FULL_LOGITS_LIMIT = 256 * 2**20
-
-
-def _label_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each next-token label (``labels[:, 1:]``, -100 = none -> 0) under ``logits`` [G, C, V]."""
-    target = labels[:, 1:]
-    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked - torch.logsumexp(logits, -1)) * (target != -100)
 
 
 def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool):
-    """Log-probs of ``labels[:, 1:]`` (and entropies) from ``hidden`` [G, C+1, H], plain autograd through the head.
+    """Log-probs of ``labels[:, 1:]`` (and entropies) from ``hidden`` [G, C+1, H], through the head in blocks.
 
     TRL's chunked LM-head kernel never materialises the logits, which matters
     for big vocabularies on GPUs; on a CPU its backward recomputes every tile
     and accumulates the gradient GEMMs in fp32 (half of a GRPO step's backward
-    on SmolLM2-135M). When a group's logits fit in memory, one bf16 GEMM each
-    way (fp32 accumulation inside, one rounding of the result, as for any
-    autocast linear layer) is the same computation, faster.
+    on SmolLM2-135M). ``lm_head.label_logps`` also works a block at a time, with
+    autocast's bf16 GEMMs (fp32 accumulation inside, one rounding of the result).
+
+    The head runs only at positions with a label (not padding, not tokens the
+    loss never reads such as a simulated user's turns): on a CPU the
+    vocabulary-wide passes over the logits cost as much as the GEMM. Other
+    positions get 0.
     """
-    logits = head(hidden[:, :-1]).float() / temperature
-    lp = _label_logps(logits, labels)
-    entropy = None
-    if compute_entropy:
-        with torch.no_grad():
-            logp = torch.log_softmax(logits, -1)
-            entropy = -(logp.exp() * logp).sum(-1) * (labels[:, 1:] != -100)
-    return lp, entropy
+    target = labels[:, 1:]
+    idx = (target != -100).nonzero(as_tuple=True)
+    lp, ent = label_logps(hidden[:, :-1][idx], head.weight, target[idx], temperature, compute_entropy, head.bias)
+    # index_put (not in place) keeps the graph from the scored positions to the [G, C] result.
+    zeros = torch.zeros(target.shape, dtype=lp.dtype, device=lp.device)
+    return zeros.index_put(idx, lp), (zeros.index_put(idx, ent) if compute_entropy else None)
 
 
 def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool = False, autocast=None, groups=None, temperature: float | None = None):
+                        compute_entropy: bool = False, autocast=None, groups=None, temperature: float | None = None,
+                        scored: torch.Tensor | None = None):
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, one prompt pass per group.
 
     Same shapes and semantics as ``GRPOTrainer._get_per_token_logps_and_entropies``.
     With ``temperature`` and a plain LM head (``plain_lm_head``) the head runs
-    as ordinary autograd ops (``_head_logps``) when a group's logits fit under
-    ``FULL_LOGITS_LIMIT``; otherwise ``model`` must carry TRL's fused LM head
-    (``add_fused_lm_head``; GRPOTrainer adds it), which applies its own
-    temperature. ``groups`` is ``prefix_groups(...)`` when the caller has it.
+    block by block over the scored positions (``_head_logps``); otherwise
+    ``model`` must carry TRL's fused LM head (``add_fused_lm_head``;
+    GRPOTrainer adds it), which applies its own temperature. ``groups`` is ``prefix_groups(...)`` when the caller has it.
+    ``scored`` ([B, logits_to_keep] bool): on the plain-head path only these
+    completion tokens get log-probs (and entropies); the rest are 0.
     """
     from contextlib import nullcontext
 
@@ -126,10 +126,11 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     C = logits_to_keep
     plain = temperature is not None and plain_lm_head(getattr(model, "module", model).config)
     logps = entropies = None
-    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups):
+    scored = scored if plain else None
+    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
         with autocast():
             cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
-            if plain and rows.numel() * C * head.weight.size(0) <= FULL_LOGITS_LIMIT:
+            if plain:
                 hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
                 lp, ent = _head_logps(head, hidden, labels, temperature, compute_entropy)
             else:
@@ -155,13 +156,14 @@ def plain_lm_head(config) -> bool:
 
 @torch.no_grad()
 def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                            temperature: float, autocast=None, groups=None):
+                            temperature: float, autocast=None, groups=None, scored: torch.Tensor | None = None):
     """(log-probs at ``temperature``, log-probs at temperature 1) of the last ``logits_to_keep`` tokens.
 
     The reference pass of GRPO: the first is what the KL term needs (what
     ``shared_prefix_logps`` returns), the second is the plain likelihood under
     the same frozen model, i.e. the fluency head's input. One backbone pass,
     one LM-head projection, no gradient. Needs ``plain_lm_head(config)``.
+    ``scored`` as for ``shared_prefix_logps``: other tokens get 0 in both.
     """
     from contextlib import nullcontext
 
@@ -172,16 +174,14 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     C = logits_to_keep
     scaled = input_ids.new_zeros(input_ids.size(0), C, dtype=torch.float32)
     plain = torch.zeros_like(scaled)
-    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups):
+    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
         with autocast():
             cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
             hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
-            # Rows in blocks whose (rows, C, vocab) logits stay under FULL_LOGITS_LIMIT.
-            step = max(1, FULL_LOGITS_LIMIT // max(1, C * head.weight.size(0)))
-            for j in range(0, rows.numel(), step):
-                logits = head(hidden[j:j + step, :C]).float()
-                plain[rows[j:j + step]] = _label_logps(logits, labels[j:j + step])
-                scaled[rows[j:j + step]] = _label_logps(logits.div_(temperature), labels[j:j + step])
+            target = labels[:, 1:]
+            r, c = (target != -100).nonzero(as_tuple=True)  # only the positions with a label (see _head_logps)
+            scaled[rows[r], c], plain[rows[r], c] = label_logps_at_two_temperatures(
+                hidden[r, c], head.weight, target[r, c], temperature, head.bias)
     return scaled, plain
 
 

@@ -71,6 +71,10 @@ class ConvRLTrainerConfig:
         "help": "Prefill / forward each distinct prompt once per GRPO group (rollouts and log-prob passes)."})
     carry_kv_cache: bool = field(default=True, metadata={
         "help": "Multi-turn rollouts keep each conversation's KV cache across turns (needs fast_rollouts)."})
+    policy_tokens_only: bool = field(default=True, metadata={
+        "help": "Multi-turn: the log-prob passes compute logits only for the policy's own tokens (the loss and the "
+                "KL term read no others; a simulated user's turns are attended to, not scored). Needs "
+                "share_prompt_prefix."})
     reference_logprobs: object = field(default=None, metadata={
         "help": "rewards.fluency.ReferenceLogprobs filled by the KL reference pass for the fluency head, or None."})
     turn_credit: float = field(default=0.0, metadata={
@@ -88,7 +92,8 @@ class ConvRLTrainerConfig:
     @classmethod
     def stock(cls) -> "ConvRLTrainerConfig":
         """Every lever off: TRL's computation, for comparisons and as a fallback."""
-        return cls(fast_rollouts=False, share_prompt_prefix=False, carry_kv_cache=False, log_head_advantages=False)
+        return cls(fast_rollouts=False, share_prompt_prefix=False, carry_kv_cache=False, policy_tokens_only=False,
+                   log_head_advantages=False)
 
 
 class GuardCheckpoint(TrainerCallback):
@@ -122,6 +127,7 @@ class ConvRLTrainerMixin:
         self._rollout_copy: RolloutModel | None = None
         self._timing: dict[str, float] = {}
         self._last_rewards_per_func = None
+        self._policy_token_mask = None  # the batch's env_mask (1 = a policy token), see _scored_tokens
         super().__init__(*args, **kwargs)
         self._guard = None
         if self.convrl.guard:
@@ -146,6 +152,7 @@ class ConvRLTrainerMixin:
         if self.convrl.share_prompt_prefix and not compute_aux_loss and all(v is None for v in multimodal.values()):
             groups = prefix.prefix_groups(input_ids, attention_mask, logits_to_keep)
             if len(groups) < input_ids.size(0):
+                scored = self._scored_tokens(input_ids.size(0), logits_to_keep, input_ids.device)
                 ref = self.convrl.reference_logprobs
                 if ref is not None and not compute_entropy and self._is_reference_pass(model):
                     # The KL reference pass also yields the fluency head's log-probs (same frozen base model).
@@ -157,16 +164,34 @@ class ConvRLTrainerMixin:
                         am = am.clone()
                         am[truncated, -logits_to_keep:] = 1
                     logps, plain = prefix.shared_prefix_ref_logps(model, input_ids, am, logits_to_keep,
-                                                                  self.temperature, self.accelerator.autocast, groups)
+                                                                  self.temperature, self.accelerator.autocast, groups,
+                                                                  scored)
                     ref.put(input_ids[:, -logits_to_keep:].tolist(), list(plain.cpu().numpy()))
                     return logps, None, None
                 logps, entropies = prefix.shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
                                                               compute_entropy, self.accelerator.autocast, groups,
-                                                              temperature=self.temperature)
+                                                              temperature=self.temperature, scored=scored)
                 return logps, entropies, None
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
             compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+
+    def _scored_tokens(self, rows: int, C: int, device) -> torch.Tensor | None:
+        """[rows, C] bool: the completion tokens a log-prob pass must score (the policy's), or None for all.
+
+        A multi-turn rollout's completion is mostly a simulated user's turns,
+        template glue and padding, which the loss masks out (TRL's tool_mask);
+        on a CPU the LM head and its vocabulary-wide passes over those positions
+        were a third of a two-turn step.
+        """
+        m = self._policy_token_mask
+        if not self.convrl.policy_tokens_only or m is None:
+            return None
+        if not torch.is_tensor(m):  # the rollout's env_mask lists, one per row, as _generate returned them
+            if len(m) != rows or max(map(len, m), default=0) > C:
+                return None
+            m = torch.tensor([list(r) + [0] * (C - len(r)) for r in m])
+        return m.to(device=device, dtype=torch.bool) if tuple(m.shape) == (rows, C) else None
 
     def _is_reference_pass(self, model) -> bool:
         # TRL's reference pass: the separate ref model, or the PEFT model with its adapters disabled, or with its
@@ -254,7 +279,10 @@ class ConvRLTrainerMixin:
             self._metrics["train"][name].append(value)
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._policy_token_mask = None
         mode = "train" if self.model.training else "eval"
         for name, secs in self._timing.items():
             self._metrics[mode][f"timing/{name}"].append(secs)
@@ -302,6 +330,18 @@ class ConvRLTrainerMixin:
 class ConvRLGRPOTrainer(ConvRLTrainerMixin, GRPOTrainer):
     """TRL's GRPOTrainer (single- or multi-turn via ``rollout_func``) with convrl's levers."""
 
+    def _generate(self, prompts: list):
+        out = super()._generate(prompts)
+        self._policy_token_mask = out[2]  # tool_mask: a rollout_func's env_mask, None for single-turn
+        return out
+
+    def _compute_loss(self, model, inputs):
+        self._policy_token_mask = inputs.get("tool_mask")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._policy_token_mask = None
+
 
 class ConvRLRLOOTrainer(ConvRLTrainerMixin, RLOOTrainer):
     """TRL's RLOOTrainer (single-turn) with convrl's levers; turn credit does not apply."""
@@ -321,6 +361,8 @@ OVERRIDES: dict[tuple[type, str], str] = {
         "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)",
     (GRPOTrainer, "_calculate_rewards"): _REWARDS,
     (GRPOTrainer, "_generate_and_score_completions"): _SCORE,
+    (GRPOTrainer, "_generate"): "(self, prompts: list)",
+    (GRPOTrainer, "_compute_loss"): "(self, model, inputs)",
     (RLOOTrainer, "_get_per_token_logps_and_entropies"): _LOGPS,
     (RLOOTrainer, "_generate_single_turn"): "(self, prompt_ids, images, multimodal_fields)",
     (RLOOTrainer, "_calculate_rewards"): _REWARDS,
