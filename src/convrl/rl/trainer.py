@@ -19,6 +19,9 @@ Levers (results are the same computation, tests compare each against the plain o
 * ``carry_kv_cache``: multi-turn rollouts keep each conversation's cache
   across turns (``rl.conversation_decoder``; ``MultiTurnRollout`` asks
   ``conversation_decoder()``).
+* ``policy_tokens_only``: the log-prob passes score only the tokens the loss
+  reads (a multi-turn rollout's ``env_mask``: not the simulated user's turns),
+  through the LM head in blocks (``rl.lm_head``).
 * ``reference_logprobs``: the KL reference pass also hands the base model's
   temperature-1 log-probs to the fluency head (``rewards.fluency``).
 
