@@ -271,6 +271,10 @@ def test_blockwise_label_logps_match_plain_autograd(precision, monkeypatch):
 
     from convrl.rl import lm_head
 
+    cpu = torch.device("cpu")
+    for vocab in (49_152, 151_936):  # SmolLM2's and Qwen2.5's: a block's fp32 logits stay under glibc's 32 MB
+        rows = lm_head._block_rows(vocab, cpu)
+        assert 8 <= rows <= lm_head.BLOCK and rows * vocab * 4 <= 32 << 20
     monkeypatch.setattr(lm_head, "BLOCK", 16)  # 50 positions: three full blocks and a partial one
     torch.manual_seed(0)
     N, H, V = 50, 24, 300

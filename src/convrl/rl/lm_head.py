@@ -10,8 +10,9 @@ them. On a 2-core AMD EPYC, ``torch.logsumexp`` over 1,200 x 49,152 fp32 logits
 took 103 ms whole and 44 ms in blocks of 128 rows; a fresh fp32 copy of the
 bf16 logits 69 ms (``bench/rl_step_throughput.py`` profiles the passes).
 
-``label_logps`` computes blocks of ``BLOCK`` positions, whose logits stay under
-that 32 MB, so every block reuses the same heap pages; the backward pass
+``label_logps`` computes blocks of up to ``BLOCK`` positions, whose logits stay
+under that 32 MB (fewer positions for bigger vocabularies), so every block
+reuses the same heap pages; the backward pass
 recomputes each block's logits (one more bf16 GEMM over the head) instead of
 keeping them. The arithmetic is autocast's: the GEMM in the compute dtype with
 its result rounded to it, then fp32 for the softmax. ``tests/test_rl_speed.py``
@@ -26,6 +27,14 @@ import torch
 
 # 128 x 49,152 fp32 logits are 25 MB: under glibc's largest mmap threshold (32 MB), so blocks reuse heap pages.
 BLOCK = 128
+_CPU_BLOCK_BYTES = 24 << 20
+
+
+def _block_rows(vocab: int, device: torch.device) -> int:
+    """Positions per block: at most ``BLOCK``, fewer for big vocabularies on a CPU (Qwen's 151,936: 41)."""
+    if device.type != "cpu":
+        return BLOCK * 8  # no page faults to avoid on an accelerator: fewer, larger GEMMs
+    return max(8, min(BLOCK, _CPU_BLOCK_BYTES // (4 * vocab)))
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -48,14 +57,15 @@ class _LabelLogps(torch.autograd.Function):
         lp = hidden.new_empty(labels.shape, dtype=torch.float32)
         lse = torch.empty_like(lp)
         ent = torch.empty_like(lp) if want_entropy else None
-        for i in range(0, labels.numel(), BLOCK):
-            z = _block_logits(hidden[i:i + BLOCK], w, bias, temperature)
-            lse[i:i + BLOCK] = m = torch.logsumexp(z, -1)
-            lp[i:i + BLOCK] = z.gather(-1, labels[i:i + BLOCK, None]).squeeze(-1) - m
+        B = _block_rows(weight.size(0), hidden.device)
+        for i in range(0, labels.numel(), B):
+            z = _block_logits(hidden[i:i + B], w, bias, temperature)
+            lse[i:i + B] = m = torch.logsumexp(z, -1)
+            lp[i:i + B] = z.gather(-1, labels[i:i + B, None]).squeeze(-1) - m
             if want_entropy:
                 # H = lse - sum(p * z): two passes over the block instead of log_softmax's several.
                 p = (z - m[:, None]).exp_()
-                ent[i:i + BLOCK] = m - p.mul_(z).sum(-1)
+                ent[i:i + B] = m - p.mul_(z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.temperature, ctx.dtype = temperature, dtype
         if ent is not None:
@@ -71,18 +81,19 @@ class _LabelLogps(torch.autograd.Function):
         g_h = torch.empty_like(hidden) if need_h else None
         g_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         g_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        for i in range(0, labels.numel(), BLOCK):
-            h = hidden[i:i + BLOCK]
+        B = _block_rows(weight.size(0), hidden.device)
+        for i in range(0, labels.numel(), B):
+            h = hidden[i:i + B]
             z = _block_logits(h, w, bias, T)
-            g = g_lp[i:i + BLOCK]
+            g = g_lp[i:i + B]
             # d lp / d z = onehot(label) - softmax(z), times the incoming gradient, through the 1/T scaling.
-            gz = (z - lse[i:i + BLOCK, None]).exp_().mul_(-g[:, None])
-            gz.scatter_add_(-1, labels[i:i + BLOCK, None], g[:, None])
+            gz = (z - lse[i:i + B, None]).exp_().mul_(-g[:, None])
+            gz.scatter_add_(-1, labels[i:i + B, None], g[:, None])
             if T != 1.0:
                 gz.div_(T)
             gz = gz.to(dtype)
             if need_h:
-                g_h[i:i + BLOCK] = (gz @ w).to(hidden.dtype)
+                g_h[i:i + B] = (gz @ w).to(hidden.dtype)
             if need_w:
                 g_w += (gz.T @ h.to(dtype)).float()
             if need_b:
@@ -109,10 +120,11 @@ def label_logps_at_two_temperatures(hidden: torch.Tensor, weight: torch.Tensor, 
     w = weight.to(_compute_dtype(hidden, weight))
     scaled = hidden.new_empty(labels.shape, dtype=torch.float32)
     plain = torch.empty_like(scaled)
-    for i in range(0, labels.numel(), BLOCK):
-        z = _block_logits(hidden[i:i + BLOCK], w, bias, 1.0)
-        t = labels[i:i + BLOCK, None]
-        plain[i:i + BLOCK] = z.gather(-1, t).squeeze(-1) - torch.logsumexp(z, -1)
+    B = _block_rows(weight.size(0), hidden.device)
+    for i in range(0, labels.numel(), B):
+        z = _block_logits(hidden[i:i + B], w, bias, 1.0)
+        t = labels[i:i + B, None]
+        plain[i:i + B] = z.gather(-1, t).squeeze(-1) - torch.logsumexp(z, -1)
         z.div_(temperature)
-        scaled[i:i + BLOCK] = z.gather(-1, t).squeeze(-1) - torch.logsumexp(z, -1)
+        scaled[i:i + B] = z.gather(-1, t).squeeze(-1) - torch.logsumexp(z, -1)
     return scaled, plain
