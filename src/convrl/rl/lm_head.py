@@ -8,7 +8,7 @@ fp32 copy, logsumexp's temporaries, the backward's gradient) is a fresh
 from its heap), and faulting the pages in costs more than the arithmetic on
 them. On a 2-core AMD EPYC, ``torch.logsumexp`` over 1,200 x 49,152 fp32 logits
 took 103 ms whole and 44 ms in blocks of 128 rows; a fresh fp32 copy of the
-bf16 logits 69 ms (``bench/rl_step_throughput.py`` profiles the passes).
+bf16 logits 69 ms (timed alone; ``bench/rl_step_throughput.py`` times the passes).
 
 ``label_logps`` computes blocks of up to ``BLOCK`` positions, whose logits stay
 under that 32 MB (fewer positions for bigger vocabularies), so every block

@@ -80,8 +80,6 @@ def _prompt_cache(backbone, prompt_ids, G):
     return cache
 
 
-
-
 def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool):
     """Log-probs of ``labels[:, 1:]`` (and entropies) from ``hidden`` [G, C+1, H], through the head in blocks.
 
@@ -98,7 +96,8 @@ def _head_logps(head, hidden, labels, temperature: float, compute_entropy: bool)
     """
     target = labels[:, 1:]
     idx = (target != -100).nonzero(as_tuple=True)
-    lp, ent = label_logps(hidden[:, :-1][idx], head.weight, target[idx], temperature, compute_entropy, head.bias)
+    lp, ent = label_logps(hidden[:, :-1][idx], head.weight, target[idx], temperature, compute_entropy,
+                          head.bias)
     # index_put (not in place) keeps the graph from the scored positions to the [G, C] result.
     zeros = torch.zeros(target.shape, dtype=lp.dtype, device=lp.device)
     return zeros.index_put(idx, lp), (zeros.index_put(idx, ent) if compute_entropy else None)

@@ -184,8 +184,8 @@ class ConvRLTrainerMixin:
 
         A multi-turn rollout's completion is mostly a simulated user's turns,
         template glue and padding, which the loss masks out (TRL's tool_mask);
-        on a CPU the LM head and its vocabulary-wide passes over those positions
-        were a third of a two-turn step.
+        on a CPU skipping them took a demo-shaped two-turn step from 23.0 to
+        18.3 s (README, "The trainer").
         """
         m = self._policy_token_mask
         if not self.convrl.policy_tokens_only or m is None:
