@@ -112,7 +112,8 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     With ``temperature`` and a plain LM head (``plain_lm_head``) the head runs
     block by block over the scored positions (``_head_logps``); otherwise
     ``model`` must carry TRL's fused LM head (``add_fused_lm_head``;
-    GRPOTrainer adds it), which applies its own temperature. ``groups`` is ``prefix_groups(...)`` when the caller has it.
+    GRPOTrainer adds it), which applies its own temperature. ``groups`` is
+    ``prefix_groups(...)`` when the caller has it.
     ``scored`` ([B, logits_to_keep] bool): on the plain-head path only these
     completion tokens get log-probs (and entropies); the rest are 0.
     """
