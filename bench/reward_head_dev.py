@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-TERMS = ("composite", "quality", "engagement", "personality", "relevance", "coherence", "appropriateness",
-         "substance", "question", "length")
+TERMS = ("composite", "composite_z", "quality", "engagement", "personality", "relevance", "coherence",
+         "appropriateness", "substance", "question", "length")
 
 
 def _columns(scorer, items: list[dict]) -> dict[str, np.ndarray]:
@@ -35,6 +35,11 @@ def _columns(scorer, items: list[dict]) -> dict[str, np.ndarray]:
     cols["substance"] = np.array([substance_score(r) for r in responses])
     cols["question"] = np.array(["?" in r for r in responses], dtype=float)
     cols["length"] = np.array([len(re.findall(r"\w+", r)) for r in responses], dtype=float)
+    from convrl.config import DEFAULT_WEIGHTS
+
+    # The use-case weights over heads standardised on the scored set (a head's spread no longer sets its say).
+    z = {h: (cols[h] - cols[h].mean()) / cols[h].std() for h in DEFAULT_WEIGHTS if cols[h].std() > 0}
+    cols["composite_z"] = sum(DEFAULT_WEIGHTS[h] * v for h, v in z.items()) / sum(DEFAULT_WEIGHTS[h] for h in z)
     return cols
 
 

@@ -135,6 +135,7 @@ def test_meta_eval_on_user_satisfaction(tmp_path, capsys):
     # The text table is what people read: every rating and head appears.
     table = meta_eval.format_table(result)
     assert "rating 'satisfaction'" in table and "relevance" in table
+    assert "composite - baseline:length" in table and {d["b"] for d in result["contrasts"]} >= {"baseline:length"}
 
 
 @pytest.mark.shared_data
@@ -171,3 +172,45 @@ def test_converters_on_tiny_files(tmp_path):
     assert info["sessions"] == 1 and [it["response"] for it in items] == ["Where to?", "Booked."]
     assert items[0]["ratings"] == {"satisfaction": 2.0, "overall": pytest.approx(11 / 3)}
     assert items[1]["ratings"]["satisfaction"] == pytest.approx(13 / 3)
+
+
+def test_paired_difference_tells_a_real_gap_from_overlapping_cis():
+    """Two heads whose CIs overlap can still differ: the contrast bootstraps a - b on the same resamples."""
+    rng = np.random.default_rng(3)
+    n = 300
+    rating = rng.normal(size=n)
+    noise = rng.normal(size=n)
+    strong = rating + 0.8 * noise            # shares its noise with `weaker`: paired, the gap is clear
+    weaker = rating + 1.0 * noise
+    items = [{"context": [], "response": "x", "group": f"g{i}", "ratings": {"r": float(rating[i])}} for i in range(n)]
+    res = meta_eval.meta_evaluate(items, {"strong": strong, "weaker": weaker, "same": strong.copy()}, n_bootstrap=200,
+                                  contrasts=[("strong", "weaker"), ("weaker", "strong"), ("strong", "same"),
+                                             ("strong", "missing")])
+    c = {(d["a"], d["b"]): d for d in res["contrasts"]}
+    rows = {r["head"]: r for r in res["rows"]}
+    assert rows["strong"]["spearman_ci"][0] < rows["weaker"]["spearman_ci"][1]     # the plain CIs overlap
+    assert c[("strong", "weaker")]["verdict"] == "higher" and c[("weaker", "strong")]["verdict"] == "lower"
+    assert c[("strong", "weaker")]["diff"] == pytest.approx(rows["strong"]["spearman"] - rows["weaker"]["spearman"])
+    assert c[("strong", "same")]["verdict"] == "tie" and c[("strong", "same")]["diff"] == 0
+    assert ("strong", "missing") not in c                                          # a column that is not scored
+
+
+def test_paired_difference_at_dialogue_and_pair_level():
+    rng = np.random.default_rng(5)
+    items, good, bad = [], [], []
+    for d in range(60):  # dialogue-level rating: 3 items a dialogue
+        q = rng.normal()
+        for _ in range(3):
+            items.append({"context": [], "response": "x", "group": f"d{d}", "ratings": {"overall": q}})
+            good.append(q + 0.3 * rng.normal())
+            bad.append(rng.normal())
+    for p in range(60):  # pairs: the first item of each pair is the better one
+        for k in range(2):
+            items.append({"context": [], "response": "x", "group": f"p{p}", "ratings": {"harmless": float(k == 0)}})
+            good.append(1.0 - k + 0.1 * rng.normal())
+            bad.append(rng.normal())
+    res = meta_eval.meta_evaluate(items, {"good": np.array(good), "bad": np.array(bad)}, n_bootstrap=200,
+                                  contrasts=[("good", "bad")])
+    by = {d["rating"]: d for d in res["contrasts"]}
+    assert by["overall"]["level"] == "dialogue" and by["overall"]["verdict"] == "higher"
+    assert by["harmless"]["level"] == "pair" and by["harmless"]["verdict"] == "higher"

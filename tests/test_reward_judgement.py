@@ -268,6 +268,11 @@ def test_suite_scores_every_set_with_judges(rated_root, tiny_encoder, tmp_path):
     assert "| toxichat | safe |" in table and "pairwise accuracy" in table
     checks = head_checks(result)
     assert "engagement" in {c["head"] for c in checks} and "above length?" in table
+    # The issue-17 questions as paired differences: composite - its best head, composite - length, head - length.
+    diffs = result["sets"]["toxichat"]["contrasts"]
+    assert {("composite", "baseline:length"), ("relevance", "baseline:length")} <= {(d["a"], d["b"]) for d in diffs}
+    assert all(d["verdict"] in ("higher", "lower", "tie") for d in diffs)
+    assert "composite_minus_best_head" in table and {c["verdict"] for c in checks} <= {"yes", "tie", "**no**"}
     assert meta_eval_cli.main(["meta-eval", str(tmp_path), "--no-fluency"]) == 2  # a folder without rated sets
 
 

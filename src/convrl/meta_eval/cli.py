@@ -121,7 +121,9 @@ def cmd_meta_eval(args) -> int:
     fluency = "" if args.no_fluency else args.fluency_model
     scorer = build_scorer(args.reward_dir, args.encoder, fluency, learned=not args.no_learned, precision=args.precision)
     scores = score_items(scorer, items, progress=not args.json)
-    result = meta_evaluate(items, scores, args.n_bootstrap, args.seed)
+    from convrl.meta_eval.suite import CONTRASTS
+
+    result = meta_evaluate(items, scores, args.n_bootstrap, args.seed, contrasts=CONTRASTS)
     result["file"] = str(args.file)
     result["fluency_model"] = fluency or None
     if args.json:

@@ -83,16 +83,36 @@ def correlate(score: np.ndarray, rating: np.ndarray, weights: np.ndarray, ci: fl
                 "note": "constant" if len(score) >= 3 else "too few items"}
     out["spearman"] = float(stats.spearmanr(score, rating).statistic)
     out["pearson"] = float(stats.pearsonr(score, rating).statistic)
-    sp, pe = [], []
-    for i in range(0, len(weights), 100):  # chunks keep memory flat on large files
-        w = weights[i:i + 100]
-        sp.append(weighted_pearson(weighted_midranks(score, w), weighted_midranks(rating, w), w))
-        pe.append(weighted_pearson(score[None, :], rating[None, :], w))
+    pe = [weighted_pearson(score[None, :], rating[None, :], weights[i:i + 100]) for i in range(0, len(weights), 100)]
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
-    for name, vals in (("spearman", np.concatenate(sp)), ("pearson", np.concatenate(pe))):
+    for name, vals in (("spearman", boot_spearman(score, rating, weights)), ("pearson", np.concatenate(pe))):
         vals = vals[np.isfinite(vals)]
         out[f"{name}_ci"] = [float(np.percentile(vals, lo)), float(np.percentile(vals, hi))] if len(vals) else [None, None]
     return out
+
+
+def boot_spearman(score: np.ndarray, rating: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman of each bootstrap resample (one value per row of ``weights``; NaN where a resample is constant)."""
+    out = [weighted_pearson(weighted_midranks(score, w), weighted_midranks(rating, w), w)
+           for w in (weights[i:i + 100] for i in range(0, len(weights), 100))]  # chunks keep memory flat
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def paired_difference(point_a: float, point_b: float, boots_a: np.ndarray, boots_b: np.ndarray,
+                      ci: float = 0.95) -> dict:
+    """``a - b`` of two statistics computed on the same resamples, with its percentile CI and a verdict.
+
+    The same items and the same resamples for both, so the CI is of the difference itself (two overlapping
+    CIs of the statistics say nothing about whether one is higher). ``verdict``: ``higher`` / ``lower`` when
+    the CI excludes 0, ``tie`` when it spans it.
+    """
+    d = boots_a - boots_b
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return {"diff": None, "diff_ci": [None, None], "verdict": "n/a"}
+    lo, hi = np.percentile(d, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
+    verdict = "higher" if lo > 0 else ("lower" if hi < 0 else "tie")
+    return {"diff": float(point_a - point_b), "diff_ci": [float(lo), float(hi)], "verdict": verdict}
 
 
 def pairwise(better: np.ndarray, worse: np.ndarray, weights: np.ndarray, ci: float = 0.95) -> dict:
@@ -107,11 +127,17 @@ def pairwise(better: np.ndarray, worse: np.ndarray, weights: np.ndarray, ci: flo
 
 
 def meta_evaluate(items: list[dict], scores: dict[str, np.ndarray], n_bootstrap: int = 1000,
-                  seed: int = 13) -> dict:
-    """Correlation rows for every (head, rating) pair; see the module docstring for levels."""
+                  seed: int = 13, contrasts: list[tuple[str, str]] = ()) -> dict:
+    """Correlation rows for every (head, rating) pair; see the module docstring for levels.
+
+    ``contrasts``: (a, b) pairs of score columns whose difference in agreement (``a - b``) is bootstrapped on
+    the same resamples (``paired_difference``), per rating where both have a statistic: the result's
+    ``contrasts`` rows.
+    """
     groups = np.array([it.get("group") or f"item-{i}" for i, it in enumerate(items)])
     names = sorted({k for it in items for k in it["ratings"]})
-    rows, summary = [], {}
+    involved = {h for pair in contrasts for h in pair}
+    rows, summary, diffs = [], {}, []
     for r_i, name in enumerate(names):
         idx = np.array([i for i, it in enumerate(items) if name in it["ratings"]])
         rating = np.array([items[i]["ratings"][name] for i in idx])
@@ -137,18 +163,26 @@ def meta_evaluate(items: list[dict], scores: dict[str, np.ndarray], n_bootstrap:
             better = np.where(rating[first] > rating[second], first, second)
             worse = np.where(better == first, second, first)
             pair_w = bootstrap_weights(np.arange(len(uniq)), n_bootstrap, seed + r_i)
+        boots = {}
         for head, col in scores.items():
             s = col[idx]
             if level == "pair":
-                rows.append({"head": head, "rating": name, "level": level,
-                             **pairwise(s[better], s[worse], pair_w)})
-                continue
-            if level == "dialogue":
-                row = correlate(dialogue_scores(s, inv), rating_u, weights)
+                row = pairwise(s[better], s[worse], pair_w)
+                if head in involved:
+                    wins = np.where(s[better] > s[worse], 1.0, np.where(s[better] == s[worse], 0.5, 0.0))
+                    boots[head] = (pair_w * wins).sum(1) / pair_w.sum(1)
             else:
-                row = correlate(s, rating, weights)
+                x, y = (dialogue_scores(s, inv), rating_u) if level == "dialogue" else (s, rating)
+                row = correlate(x, y, weights)
+                if head in involved and row["spearman"] is not None:
+                    boots[head] = boot_spearman(x, y, weights)
             rows.append({"head": head, "rating": name, "level": level, **row})
-    return {"n_items": len(items), "n_bootstrap": n_bootstrap, "ratings": summary, "rows": rows}
+        point = {r["head"]: r["spearman"] for r in rows if r["rating"] == name}
+        for a, b in contrasts:
+            if a in boots and b in boots and point.get(a) is not None and point.get(b) is not None:
+                diffs.append({"a": a, "b": b, "rating": name, "level": level,
+                              **paired_difference(point[a], point[b], boots[a], boots[b])})
+    return {"n_items": len(items), "n_bootstrap": n_bootstrap, "ratings": summary, "rows": rows, "contrasts": diffs}
 
 
 def format_table(result: dict) -> str:
@@ -166,4 +200,10 @@ def format_table(result: dict) -> str:
                      f"groups, mean {info['mean']:.2f} sd {info['std']:.2f})"
                      + (": the spearman column holds pairwise accuracy, chance 0.5\n" if info["level"] == "pair" else "\n")
                      + tabulate(table, headers=["head", "n", "spearman", "95% CI", "pearson", "95% CI"]))
+    diffs = result.get("contrasts") or []
+    if diffs:
+        table = [[f"{d['a']} - {d['b']}", d["rating"], f(d["diff"]), f"[{f(d['diff_ci'][0])}, {f(d['diff_ci'][1])}]",
+                  d["verdict"]] for d in diffs]
+        parts.append("paired differences (the same resamples for both)\n"
+                     + tabulate(table, headers=["a - b", "rating", "diff", "95% CI", "verdict"]))
     return "\n\n".join(parts) + f"\n\n{result['n_bootstrap']} bootstrap resamples (by group where items have one)."

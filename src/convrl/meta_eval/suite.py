@@ -48,6 +48,12 @@ from convrl.rewards.rated_sets import hh_rlhf_items, holistic_items, predictive_
 HEAD_QUALITY = {"quality": ("fluency", "thumb"), "engagement": ("engaging", "engaging_binary"),
                 "relevance": ("coherence",), "personality": ("profile_match",)}
 
+_FOUR = ("quality", "personality", "engagement", "relevance")
+# The issue-17 questions, each a paired difference on the same resamples: is the composite worse than any of its
+# heads or than reply length, and is each head above length on its own quality?
+CONTRASTS = ([("composite", h) for h in _FOUR] + [("composite", "baseline:length")]
+             + [(h, "baseline:length") for h in _FOUR])
+
 
 @dataclass
 class SuiteLimits:
@@ -179,7 +185,7 @@ def run_suite(root: str | Path, scorer, judges: SuiteJudges | None = None, limit
         scores = score_items(scorer, items, progress=progress)
         extra_columns(items, scores, judges, scorer.encoder, dialogues)
         scores = {k: v for k, v in scores.items() if np.all(np.isfinite(v))}  # dialogue_judge off dialogue sets
-        out["sets"][name] = meta_evaluate(items, scores, n_bootstrap, lim.seed)
+        out["sets"][name] = meta_evaluate(items, scores, n_bootstrap, lim.seed, contrasts=CONTRASTS)
     return out
 
 
@@ -190,9 +196,22 @@ def _fmt(row: dict | None) -> str:
     return f"{row['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def _contrast(res: dict, rating: str, a: str, b: str | None) -> dict | None:
+    return next((c for c in res.get("contrasts", ()) if c["rating"] == rating and c["a"] == a and c["b"] == b), None)
+
+
+def _fmt_diff(c: dict | None) -> str:
+    if c is None or c.get("diff") is None:
+        return "n/a"
+    lo, hi = c["diff_ci"]
+    mark = {"lower": " **lower**", "higher": " higher", "tie": " tie"}[c["verdict"]]
+    return f"{c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]{mark}"
+
+
 def summary_rows(result: dict) -> list[dict]:
-    """One row per (set, rating): composite, calibrated composite, best head, each baseline, best judge."""
-    heads = ("quality", "personality", "engagement", "relevance")
+    """One row per (set, rating): composite, calibrated composite, best head, each baseline, best judge, and the
+    composite's paired differences from its best head and from the length baseline."""
+    heads = _FOUR
     rows = []
     for name, res in result["sets"].items():
         for rating, info in res["ratings"].items():
@@ -215,7 +234,9 @@ def summary_rows(result: dict) -> list[dict]:
                          "untrained_best": f"{bu.removesuffix('_untrained')} {_fmt(by[bu])}" if bu else "n/a",
                          "length": _fmt(by.get("baseline:length")),
                          "dialogue_judge": _fmt(by.get("dialogue_judge")), "reaction": _fmt(by.get("reaction")),
-                         "best_judge": f"{bj} {_fmt(by[bj])}" if bj else "n/a"})
+                         "best_judge": f"{bj} {_fmt(by[bj])}" if bj else "n/a",
+                         "composite_minus_best_head": _fmt_diff(_contrast(res, rating, "composite", bh)),
+                         "composite_minus_length": _fmt_diff(_contrast(res, rating, "composite", "baseline:length"))})
     return rows
 
 
@@ -228,23 +249,37 @@ def head_checks(result: dict) -> list[dict]:
                 by = {r["head"]: r for r in res["rows"] if r["rating"] == rating}
                 if head in by and by[head].get("spearman") is not None:
                     length = by.get("baseline:length", {}).get("spearman")
+                    diff = _contrast(res, rating, head, "baseline:length")
                     out.append({"head": head, "set": name, "rating": rating, "head_rho": _fmt(by[head]),
                                 "untrained_rho": _fmt(by.get(f"{head}_untrained")), "length_rho": _fmt(by.get("baseline:length")),
-                                "above_length": length is None or by[head]["spearman"] > length})
+                                "above_length": length is None or by[head]["spearman"] > length,
+                                "minus_length": _fmt_diff(diff), "verdict": _above(by[head]["spearman"], length, diff)})
     return out
+
+
+def _above(head: float, length: float | None, diff: dict | None) -> str:
+    """"yes" / "tie" / "**no**" from the paired CI of head - length (the point estimates where it is missing)."""
+    if length is None:
+        return "yes"
+    if diff is None or diff.get("diff") is None:
+        return "yes" if head > length else "**no**"
+    return {"higher": "yes", "tie": "tie", "lower": "**no**"}[diff["verdict"]]
 
 
 def summary_markdown(result: dict) -> str:
     rows = summary_rows(result)
     cols = ["set", "rating", "level", "n", "composite", "composite_gated", "composite_calibrated", "composite_untrained",
-            "best_head", "untrained_best", "length", "dialogue_judge", "reaction", "best_judge"]
+            "best_head", "untrained_best", "length", "dialogue_judge", "reaction", "best_judge",
+            "composite_minus_best_head", "composite_minus_length"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "n/a")) for c in cols) + " |" for r in rows]
     checks = head_checks(result)
     if checks:
-        lines += ["", "| head | set | its own rating | head | untrained | length | above length? |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| head | set | its own rating | head | untrained | length | head - length | above length? |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {c['head']} | {c['set']} | {c['rating']} | {c['head_rho']} | {c['untrained_rho']} | "
-                  f"{c['length_rho']} | {'yes' if c['above_length'] else '**no**'} |" for c in checks]
+                  f"{c['length_rho']} | {c['minus_length']} | {c['verdict']} |" for c in checks]
     return "\n".join(lines) + ("\n\nSpearman [95% cluster-bootstrap CI]; on pair-level ratings (hh_rlhf) pairwise "
-                               "accuracy (chance 0.50). n = responses, dialogues or pairs by level.")
+                               "accuracy (chance 0.50). n = responses, dialogues or pairs by level. The *_minus_* "
+                               "columns: the difference in agreement on the same resamples [95% CI]; **lower** where "
+                               "the CI lies below 0, tie where it spans 0.")
