@@ -108,14 +108,17 @@ def test_extends_cycles_and_bad_values_are_clear_errors(tmp_path):
 
 
 def _documented_runs():
-    """(where, preset, overrides) for every one-line `convrl run --config PRESET k=v ...` in the README and presets."""
+    """(where, preset, overrides) for every one-line `convrl run --config PRESET k=v ...` in the README, docs/ and
+    presets."""
     import re
     import shlex
     from importlib import resources
     from pathlib import Path
 
     presets = set(preset_names())
-    texts = {"README.md": (Path(__file__).resolve().parents[1] / "README.md").read_text()}
+    root = Path(__file__).resolve().parents[1]
+    texts = {"README.md": (root / "README.md").read_text()}
+    texts.update({f"docs/{p.name}": p.read_text() for p in sorted((root / "docs").glob("*.md"))})
     for name in presets:
         texts[f"{name}.yaml"] = (resources.files("convrl") / "configs" / f"{name}.yaml").read_text()
     runs = []

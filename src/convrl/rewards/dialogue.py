@@ -201,7 +201,7 @@ def standardized_scores(dialogues: list[dict], test: np.ndarray) -> np.ndarray:
     and ReDial sessions average 3.2, CCPE 3.0), which z-scores per corpus would erase and meta-eval, pooling the
     corpora's raw ratings, keeps. On the training side's dev sessions the judge trained per scale agreed with the
     pooled ratings at +0.41 against +0.38 per corpus (TF-IDF reactions), and on every held-out session at +0.47
-    against +0.42 with the encoder's (README "One scale for the sessions' ratings").
+    against +0.42 with the encoder's (docs/agreement-log.md, "One scale for the sessions' ratings").
     """
     scale = np.array([rating_scale(d["source"]) for d in dialogues])
     y = np.array([d["score"] for d in dialogues], dtype=np.float64)

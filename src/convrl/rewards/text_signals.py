@@ -47,7 +47,8 @@ def substance_score(text: str, full: int = 6) -> float:
 
 
 # Contractions spelled out before comparing words: RL learned to answer "you are a coward" with "You're a
-# coward." (no trigram in common with the user's turn, so no echo discount; README "The research preset").
+# coward." (no trigram in common with the user's turn, so no echo discount; docs/agreement-log.md, "The research
+# preset, end to end").
 _CONTRACTIONS = ((re.compile(r"\b(can)'t\b"), r"\1 not"), (re.compile(r"\bwon't\b"), "will not"),
                  (re.compile(r"n't\b"), " not"), (re.compile(r"'re\b"), " are"), (re.compile(r"\bi'm\b"), "i am"),
                  (re.compile(r"'ve\b"), " have"), (re.compile(r"'ll\b"), " will"), (re.compile(r"'d\b"), " would"),
