@@ -4,7 +4,7 @@ The guard (``convrl.rl.guard``) compares each step's rollout personality with a 
 a step, most of that signal's spread may come from the prompt, not the policy. The warm-start already decodes the
 base model's greedy reply to every RL prompt, so those replies could serve as a per-prompt reference. This script
 rebuilds the run's 48 prompts (``training_inputs``), decodes the same greedy replies, scores their personality,
-maps each step to its prompt (TRL's ``RepeatSampler`` permutation for ``rl.seed``) and prints how much of the
+maps each step to its prompt (TRL's ``RepeatSampler`` for ``rl.seed``) and prints how much of the
 per-step rollout personality (MLflow ``rewards/personality/mean``) the reference explains::
 
     .venv/bin/python bench/guard_reference.py --home RUN_HOME --seed 13    # a bench/learning_evidence.py --home
@@ -21,11 +21,12 @@ import numpy as np
 
 
 def step_prompts(n_prompts: int, seed: int) -> list[int]:
-    """The prompt index of each step (1 prompt a step): TRL's ``RepeatSampler`` draws one permutation of the
-    dataset from a generator seeded with the run's seed (``tests/test_bench_guard_reference.py`` checks this)."""
-    import torch
+    """The prompt index of each step (1 prompt a step), from the sampler GRPOTrainer trains with: TRL's
+    ``RepeatSampler``, seeded with the run's seed (the trainer repeats each index ``num_generations`` times)."""
+    from trl.trainer.utils import RepeatSampler
 
-    return torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed)).tolist()
+    return list(RepeatSampler(data_source=range(n_prompts), mini_repeat_count=1, batch_size=1, repeat_count=1,
+                              shuffle=True, seed=seed))
 
 
 def reference_stats(ref: np.ndarray, rollout: np.ndarray) -> dict:

@@ -77,18 +77,24 @@ def bootstrap_weights(units: np.ndarray, n_bootstrap: int, seed: int) -> np.ndar
 
 def correlate(score: np.ndarray, rating: np.ndarray, weights: np.ndarray, ci: float = 0.95) -> dict:
     """Point Spearman/Pearson and bootstrap percentile CIs (weights from ``bootstrap_weights``)."""
+    return _correlate(score, rating, weights, ci)[0]
+
+
+def _correlate(score, rating, weights, ci: float = 0.95) -> tuple[dict, np.ndarray | None]:
+    """``correlate``'s row and the Spearman of every resample (None for a constant column), which contrasts reuse."""
     out: dict = {"n": int(len(score))}
     if len(score) < 3 or np.ptp(score) == 0 or np.ptp(rating) == 0:
         return {**out, "spearman": None, "spearman_ci": [None, None], "pearson": None, "pearson_ci": [None, None],
-                "note": "constant" if len(score) >= 3 else "too few items"}
+                "note": "constant" if len(score) >= 3 else "too few items"}, None
     out["spearman"] = float(stats.spearmanr(score, rating).statistic)
     out["pearson"] = float(stats.pearsonr(score, rating).statistic)
     pe = [weighted_pearson(score[None, :], rating[None, :], weights[i:i + 100]) for i in range(0, len(weights), 100)]
+    sp = boot_spearman(score, rating, weights)
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
-    for name, vals in (("spearman", boot_spearman(score, rating, weights)), ("pearson", np.concatenate(pe))):
+    for name, vals in (("spearman", sp), ("pearson", np.concatenate(pe))):
         vals = vals[np.isfinite(vals)]
         out[f"{name}_ci"] = [float(np.percentile(vals, lo)), float(np.percentile(vals, hi))] if len(vals) else [None, None]
-    return out
+    return out, sp
 
 
 def boot_spearman(score: np.ndarray, rating: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -117,13 +123,18 @@ def paired_difference(point_a: float, point_b: float, boots_a: np.ndarray, boots
 
 def pairwise(better: np.ndarray, worse: np.ndarray, weights: np.ndarray, ci: float = 0.95) -> dict:
     """Pairwise accuracy (ties count half) with a bootstrap CI over pairs; in the ``spearman`` slot of a row."""
+    return _pairwise(better, worse, weights, ci)[0]
+
+
+def _pairwise(better, worse, weights, ci: float = 0.95) -> tuple[dict, np.ndarray]:
+    """``pairwise``'s row and the accuracy of every resample, which contrasts reuse."""
     wins = np.where(better > worse, 1.0, np.where(better == worse, 0.5, 0.0))
     boots = (weights * wins).sum(1) / weights.sum(1)
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
     acc = float(wins.mean())
     return {"n": int(len(wins)), "spearman": acc, "spearman_ci": [float(np.percentile(boots, lo)),
                                                                     float(np.percentile(boots, hi))],
-            "pearson": None, "pearson_ci": [None, None], "statistic": "pairwise accuracy (chance 0.5)"}
+            "pearson": None, "pearson_ci": [None, None], "statistic": "pairwise accuracy (chance 0.5)"}, boots
 
 
 def meta_evaluate(items: list[dict], scores: dict[str, np.ndarray], n_bootstrap: int = 1000,
@@ -136,7 +147,6 @@ def meta_evaluate(items: list[dict], scores: dict[str, np.ndarray], n_bootstrap:
     """
     groups = np.array([it.get("group") or f"item-{i}" for i, it in enumerate(items)])
     names = sorted({k for it in items for k in it["ratings"]})
-    involved = {h for pair in contrasts for h in pair}
     rows, summary, diffs = [], {}, []
     for r_i, name in enumerate(names):
         idx = np.array([i for i, it in enumerate(items) if name in it["ratings"]])
@@ -163,23 +173,19 @@ def meta_evaluate(items: list[dict], scores: dict[str, np.ndarray], n_bootstrap:
             better = np.where(rating[first] > rating[second], first, second)
             worse = np.where(better == first, second, first)
             pair_w = bootstrap_weights(np.arange(len(uniq)), n_bootstrap, seed + r_i)
-        boots = {}
+        boots, point = {}, {}
         for head, col in scores.items():
             s = col[idx]
             if level == "pair":
-                row = pairwise(s[better], s[worse], pair_w)
-                if head in involved:
-                    wins = np.where(s[better] > s[worse], 1.0, np.where(s[better] == s[worse], 0.5, 0.0))
-                    boots[head] = (pair_w * wins).sum(1) / pair_w.sum(1)
+                row, b = _pairwise(s[better], s[worse], pair_w)
             else:
                 x, y = (dialogue_scores(s, inv), rating_u) if level == "dialogue" else (s, rating)
-                row = correlate(x, y, weights)
-                if head in involved and row["spearman"] is not None:
-                    boots[head] = boot_spearman(x, y, weights)
+                row, b = _correlate(x, y, weights)
+            if b is not None:
+                boots[head], point[head] = b, row["spearman"]
             rows.append({"head": head, "rating": name, "level": level, **row})
-        point = {r["head"]: r["spearman"] for r in rows if r["rating"] == name}
         for a, b in contrasts:
-            if a in boots and b in boots and point.get(a) is not None and point.get(b) is not None:
+            if a in boots and b in boots:
                 diffs.append({"a": a, "b": b, "rating": name, "level": level,
                               **paired_difference(point[a], point[b], boots[a], boots[b])})
     return {"n_items": len(items), "n_bootstrap": n_bootstrap, "ratings": summary, "rows": rows, "contrasts": diffs}

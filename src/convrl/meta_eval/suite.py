@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convrl.config import WEIGHTED_HEADS
 from convrl.meta_eval.stats import meta_evaluate
 from convrl.rewards.civility import civility
 from convrl.rewards.human_data import convai2_dialogues, convai2_items, held_out, satisfaction_dialogues, satisfaction_items
@@ -48,11 +49,10 @@ from convrl.rewards.rated_sets import hh_rlhf_items, holistic_items, predictive_
 HEAD_QUALITY = {"quality": ("fluency", "thumb"), "engagement": ("engaging", "engaging_binary"),
                 "relevance": ("coherence",), "personality": ("profile_match",)}
 
-_FOUR = ("quality", "personality", "engagement", "relevance")
 # The issue-17 questions, each a paired difference on the same resamples: is the composite worse than any of its
 # heads or than reply length, and is each head above length on its own quality?
-CONTRASTS = ([("composite", h) for h in _FOUR] + [("composite", "baseline:length")]
-             + [(h, "baseline:length") for h in _FOUR])
+CONTRASTS = ([("composite", h) for h in WEIGHTED_HEADS] + [("composite", "baseline:length")]
+             + [(h, "baseline:length") for h in WEIGHTED_HEADS])
 
 
 @dataclass
@@ -211,7 +211,7 @@ def _fmt_diff(c: dict | None) -> str:
 def summary_rows(result: dict) -> list[dict]:
     """One row per (set, rating): composite, calibrated composite, best head, each baseline, best judge, and the
     composite's paired differences from its best head and from the length baseline."""
-    heads = _FOUR
+    heads = WEIGHTED_HEADS
     rows = []
     for name, res in result["sets"].items():
         for rating, info in res["ratings"].items():
@@ -252,7 +252,6 @@ def head_checks(result: dict) -> list[dict]:
                     diff = _contrast(res, rating, head, "baseline:length")
                     out.append({"head": head, "set": name, "rating": rating, "head_rho": _fmt(by[head]),
                                 "untrained_rho": _fmt(by.get(f"{head}_untrained")), "length_rho": _fmt(by.get("baseline:length")),
-                                "above_length": length is None or by[head]["spearman"] > length,
                                 "minus_length": _fmt_diff(diff), "verdict": _above(by[head]["spearman"], length, diff)})
     return out
 
@@ -272,7 +271,7 @@ def summary_markdown(result: dict) -> str:
             "best_head", "untrained_best", "length", "dialogue_judge", "reaction", "best_judge",
             "composite_minus_best_head", "composite_minus_length"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "n/a")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     checks = head_checks(result)
     if checks:
         lines += ["", "| head | set | its own rating | head | untrained | length | head - length | above length? |",
