@@ -80,6 +80,30 @@ def test_guard_keeps_one_floor_per_persona():
     assert w[1] == pytest.approx(0.25 + 4.0 * 0.05)
 
 
+def test_a_probed_head_follows_its_greedy_probes_not_the_sampled_rows():
+    """Sampled rows above any floor, greedy probes below their references: the probed head's weight grows; a step
+    without probes holds it; probes back at their references let it go."""
+    g = RewardGuard(["quality", "personality"], ["quality", "personality"], [0.4, 0.25], warmup_steps=1,
+                    step_size=4.0, smoothing=0.0, probe_heads=["personality"])
+    w = g.update(batch(0.5, 0.9), probes={"personality": ([0.10], [0.20])})  # no warm-up for a probed head
+    assert w[1] == pytest.approx(0.25 + 0.4) and w[0] == 0.4 and g.floors["personality"] == {}
+    assert g.update(batch(0.5, 0.9))[1] == pytest.approx(0.65)  # no probe this step: held
+    w = g.update(batch(0.5, 0.0), probes={"personality": ([0.30, 0.10, float("nan")], [0.25, 0.15, 0.3])})
+    assert w[1] == pytest.approx(0.65)  # paired gaps -0.05, +0.05 (NaN dropped): mean 0
+    m = g.metrics()
+    assert m["guard/personality/probe"] == pytest.approx(0.2) and m["guard/personality/floor"] == pytest.approx(0.2)
+    for _ in range(5):
+        w = g.update(batch(0.5, 0.0), probes={"personality": ([0.4], [0.2])})
+    assert w[1] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="greedy values for"):
+        g.update(batch(0.5, 0.0), probes={"personality": ([0.4], [0.2, 0.1])})
+    with pytest.raises(ValueError, match="without a fixed floor"):
+        RewardGuard(["quality"], ["quality", "personality"], [0.4, 0.25], probe_heads=["personality"])
+    with pytest.raises(ValueError, match="without a fixed floor"):
+        RewardGuard(["quality"], ["quality", "personality"], [0.4, 0.25], floors={"quality": 0.5},
+                    probe_heads=["quality"])
+
+
 def test_guard_and_config_refuse_unknown_terms():
     from convrl.config import ConfigError, load_config
 

@@ -352,3 +352,51 @@ def test_scoring_only_policy_tokens_trains_as_scoring_every_token(scorer, prompt
     for a, b in zip(logs[True], logs[False]):
         for key in ("loss", "kl", "entropy", "reward", "completions/mean_length"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_greedy_probes_reach_the_guard_paired_with_base_greedy_replies(scorer, prompts, personas, tiny_policy_dir,
+                                                                        tmp_path):
+    """rl.guard.probe_heads: one greedy first turn per group beside the sampled rollouts, scored and paired with
+    the base model's greedy reply to the same prompt; at step 1 (the adapter still zero) the two are the same reply."""
+    from convrl.config.rl import GuardSection
+    from convrl.rl.guard import RewardGuard
+    from convrl.rl.probe import prompt_key
+    from convrl.rl.reward_setup import reward_setup
+
+    guard = GuardSection(heads=["personality"], probe_heads=["personality"], step_size=4.0, smoothing=0.0)
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, save_steps=5,
+                  precision="fp32", turns=2, guard=guard)
+    rl.validate()
+    by_id = {p.persona_id: p for p in personas}
+    setup = reward_setup(rl, scorer, by_id, tiny_policy_dir)
+    probe = setup.rollout.probe
+    assert probe is not None and probe.heads == ["personality"] and probe.no_repeat_ngram_size == 4
+    seen, logged, real = [], [], RewardGuard.update
+
+    def spy(self, per_func, groups=None, probes=None):
+        seen.append((probes, list(probe.last)))
+        return real(self, per_func, groups, probes)
+
+    RewardGuard.update = spy
+    try:
+        train_grpo(rl, tiny_policy_dir, prompts, setup.funcs, setup.weights, tmp_path, rollout=setup.rollout,
+                   scorer=scorer, personas_by_id=by_id, on_log=lambda row, step: logged.append(row))
+    finally:
+        RewardGuard.update = real
+    saved = json.loads((tmp_path / "base_greedy_6.json").read_text())
+    assert len(saved["replies"]) == len(prompts) and len(probe.references) == len({prompt_key(p["prompt"])
+                                                                                    for p in prompts})
+    assert len(seen) == 2
+    for probes, last in seen:
+        values, refs = probes["personality"]
+        assert len(values) == len(refs) == rl.prompts_per_step == len(last)
+    values, refs = seen[0][0]["personality"]
+    assert values == pytest.approx(refs, abs=1e-5)  # step 1: the policy is the base model, decoded the same way
+    replies = dict(zip((prompt_key(p) for p in saved["prompts"]), saved["replies"]))
+    assert [r["reply"] for r in seen[0][1]] == [replies[prompt_key(r["prompt"])].strip() for r in seen[0][1]]
+    assert len({r["reply"] for _, last in seen for r in last}) > 1
+    assert any("guard/personality/probe" in r for r in logged)
+    with pytest.raises(ConfigError, match="probe_heads"):
+        RLConfig(turns=1, guard=GuardSection(heads=["personality"], probe_heads=["personality"])).validate()
+    with pytest.raises(ConfigError, match="probe_heads"):
+        GuardSection(heads=["ending"], probe_heads=["ending"]).validate()

@@ -96,6 +96,49 @@ def test_cached_decoder_matches_full_forwards_across_turns(gqa_tiny):
                     assert torch.allclose(rec.steps[k][i], want, atol=1e-4), (i, k)
 
 
+def test_cached_decoder_greedy_rows_beside_sampled_rows_then_dropped(gqa_tiny):
+    """A greedy probe row decodes what a greedy decoder alone would, while the other rows sample; ``select`` then
+    drops it and the kept rows go on exactly as an unprobed decoder of their own would."""
+    from convrl.rl.conversation_decoder import CachedDecoder
+    m, V = gqa_tiny, gqa_tiny.config.vocab_size
+    g = torch.Generator().manual_seed(5)
+    p = torch.randint(5, V, (7,), generator=g).tolist()
+
+    class Flip:
+        """Stands in for a sampler: the second-best token, so sampled rows never match the greedy one."""
+
+        def __call__(self, ids, scores):
+            second = scores.topk(2, -1).indices[:, 1:]
+            return torch.full_like(scores, float("-inf")).scatter(-1, second, 0.0)
+
+    alone = CachedDecoder(m, 0, [V + 1])
+    alone.prefill([p])
+    want = alone.generate(6)[0]
+    dec = CachedDecoder(m, 0, [V + 1])
+    dec.prefill([p, p, p], [[0, 1, 2]])
+    out = dec.generate(6, [Flip()], greedy=[False, False, True])
+    assert out[2] == want and out[0] != want and out[0] == out[1]
+    dec.select([0, 1])
+    assert dec.rows == 2 and dec.tokens(0) == p + out[0]
+    ref = CachedDecoder(m, 0, [V + 1])
+    ref.prefill([p, p], [[0, 1]])
+    assert ref.generate(6, [Flip()]) == out[:2]
+    user = torch.randint(5, V, (3,), generator=g).tolist()
+    dec.extend([user, user])
+    ref.extend([user, user])
+    assert dec.generate(4) == ref.generate(4)
+    # A greedy row's own processors (the chat n-gram ban) apply to it alone.
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    banned = CachedDecoder(m, 0, [V + 1])
+    banned.prefill([p, p])
+    out = banned.generate(12, greedy=[False, True], greedy_processors=[NoRepeatNGramLogitsProcessor(2)])
+    bigrams = [[tuple(s[k:k + 2]) for k in range(len(s) - 1)] for s in (p + out[0], p + out[1])]
+    assert len(set(bigrams[0])) < len(bigrams[0]) and len(set(bigrams[1])) == len(bigrams[1])  # row 0: unbanned
+    with pytest.raises(ValueError, match="row indices"):
+        dec.select([5])
+
+
 def test_cached_decoder_rejects_bad_input(gqa_tiny):
     from convrl.rl.conversation_decoder import CachedDecoder
 

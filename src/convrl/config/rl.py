@@ -131,11 +131,20 @@ class GuardSection:
     floors: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Fixed floors instead of the warm-up mean, e.g. {ending: 0.8}: at least 80% of policy turns end "
                 "before their budget (the term must be in heads)."})
+    probe_heads: list[str] = field(default_factory=list, metadata={
+        "help": "Guarded reward heads measured on greedy probes instead of the sampled rollouts: each step one "
+                "more reply per rollout group, decoded as evaluation decodes (greedy, the chat n-gram ban; first "
+                "turn), is paired with the base model's greedy reply to that prompt (convrl.rl.probe). "
+                "Multi-turn GRPO on the cached decoder only; [] = off."})
 
     def validate(self) -> None:
         unknown = [h for h in self.heads if h not in RL_TERMS]
         if unknown:
             raise ConfigError(f"rl.guard.heads {unknown}: guardable reward terms are {', '.join(RL_TERMS)}")
+        bad = [h for h in self.probe_heads if h not in self.heads or h not in WEIGHTED_HEADS or h in self.floors]
+        if bad:
+            raise ConfigError(f"rl.guard.probe_heads {bad}: a probed head must be a reward head "
+                              f"({', '.join(WEIGHTED_HEADS)}) in rl.guard.heads without a fixed floor")
         if self.warmup_steps < 1 or self.step_size <= 0 or self.max_weight < 0 or self.margin < 0:
             raise ConfigError("rl.guard needs warmup_steps >= 1, step_size > 0, max_weight >= 0 and margin >= 0")
         if not 0.0 <= self.smoothing < 1.0:
@@ -154,7 +163,8 @@ class GuardSection:
             return None
         return {"heads": list(self.heads), "margin": self.margin, "warmup_steps": self.warmup_steps,
                 "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing,
-                "max_weights": dict(self.max_weights), "floors": dict(self.floors)}
+                "max_weights": dict(self.max_weights), "floors": dict(self.floors),
+                "probe_heads": list(self.probe_heads)}
 
 
 @dataclass
@@ -273,6 +283,9 @@ class RLConfig:
         if self.shaping.ending_soft_tokens >= self.max_completion_length:
             raise ConfigError(f"rl.shaping.ending_soft_tokens={self.shaping.ending_soft_tokens} must be below "
                               f"rl.max_completion_length={self.max_completion_length}: otherwise no ending earns it all")
+        if self.guard.probe_heads and not (self.turns > 1 and self.speed.carry_kv_cache and self.speed.fast_rollouts):
+            raise ConfigError("rl.guard.probe_heads decodes greedy probes on the cached multi-turn decoder: it needs "
+                              "rl.turns >= 2, rl.speed.carry_kv_cache and rl.speed.fast_rollouts (or probe_heads [])")
         if self.num_generations < 2:
             raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")
         if self.warmstart.enabled and (self.algorithm == "dpo" or not self.lora.enabled):

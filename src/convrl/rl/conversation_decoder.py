@@ -90,10 +90,14 @@ class CachedDecoder:
             p.extend(int(x) for x in t)
 
     @torch.inference_mode()
-    def generate(self, max_new_tokens: int, processors=(), active: list[bool] | None = None) -> list[list[int]]:
+    def generate(self, max_new_tokens: int, processors=(), active: list[bool] | None = None,
+                 greedy: list[bool] | None = None, greedy_processors=()) -> list[list[int]]:
         """Decode up to ``max_new_tokens`` per row, stopping a row at its first EOS (kept in its tokens).
 
         ``active`` rows generate; the others only take in their pending tokens.
+        ``greedy`` rows take the argmax of their logits after ``greedy_processors``
+        (e.g. a no-repeat n-gram ban) instead of ``processors``' draw: a greedy
+        probe decoded beside sampled rows, as evaluation would decode it.
         Returns the generated ids per row (empty for inactive rows).
         """
         if any(not p for p in self.pending):
@@ -106,13 +110,16 @@ class CachedDecoder:
         eos = self.eos.to(self.device)
         # Processors see each row's ids so far (a repetition penalty would need them; the sampler does not).
         history = [torch.tensor(self.fed[i], dtype=torch.long, device=self.device) for i in range(self.rows)]
+        probe = [i for i, g in enumerate(greedy or []) if g]
         for step in range(max_new_tokens):
-            scores = logits.float()
+            raw = scores = logits.float()
             if processors:
                 ids = _left_pad(history, self.pad_id, self.device)
                 for proc in processors:
                     scores = proc(ids, scores)
             token = scores.argmax(-1)
+            if probe:
+                token[probe] = self._greedy([history[i] for i in probe], raw[probe], greedy_processors)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             for i in torch.nonzero(~done).flatten().tolist():
                 out[i].append(int(token[i]))
@@ -127,6 +134,23 @@ class CachedDecoder:
                 # The last sampled token is not in the cache yet: it goes in with the next block.
                 self.pending[i] = [o[-1]]
         return out
+
+    def _greedy(self, history: list[torch.Tensor], scores: torch.Tensor, processors) -> torch.Tensor:
+        if processors:
+            ids = _left_pad(history, self.pad_id, self.device)
+            for proc in processors:
+                scores = proc(ids, scores)
+        return scores.argmax(-1)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in that order): their caches, positions and tokens; the others are dropped."""
+        if not rows or any(not 0 <= r < self.rows for r in rows):
+            raise ValueError(f"select needs row indices in [0, {self.rows}), got {rows}")
+        index = torch.tensor(rows, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.slot_mask, self.pos = self.slot_mask[index], self.pos[index]
+        self.fed = [self.fed[r] for r in rows]
+        self.pending = [self.pending[r] for r in rows]
 
     def _feed(self, blocks: list[list[int]], real: list[bool] | None = None) -> torch.Tensor:
         """Run one left-padded block of new tokens per row through the model; logits at each row's last token."""

@@ -250,6 +250,13 @@ def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callab
         # RL continues the warm-started adapter; TRL copies it as the frozen reference ("ref" adapter).
         model, warm = warm_start(rl, base_dir, model, tok, peft_config, prompts, out, scorer, personas_by_id)
         peft_config = None
+    if getattr(rollout, "probe", None) is not None:
+        from convrl.rl.warmstart import base_greedy_replies
+
+        # The guard's greedy probes are paired with the base model's greedy replies: the warm-start's (decoded
+        # with its budget) when it ran, else decoded here with the rollouts' budget.
+        budget = rl.warmstart.max_tokens if rl.warmstart.enabled else rl.max_completion_length
+        rollout.probe.set_references(rows, base_greedy_replies(rl, base_dir, prompts, out, budget))
     history: list[dict] = []
     algorithm = rl.algorithm if rl.algorithm in ("grpo", "rloo") else "grpo"
     trainer_cls = ConvRLRLOOTrainer if algorithm == "rloo" else ConvRLGRPOTrainer

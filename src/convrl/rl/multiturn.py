@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 
 from convrl.data.usersim import UserProfile, clean_user, user_system_prompt, user_view
+from convrl.rl.probe import prompt_key
 
 A_MARK, U_MARK = "ASSISTANTTURNMARK", "USERTURNMARK"
 FALLBACK_USER = "Tell me more."
@@ -145,7 +146,7 @@ class MultiTurnRollout:
     """``rollout_func(prompts, trainer)`` for GRPOTrainer: ``turns`` policy turns, user turns masked out."""
 
     def __init__(self, turns: int, user: SimulatedUser | None, tokenizer, user_simulator: str = "model",
-                 no_repeat_ngram_size: int = 0):
+                 no_repeat_ngram_size: int = 0, probe=None):
         if turns < 2:
             raise ValueError("MultiTurnRollout is for rl.turns >= 2; single-turn GRPO needs no rollout_func")
         if user_simulator not in ("model", "logged"):
@@ -154,6 +155,7 @@ class MultiTurnRollout:
             raise ValueError("rl.multiturn.user_simulator 'model' needs a SimulatedUser")
         self.turns, self.user, self.mode = turns, user, user_simulator
         self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.probe = probe  # convrl.rl.probe.GreedyProbe: one greedy first turn per group beside the sampled rows
         self.template = TurnTemplate(tokenizer)
         self.tok = tokenizer
         # Rows of the dataset batch, looked up by prompt so logged user turns and emotions follow each row.
@@ -161,7 +163,7 @@ class MultiTurnRollout:
 
     def register_rows(self, rows: list[dict]) -> None:
         for r in rows:
-            self.row_info[_prompt_key(r["prompt"])] = r
+            self.row_info[prompt_key(r["prompt"])] = r
 
     def __call__(self, prompts: list[list[dict]], trainer) -> dict:
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
@@ -171,19 +173,26 @@ class MultiTurnRollout:
         env_mask = [[] for _ in range(n)]
         histories = [[dict(m) for m in p] for p in prompts]
         turns = [[] for _ in range(n)]
-        infos = [self.row_info.get(_prompt_key(p), {}) for p in prompts]
+        infos = [self.row_info.get(prompt_key(p), {}) for p in prompts]
         groups = _groups(prompt_ids)
         # ConvRLGRPOTrainer with carry_kv_cache: one cache per conversation for the whole rollout.
         decoder = trainer.conversation_decoder() if hasattr(trainer, "conversation_decoder") else None
         timing = getattr(trainer, "add_timing", lambda name, s: None)
+        probe_rows = [g[0] for g in groups] if decoder is not None and self.probe is not None else []
         if decoder is not None:
-            decoder.prefill(prompt_ids, groups)
+            # Probe rows go after the rollouts, each in its group (the shared prompt is prefilled once).
+            decoder.prefill(prompt_ids + [prompt_ids[i] for i in probe_rows],
+                            [g + [n + k] for k, g in enumerate(groups)] if probe_rows else groups)
             processors = trainer.sampling_processors()
             if self.no_repeat_ngram_size > 0:
                 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
                 # Before the sampler, which leaves only the drawn token finite.
                 processors = [NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size), *processors]
+        elif self.probe is not None:
+            raise ValueError("rl.guard.probe_heads decodes its greedy probes on the cached multi-turn decoder "
+                             "(rl.speed.carry_kv_cache and rl.speed.fast_rollouts with convrl's GRPO trainer, no "
+                             "vLLM); turn those on or set rl.guard.probe_heads to []")
         elif self.no_repeat_ngram_size > 0:
             raise ValueError("rl.multiturn.no_repeat_ngram_size needs the cached multi-turn decoder "
                              "(rl.speed.carry_kv_cache: true with convrl's GRPO trainer); set it to 0 otherwise")
@@ -191,7 +200,18 @@ class MultiTurnRollout:
             self.user.start()
         for t in range(self.turns):
             t0 = time.perf_counter()
-            if decoder is not None:
+            if decoder is not None and t == 0 and probe_rows:
+                generated = decoder.generate(trainer.max_completion_length, processors,
+                                             greedy=[False] * n + [True] * len(probe_rows),
+                                             greedy_processors=self.probe.processors())
+                decoder.select(list(range(n)))
+                timing("policy_decode_s", time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                self.probe.record([prompts[i] for i in probe_rows], [infos[i].get("persona_id") for i in probe_rows],
+                                  [x.strip() for x in self.tok.batch_decode(generated[n:], skip_special_tokens=True)])
+                timing("probe_score_s", time.perf_counter() - t1)
+                generated = generated[:n]
+            elif decoder is not None:
                 generated = decoder.generate(trainer.max_completion_length, processors)
                 timing("policy_decode_s", time.perf_counter() - t0)
             else:
@@ -250,7 +270,3 @@ def _groups(prompt_ids: list[list[int]]) -> list[list[int]]:
     for i, p in enumerate(prompt_ids):
         seen.setdefault(tuple(p), []).append(i)
     return list(seen.values())
-
-
-def _prompt_key(prompt) -> str:
-    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in prompt) if isinstance(prompt, list) else str(prompt)

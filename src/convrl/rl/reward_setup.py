@@ -42,6 +42,20 @@ def policy_eos_ids(model_dir: str) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
 
 
+def greedy_probe(rl, scorer, personas_by_id: dict):
+    """The guard's ``GreedyProbe`` over ``rl.guard.probe_heads`` (scored by ``scorer`` in each row's persona), or
+    None when no head is probed."""
+    if not rl.guard.probe_heads:
+        return None
+    from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
+    from convrl.rl.probe import GreedyProbe
+
+    def score(head, contexts, replies, persona_ids):
+        return scorer.score_head(head, contexts, replies, [personas_by_id.get(p) if p else None for p in persona_ids])
+
+    return GreedyProbe(rl.guard.probe_heads, score, CHAT_NO_REPEAT_NGRAM)
+
+
 def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup:
     """Reward callables + weights (and the multi-turn rollout) for ``rl`` over ``scorer``'s heads."""
     eos_ids = policy_eos_ids(base_dir)
@@ -59,7 +73,8 @@ def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup
         user = SimulatedUser(base_dir, max_new_tokens=mt.user_max_new_tokens, seed=rl.seed,
                              cached=rl.speed.carry_kv_cache)
         return RewardSetup(funcs, weights, MultiTurnRollout(rl.turns, user, user.gen.tok, mt.user_simulator,
-                                                            mt.no_repeat_ngram_size), conv)
+                                                            mt.no_repeat_ngram_size,
+                                                            greedy_probe(rl, scorer, personas_by_id)), conv)
     funcs, weights = scorer.trl_reward_funcs(personas_by_id)
     if sh.civility_gate:
         funcs = civility_gated(funcs)

@@ -276,7 +276,9 @@ class ConvRLTrainerMixin:
     def _update_guard(self, rewards, inputs) -> None:
         """Move the guarded terms' multipliers on this batch; TRL's advantages then use the new weights."""
         groups = [x.get("persona_id") for x in inputs] if self.accelerator.num_processes == 1 else None
-        weights = self._guard.update(rewards.detach().float().cpu().numpy(), groups)
+        probe = getattr(getattr(self, "rollout_func", None), "probe", None)
+        probes = probe.take() if probe is not None else None
+        weights = self._guard.update(rewards.detach().float().cpu().numpy(), groups, probes)
         self.reward_weights = torch.as_tensor(weights, dtype=self.reward_weights.dtype)
         for name, value in self._guard.metrics().items():
             self._metrics["train"][name].append(value)

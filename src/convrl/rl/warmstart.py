@@ -94,6 +94,30 @@ def sft_trainer(rl, model, tok, peft_config, rows: list[dict], out: Path):
                       processing_class=tok, peft_config=peft_config)
 
 
+def base_greedy_replies(rl, base_dir: str, prompts: list[dict], out_dir: str | Path, max_tokens: int,
+                        gen=None) -> list[str]:
+    """The base model's replies to ``prompts`` as ``convrl chat`` decodes (greedy, the chat n-gram ban), saved
+    under ``<out>/base_greedy_<max_tokens>.json`` and read back from there by a rerun (resume) or a second user
+    (the warm-start's targets, the guard's greedy-probe references)."""
+    from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
+
+    conversations = [p["prompt"] for p in prompts]
+    saved = Path(out_dir) / f"base_greedy_{max_tokens}.json"
+    if saved.exists():
+        cached = json.loads(saved.read_text())
+        if cached.get("prompts") == conversations:
+            return list(cached["replies"])
+    if gen is None:
+        from convrl.rl.generation import Generator
+
+        gen = Generator(base_dir, dtype=rl.precision)
+    replies = gen.generate(conversations, max_new_tokens=max_tokens, batch_size=32,
+                           no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM, progress=True, desc="base greedy replies")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"prompts": conversations, "replies": replies}))
+    return replies
+
+
 def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], out_dir: str | Path,
                scorer=None, personas_by_id: dict | None = None):
     """(PEFT model whose adapter ends its turns, summary dict); loads ``<out>/warmstart`` when a run saved it.
@@ -110,15 +134,13 @@ def warm_start(rl, base_dir: str, model, tok, peft_config, prompts: list[dict], 
         summary["loaded"] = True
         return PeftModel.from_pretrained(model, str(saved), is_trainable=True), summary
 
-    from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
     from convrl.rl.generation import Generator
 
     ws = rl.warmstart
     t0 = time.time()
     conversations = [p["prompt"] for p in prompts]
     gen = Generator(base_dir, dtype=rl.precision)
-    replies = gen.generate(conversations, max_new_tokens=ws.max_tokens, batch_size=32,
-                           no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM, progress=True, desc="warm-start replies")
+    replies = base_greedy_replies(rl, base_dir, prompts, out, ws.max_tokens, gen)
     picked = {}
     if ws.candidates > 1:
         if scorer is None:
