@@ -400,3 +400,18 @@ def test_greedy_probes_reach_the_guard_paired_with_base_greedy_replies(scorer, p
         RLConfig(turns=1, guard=GuardSection(heads=["personality"], probe_heads=["personality"])).validate()
     with pytest.raises(ConfigError, match="probe_heads"):
         GuardSection(heads=["ending"], probe_heads=["ending"]).validate()
+
+
+def test_greedy_probes_refuse_a_trainer_without_the_cached_decoder(tok):
+    """Without the cached decoder there is nowhere to decode the probes: a clear error, not a guard that never moves."""
+    from convrl.rl.probe import GreedyProbe
+
+    class StockTrainer:
+        def _tokenize_prompts(self, prompts):
+            return [[1, 2, 3]] * len(prompts), None, None
+
+    rollout = MultiTurnRollout(2, None, tok, "logged", probe=GreedyProbe(["personality"], lambda *a: [0.0]))
+    with pytest.raises(ValueError, match="rl.guard.probe_heads decodes its greedy probes"):
+        rollout([[{"role": "user", "content": "hi"}]], StockTrainer())
+    with pytest.raises(ValueError, match="at least one head"):
+        GreedyProbe([], lambda *a: [])
