@@ -396,8 +396,15 @@ def test_greedy_probes_reach_the_guard_paired_with_base_greedy_replies(scorer, p
     assert [r["reply"] for r in seen[0][1]] == [replies[prompt_key(r["prompt"])].strip() for r in seen[0][1]]
     assert len({r["reply"] for _, last in seen for r in last}) > 1
     assert any("guard/personality/probe" in r for r in logged)
-    with pytest.raises(ConfigError, match="probe_heads"):
-        RLConfig(turns=1, guard=GuardSection(heads=["personality"], probe_heads=["personality"])).validate()
+    # Where probes cannot be decoded (single-turn, DPO, the per-turn path) the head keeps the sampled warm-up floor.
+    from convrl.rl.grpo import guard_kwargs
+
+    single = RLConfig(turns=1, guard=GuardSection(heads=["personality"], probe_heads=["personality"]))
+    single.validate()
+    assert single.probed_heads() == [] and guard_kwargs(single)["probe_heads"] == []
+    assert guard_kwargs(rl)["probe_heads"] == ["personality"]
+    rl.speed.carry_kv_cache = False
+    assert rl.probed_heads() == []
     with pytest.raises(ConfigError, match="probe_heads"):
         GuardSection(heads=["ending"], probe_heads=["ending"]).validate()
 

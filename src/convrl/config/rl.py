@@ -135,7 +135,8 @@ class GuardSection:
         "help": "Guarded reward heads measured on greedy probes instead of the sampled rollouts: each step one "
                 "more reply per rollout group, decoded as evaluation decodes (greedy, the chat n-gram ban; first "
                 "turn), is paired with the base model's greedy reply to that prompt (convrl.rl.probe). "
-                "Multi-turn GRPO on the cached decoder only; [] = off."})
+                "Multi-turn GRPO on the cached decoder only (elsewhere these heads keep the warm-up floor); "
+                "[] = off."})
 
     def validate(self) -> None:
         unknown = [h for h in self.heads if h not in RL_TERMS]
@@ -261,6 +262,12 @@ class RLConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
     seed: int = field(default=13, metadata={"help": "Seed of RL (prompt order, sampling, LoRA init)."})
 
+    def probed_heads(self) -> list[str]:
+        """``guard.probe_heads`` where greedy probes can be decoded (multi-turn GRPO on the cached decoder), else []:
+        a single-turn or DPO run of a preset that probes guards those heads on the sampled rollouts instead."""
+        ok = self.algorithm == "grpo" and self.turns > 1 and self.speed.carry_kv_cache and self.speed.fast_rollouts
+        return list(self.guard.probe_heads) if ok else []
+
     def validate(self) -> None:
         if self.launcher not in ("inline", "trainjob"):
             raise ConfigError(f"rl.launcher={self.launcher!r}: use 'inline' or 'trainjob'")
@@ -283,9 +290,6 @@ class RLConfig:
         if self.shaping.ending_soft_tokens >= self.max_completion_length:
             raise ConfigError(f"rl.shaping.ending_soft_tokens={self.shaping.ending_soft_tokens} must be below "
                               f"rl.max_completion_length={self.max_completion_length}: otherwise no ending earns it all")
-        if self.guard.probe_heads and not (self.turns > 1 and self.speed.carry_kv_cache and self.speed.fast_rollouts):
-            raise ConfigError("rl.guard.probe_heads decodes greedy probes on the cached multi-turn decoder: it needs "
-                              "rl.turns >= 2, rl.speed.carry_kv_cache and rl.speed.fast_rollouts (or probe_heads [])")
         if self.num_generations < 2:
             raise ConfigError("rl.num_generations must be >= 2 (GRPO compares completions within a group)")
         if self.warmstart.enabled and (self.algorithm == "dpo" or not self.lora.enabled):

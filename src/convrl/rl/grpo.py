@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Callable
 from convrl.runtime import bf16_supported, resolve_precision  # noqa: F401 - re-exported for callers
 
 import torch
+
+log = logging.getLogger("convrl.rl")
 
 
 @dataclass
@@ -217,7 +220,19 @@ def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
         policy_tokens_only=s.policy_tokens_only,
         generation_dtype=torch.bfloat16 if resolve_precision(rl.precision) == "bf16" else torch.float32,
         reference_logprobs=ref, turn_credit=rl.multiturn.turn_credit if rl.turns > 1 else 0.0,
-        turn_rewards=turn_rewards, guard=rl.guard.trainer_kwargs())
+        turn_rewards=turn_rewards, guard=guard_kwargs(rl))
+
+
+def guard_kwargs(rl) -> dict | None:
+    """``RewardGuard`` settings of ``rl``, its greedy probes only where the run can decode them (``probed_heads``)."""
+    kwargs = rl.guard.trainer_kwargs()
+    if kwargs is not None:
+        if rl.guard.probe_heads and not rl.probed_heads():
+            log.warning("rl.guard.probe_heads %s: greedy probes need multi-turn GRPO on the cached decoder "
+                        "(rl.turns >= 2, rl.speed.carry_kv_cache, rl.speed.fast_rollouts); this run guards them "
+                        "on the sampled rollouts instead", rl.guard.probe_heads)
+        kwargs["probe_heads"] = rl.probed_heads()
+    return kwargs
 
 
 def train_grpo(rl, base_dir: str, prompts: list[dict], reward_funcs: list[Callable], reward_weights: list[float],

@@ -45,7 +45,7 @@ def policy_eos_ids(model_dir: str) -> list[int]:
 def greedy_probe(rl, scorer, personas_by_id: dict):
     """The guard's ``GreedyProbe`` over ``rl.guard.probe_heads`` (scored by ``scorer`` in each row's persona), or
     None when no head is probed."""
-    if not rl.guard.probe_heads:
+    if not rl.probed_heads():
         return None
     from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
     from convrl.rl.probe import GreedyProbe
@@ -53,7 +53,7 @@ def greedy_probe(rl, scorer, personas_by_id: dict):
     def score(head, contexts, replies, persona_ids):
         return scorer.score_head(head, contexts, replies, [personas_by_id.get(p) if p else None for p in persona_ids])
 
-    return GreedyProbe(rl.guard.probe_heads, score, CHAT_NO_REPEAT_NGRAM)
+    return GreedyProbe(rl.probed_heads(), score, CHAT_NO_REPEAT_NGRAM)
 
 
 def reward_setup(rl, scorer, personas_by_id: dict, base_dir: str) -> RewardSetup:
