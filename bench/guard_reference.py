@@ -3,7 +3,8 @@
 The guard (``convrl.rl.guard``) compares each step's rollout personality with a floor per persona. With one prompt
 a step, most of that signal's spread may come from the prompt, not the policy. The warm-start already decodes the
 base model's greedy reply to every RL prompt, so those replies could serve as a per-prompt reference. This script
-rebuilds the run's 48 prompts (``training_inputs``), decodes the same greedy replies, scores their personality,
+rebuilds the run's 48 prompts (``training_inputs``), takes the same greedy replies (``base_greedy_replies``: the run's
+saved ones where it kept them, else decoded here), scores their personality,
 maps each step to its prompt (TRL's ``RepeatSampler`` for ``rl.seed``) and prints how much of the
 per-step rollout personality (MLflow ``rewards/personality/mean``) the reference explains::
 
@@ -16,6 +17,7 @@ import argparse
 import glob
 import os
 import sqlite3
+import tempfile
 
 import numpy as np
 
@@ -49,9 +51,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from convrl import models
-    from convrl.config.eval import CHAT_NO_REPEAT_NGRAM
     from convrl.config.loader import load_config
-    from convrl.rl.generation import Generator
+    from convrl.rl.warmstart import base_greedy_replies
     from convrl.stages.distributed_train import training_inputs
 
     roots = glob.glob(f"{args.home}/runs/*seed{args.seed}/pipeline_root/*/")
@@ -62,9 +63,10 @@ def main(argv=None) -> dict:
     inp = training_inputs(cfg, root + "ingest/turns", root + "ingest/personas",
                           root + "train-reward-models/reward_models")
     convs = [q["prompt"] for q in inp.prompts]
-    gen = Generator(models.resolve_policy(cfg.models.policy), dtype=cfg.rl.precision)
-    replies = gen.generate(convs, max_new_tokens=cfg.rl.warmstart.max_tokens, batch_size=32,
-                           no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM)
+    budget = cfg.rl.warmstart.max_tokens
+    saved = glob.glob(f"{root}**/base_greedy_{budget}.json", recursive=True)
+    replies = base_greedy_replies(cfg.rl, models.resolve_policy(cfg.models.policy), inp.prompts,
+                                  os.path.dirname(saved[0]) if saved else tempfile.mkdtemp(), budget)
     cards = [inp.personas_by_id.get(q.get("persona_id")) for q in inp.prompts]
     ref = np.asarray(inp.scorer.score(convs, replies, cards).heads["personality"], dtype=np.float64)
     perm = step_prompts(len(convs), args.seed)

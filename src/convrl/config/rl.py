@@ -164,8 +164,7 @@ class GuardSection:
             return None
         return {"heads": list(self.heads), "margin": self.margin, "warmup_steps": self.warmup_steps,
                 "step_size": self.step_size, "max_weight": self.max_weight, "smoothing": self.smoothing,
-                "max_weights": dict(self.max_weights), "floors": dict(self.floors),
-                "probe_heads": list(self.probe_heads)}
+                "max_weights": dict(self.max_weights), "floors": dict(self.floors)}
 
 
 @dataclass

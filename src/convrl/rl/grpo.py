@@ -224,7 +224,8 @@ def trainer_config(rl, base_dir: str, tok, scorer=None, turn_rewards=None):
 
 
 def guard_kwargs(rl) -> dict | None:
-    """``RewardGuard`` settings of ``rl``, its greedy probes only where the run can decode them (``probed_heads``)."""
+    """``RewardGuard`` settings of ``rl`` plus the heads it probes: ``rl.guard.probe_heads`` where the run can decode
+    greedy probes (``RLConfig.probed_heads``), else none (those heads keep the sampled warm-up floor)."""
     kwargs = rl.guard.trainer_kwargs()
     if kwargs is not None:
         if rl.guard.probe_heads and not rl.probed_heads():

@@ -26,7 +26,7 @@ Used by ``convrl.rl.trainer`` (``rl.guard``).
 
 ``probe_heads`` are measured where users and evaluation meet the policy: on
 greedy replies. Sampled at the rollouts' temperature a policy can keep its
-persona while its greedy replies lose it (README "Does it learn?": seed 2's
+persona while its greedy replies lose it (``docs/learning-log.md``: seed 2's
 rollouts' personality rose against the base model's while its greedy held-out
 replies fell 0.198 -> 0.171). For such a head ``update`` takes ``probes``
 (``{head: (greedy values, references)}``, e.g. one greedy reply per rollout
@@ -74,8 +74,8 @@ class RewardGuard:
         self.floors: dict[str, dict[str, list[float]]] = {h: {} for h in self.heads}  # group -> [floor, batches]
         self.deficit = {h: 0.0 for h in self.heads}
         self.lam = {h: 0.0 for h in self.heads}
-        self.probe_heads = [h for h in self.heads if h in set(probe_heads)]
-        self.probe_last = {h: (float("nan"), float("nan")) for h in self.probe_heads}  # (greedy value, reference)
+        # The probed heads, each with its last probes' (greedy value, reference).
+        self.probe_last = {h: (float("nan"), float("nan")) for h in self.heads if h in set(probe_heads)}
 
     def weights(self) -> np.ndarray:
         """The base weights with each guarded term's multiplier added."""

@@ -3,7 +3,7 @@
 Rollouts sample at ``rl.temperature``; ``convrl chat``, ``convrl serve`` and
 the evaluate stage decode greedily with the chat n-gram ban. The two can part:
 in a demo seed the sampled rollouts kept their persona while the greedy
-held-out replies lost it (README "Does it learn?", "Why the guard let seed 2's
+held-out replies lost it (``docs/learning-log.md``, "Why the guard let seed 2's
 persona go"). With ``rl.guard.probe_heads`` each multi-turn rollout batch
 decodes one more row per group, greedily and with the chat ban, beside the
 sampled rows (``CachedDecoder.generate(greedy=...)``: it shares the group's
@@ -25,9 +25,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-
-REFERENCES = "probe_references.json"
-
 
 def prompt_key(prompt) -> str:
     """A conversation prompt as a lookup key (role and content of every message)."""
