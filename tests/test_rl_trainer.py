@@ -139,6 +139,64 @@ def test_cached_decoder_greedy_rows_beside_sampled_rows_then_dropped(gqa_tiny):
         dec.select([5])
 
 
+def test_cached_decoder_drops_stopped_rows_without_changing_any_row(gqa_tiny):
+    """Rows that stopped leave the forward passes (the cache is reordered): every row draws the same tokens from the
+    same logits as with every row decoding to the end, and the next turn goes on from an intact cache."""
+    from convrl.rl.conversation_decoder import CachedDecoder
+    from convrl.rl.generation import InverseCDFSampler
+
+    m, V = gqa_tiny, gqa_tiny.config.vocab_size
+    g = torch.Generator().manual_seed(11)
+    p1, p2 = torch.randint(5, V, (9,), generator=g).tolist(), torch.randint(5, V, (6,), generator=g).tolist()
+    prompts = [p1] * 4 + [p2] * 4
+    eos = V - 1
+    start = {}
+
+    class StopAt:
+        """Ends row i's turn after stops[i] tokens: rows stop one after another, the last ones in the middle."""
+
+        def __init__(self, stops):
+            self.stops, self.step = stops, 0
+
+        def __call__(self, ids, scores):
+            scores = scores.clone()
+            for i, s in enumerate(self.stops):
+                if self.step == s:
+                    scores[i] = float("-inf")
+                    scores[i, eos] = 0.0
+            self.step += 1
+            return scores
+
+    def run(compact):
+        from transformers import GenerationConfig
+
+        dec = CachedDecoder(m, 0, [eos], capacity_hint=8, compact=compact)
+        dec.prefill(prompts, [[0, 1, 2, 3], [4, 5, 6, 7]])
+        sampler = InverseCDFSampler(GenerationConfig(do_sample=True, temperature=0.9), torch.Generator().manual_seed(1))
+        rec1 = Recorder()
+        t1 = dec.generate(12, [rec1, StopAt([1, 3, 3, 4, 6, 20, 2, 5]), sampler])
+        start["users"] = [torch.randint(5, V, (k,), generator=torch.Generator().manual_seed(k)).tolist()
+                          for k in (3, 4, 2, 5, 1, 2, 3, 4)]
+        dec.extend(start["users"])
+        rec2 = Recorder()
+        t2 = dec.generate(8, [rec2, StopAt([0, 7, 2, 2, 3, 1, 4, 4]), sampler], greedy=[False] * 7 + [True])
+        return dec, t1, t2, rec1, rec2
+
+    dec, t1, t2, rec1, rec2 = run(True)
+    plain, p_t1, p_t2, _, _ = run(False)
+    assert [len(x) for x in t1] == [2, 4, 4, 5, 7, 12, 3, 6]
+    assert (t1, t2) == (p_t1, p_t2)
+    assert dec.compactions >= 3 and plain.compactions == 0
+    assert [dec.tokens(i) for i in range(8)] == [plain.tokens(i) for i in range(8)]
+    with torch.no_grad():
+        for i in range(8):
+            for rec, before, out in ((rec1, prompts[i], t1[i]),
+                                     (rec2, prompts[i] + t1[i] + start["users"][i], t2[i])):
+                full = m(input_ids=torch.tensor([before + out])).logits[0]
+                for k in range(len(out)):
+                    assert torch.allclose(rec.steps[k][i], full[len(before) - 1 + k], atol=1e-4), (i, k)
+
+
 def test_cached_decoder_rejects_bad_input(gqa_tiny):
     from convrl.rl.conversation_decoder import CachedDecoder
 

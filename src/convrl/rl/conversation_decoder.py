@@ -29,7 +29,7 @@ import torch
 class CachedDecoder:
     """One KV cache for a batch of conversations; ``prefill`` once, then ``generate`` / ``extend`` per turn."""
 
-    def __init__(self, model, pad_id: int, eos_ids, capacity_hint: int = 256):
+    def __init__(self, model, pad_id: int, eos_ids, capacity_hint: int = 256, compact: bool = True):
         from convrl.rl.decoding import preallocated_cache
 
         self.model, self.pad_id = model, int(pad_id)
@@ -46,6 +46,9 @@ class CachedDecoder:
         self.pending: list[list[int]] = []          # sampled, not yet fed (the last token of a turn)
         self.fed: list[list[int]] = []              # every token each row's cache holds, in order
         self.prefill_tokens = 0                     # tokens run through the model outside decoding (for stats)
+        # Stopped rows leave the forward passes only where a cache layer fills a sub-batch's rows in place.
+        self._can_compact = compact and all(hasattr(layer, "capacity") for layer in self.cache.layers)
+        self.compactions = 0                        # times stopped rows were moved out of the decoding batch
 
     @property
     def rows(self) -> int:
@@ -111,29 +114,62 @@ class CachedDecoder:
         # Processors see each row's ids so far (a repetition penalty would need them; the sampler does not).
         history = [torch.tensor(self.fed[i], dtype=torch.long, device=self.device) for i in range(self.rows)]
         probe = [i for i, g in enumerate(greedy or []) if g]
-        for step in range(max_new_tokens):
-            raw = scores = logits.float()
-            if processors:
-                ids = _left_pad(history, self.pad_id, self.device)
-                for proc in processors:
-                    scores = proc(ids, scores)
-            token = scores.argmax(-1)
-            if probe:
-                token[probe] = self._greedy([history[i] for i in probe], raw[probe], greedy_processors)
-            token = torch.where(done, torch.full_like(token, self.pad_id), token)
-            for i in torch.nonzero(~done).flatten().tolist():
-                out[i].append(int(token[i]))
-            done = done | torch.isin(token, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            # A row that just drew EOS keeps it pending (fed with the next block); finished rows feed masked pads.
-            logits = self._feed([[int(t)] for t in token.tolist()], real=(~done).tolist())
-            history = [torch.cat([h, token[i:i + 1]]) for i, h in enumerate(history)]
+        # Rows that stopped drop out of the forward passes (``_compact``): ``order[j]`` is the row the cache holds at
+        # position j, and only the first ``k`` positions decode. Sampling still sees every row in the caller's order,
+        # so each row draws the random numbers it would draw without compaction.
+        order, k = list(range(self.rows)), self.rows
+        try:
+            for step in range(max_new_tokens):
+                raw = scores = logits.float()
+                if processors:
+                    ids = _left_pad(history, self.pad_id, self.device)
+                    for proc in processors:
+                        scores = proc(ids, scores)
+                token = scores.argmax(-1)
+                if probe:
+                    token[probe] = self._greedy([history[i] for i in probe], raw[probe], greedy_processors)
+                token = torch.where(done, torch.full_like(token, self.pad_id), token)
+                for i in torch.nonzero(~done).flatten().tolist():
+                    out[i].append(int(token[i]))
+                done = done | torch.isin(token, eos)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                stopped, tokens = done.tolist(), token.tolist()
+                order, k = self._compact(order, k, stopped)
+                # A row that just drew EOS keeps it pending (fed with the next block); finished rows feed masked pads.
+                sub = self._feed([[tokens[r]] for r in order[:k]], real=[not stopped[r] for r in order[:k]])
+                if k == self.rows:  # nothing dropped yet: the cache is in the caller's order
+                    logits = sub
+                else:
+                    logits = logits.clone()
+                    logits[order[:k]] = sub
+                history = [torch.cat([h, token[i:i + 1]]) for i, h in enumerate(history)]
+        finally:
+            if order != sorted(order):
+                self.select(sorted(range(self.rows), key=order.__getitem__))  # back to the caller's row order
         for i, o in enumerate(out):
             if o:
                 # The last sampled token is not in the cache yet: it goes in with the next block.
                 self.pending[i] = [o[-1]]
         return out
+
+    def _compact(self, order: list[int], k: int, stopped: list[bool]) -> tuple[list[int], int]:
+        """Move the rows still decoding to the front of the cache once enough have stopped; returns (order, k).
+
+        A decoding step reads every weight once whatever the batch, but attention, norms and activations grow with
+        the rows, and a stopped row still ran through all of them as a masked pad. Reordering copies the cache once,
+        so it waits until a quarter of the decoding rows (at least two) have stopped.
+        """
+        if not self._can_compact:
+            return order, k
+        live = [r for r in order[:k] if not stopped[r]]
+        if not live or k - len(live) < max(2, k // 4):
+            return order, k
+        new = live + [r for r in order if stopped[r] or r not in live]
+        pos = {r: j for j, r in enumerate(order)}
+        self.select([pos[r] for r in new])
+        self.compactions += 1
+        return new, len(live)
 
     def _greedy(self, history: list[torch.Tensor], scores: torch.Tensor, processors) -> torch.Tensor:
         if processors:
@@ -153,10 +189,13 @@ class CachedDecoder:
         self.pending = [self.pending[r] for r in rows]
 
     def _feed(self, blocks: list[list[int]], real: list[bool] | None = None) -> torch.Tensor:
-        """Run one left-padded block of new tokens per row through the model; logits at each row's last token."""
-        width = max(1, max(len(b) for b in blocks))
-        ids = torch.full((len(blocks), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(blocks), width, dtype=torch.long)
+        """Run one left-padded block of new tokens per row through the model; logits at each row's last token.
+
+        ``blocks`` may cover only the first rows of the cache (``_compact``): the others get masked slots.
+        """
+        n, width = len(blocks), max(1, max(len(b) for b in blocks))
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(self.rows, width, dtype=torch.long)
         for i, b in enumerate(blocks):
             if b and (real is None or real[i]):
                 ids[i, width - len(b):] = torch.tensor(b)
@@ -164,12 +203,12 @@ class CachedDecoder:
                 self.fed[i].extend(b)
         ids, mask = ids.to(self.device), mask.to(self.device)
         self._ensure_capacity(self.slot_mask.size(1) + width)
-        positions = (self.pos[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (self.pos[:n, None] + mask[:n].cumsum(-1) - 1).clamp(min=0)
         self.slot_mask = torch.cat([self.slot_mask, mask], dim=1)
         self.pos = self.pos + mask.sum(-1)
         if width > 1:
             self.prefill_tokens += int(mask.sum())
-        out = self.model(input_ids=ids, attention_mask=self.slot_mask, position_ids=positions, cache=self.cache,
+        out = self.model(input_ids=ids, attention_mask=self.slot_mask[:n], position_ids=positions, cache=self.cache,
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 

@@ -95,11 +95,14 @@ def _layer_class():
             if self.length + add > self.capacity:
                 raise RuntimeError(f"PreallocatedCache holds {self.capacity} positions; {self.length + add} needed. "
                                    "Size it for prompt + max_new_tokens.")
-            self.keys[:, :, self.length:self.length + add] = key_states
-            self.values[:, :, self.length:self.length + add] = value_states
+            # A batch may cover only the first rows (``CachedDecoder`` drops rows that stopped): the others' new
+            # slots stay zero and their attention mask keeps them out.
+            b = key_states.shape[0]
+            self.keys[:b, :, self.length:self.length + add] = key_states
+            self.values[:b, :, self.length:self.length + add] = value_states
             self.length += add
             # A view of the filled slots: fused attention reads it in place and skips the empty tail.
-            return self.keys[:, :, :self.length], self.values[:, :, :self.length]
+            return self.keys[:b, :, :self.length], self.values[:b, :, :self.length]
 
         def get_seq_length(self) -> int:
             return self.length
