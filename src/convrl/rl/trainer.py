@@ -158,7 +158,8 @@ class ConvRLTrainerMixin:
                 scored = self._scored_tokens(input_ids.size(0), logits_to_keep, input_ids.device)
                 ref = self.convrl.reference_logprobs
                 if ref is not None and not compute_entropy and self._is_reference_pass(model):
-                    # The KL reference pass also yields the fluency head's log-probs (same frozen base model).
+                    # The KL reference pass also yields the fluency head's log-probs (the frozen reference: the base
+                    # model, or with rl.warmstart base + the warm-start adapter; bench/fluency_reference.py).
                     # mask_truncated_completions zeroes a truncated row's completion mask, which would leave its
                     # tokens unattended: they still need true log-probs (their rewards set the group baseline).
                     am = attention_mask
