@@ -19,6 +19,9 @@ against full-sequence forwards).
 
 Sampling goes through ``processors`` (``rl.generation.sampling_setup``): the
 last one leaves only the drawn token finite, so decoding takes the argmax.
+Rows that stopped leave the forward passes once a quarter of the batch has
+(``_compact``: the rows still decoding move to the front of the cache);
+``bench/decode_compaction.py`` times it.
 """
 
 from __future__ import annotations
