@@ -6,10 +6,11 @@ rows still decoding move to the front of the cache (one reorder once a quarter
 of them stopped) and only they run. This decodes what the demo's RL step
 decodes for its policy turns: one persona prompt (a bundled card and a user
 message) x 8 rows sampled at the rollouts' temperature plus one greedy probe
-row, a turn of up to ``--new`` tokens, a fixed user reply, a second turn;
-the probe row dropped after turn 1 as in RL; both modes with the same sampler seed, interleaved, ``--repeats`` times; it
-prints the median seconds per mode, how many row-steps compaction skipped and
-whether both modes drew the same tokens (they should, row for row).
+row, a turn of up to ``--new`` tokens, a fixed user reply, a second turn
+(the probe row dropped after turn 1, as in RL); both modes with the same
+sampler seed, interleaved, ``--repeats`` times. It prints each prompt's turn
+lengths, both modes' total and median seconds, how often the batch was
+compacted and whether both modes drew the same tokens.
 
     .venv/bin/python bench/decode_compaction.py --repeats 3
 """
@@ -42,7 +43,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from convrl import models
     from convrl.data.personas import bundled_persona_names, load_persona
@@ -77,8 +78,6 @@ def main(argv=None) -> dict:
     second = turn_glue()
 
     def run(k, compact):
-        from transformers import GenerationConfig
-
         cfg = GenerationConfig(do_sample=True, temperature=0.9, top_p=1.0)
         _, sampler = sampling_setup(cfg, torch.Generator().manual_seed(k))
         dec = CachedDecoder(m, tok.pad_token_id, eos, compact=compact)
@@ -92,7 +91,7 @@ def main(argv=None) -> dict:
 
     run(0, True)  # warm-up
     times = {True: [], False: []}
-    same, tokens, lengths = 0, 0, []
+    same, tokens, lengths, compactions = 0, 0, [], 0
     for r in range(args.repeats):
         for k in range(len(MESSAGES)):
             res = {c: run(k, c) for c in (False, True)}
@@ -100,6 +99,7 @@ def main(argv=None) -> dict:
                 times[c].append(s)
             same += int(res[True][2] == res[False][2])
             tokens += sum(len(x) for t in res[True][2] for x in t)
+            compactions += res[True][1]
             if r == 0:
                 lengths.append([[len(x) for x in t] for t in res[True][2]])
     plain, comp = sum(times[False]), sum(times[True])
@@ -109,8 +109,9 @@ def main(argv=None) -> dict:
         print(f"  prompt {k}: turn lengths {ls[0]} / {ls[1]}")
     print(f"without compaction {plain:7.2f} s   with {comp:7.2f} s   speed-up {plain / comp:.2f}x   "
           f"median per prompt {statistics.median(times[False]):.2f} vs {statistics.median(times[True]):.2f} s")
-    print(f"same tokens in both modes: {same}/{args.repeats * len(MESSAGES)} runs ({tokens} tokens decoded per mode)")
-    return {"plain_s": plain, "compact_s": comp, "same_runs": same}
+    print(f"same tokens in both modes: {same}/{args.repeats * len(MESSAGES)} runs ({tokens} tokens decoded per mode, "
+          f"{compactions} compactions)")
+    return {"plain_s": plain, "compact_s": comp, "same_runs": same, "compactions": compactions}
 
 
 if __name__ == "__main__":

@@ -44,11 +44,13 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     found = sorted(glob.glob(os.path.join(args.home, "pipeline_root", "*", "rl-finetune", "policy")))
-    if not found or not glob.glob(os.path.join(found[-1], "base_greedy_*.json")):
+    pol = found[-1] if found else ""
+    greedy = sorted(glob.glob(os.path.join(pol, "base_greedy_*.json")))
+    if not greedy or not os.path.exists(os.path.join(pol, "warmstart", "adapter_config.json")):
         raise SystemExit(f"no RL output with base_greedy_*.json and a warmstart adapter under {args.home}")
-    pol = found[-1]
     base = models.resolve_policy(args.policy)
-    saved = json.loads(open(sorted(glob.glob(os.path.join(pol, "base_greedy_*.json")))[0]).read())
+    with open(greedy[0]) as f:
+        saved = json.load(f)
     prompts, replies = saved["prompts"], saved["replies"]
     n = len(prompts)
     contexts = prompts + [prompts[(i + 7) % n] for i in range(n)]

@@ -143,6 +143,8 @@ def test_cached_decoder_drops_stopped_rows_without_changing_any_row(gqa_tiny):
     """Rows that stopped leave the forward passes (the cache is reordered): every row draws the same tokens from the
     same logits as with every row decoding to the end, and the next turn goes on from an intact cache."""
     from convrl.rl.conversation_decoder import CachedDecoder
+    from transformers import GenerationConfig
+
     from convrl.rl.generation import InverseCDFSampler
 
     m, V = gqa_tiny, gqa_tiny.config.vocab_size
@@ -150,10 +152,11 @@ def test_cached_decoder_drops_stopped_rows_without_changing_any_row(gqa_tiny):
     p1, p2 = torch.randint(5, V, (9,), generator=g).tolist(), torch.randint(5, V, (6,), generator=g).tolist()
     prompts = [p1] * 4 + [p2] * 4
     eos = V - 1
-    start = {}
+    users = [torch.randint(5, V, (k,), generator=torch.Generator().manual_seed(k)).tolist()
+             for k in (3, 4, 2, 5, 1, 2, 3, 4)]
 
     class StopAt:
-        """Ends row i's turn after stops[i] tokens: rows stop one after another, the last ones in the middle."""
+        """Ends row i's turn after stops[i] tokens, so rows stop one after another."""
 
         def __init__(self, stops):
             self.stops, self.step = stops, 0
@@ -168,16 +171,12 @@ def test_cached_decoder_drops_stopped_rows_without_changing_any_row(gqa_tiny):
             return scores
 
     def run(compact):
-        from transformers import GenerationConfig
-
         dec = CachedDecoder(m, 0, [eos], capacity_hint=8, compact=compact)
         dec.prefill(prompts, [[0, 1, 2, 3], [4, 5, 6, 7]])
         sampler = InverseCDFSampler(GenerationConfig(do_sample=True, temperature=0.9), torch.Generator().manual_seed(1))
         rec1 = Recorder()
         t1 = dec.generate(12, [rec1, StopAt([1, 3, 3, 4, 6, 20, 2, 5]), sampler])
-        start["users"] = [torch.randint(5, V, (k,), generator=torch.Generator().manual_seed(k)).tolist()
-                          for k in (3, 4, 2, 5, 1, 2, 3, 4)]
-        dec.extend(start["users"])
+        dec.extend(users)
         rec2 = Recorder()
         t2 = dec.generate(8, [rec2, StopAt([0, 7, 2, 2, 3, 1, 4, 4]), sampler], greedy=[False] * 7 + [True])
         return dec, t1, t2, rec1, rec2
@@ -191,7 +190,7 @@ def test_cached_decoder_drops_stopped_rows_without_changing_any_row(gqa_tiny):
     with torch.no_grad():
         for i in range(8):
             for rec, before, out in ((rec1, prompts[i], t1[i]),
-                                     (rec2, prompts[i] + t1[i] + start["users"][i], t2[i])):
+                                     (rec2, prompts[i] + t1[i] + users[i], t2[i])):
                 full = m(input_ids=torch.tensor([before + out])).logits[0]
                 for k in range(len(out)):
                     assert torch.allclose(rec.steps[k][i], full[len(before) - 1 + k], atol=1e-4), (i, k)

@@ -9,8 +9,8 @@ for the KL term when the fluency LM is the policy's base model, so during
 GRPO the trainer hands those log-probs over (``ReferenceLogprobs``) and the
 LM does not run again (with ``rl.warmstart`` the reference is the
 warm-started adapter's frozen copy: RL then reads that model's log-probs,
-``bench/fluency_reference.py`` measures the difference). Elsewhere (evaluation, meta-eval) the LM runs here,
-built for throughput:
+``bench/fluency_reference.py`` measures the difference). Elsewhere
+(evaluation, meta-eval) the LM runs here, built for throughput:
 
 * replies that share a context (the completions of one GRPO group) run the
   context once and reuse its KV cache for all of them;

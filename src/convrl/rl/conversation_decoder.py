@@ -168,7 +168,7 @@ class CachedDecoder:
         live = [r for r in order[:k] if not stopped[r]]
         if not live or k - len(live) < max(2, k // 4):
             return order, k
-        new = live + [r for r in order if stopped[r] or r not in live]
+        new = live + [r for r in order if stopped[r]]  # every row not decoding any more has stopped
         pos = {r: j for j, r in enumerate(order)}
         self.select([pos[r] for r in new])
         self.compactions += 1
