@@ -9,7 +9,9 @@ time and whether its tokens equal the first configuration's:
 * ``transformers-eager``: transformers' eager attention and ``DynamicCache``;
 * ``fused-attention``: convrl's attention (fused SDPA with grouped KV heads over the filled part of a
   preallocated cache);
-* ``fused+packed``: that plus bf16 linears prepacked for oneDNN (what rollouts, evaluation and self-play use).
+* ``fused+packed``: that plus bf16 linears prepacked for oneDNN (what evaluation and self-play use);
+* ``fused+packed+step``: that plus one-token steps through ``convrl.rl.fused_step`` (q/k/v and gate/up as one
+  GEMM each, no per-layer bookkeeping; what rollouts and the simulated user use).
 
     .venv/bin/python bench/decode_levers.py --rows 8 --prompt 250 --new 64 --repeats 3
 """
@@ -44,22 +46,23 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     path = models.resolve_policy(args.policy)
-    configs = {"transformers-sdpa": ("sdpa", False), "transformers-eager": ("eager", False),
-               "fused-attention": (gqa_attention(), False), "fused+packed": (gqa_attention(), True)}
-    loaded = {}
-    for name, (attn, pack) in configs.items():
+    configs = {"transformers-sdpa": ("sdpa", False, False), "transformers-eager": ("eager", False, False),
+               "fused-attention": (gqa_attention(), False, False), "fused+packed": (gqa_attention(), True, False),
+               "fused+packed+step": (gqa_attention(), True, True)}
+    loaded, step = {}, {}
+    for name, (attn, pack, fused) in configs.items():
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation=attn).eval()
         if pack:
             pack_linears(m)
-        loaded[name] = m
+        loaded[name], step[name] = m, fused
     g = torch.Generator().manual_seed(0)
     vocab = loaded["fused+packed"].config.vocab_size
     prompt = torch.randint(100, vocab, (args.prompt,), generator=g).tolist()
     # Rows differ from their last prompt token on, as a group's rollouts do after the first sampled token.
     rows = [prompt + [100 + i] for i in range(args.rows)]
 
-    def run(model):
-        dec = CachedDecoder(model, 0, [-1], capacity_hint=args.prompt + 8)
+    def run(model, fused):
+        dec = CachedDecoder(model, 0, [-1], capacity_hint=args.prompt + 8, fused=fused)
         t0 = time.perf_counter()
         dec.prefill(rows, groups=[list(range(args.rows))])
         dec.generate(1)
@@ -67,13 +70,13 @@ def main(argv=None) -> dict:
         out = dec.generate(args.new)
         return t1 - t0, time.perf_counter() - t1, out
 
-    for m in loaded.values():
-        run(m)  # warm-up
+    for name, m in loaded.items():
+        run(m, step[name])  # warm-up (and the fused step's weights)
     times = {n: [] for n in loaded}
     tokens = {}
     for _ in range(args.repeats):
         for name, m in loaded.items():
-            pre, dec, out = run(m)
+            pre, dec, out = run(m, step[name])
             times[name].append((pre, dec))
             tokens[name] = out
     first = next(iter(tokens))

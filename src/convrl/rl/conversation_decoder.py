@@ -32,8 +32,10 @@ import torch
 class CachedDecoder:
     """One KV cache for a batch of conversations; ``prefill`` once, then ``generate`` / ``extend`` per turn."""
 
-    def __init__(self, model, pad_id: int, eos_ids, capacity_hint: int = 256, compact: bool = True):
+    def __init__(self, model, pad_id: int, eos_ids, capacity_hint: int = 256, compact: bool = True,
+                 fused: bool = True):
         from convrl.rl.decoding import preallocated_cache
+        from convrl.rl.fused_step import fused_step_for
 
         self.model, self.pad_id = model, int(pad_id)
         self.eos = torch.tensor(sorted({int(e) for e in eos_ids}), dtype=torch.long)
@@ -52,6 +54,10 @@ class CachedDecoder:
         # Stopped rows leave the forward passes only where a cache layer fills a sub-batch's rows in place.
         self._can_compact = compact and all(hasattr(layer, "capacity") for layer in self.cache.layers)
         self.compactions = 0                        # times stopped rows were moved out of the decoding batch
+        # One-token steps skip transformers' per-layer bookkeeping where the model is a plain Llama-style stack
+        # (rl.fused_step: 41-42 -> 32-33 ms a step for 9 rows of SmolLM2-135M, the same tokens).
+        preallocated = all(hasattr(layer, "capacity") for layer in self.cache.layers)
+        self._fused = fused_step_for(model) if fused and preallocated else None
 
     @property
     def rows(self) -> int:
@@ -211,6 +217,8 @@ class CachedDecoder:
         self.pos = self.pos + mask.sum(-1)
         if width > 1:
             self.prefill_tokens += int(mask.sum())
+        elif self._fused is not None:
+            return self._fused(ids[:, 0], positions[:, 0], self.cache, self.slot_mask[:n])
         out = self.model(input_ids=ids, attention_mask=self.slot_mask[:n], position_ids=positions, cache=self.cache,
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
