@@ -199,7 +199,7 @@ def evaluate(config_json: str, parent_run_id: str, turns: Input[Dataset], person
 def ab_compare(config_json: str, parent_run_id: str, scores: Input[Dataset], decision: Output[Artifact]) -> str:
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages.evaluation import ab_stage
+    from convrl.stages.decision import ab_stage
 
     prepare()
     return ab_stage(config_from_json(config_json), parent_run_id, scores.path, decision.path)
@@ -209,7 +209,7 @@ def ab_compare(config_json: str, parent_run_id: str, scores: Input[Dataset], dec
 def register_candidate(config_json: str, parent_run_id: str, policy: Input[Model], decision: Input[Artifact]) -> str:
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages.evaluation import register_stage
+    from convrl.stages.decision import register_stage
 
     prepare()
     return register_stage(config_from_json(config_json), parent_run_id, policy.path, decision.path)
@@ -219,7 +219,7 @@ def register_candidate(config_json: str, parent_run_id: str, policy: Input[Model
 def promote(config_json: str, parent_run_id: str, version: str, decision: Input[Artifact]):
     from convrl.config import config_from_json
     from convrl.pipelines.step_env import prepare
-    from convrl.stages.evaluation import promote_stage
+    from convrl.stages.decision import promote_stage
 
     prepare()
     promote_stage(config_from_json(config_json), parent_run_id, version, decision.path)

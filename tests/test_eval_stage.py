@@ -36,7 +36,8 @@ def stage_inputs(tmp_path, ingested, personas, tiny_encoder, tiny_policy_dir):
 
 
 def test_evaluate_stage_then_ab_stage(mlflow_store, tmp_path, stage_inputs, one_thread, monkeypatch):
-    from convrl.stages.evaluation import ab_stage, evaluate_stage
+    from convrl.stages.decision import ab_stage
+    from convrl.stages.evaluation import evaluate_stage
 
     monkeypatch.setenv("CONVRL_HOME", str(tmp_path / "home"))  # an empty evaluation cache (eval.cache)
 

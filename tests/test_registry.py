@@ -77,7 +77,7 @@ def test_promote_stage_never_promotes_without_a_promote_decision(logged_models, 
     import json
 
     from convrl.config import load_config
-    from convrl.stages.evaluation import promote_stage
+    from convrl.stages.decision import promote_stage
 
     cfg = load_config("tiny", [f"registry.model_name={NAME}", "tracking.experiment=registry-test"])
     before = tracking.alias_version(NAME, registry.CHAMPION)

@@ -1,4 +1,4 @@
-"""Evaluate, A/B-compare, register and promote stages."""
+"""The evaluate stage (and, from ``stages.decision``, the A/B-compare, register and promote stages)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from convrl import models, registry, tracking
 from convrl.config import Config
 from convrl.data.personas import prompt_personas
 from convrl.data.prompts import build_prompts
-from convrl.eval.artifacts import DecisionRecord, EvaluationScores
+from convrl.eval.artifacts import EvaluationScores
 from convrl.eval.evaluate import evaluate_models
 from convrl.eval.reply_cache import ReplyCache
 from convrl.eval.report import build_report
@@ -128,63 +128,3 @@ def evaluate_stage(cfg: Config, parent_run_id: str, turns_path: str, personas_pa
         run.set_tags({"convrl.baseline": base_desc, "convrl.reward_judge_gaps": str(len(flagged))}, parent=True)
         report.close()
         return {"baseline": base_desc, **summary, "headline": a.headline, "flagged_gaps": flagged}
-
-
-def ab_stage(cfg: Config, parent_run_id: str, scores_path: str, decision_path: str) -> str:
-    from convrl.eval.ab import ABSettings, compare
-
-    with tracking.stage_run(parent_run_id, "ab_compare", cfg.tracking.experiment) as run:
-        evaluation = EvaluationScores.load(scores_path)
-        scores = evaluation.scores
-        # Held-out judges are guardrails too: a reward head that improves while its judge regresses
-        # is reward hacking, and must not promote.
-        judges = [c for c in scores.columns if c.startswith("judge_") and pd.api.types.is_numeric_dtype(scores[c])]
-        cols = ["prompt_id", "composite", "quality", "personality", "engagement", "relevance"] + judges
-        cand = scores[scores["model"] == "candidate"][cols]
-        base = scores[scores["model"] == "baseline"][cols]
-        a = cfg.ab
-        settings = ABSettings(primary="composite", n_bootstrap=a.n_bootstrap, confidence=a.confidence,
-                              min_samples=a.min_samples, min_improvement=a.min_improvement,
-                              guardrail_margin=a.guardrail_margin, guardrail_margins=dict(a.guardrail_margins),
-                              strict_guardrails=list(a.strict_guardrails),
-                              seed=a.seed)
-        decision = compare(cand, base, settings, key="prompt_id")
-        record = DecisionRecord(**decision.to_dict(), summary=decision.summary(), headline=evaluation.headline,
-                                baseline=evaluation.baseline)
-        record.save(decision_path)
-        run.log_dict(record.to_dict(), "ab/decision.json")
-        prim = decision.metrics.get("composite", {})
-        run.log_metrics({f"ab/{k}": v for k, v in prim.items() if isinstance(v, (int, float))}, parent=True)
-        run.set_tags({"convrl.decision": decision.outcome, "convrl.decision_summary": decision.summary()}, parent=True)
-        return decision.outcome
-
-
-def register_stage(cfg: Config, parent_run_id: str, policy_dir: str, decision_path: str) -> str:
-    with tracking.stage_run(parent_run_id, "register", cfg.tracking.experiment) as run:
-        policy = PolicyArtifact.load(policy_dir)
-        decision = DecisionRecord.load(decision_path)
-        parent = tracking.get_run(parent_run_id)
-        prim = decision.primary()
-        # The evaluation headline comes from the decision artifact, i.e. from what evaluate measured.
-        tags = {"convrl.data_fingerprint": parent.data.tags.get("convrl.data_fingerprint", ""),
-                "convrl.config_hash": cfg.fingerprint(), "convrl.decision": decision.outcome,
-                "convrl.composite_candidate": f"{prim.get('mean_candidate', float('nan')):.4f}",
-                "convrl.composite_baseline": f"{prim.get('mean_baseline', float('nan')):.4f}",
-                "convrl.composite_diff_ci": f"[{prim.get('ci_low', float('nan')):.4f}, {prim.get('ci_high', float('nan')):.4f}]",
-                **{f"convrl.eval.{k}": f"{v:.4f}" for k, v in sorted(decision.headline.items())
-                   if isinstance(v, (int, float))}}
-        version, created = registry.register_candidate(policy.logged_model, cfg.registry.model_name,
-                                                      parent_run_id, tags)
-        run.set_tags({"convrl.registered_version": version, "convrl.registered_new": str(created)}, parent=True)
-        return version
-
-
-def promote_stage(cfg: Config, parent_run_id: str, version: str, decision_path: str) -> dict:
-    with tracking.stage_run(parent_run_id, "promote", cfg.tracking.experiment) as run:
-        decision = DecisionRecord.load(decision_path)
-        if decision.outcome != "promote":
-            raise registry.RegistryError(f"refusing to promote: decision is {decision.outcome!r}")
-        result = registry.promote(cfg.registry.model_name, version, decision.summary or "A/B promote")
-        run.set_tags({"convrl.champion": result["champion"], "convrl.previous_champion": result["previous"] or ""},
-                     parent=True)
-        return result
