@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.test_rl_trainer import Recorder
+
 
 def _tiny(model_type: str = "llama", dtype=torch.float32, **overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -17,15 +19,6 @@ def _tiny(model_type: str = "llama", dtype=torch.float32, **overrides):
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **overrides)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=gqa_attention()).eval()
-
-
-class Recorder:
-    def __init__(self):
-        self.steps = []
-
-    def __call__(self, ids, scores):
-        self.steps.append(scores.clone())
-        return scores
 
 
 def _two_turns(m, fused: bool, calls: list | None = None):
