@@ -14,9 +14,9 @@ the GEMMs' rounding: logits within float rounding in fp32 and the same tokens
 in bf16 in tests, and the demo's three RL seeds reproduced every figure. 32-33
 ms per step for those 9 rows; ``bench/decode_levers.py --rows 9 --prompt 250
 --new 96``: 4.79 -> 3.80 s, 1.26x, median of 3, the same AMD. Evaluation keeps
-transformers' ``generate``: a prototype putting this step under it saved no
-time at batches of 8-32 and changed 11-22 of 32 bf16 greedy chat replies (the
-cause not found; ``docs/learning-log.md``).
+transformers' ``generate``: under it this step gave bit-identical logits but
+saved little at evaluation's batches (1.1x at 8 rows, none at 16-32;
+``docs/learning-log.md``).
 
 Weights are read from the model on every call, and the fused copies are rebuilt
 when a source weight changed (its tensor's version counter), so the rollout
