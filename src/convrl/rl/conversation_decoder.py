@@ -51,12 +51,13 @@ class CachedDecoder:
         self.pending: list[list[int]] = []          # sampled, not yet fed (the last token of a turn)
         self.fed: list[list[int]] = []              # every token each row's cache holds, in order
         self.prefill_tokens = 0                     # tokens run through the model outside decoding (for stats)
-        # Stopped rows leave the forward passes only where a cache layer fills a sub-batch's rows in place.
-        self._can_compact = compact and all(hasattr(layer, "capacity") for layer in self.cache.layers)
+        # Stopped rows leave the forward passes, and one-token steps take the fused path, only where every cache
+        # layer is a preallocated buffer (it fills a sub-batch's rows in place; FusedStep writes it directly).
+        preallocated = all(hasattr(layer, "capacity") for layer in self.cache.layers)
+        self._can_compact = compact and preallocated
         self.compactions = 0                        # times stopped rows were moved out of the decoding batch
         # One-token steps skip transformers' per-layer bookkeeping where the model is a plain Llama-style stack
         # (rl.fused_step: 41-42 -> 32-33 ms a step for 9 rows of SmolLM2-135M, the same tokens).
-        preallocated = all(hasattr(layer, "capacity") for layer in self.cache.layers)
         self._fused = fused_step_for(model) if fused and preallocated else None
 
     @property
