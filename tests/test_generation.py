@@ -90,3 +90,34 @@ def test_decode_dtype_follows_the_precision_and_the_hardware(tiny_policy_dir):
     assert Generator(tiny_policy_dir, dtype="bf16").model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         decode_dtype("fp8")
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_generator_decodes_on_the_cached_decoder_as_generate_would(tiny_policy_dir, monkeypatch, do_sample):
+    """Greedy and sampled replies on ``CachedDecoder`` (fused one-token steps, finished rows leaving the batch) are
+    transformers' generate's own, with the n-gram ban, the same seeds and ragged prompts."""
+    from convrl.rl import generation
+
+    gen = Generator(tiny_policy_dir, dtype=torch.float32)
+    convs = [[{"role": "user", "content": f"Tell me about day {i}." + " I like tea." * i}] for i in range(5)]
+    kw = dict(max_new_tokens=12, batch_size=5, no_repeat_ngram_size=3, do_sample=do_sample, seed=4)
+    calls = []
+    real = Generator._decode_cached
+    monkeypatch.setattr(Generator, "_decode_cached", lambda self, *a: (calls.append(1), real(self, *a))[1])
+    cached, cached_ended = gen.generate(convs, **kw), list(gen.last_ended)
+    assert calls
+    monkeypatch.setattr(generation, "cached_decoding_ok", lambda config: False)
+    assert gen.generate(convs, **kw) == cached and gen.last_ended == cached_ended
+    assert len(calls) == 1
+
+
+def test_cached_decoding_leaves_other_generation_settings_to_generate():
+    from transformers import GenerationConfig
+
+    from convrl.rl.generation import cached_decoding_ok, sampling_setup
+
+    assert cached_decoding_ok(GenerationConfig(eos_token_id=2, max_new_tokens=8, no_repeat_ngram_size=4))
+    assert cached_decoding_ok(sampling_setup(GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9))[0])
+    assert not cached_decoding_ok(GenerationConfig(repetition_penalty=1.2))
+    assert not cached_decoding_ok(GenerationConfig(num_beams=2))
+    assert not cached_decoding_ok(GenerationConfig(do_sample=True))  # sampling goes through sampling_setup first

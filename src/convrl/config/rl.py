@@ -18,8 +18,13 @@ class LoraSection:
     r: int = field(default=16, metadata={"help": "LoRA rank."})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    top_layers: int = field(default=0, metadata={
+        "help": "Adapters on the top N decoder layers only (0 = every layer). Backward stops at the lowest "
+                "adapted layer, so a step's backward shrinks with N."})
 
     def validate(self) -> None:
+        if self.top_layers < 0:
+            raise ConfigError(f"rl.lora.top_layers must be >= 0 (0 = every layer), got {self.top_layers}")
         if self.r < 1 or self.alpha <= 0:
             raise ConfigError(f"rl.lora.r must be >= 1 and rl.lora.alpha > 0, got r={self.r}, alpha={self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
