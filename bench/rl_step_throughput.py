@@ -78,7 +78,8 @@ def _inputs(steps: int, turns: int, prompts_per_step: int, policy: str = "smollm
 
 def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict | None = None,
              a_no_handover: bool = False, turns: int = 1, prompts_per_step: int = 1, user_tokens: int = 24,
-             policy: str = "smollm2-135m-instruct", encoder: str = "all-minilm-l6-v2") -> dict:
+             policy: str = "smollm2-135m-instruct", encoder: str = "all-minilm-l6-v2",
+             lora_top_layers: int = 0) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -86,7 +87,7 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from convrl.config import RLConfig
-    from convrl.rl.grpo import grpo_args, trainer_config
+    from convrl.rl.grpo import grpo_args, top_layers, trainer_config
     from convrl.rl.trainer import ConvRLGRPOTrainer
 
     torch.manual_seed(0)
@@ -158,7 +159,11 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
         from convrl.rl.grpo import frozen_linears_to_bf16
 
         frozen_linears_to_bf16(model)  # as convrl's load_policy does for LoRA under bf16
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    # convrl mode only: rl.lora.top_layers (the backward stops at the lowest adapted layer; the policy pass starts
+    # from the reference pass's hidden states there, prefix.BottomStash).
+    layers = top_layers(model, lora_top_layers) if mode != "trl-defaults" else None
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      task_type="CAUSAL_LM", layers_to_transform=layers)
     stamps: list[tuple[float, dict]] = []
 
     class Stamp(TrainerCallback):
@@ -206,7 +211,8 @@ def run_mode(mode: str, steps: int, generations: int, length: int, extra: dict |
             **handover, "tokens_per_s": tokens / secs, "mean_completion_len": tokens / per_step / len(measured),
             "phase_s_per_step": breakdown,
             "bf16": bool(args.bf16), "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "beta": args.beta, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "beta": args.beta, "lora_layers": "all" if layers is None else f"top {len(layers)}",
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -223,11 +229,13 @@ def main() -> None:
     p.add_argument("--json", default="")
     p.add_argument("--only", default="", help="run one mode in this process (trl-defaults or convrl)")
     p.add_argument("--extra", default="{}", help="JSON GRPOConfig overrides for the convrl mode (experiments)")
+    p.add_argument("--lora-top-layers", type=int, default=0,
+                   help="convrl mode: LoRA on the top N layers only (rl.lora.top_layers; 0 = every layer)")
     p.add_argument("--no-fluency-handover", action="store_true",
                    help="convrl mode: run the fluency LM instead of reading the KL reference pass (to measure it)")
     a = p.parse_args()
     shape = dict(turns=a.turns, prompts_per_step=a.prompts, user_tokens=a.user_tokens, policy=a.policy,
-                 encoder=a.encoder)
+                 encoder=a.encoder, lora_top_layers=a.lora_top_layers)
     if a.mode or a.only:
         print("RESULT " + json.dumps(run_mode(a.mode or a.only, a.steps, a.generations, a.length,
                                               json.loads(a.extra), a.no_fluency_handover, **shape)), flush=True)
@@ -238,6 +246,7 @@ def main() -> None:
                                "--generations", str(a.generations), "--length", str(a.length),
                                "--turns", str(a.turns), "--prompts", str(a.prompts),
                                "--user-tokens", str(a.user_tokens), "--policy", a.policy, "--encoder", a.encoder,
+                               "--lora-top-layers", str(a.lora_top_layers),
                                *(["--no-fluency-handover"] if a.no_fluency_handover else [])],
                               capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -15,11 +15,12 @@ def test_two_turn_bench_reports_both_modes(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--turns", "2", "--steps", "2", "--generations", "2",
                            "--prompts", "1", "--length", "4", "--user-tokens", "4", "--policy", "tiny-llama",
-                           "--encoder", "tiny-bert", "--json", str(out)],
+                           "--encoder", "tiny-bert", "--lora-top-layers", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r["mode"] for r in results] == ["trl-defaults", "convrl"]
+    assert [r["lora_layers"] for r in results] == ["all", "top 1"]  # TRL's defaults keep LoRA everywhere
     for r in results:
         assert r["turns"] == 2 and r["steps_measured"] == 1
         # Two policy turns of at most 4 tokens for each of the 2 rollouts.

@@ -121,3 +121,33 @@ def test_cached_decoding_leaves_other_generation_settings_to_generate():
     assert not cached_decoding_ok(GenerationConfig(repetition_penalty=1.2))
     assert not cached_decoding_ok(GenerationConfig(num_beams=2))
     assert not cached_decoding_ok(GenerationConfig(do_sample=True))  # sampling goes through sampling_setup first
+
+
+def test_shared_prefix_groups_join_rows_that_share_enough_leading_tokens():
+    from convrl.rl.conversation_decoder import shared_prefix_groups
+
+    a = list(range(20))
+    rows = [a + [99], [1, 2, 3], a + [7, 8], a[:10] + [5] * 12, [1, 2, 3, 4]]
+    assert shared_prefix_groups(rows, min_shared=3) == [[0, 2, 3], [1, 4]]
+    assert shared_prefix_groups(rows) == [[0, 2], [1], [3], [4]]
+
+
+def test_cached_decoding_prefills_a_shared_system_prompt_once_with_generates_replies(tiny_policy_dir, monkeypatch):
+    """Prompts of one persona share its system prompt: the cached decoder prefills it once per batch (one group per
+    persona) and the replies stay transformers' generate's."""
+    from convrl.rl import generation
+    from convrl.rl.conversation_decoder import CachedDecoder
+
+    gen = Generator(tiny_policy_dir, dtype=torch.float32)
+    card = "You are Ada, a calm expert who answers briefly and kindly. " * 3
+    convs = [[{"role": "system", "content": card if i % 2 else card.upper()},
+              {"role": "user", "content": f"Question {i}: what now?" + " Really." * i}] for i in range(6)]
+    seen = []
+    real_prefill = CachedDecoder.prefill
+    monkeypatch.setattr(CachedDecoder, "prefill", lambda self, rows, groups=None: (
+        seen.append(groups), real_prefill(self, rows, groups))[1])
+    kw = dict(max_new_tokens=10, batch_size=6, no_repeat_ngram_size=3)
+    cached = gen.generate(convs, **kw)
+    assert len(seen) == 1 and sorted(len(g) for g in seen[0]) == [3, 3]  # two personas, each prefilled once
+    monkeypatch.setattr(generation, "cached_decoding_ok", lambda config: False)
+    assert gen.generate(convs, **kw) == cached

@@ -72,3 +72,28 @@ def test_long_conversations_keep_older_turns_as_memory(personas):
     assert len(visible) <= 4 and visible[0]["role"] == "user"
     system = last["prompt"][0]["content"]
     assert "Memory of the conversation" in system and "name: Alice" in system and "gardening" in system
+
+
+def test_lora_top_layers_adapts_only_the_top_layers_and_backward_stops_there(tiny_policy_dir):
+    from peft import get_peft_model
+
+    from convrl.config import ConfigError
+    from convrl.config.rl import LoraSection
+    from convrl.rl.grpo import load_policy
+
+    model, tok, peft = load_policy(RLConfig(precision="fp32", lora=LoraSection(top_layers=1)), tiny_policy_dir)
+    assert peft.layers_to_transform == [1]  # the tiny policy has 2 layers
+    model = get_peft_model(model, peft)
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapted == {"1"}
+    ran = []
+    model.get_base_model().model.layers[0].register_full_backward_hook(lambda *a: ran.append(0))
+    model.get_base_model().model.layers[1].register_full_backward_hook(lambda *a: ran.append(1))
+    ids = torch.tensor([tok("hello there, how are you")["input_ids"]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert ran == [1]  # nothing below the lowest adapted layer needs a gradient
+    for n in (0, 2, 5):  # 0 and anything >= the model's depth adapt every layer
+        _, _, p = load_policy(RLConfig(precision="fp32", lora=LoraSection(top_layers=n)), tiny_policy_dir)
+        assert p.layers_to_transform is None
+    with pytest.raises(ConfigError, match="top_layers"):
+        LoraSection(top_layers=-1).validate()

@@ -160,3 +160,28 @@ def test_score_head_takes_handed_over_fluency_like_score(tiny_encoder, tiny_poli
     monkeypatch.setattr(FluencyScorer, "mean_logprob", lambda *a: pytest.fail("the LM ran"))
     alone = sc.score_head("quality", ctx, replies, [None, None], lp)
     assert np.allclose(alone, sc.score(ctx, replies, [None, None], lp).heads["quality"])
+
+
+def test_grpo_policy_pass_starts_where_the_adapters_do(ingested, personas, tiny_encoder, tiny_policy_dir, tmp_path,
+                                                       monkeypatch):
+    """With ``rl.lora.top_layers`` the trainer's policy pass starts from the reference pass's hidden states below the
+    adapters (``prefix.BottomStash``) for every prompt group of every step, and trains the same as without."""
+    import convrl.rl.prefix as prefix
+    from convrl.config import RLConfig
+    from convrl.config.rl import LoraSection
+    from convrl.rl.grpo import train_grpo
+
+    scorer, prompts, funcs, weights, seen, _ = spy_reference_pass(monkeypatch, ingested, personas, tiny_encoder,
+                                                                  tiny_policy_dir)
+    used = []
+    real = prefix._top_from_stash
+    monkeypatch.setattr(prefix, "_top_from_stash", lambda *a: (used.append(1), real(*a))[1])
+    rl = RLConfig(max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=8, save_steps=10,
+                  precision="fp32", learning_rate=0.05, mask_truncated_completions=False,
+                  lora=LoraSection(top_layers=1))
+    res = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path / "stash", scorer=scorer)
+    assert res.steps == 2 and len(seen) == 2 and len(used) == 4  # 2 steps x 2 prompt groups
+    monkeypatch.setattr(prefix.BottomStash, "depth", classmethod(lambda cls, backbone: 0))  # the lever off
+    plain = train_grpo(rl, tiny_policy_dir, prompts, funcs, weights, tmp_path / "plain", scorer=scorer)
+    assert len(used) == 4
+    assert [h.get("loss") for h in res.history] == [h.get("loss") for h in plain.history]

@@ -307,3 +307,53 @@ def test_blockwise_label_logps_match_plain_autograd(precision, monkeypatch):
         z1 = (z1 + b.to(z1.dtype)).float()
     assert torch.allclose(scaled, want, **tol)
     assert torch.allclose(plain, z1.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(z1, -1), **tol)
+
+
+@pytest.mark.parametrize("autocast_bf16", [False, True])
+def test_policy_pass_starts_from_the_reference_pass_below_the_adapters(monkeypatch, autocast_bf16):
+    """With LoRA on the top layer only, the policy pass reads the reference pass's hidden states entering that layer
+    (``BottomStash``) instead of running the frozen layers again: the same log-probs and LoRA gradients, bit for bit;
+    other inputs, or no reference pass, run the whole stack."""
+    from contextlib import nullcontext
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from convrl import models
+    from convrl.rl import prefix
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(models.resolve_policy("tiny-llama"), dtype=torch.float32)
+    model = get_peft_model(m, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                                         init_lora_weights=False))
+    assert prefix.BottomStash.depth(prefix.backbone_of(model)) == 1
+    ids, am, C = grouped_batch(model.config.vocab_size)
+    mask = am[:, -C:].bool()
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast_bf16 else nullcontext
+    used = []
+    real = prefix._top_from_stash
+    monkeypatch.setattr(prefix, "_top_from_stash", lambda *a: (used.append(1), real(*a))[1])
+
+    def policy_pass():
+        model.zero_grad()
+        lp, _ = prefix.shared_prefix_logps(model, ids, am, C, temperature=0.9, autocast=autocast)
+        (lp * mask).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    prefix.BottomStash.capture(prefix.backbone_of(model), 1)  # an empty stash: nothing to start from
+    full, g_full = policy_pass()
+    assert not used
+    prefix.shared_prefix_ref_logps(model, ids, am, C, 0.9, autocast=autocast)
+    stashed, g_stashed = policy_pass()
+    assert len(used) == 2  # both prompt groups started at layer 1
+    assert torch.equal(stashed, full)
+    assert g_full.keys() == g_stashed.keys() and g_full
+    assert all(torch.equal(g_stashed[n], g_full[n]) for n in g_full)
+    policy_pass()  # the stash is spent: the next pass over the same batch runs every layer
+    assert len(used) == 2
+    prefix.shared_prefix_ref_logps(model, ids, am, C, 0.9, autocast=autocast)
+    other = am.clone()
+    other[0, -1] = 1 - other[0, -1]
+    model.zero_grad()
+    prefix.shared_prefix_logps(model, ids, other, C, temperature=0.9, autocast=autocast)
+    assert len(used) == 3  # the group whose mask changed ran every layer; the other started from the stash

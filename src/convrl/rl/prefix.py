@@ -14,9 +14,18 @@ dropping the left padding does not change any score (up to float rounding).
 
     logps, entropy = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep)
     cache = prefill_shared(model, prompt_ids, prompt_mask)   # then model.generate(..., cache=cache)
+
+When the adapters sit on the top layers only (``rl.lora.top_layers``), the
+layers below them are the same frozen weights in the reference pass and in
+the policy pass, so they compute the same hidden states twice. The reference
+pass keeps the hidden states entering the lowest adapted layer
+(``BottomStash``), and the policy pass of the same batch starts there: the
+same numbers, about half its forward.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -69,6 +78,97 @@ def _group_inputs(input_ids, attention_mask, C, groups, scored=None):
         am = torch.cat([torch.ones(G, Lp, dtype=cmask.dtype, device=cmask.device), cmask], dim=1)
         pos = torch.arange(Lp - 1, Lp + C, device=x.device).expand(G, -1)
         yield rows, prompt, x, labels, am, pos
+
+
+def adapted_depth(backbone) -> int:
+    """Index of the lowest decoder layer with an adapter or a trainable weight (0: none is frozen below it)."""
+    if any(p.requires_grad for p in backbone.get_input_embeddings().parameters()):
+        return 0
+    for i, layer in enumerate(backbone.layers):
+        if any(p.requires_grad or "lora_" in n for n, p in layer.named_parameters()):
+            return i
+    return 0
+
+
+class BottomStash:
+    """The reference pass's hidden states entering the lowest adapted layer, per prompt group, for the policy pass.
+
+    Only for Llama-like decoder stacks (``embed -> layers -> norm`` with a shared ``rotary_emb``): the policy
+    pass then runs the top layers itself, as the model's forward would (``_run_top``).
+    """
+
+    _by_backbone: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def depth(cls, backbone) -> int:
+        if not all(hasattr(backbone, a) for a in ("layers", "norm", "rotary_emb", "get_input_embeddings")):
+            return 0
+        return adapted_depth(backbone)
+
+    @classmethod
+    def capture(cls, backbone, k: int):
+        """A context manager: while open, the inputs of layer ``k`` are recorded (a new stash for ``backbone``)."""
+        entries: list[dict] = []
+        cls._by_backbone[backbone] = entries
+        seen: list[torch.Tensor] = []
+
+        def hook(module, args, kwargs):
+            seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        class _Capture:
+            def __enter__(self):
+                self.handle = backbone.layers[k].register_forward_pre_hook(hook, with_kwargs=True)
+                return self
+
+            def add(self, prompt, x, am, pos):
+                # the group's prompt pass (absent for a one-token prompt) and then its completion pass
+                h_prompt = seen[0] if len(seen) == 2 else None
+                entries.append({"k": k, "prompt": prompt, "x": x, "am": am, "pos": pos, "h_prompt": h_prompt,
+                                "h_x": seen[-1]})
+                seen.clear()
+
+            def __exit__(self, *exc):
+                self.handle.remove()
+
+        return _Capture()
+
+    @classmethod
+    def take(cls, backbone, prompt, x, am, pos) -> dict | None:
+        """The stashed entry of exactly these inputs (removed from the stash), or None."""
+        entries = cls._by_backbone.get(backbone) or []
+        for i, e in enumerate(entries):
+            if (e["x"].shape == x.shape and torch.equal(e["x"], x) and torch.equal(e["am"], am)
+                    and torch.equal(e["pos"], pos) and torch.equal(e["prompt"], prompt)):
+                return entries.pop(i)
+        return None
+
+
+def _run_top(backbone, k: int, hidden, attention_mask, position_ids, cache):
+    """Layers ``k..`` and the final norm of a Llama-like stack from the hidden states entering layer ``k``: the
+    loop of the model's own forward, with the mask sized against layer ``k``'s cache (the layers below hold none)."""
+    from transformers.masking_utils import create_causal_mask
+
+    mask = create_causal_mask(config=backbone.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              cache=cache, position_ids=position_ids, layer_idx=k)
+    embeddings = backbone.rotary_emb(hidden, position_ids=position_ids)
+    for layer in backbone.layers[k:backbone.config.num_hidden_layers]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=position_ids,
+                       cache=cache, use_cache=cache is not None)
+    return backbone.norm(hidden)
+
+
+def _top_from_stash(backbone, entry: dict, G: int):
+    """The policy pass of one group from a stashed entry: the top layers over the prompt (their cache), then over
+    the completions."""
+    from transformers import DynamicCache
+
+    k, cache = entry["k"], None
+    if entry["h_prompt"] is not None:
+        cache = DynamicCache(config=backbone.config)
+        n = entry["h_prompt"].size(1)
+        _run_top(backbone, k, entry["h_prompt"], None, torch.arange(n, device=entry["x"].device)[None], cache)
+        cache.batch_repeat_interleave(G)
+    return _run_top(backbone, k, entry["h_x"], entry["am"], entry["pos"], cache)
 
 
 def _prompt_cache(backbone, prompt_ids, G):
@@ -129,11 +229,16 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     scored = scored if plain else None
     for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
         with autocast():
-            cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
-            if plain:
+            stashed = BottomStash.take(backbone, prompt, x, am, pos) if plain else None
+            if stashed is not None:
+                hidden = _top_from_stash(backbone, stashed, rows.numel())
+                lp, ent = _head_logps(head, hidden, labels, temperature, compute_entropy)
+            elif plain:
+                cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
                 hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
                 lp, ent = _head_logps(head, hidden, labels, temperature, compute_entropy)
             else:
+                cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
                 out = model(input_ids=x, attention_mask=am, position_ids=pos, cache=cache, labels=labels,
                             fused_lm_head=True)
                 lp, ent = out.log_probs[:, -C:], (out.entropy[:, -C:] if compute_entropy else None)
@@ -156,7 +261,8 @@ def plain_lm_head(config) -> bool:
 
 @torch.no_grad()
 def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                            temperature: float, autocast=None, groups=None, scored: torch.Tensor | None = None):
+                            temperature: float, autocast=None, groups=None, scored: torch.Tensor | None = None,
+                            stash: bool = True):
     """(log-probs at ``temperature``, log-probs at temperature 1) of the last ``logits_to_keep`` tokens.
 
     The reference pass of GRPO: the first is what the KL term needs (what
@@ -164,6 +270,8 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     the same frozen model, i.e. the fluency head's input. One backbone pass,
     one LM-head projection, no gradient. Needs ``plain_lm_head(config)``.
     ``scored`` as for ``shared_prefix_logps``: other tokens get 0 in both.
+    With ``stash`` and adapters on the top layers only, each group's hidden states entering the lowest adapted
+    layer are kept (``BottomStash``) for the policy pass over the same inputs.
     """
     from contextlib import nullcontext
 
@@ -174,14 +282,19 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     C = logits_to_keep
     scaled = input_ids.new_zeros(input_ids.size(0), C, dtype=torch.float32)
     plain = torch.zeros_like(scaled)
-    for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
-        with autocast():
-            cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
-            hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
-            target = labels[:, 1:]
-            r, c = (target != -100).nonzero(as_tuple=True)  # only the positions with a label (see _head_logps)
-            scaled[rows[r], c], plain[rows[r], c] = label_logps_at_two_temperatures(
-                hidden[r, c], head.weight, target[r, c], temperature, head.bias)
+    k = BottomStash.depth(backbone) if stash else 0
+    capture = BottomStash.capture(backbone, k) if k > 0 else nullcontext()
+    with capture:
+        for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
+            with autocast():
+                cache = _prompt_cache(backbone, prompt[:-1], rows.numel())
+                hidden = backbone(input_ids=x, attention_mask=am, position_ids=pos, cache=cache).last_hidden_state
+                target = labels[:, 1:]
+                r, c = (target != -100).nonzero(as_tuple=True)  # only the positions with a label (see _head_logps)
+                scaled[rows[r], c], plain[rows[r], c] = label_logps_at_two_temperatures(
+                    hidden[r, c], head.weight, target[r, c], temperature, head.bias)
+            if k > 0:
+                capture.add(prompt, x, am, pos)
     return scaled, plain
 
 
