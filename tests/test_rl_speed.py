@@ -351,9 +351,16 @@ def test_policy_pass_starts_from_the_reference_pass_below_the_adapters(monkeypat
     assert all(torch.equal(g_stashed[n], g_full[n]) for n in g_full)
     policy_pass()  # the stash is spent: the next pass over the same batch runs every layer
     assert len(used) == 2
+    # TRL shuffles the batch between the two passes: rows are matched by content, and a group's rows are computed
+    # in the policy pass's own order.
+    perm = torch.tensor([4, 2, 0, 5, 1, 3])
+    prefix.shared_prefix_ref_logps(model, ids, am, C, 0.9, autocast=autocast)
+    model.zero_grad()
+    shuffled, _ = prefix.shared_prefix_logps(model, ids[perm], am[perm], C, temperature=0.9, autocast=autocast)
+    assert len(used) == 4 and torch.equal(shuffled, full[perm])
     prefix.shared_prefix_ref_logps(model, ids, am, C, 0.9, autocast=autocast)
     other = am.clone()
     other[0, -1] = 1 - other[0, -1]
     model.zero_grad()
     prefix.shared_prefix_logps(model, ids, other, C, temperature=0.9, autocast=autocast)
-    assert len(used) == 3  # the group whose mask changed ran every layer; the other started from the stash
+    assert len(used) == 5  # the group whose mask changed ran every layer; the other started from the stash

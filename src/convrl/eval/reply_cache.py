@@ -35,9 +35,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # The modules whose code decides what a model says in evaluation: a change to any of them invalidates the cache.
-DECODING_MODULES = ("convrl.rl.generation", "convrl.rl.decoding", "convrl.rl.packed_linear", "convrl.rl.fused_step",
-                    "convrl.rl.conversation_decoder", "convrl.eval.selfplay", "convrl.data.usersim",
-                    "convrl.data.context", "convrl.eval.recall", "convrl.eval.reply_cache")
+DECODING_MODULES = ("convrl.rl.generation", "convrl.rl.decoding", "convrl.rl.packed_linear", "convrl.eval.selfplay",
+                    "convrl.data.usersim", "convrl.data.context", "convrl.eval.recall", "convrl.eval.reply_cache")
 # Files that make up a model for decoding; anything else in the folder (READMEs, MLflow metadata) is ignored.
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
 _fingerprints: dict[tuple, str] = {}

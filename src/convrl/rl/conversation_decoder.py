@@ -240,20 +240,6 @@ class CachedDecoder:
             layer.capacity = new_cap
 
 
-def shared_prefix_groups(token_lists: list[list[int]], min_shared: int = 16) -> list[list[int]]:
-    """Rows grouped for ``prefill``: each joins the first group whose first row shares at least ``min_shared``
-    leading tokens with it (e.g. the same persona's system prompt), else starts its own."""
-    groups: list[list[int]] = []
-    for i, t in enumerate(token_lists):
-        for g in groups:
-            if _common_prefix([token_lists[g[0]], t]) >= min_shared:
-                g.append(i)
-                break
-        else:
-            groups.append([i])
-    return groups
-
-
 def _common_prefix(seqs: list[list[int]]) -> int:
     first = seqs[0]
     k = len(first)

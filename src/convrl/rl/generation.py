@@ -11,12 +11,7 @@ and self-play, the same for every model compared) bans repeating any
 turns: on the demo's seed-13 candidate and its base over 6 ten-turn self-play
 conversations, 72% / 89% of turns near-copied an earlier one; with the ban 0% /
 0%, and self-play coherence, user following, engagement and fact recall rose for
-both (``bench/selfplay_decoding.py``, README "Does it learn?").
-
-On a CPU, ``generate`` decodes on ``rl.conversation_decoder.CachedDecoder``
-(one-token steps through ``rl.fused_step``, finished replies out of the batch)
-whenever the generation config asks for nothing else; its replies are
-transformers' ``generate``'s (tests compare greedy and sampled ones)::
+both (``bench/selfplay_decoding.py``, README "Does it learn?")::
 
     Generator(model_dir).generate(conversations, max_new_tokens=64, no_repeat_ngram_size=CHAT_NO_REPEAT_NGRAM)
 """
@@ -93,42 +88,20 @@ class Generator:
                           no_repeat_ngram_size=no_repeat_ngram_size or None)
             if do_sample:
                 config.update(temperature=temperature, top_p=0.95)
-            eos = config.eos_token_id  # what generate stops on (None: it never stops early)
-            eos = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
             if self.fast:
                 config, processors = sampling_setup(config)
-                if self.device.type == "cpu" and cached_decoding_ok(config):
-                    replies = self._decode_cached(enc, config, eos, processors)
-                else:
-                    cache = (preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
-                             if self.device.type == "cpu" else None)
-                    out = self.model.generate(**enc, generation_config=config, logits_processor=processors,
-                                              cache=cache)
-                    replies = [out[j, enc["input_ids"].shape[1]:].tolist() for j in range(len(idx))]
+                cache = (preallocated_cache(self.model.config, enc["input_ids"].shape[1] + max_new_tokens)
+                         if self.device.type == "cpu" else None)
+                out = self.model.generate(**enc, generation_config=config, logits_processor=processors, cache=cache)
             else:
                 out = self.model.generate(**enc, generation_config=config)
-                replies = [out[j, enc["input_ids"].shape[1]:].tolist() for j in range(len(idx))]
-            for reply, i in zip(replies, idx):
+            eos = config.eos_token_id  # what generate stops on (None: it never stops early)
+            eos = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+            for j, i in enumerate(idx):
+                reply = out[j, enc["input_ids"].shape[1]:]
                 outputs[i] = self.tok.decode(reply, skip_special_tokens=True).strip()
-                self.last_ended[i] = bool(eos & set(reply))
+                self.last_ended[i] = bool(eos & set(reply.tolist()))
         return outputs
-
-    def _decode_cached(self, enc, config, eos: set[int], processors) -> list[list[int]]:
-        """One batch on ``CachedDecoder``: ``generate``'s replies (EOS kept where one ended) with one-token steps
-        through ``rl.fused_step`` and finished rows out of the batch (``CachedDecoder._compact``)."""
-        from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
-
-        from convrl.rl.conversation_decoder import CachedDecoder, shared_prefix_groups
-
-        rows = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
-        dec = CachedDecoder(self.model, self.tok.pad_token_id, eos,
-                            capacity_hint=max(map(len, rows)) + config.max_new_tokens)
-        # Prompts of one persona share its system prompt (about 110 of evaluation's 150 tokens a prompt): that part
-        # runs once per batch, not once per row.
-        dec.prefill(rows, groups=shared_prefix_groups(rows))
-        # generate applies the n-gram ban before the processors passed to it (the sampler), as here.
-        ban = [NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size)] if config.no_repeat_ngram_size else []
-        return dec.generate(config.max_new_tokens, ban + list(processors))
 
 
 class InverseCDFSampler:
@@ -214,18 +187,6 @@ class TopPFromTopK:
         if todo.numel():
             out[todo] = self.full(input_ids[todo] if input_ids is not None else None, scores[todo])
         return out
-
-
-# Settings ``Generator._decode_cached`` reproduces; a generation config with anything else (a repetition penalty,
-# banned words, minimum lengths, beams) decodes through transformers' generate.
-_CACHED_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "max_new_tokens", "do_sample", "use_cache",
-                    "no_repeat_ngram_size", "output_attentions", "output_hidden_states", "transformers_version",
-                    "_from_model_config", "temperature", "top_k", "top_p", "min_p"}  # the last four: the sampler's
-
-
-def cached_decoding_ok(config) -> bool:
-    """Whether a (greedy, after ``sampling_setup``) generation config needs nothing but what ``CachedDecoder`` does."""
-    return not (set(config.to_diff_dict()) - _CACHED_SETTINGS) and not config.do_sample
 
 
 def sampling_setup(generation_config, generator: torch.Generator | None = None):

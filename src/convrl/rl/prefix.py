@@ -94,7 +94,9 @@ class BottomStash:
     """The reference pass's hidden states entering the lowest adapted layer, per prompt group, for the policy pass.
 
     Only for Llama-like decoder stacks (``embed -> layers -> norm`` with a shared ``rotary_emb``): the policy
-    pass then runs the top layers itself, as the model's forward would (``_run_top``).
+    pass then runs the top layers itself, as the model's forward would (``_run_top``). A group is taken only when
+    the policy pass sees exactly the reference pass's inputs; with ``rl.mask_truncated_completions`` the reference
+    pass attends to cut-off rows the policy pass masks, so such groups run the whole stack.
     """
 
     _by_backbone: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -134,13 +136,33 @@ class BottomStash:
 
     @classmethod
     def take(cls, backbone, prompt, x, am, pos) -> dict | None:
-        """The stashed entry of exactly these inputs (removed from the stash), or None."""
+        """The stashed entry of these inputs (removed from the stash) with its rows in this call's order, or None.
+
+        TRL shuffles a generation batch between the reference pass and the loss, so the rows of a group arrive
+        in another order: each is matched to a stashed row with the same tokens and mask.
+        """
         entries = cls._by_backbone.get(backbone) or []
         for i, e in enumerate(entries):
-            if (e["x"].shape == x.shape and torch.equal(e["x"], x) and torch.equal(e["am"], am)
-                    and torch.equal(e["pos"], pos) and torch.equal(e["prompt"], prompt)):
-                return entries.pop(i)
+            if e["x"].shape != x.shape or not torch.equal(e["prompt"], prompt) or not torch.equal(e["pos"], pos):
+                continue
+            order = _match_rows(torch.cat([x, am], 1), torch.cat([e["x"], e["am"]], 1))
+            if order is not None:
+                entries.pop(i)
+                return {**e, "h_x": e["h_x"][order], "am": e["am"][order]}
         return None
+
+
+def _match_rows(rows: torch.Tensor, stashed: torch.Tensor) -> torch.Tensor | None:
+    """Indices into ``stashed`` giving ``rows`` (each stashed row used once), or None when some row has no match."""
+    free = list(range(stashed.size(0)))
+    order = []
+    for r in rows:
+        j = next((j for j in free if torch.equal(stashed[j], r)), None)
+        if j is None:
+            return None
+        free.remove(j)
+        order.append(j)
+    return torch.tensor(order, device=rows.device)
 
 
 def _run_top(backbone, k: int, hidden, attention_mask, position_ids, cache):
