@@ -80,16 +80,6 @@ def _group_inputs(input_ids, attention_mask, C, groups, scored=None):
         yield rows, prompt, x, labels, am, pos
 
 
-def adapted_depth(backbone) -> int:
-    """Index of the lowest decoder layer with an adapter or a trainable weight (0: none is frozen below it)."""
-    if any(p.requires_grad for p in backbone.get_input_embeddings().parameters()):
-        return 0
-    for i, layer in enumerate(backbone.layers):
-        if any(p.requires_grad or "lora_" in n for n, p in layer.named_parameters()):
-            return i
-    return 0
-
-
 class BottomStash:
     """The reference pass's hidden states entering the lowest adapted layer, per prompt group, for the policy pass.
 
@@ -101,38 +91,25 @@ class BottomStash:
 
     _by_backbone: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    @classmethod
-    def depth(cls, backbone) -> int:
+    @staticmethod
+    def depth(backbone) -> int:
+        """Index of the lowest decoder layer with an adapter or a trainable weight; 0 when nothing below it is
+        frozen or the stack is not Llama-like (nothing to stash)."""
         if not all(hasattr(backbone, a) for a in ("layers", "norm", "rotary_emb", "get_input_embeddings")):
             return 0
-        return adapted_depth(backbone)
+        if any(p.requires_grad for p in backbone.get_input_embeddings().parameters()):
+            return 0
+        for i, layer in enumerate(backbone.layers):
+            if any(p.requires_grad or "lora_" in n for n, p in layer.named_parameters()):
+                return i
+        return 0
 
     @classmethod
-    def capture(cls, backbone, k: int):
-        """A context manager: while open, the inputs of layer ``k`` are recorded (a new stash for ``backbone``)."""
+    def capture(cls, backbone, k: int) -> "_Capture":
+        """A context manager recording the inputs of layer ``k`` while open, into a new stash for ``backbone``."""
         entries: list[dict] = []
         cls._by_backbone[backbone] = entries
-        seen: list[torch.Tensor] = []
-
-        def hook(module, args, kwargs):
-            seen.append((args[0] if args else kwargs["hidden_states"]).detach())
-
-        class _Capture:
-            def __enter__(self):
-                self.handle = backbone.layers[k].register_forward_pre_hook(hook, with_kwargs=True)
-                return self
-
-            def add(self, prompt, x, am, pos):
-                # the group's prompt pass (absent for a one-token prompt) and then its completion pass
-                h_prompt = seen[0] if len(seen) == 2 else None
-                entries.append({"k": k, "prompt": prompt, "x": x, "am": am, "pos": pos, "h_prompt": h_prompt,
-                                "h_x": seen[-1]})
-                seen.clear()
-
-            def __exit__(self, *exc):
-                self.handle.remove()
-
-        return _Capture()
+        return _Capture(backbone.layers[k], k, entries)
 
     @classmethod
     def take(cls, backbone, prompt, x, am, pos) -> dict | None:
@@ -150,6 +127,30 @@ class BottomStash:
                 entries.pop(i)
                 return {**e, "h_x": e["h_x"][order], "am": e["am"][order]}
         return None
+
+
+class _Capture:
+    """Records what enters one decoder layer; ``add`` files a group's prompt and completion passes as one entry."""
+
+    def __init__(self, layer, k: int, entries: list[dict]):
+        self.layer, self.k, self.entries, self.seen = layer, k, entries, []
+
+    def _hook(self, module, args, kwargs):
+        self.seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def __enter__(self):
+        self.handle = self.layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def add(self, prompt, x, am, pos) -> None:
+        # the group's prompt pass (absent for a one-token prompt), then its completion pass
+        h_prompt = self.seen[0] if len(self.seen) == 2 else None
+        self.entries.append({"k": self.k, "prompt": prompt, "x": x, "am": am, "pos": pos, "h_prompt": h_prompt,
+                             "h_x": self.seen[-1]})
+        self.seen.clear()
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
 
 def _match_rows(rows: torch.Tensor, stashed: torch.Tensor) -> torch.Tensor | None:
@@ -283,8 +284,7 @@ def plain_lm_head(config) -> bool:
 
 @torch.no_grad()
 def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                            temperature: float, autocast=None, groups=None, scored: torch.Tensor | None = None,
-                            stash: bool = True):
+                            temperature: float, autocast=None, groups=None, scored: torch.Tensor | None = None):
     """(log-probs at ``temperature``, log-probs at temperature 1) of the last ``logits_to_keep`` tokens.
 
     The reference pass of GRPO: the first is what the KL term needs (what
@@ -292,8 +292,8 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     the same frozen model, i.e. the fluency head's input. One backbone pass,
     one LM-head projection, no gradient. Needs ``plain_lm_head(config)``.
     ``scored`` as for ``shared_prefix_logps``: other tokens get 0 in both.
-    With ``stash`` and adapters on the top layers only, each group's hidden states entering the lowest adapted
-    layer are kept (``BottomStash``) for the policy pass over the same inputs.
+    With adapters on the top layers only, each group's hidden states entering the lowest adapted layer are kept
+    (``BottomStash``) for the policy pass over the same inputs.
     """
     from contextlib import nullcontext
 
@@ -304,7 +304,7 @@ def shared_prefix_ref_logps(model, input_ids: torch.Tensor, attention_mask: torc
     C = logits_to_keep
     scaled = input_ids.new_zeros(input_ids.size(0), C, dtype=torch.float32)
     plain = torch.zeros_like(scaled)
-    k = BottomStash.depth(backbone) if stash else 0
+    k = BottomStash.depth(backbone)
     capture = BottomStash.capture(backbone, k) if k > 0 else nullcontext()
     with capture:
         for rows, prompt, x, labels, am, pos in _group_inputs(input_ids, attention_mask, C, groups, scored):
