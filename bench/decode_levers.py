@@ -14,6 +14,7 @@ time and whether its tokens equal the first configuration's:
   GEMM each, no per-layer bookkeeping; what rollouts and the simulated user use).
 
     .venv/bin/python bench/decode_levers.py --rows 8 --prompt 250 --new 64 --repeats 3
+    .venv/bin/python bench/decode_levers.py --dtype fp32     # a CPU without bf16 units
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--policy", default="smollm2-135m-instruct")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                   help="fp32: what a CPU without bf16 units decodes in (packing then changes nothing)")
     args = p.parse_args(argv)
 
     import torch
@@ -51,7 +54,8 @@ def main(argv=None) -> dict:
                "fused+packed+step": (gqa_attention(), True, True)}
     loaded, step = {}, {}
     for name, (attn, pack, fused) in configs.items():
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation=attn).eval()
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
         if pack:
             pack_linears(m)
         loaded[name], step[name] = m, fused
@@ -82,7 +86,7 @@ def main(argv=None) -> dict:
     first = next(iter(tokens))
     result = {}
     base = statistics.median(d for _, d in times[first])
-    print(f"{args.rows} rows x {args.new} tokens after {args.prompt} shared prompt tokens, bf16, "
+    print(f"{args.rows} rows x {args.new} tokens after {args.prompt} shared prompt tokens, {args.dtype}, "
           f"{args.threads} threads, median of {args.repeats}")
     print(f"{'configuration':20} {'prefill s':>9} {'decode s':>9} {'speed-up':>8}  same tokens as {first}")
     for name in loaded:

@@ -3,9 +3,11 @@
 The evaluate stage scores the candidate's and the baseline's replies to the same
 held-out prompts. Scored in one call, the fluency LM (the quality head's
 likelihood term, the most expensive part of scoring) runs each prompt's context
-once for both replies; scored model by model it runs every context twice. This
-prints the wall time of both ways on the demo preset's models and prompts, and
-the largest difference between their scores (float rounding only)::
+once for both replies; scored model by model it runs every context twice. Since
+the common-prefix path, the persona card that starts every context of a persona
+runs once for all of them too (``per_context`` is the way before it). This
+prints the wall time of the three ways on the demo preset's models and prompts,
+and the largest differences between their scores (float rounding only)::
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/eval_scoring.py             # demo: 96 prompts, SmolLM2-135M
     .venv/bin/python bench/eval_scoring.py --join 3     # ~50-token replies, as the policy writes
@@ -71,21 +73,33 @@ def main() -> int:
     def joint():
         return score_responses(scorer, prompts * 2, replies_a + replies_b, by_id)
 
+    def per_context():
+        # Before the common-prefix path: each context (persona card included) runs once for its two replies.
+        scorer.fluency.min_shared = 10 ** 9
+        try:
+            return joint()
+        finally:
+            scorer.fluency.min_shared = shared
+
+    shared = scorer.fluency.min_shared
     joint()  # warm-up: encoder cache, allocator, tokenizer
-    times: dict[str, list[float]] = {"separate": [], "joint": []}
+    times: dict[str, list[float]] = {"separate": [], "per_context": [], "joint": []}
     for _ in range(a.repeats):
-        for name, fn in (("separate", separate), ("joint", joint)):
+        for name, fn in (("separate", separate), ("per_context", per_context), ("joint", joint)):
             scorer.encoder.clear_cache()  # both ways encode from scratch
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
     sep = np.concatenate([o["fluency"].to_numpy() for o in separate()])
     med = {k: statistics.median(v) for k, v in times.items()}
+    one = joint()["fluency"].to_numpy()
     result = {"prompts": n, "replies": 2 * n, "join": a.join,
               "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
-              "separate_s": [round(t, 2) for t in times["separate"]], "joint_s": [round(t, 2) for t in times["joint"]],
+              **{f"{k}_s": [round(t, 2) for t in v] for k, v in times.items()},
               "saving": round(1 - med["joint"] / med["separate"], 3),
-              "max_fluency_diff": float(np.abs(sep - joint()["fluency"].to_numpy()).max())}
+              "saving_vs_per_context": round(1 - med["joint"] / med["per_context"], 3),
+              "max_fluency_diff": float(np.abs(sep - one).max()),
+              "max_fluency_diff_per_context": float(np.abs(per_context()["fluency"].to_numpy() - one).max())}
     print("RESULT " + json.dumps(result))
     return 0
 

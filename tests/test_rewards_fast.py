@@ -21,6 +21,32 @@ def test_fluency_fast_paths_equal_the_reference(tiny_policy_dir):
     assert np.allclose(f.mean_logprob(users, replies), fast, atol=1e-4)
 
 
+def test_fluency_common_prefix_path_equals_the_reference(tiny_policy_dir):
+    # The evaluation's shape: persona system prompts shared by many prompts, some answered twice (two models),
+    # and one conversation's turns scored each in its context (a context is the next one's prefix).
+    f = FluencyScorer(tiny_policy_dir, dtype=torch.float32, batch_size=4)
+    card = "You are Sam, a calm and patient coach who listens first, asks one question at a time " * 3
+    other = "You are Ada, a cheerful guide who loves hiking, maps and bad puns about mountains " * 3
+    talk = [{"role": "user", "content": "I failed my exam today"}, {"role": "assistant", "content": "That hurts."},
+            {"role": "user", "content": "What now?"}]
+    contexts = ([[{"role": "system", "content": card}, {"role": "user", "content": u}]
+                 for u in ("hi", "I feel sad", "tell me about your day", "hi")]
+                + [[{"role": "system", "content": other}] + talk[:n] for n in (1, 3)]
+                + [[{"role": "system", "content": other}, {"role": "user", "content": "hello"}], "a lone string"])
+    replies = ["Hello! How are you?", "I'm sorry. Do you want to talk?", "", "Hi again, good to see you.",
+               "Exams can be retaken.", "Make a plan for the retake, one step at a time.", "Hey!", "ok"]
+    calls = []
+    real = f._score_common
+    f._score_common = lambda cluster, shared, *a: (calls.append((len(cluster), shared)), real(cluster, shared, *a))
+    fast = f.mean_logprob(contexts, replies)
+    assert np.allclose(fast, f.mean_logprob_reference(contexts, replies), atol=1e-4)
+    assert fast[2] == -10.0
+    # Sam's three distinct contexts share his card; Ada's three share hers (one cluster each); the string is alone.
+    assert sorted(c for c, _ in calls) == [3, 3] and all(s >= 32 for _, s in calls)
+    f.min_shared = 10_000  # no common prefix long enough: the per-context paths give the same numbers
+    assert np.allclose(f.mean_logprob(contexts, replies), fast, atol=1e-4)
+
+
 def test_score_head_equals_the_shared_pass(tiny_encoder, tiny_policy_dir, personas):
     sc = RewardScorer(tiny_encoder, None, FluencyScorer(tiny_policy_dir, dtype=torch.float32))
     ctx = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "I lost my keys"},

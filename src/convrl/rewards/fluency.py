@@ -35,7 +35,7 @@ class FluencyScorer:
     """Length-normalised log-likelihood of the reply under a frozen causal LM."""
 
     def __init__(self, model_dir: str, batch_size: int = 16, max_tokens: int = 256, dtype: torch.dtype | None = None,
-                 prefix_tokens: int = 1024, share_prefix: bool = True):
+                 prefix_tokens: int = 1024, share_prefix: bool = True, min_shared: int = 32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype is None:
@@ -50,6 +50,7 @@ class FluencyScorer:
         self.max_tokens = max_tokens
         self.prefix_tokens = prefix_tokens
         self.share_prefix = share_prefix
+        self.min_shared = min_shared
         self._prefixes: OrderedDict[str, list[int]] = OrderedDict()
         pad = self.tok.pad_token_id
         self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
@@ -85,13 +86,42 @@ class FluencyScorer:
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
         lone = []
-        for key, idx in groups.items():
-            if self.share_prefix and len(idx) > 1:
-                self._score_shared(self._prefix_tokens(key), idx, responses, out)
-            else:
-                lone.extend(idx)
+        for cluster, shared in self._clusters(list(groups)) if self.share_prefix else [(list(groups), 0)]:
+            if shared:
+                self._score_common(cluster, shared, groups, responses, out)
+                continue
+            for key in cluster:
+                if self.share_prefix and len(groups[key]) > 1:
+                    self._score_shared(self._prefix_tokens(key), groups[key], responses, out)
+                else:
+                    lone.extend(groups[key])
         if lone:
             self._score_lone(lone, keys, responses, out)
+        return out
+
+    def _clusters(self, keys: list[str]) -> list[tuple[list[str], int]]:
+        """Contexts grouped by a common token prefix: ``(keys, shared tokens)``, shared 0 for a context alone.
+
+        Sorted token lists put contexts with a common start next to each other (the persona system prompt of
+        the evaluation's prompts, the first turns of one conversation's scored turns); a run of at least two
+        that shares ``min_shared`` tokens runs them once. Each context keeps at least its last token outside
+        the shared part: its logits predict the reply's first token.
+        """
+        ids = {k: self._prefix_tokens(k) for k in keys}
+        order = sorted(keys, key=lambda k: ids[k])
+        out: list[tuple[list[str], int]] = []
+        run, shared = [order[0]], 0
+        for k in order[1:]:
+            a, b = ids[run[0]], ids[k]
+            n = min(len(a), len(b)) - 1
+            lcp = next((j for j in range(n) if a[j] != b[j]), n)
+            if lcp >= self.min_shared:
+                # Sorted, the run's common prefix is its first and last members' one.
+                run, shared = run + [k], lcp
+            else:
+                out.append((run, shared if len(run) > 1 else 0))
+                run, shared = [k], 0
+        out.append((run, shared if len(run) > 1 else 0))
         return out
 
     def _token_logprobs(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -116,6 +146,33 @@ class FluencyScorer:
             lp = self._token_logprobs(logits, inp)
             m = mask.float()
             out[chunk] = ((lp * m).sum(1) / m.sum(1)).numpy()
+
+    def _score_common(self, cluster: list[str], shared: int, groups: dict[str, list[int]], responses: list[str],
+                      out: np.ndarray) -> None:
+        # The common prefix runs once; each row is the rest of its context plus the reply, right-padded after
+        # the cached prefix, and the vocabulary projection runs on the positions that predict reply tokens only.
+        prefix = self._prefix_tokens(cluster[0])[:shared]
+        cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+        rows = []
+        for key in cluster:
+            rest = self._prefix_tokens(key)[shared:]
+            rows += [(i, rest, r) for i in groups[key] if (r := self._reply_ids(responses[i]))]
+        rows.sort(key=lambda row: len(row[1]) + len(row[2]))
+        body, head = self.model.base_model, self.model.get_output_embeddings()
+        for s in range(0, len(rows), self.batch_size):
+            chunk = rows[s:s + self.batch_size]
+            seqs = [rest + r for _, rest, r in chunk]
+            width = max(len(x) for x in seqs)
+            inp = torch.tensor([x + [self.pad_id] * (width - len(x)) for x in seqs])
+            att = torch.tensor([[1] * (shared + len(x)) + [0] * (width - len(x)) for x in seqs])
+            past = copy.deepcopy(cache)  # the forward pass appends to the cache; keep the prefix pristine
+            past.batch_repeat_interleave(len(chunk))
+            hidden = body(input_ids=inp, attention_mask=att, cache=past, use_cache=True).last_hidden_state
+            row_ix = torch.tensor([j for j, (_, _, r) in enumerate(chunk) for _ in r])
+            pos_ix = torch.tensor([len(rest) - 1 + t for _, rest, r in chunk for t in range(len(r))])
+            lp = self._token_logprobs(head(hidden[row_ix, pos_ix]), inp[row_ix, pos_ix + 1])
+            sums = torch.zeros(len(chunk), dtype=lp.dtype).index_add_(0, row_ix, lp)
+            out[[i for i, _, _ in chunk]] = (sums / torch.tensor([len(r) for _, _, r in chunk])).numpy()
 
     def _score_lone(self, idx: list[int], keys: list[str], responses: list[str], out: np.ndarray) -> None:
         seqs = {}

@@ -1,4 +1,4 @@
-"""bf16 linear layers whose weights are prepacked for oneDNN once, not on every call (CPU inference copies only).
+"""Linear layers whose weights are prepacked for oneDNN once, not on every call (CPU inference copies only).
 
 A bf16 ``nn.Linear`` on a CPU runs oneDNN's matmul, which reorders the
 weight into its blocked layout on every call. At decoding's batch sizes
@@ -11,9 +11,16 @@ and differ by bf16 rounding at some prefill sizes (oneDNN picks its kernel by
 shape), so sampled rollouts are not bit-identical to unpacked ones. Matmuls
 are ~60% of a decoding step of SmolLM2-135M (``bench/decode_levers.py``:
 3.78 -> 3.34 s for 8 rows x 64 tokens, the same greedy tokens), so
-rollouts, the simulated user, evaluation and self-play decode faster. fp32
-gains nothing at small batches (189 vs 165 us), so only bf16 models are
-packed.
+rollouts, the simulated user, evaluation and self-play decode faster.
+
+fp32 depends on the CPU. On an Intel Xeon (MKL's own hardware) packing gained
+nothing at small batches (189 vs 165 us), so fp32 stays plain there. On an AMD
+EPYC without bf16 units (Zen 3, AVX2), where a CPU has to decode in fp32, MKL's
+small-batch GEMMs were the slow part of every step and oneDNN's packed ones
+1.7-3.1x faster at 8-9 rows (the 49152x576 LM head 39.5 -> 12.8 ms, a
+1536x576 projection 367 -> 215 us; ``bench/decode_levers.py --dtype fp32``
+for whole steps), so fp32 models are packed on AMD CPUs. ``CONVRL_PACK_FP32=1``
+or ``0`` overrides that choice.
 
 A layer repacks itself when its weight changed in place (the tensor's
 version counter): ``load_state_dict``, ``RolloutModel``'s per-step LoRA
@@ -25,18 +32,49 @@ trains: the packed op has no backward.
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
+
 import torch
 from torch import nn
 
+FP32_ENV = "CONVRL_PACK_FP32"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The x86 vendor string (``GenuineIntel``, ``AuthenticAMD``), or "" where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def fp32_packing_pays() -> bool:
+    """Whether fp32 linears are packed here: on x86 AMD CPUs (module docstring), or as ``$CONVRL_PACK_FP32`` says."""
+    forced = os.environ.get(FP32_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() == "AuthenticAMD"
+
 
 def packing_supported(dtype: torch.dtype, device: torch.device | str = "cpu") -> bool:
-    """bf16 on a CPU whose oneDNN build has bf16 kernels."""
-    if torch.device(device).type != "cpu" or dtype != torch.bfloat16:
+    """bf16 on a CPU whose oneDNN build has bf16 kernels; fp32 on a CPU where packing pays (``fp32_packing_pays``)."""
+    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float32):
         return False
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not torch.backends.mkldnn.is_available():
+            return False
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a PyTorch build without these ops
         return False
+    return fp32_packing_pays()
 
 
 class PackedLinear(nn.Linear):
@@ -61,13 +99,14 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Turn every bf16 ``nn.Linear`` of an inference model into a ``PackedLinear`` in place; the number packed."""
+    """Turn every ``nn.Linear`` of an inference model into a ``PackedLinear`` in place where its dtype is packed on
+    this device (``packing_supported``); the number packed."""
     first = next(model.parameters(), None)
     if first is None or not packing_supported(first.dtype, first.device):
         return 0
     n = 0
     for module in model.modules():
-        if type(module) is nn.Linear and module.weight.dtype == torch.bfloat16:
+        if type(module) is nn.Linear and module.weight.dtype == first.dtype:
             # Same object, same parameters: references held elsewhere (tied weights, get_submodule) stay valid.
             module.__class__ = PackedLinear
             n += 1
