@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/convrl run --config demo
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

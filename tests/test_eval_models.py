@@ -39,12 +39,17 @@ def test_joint_scoring_equals_scoring_each_model(tiny_encoder, tiny_policy_dir, 
     real_shared = scorer.fluency._score_shared
     monkeypatch.setattr(scorer.fluency, "_score_shared",
                         lambda p_ids, idx, *a: (shared.append(len(idx)), real_shared(p_ids, idx, *a)))
+    common = []
+    real_common = scorer.fluency._score_common
+    monkeypatch.setattr(scorer.fluency, "_score_common", lambda cluster, n, groups, *a: (
+        common.append(sorted(len(groups[k]) for k in cluster)), real_common(cluster, n, groups, *a)))
     joint = evaluate_models({"candidate": "a", "baseline": "b"}, prompts, scorer, by_id, 8, 2, 0, judges=panel,
                             no_repeat_ngram_size=4)
     # Both models decode the same way: greedy, no repeated 4-gram (as convrl chat).
     assert [(k["do_sample"], k["no_repeat_ngram_size"]) for k in decoding] == [(False, 4), (False, 4)]
-    # The speed lever: each prompt's context runs once through the fluency LM for both models' replies.
-    assert shared == [2, 2, 2, 2]
+    # The speed levers: each prompt's context runs once through the fluency LM for both models' replies, and the
+    # two prompts of persona 0 run its card once (the common-prefix path), the other two alone.
+    assert shared == [2, 2] and common == [[2, 2]]
 
     assert joint["model"].tolist() == ["candidate"] * 4 + ["baseline"] * 4
     assert joint["prompt_id"].tolist() == ["p0000", "p0001", "p0002", "p0003"] * 2

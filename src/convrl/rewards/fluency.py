@@ -14,6 +14,11 @@ warm-started adapter's frozen copy: RL then reads that model's log-probs,
 
 * replies that share a context (the completions of one GRPO group) run the
   context once and reuse its KV cache for all of them;
+* contexts that start alike (the persona card of every evaluation prompt of
+  that persona, one conversation's earlier turns) run their common token
+  prefix once, then each context's rest and its replies over that cache
+  (``bench/eval_scoring.py``: the demo's evaluation scoring 65.4 -> 38.1 s for
+  48 prompts x 2 replies, fp32, two threads, fluency equal to 1.2e-6);
 * the vocabulary projection and log-softmax run on reply positions only
   (context positions need no logits);
 * lone replies are batched left-padded, sorted by length to keep padding small.
