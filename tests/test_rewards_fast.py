@@ -17,6 +17,7 @@ def test_fluency_fast_paths_equal_the_reference(tiny_policy_dir):
     fast = f.mean_logprob(users, replies)  # a shared-prefix group and lone replies
     assert np.allclose(fast, f.mean_logprob_reference(users, replies), atol=1e-4)
     assert fast[1] == -10.0  # an empty reply gets the worst fluency, not NaN
+    assert f.mean_logprob([], []).shape == (0,)  # nothing to score is no error
     f.share_prefix = False
     assert np.allclose(f.mean_logprob(users, replies), fast, atol=1e-4)
 

@@ -27,6 +27,7 @@ warm-started adapter's frozen copy: RL then reads that model's log-probs,
 from __future__ import annotations
 
 import copy
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -112,14 +113,15 @@ class FluencyScorer:
         that shares ``min_shared`` tokens runs them once. Each context keeps at least its last token outside
         the shared part: its logits predict the reply's first token.
         """
+        if not keys:
+            return []
         ids = {k: self._prefix_tokens(k) for k in keys}
         order = sorted(keys, key=lambda k: ids[k])
         out: list[tuple[list[str], int]] = []
         run, shared = [order[0]], 0
         for k in order[1:]:
             a, b = ids[run[0]], ids[k]
-            n = min(len(a), len(b)) - 1
-            lcp = next((j for j in range(n) if a[j] != b[j]), n)
+            lcp = min(len(os.path.commonprefix([a, b])), len(a) - 1, len(b) - 1)
             if lcp >= self.min_shared:
                 # Sorted, the run's common prefix is its first and last members' one.
                 run, shared = run + [k], lcp
